@@ -1,0 +1,50 @@
+# The commands a person types. `make run` and `make test` work on a fresh machine:
+# they create the venv, install Python deps, Debian's chromium and the snippet's npm deps.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test bench lint fmt install system-deps clean typecheck
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Chromium (browser tests) and promtool (metrics format check) come from Debian.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium prometheus >/dev/null; \
+	fi
+	@if [ -f sdk-js/package-lock.json ] && [ ! -d sdk-js/node_modules ]; then \
+		cd sdk-js && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
+run: install
+	$(BIN)/ringback serve $(ARGS)
+
+test: install system-deps
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: install
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+lint: install
+	$(BIN)/ruff check engine tests benchmarks
+	$(BIN)/ruff format --check engine tests benchmarks
+
+fmt: install
+	$(BIN)/ruff format engine tests benchmarks
+	$(BIN)/ruff check --fix engine tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy engine
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

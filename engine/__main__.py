@@ -1,0 +1,5 @@
+"""`python -m engine` does what the `ringback` console script does."""
+
+from engine.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Authenticated profile API: read and erase everything about a customer.
+
+Erase is the GDPR path: it deletes every key of the customer and of every anonymous
+id ever merged into it (their keys live in other slots, found through `links`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from engine import keys
+from engine.appkeys import DECIDER, PROFILES, SETTINGS
+from engine.decide import DecisionInput
+from engine.errors import BadRequest, NotFound
+from engine.http_errors import json_response
+from engine.identity import CUSTOMER_ID_RE
+from engine.profile import decode_profile
+from engine.schema import AnonymousIdPattern
+from engine.security import check_origin, cors_headers, require_api_token
+
+__all__ = ["handle_decisions_get", "handle_profile_delete", "handle_profile_get"]
+
+
+def _customer_id(request: web.Request) -> str:
+    customer_id = request.match_info["customer_id"]
+    if not CUSTOMER_ID_RE.match(customer_id):
+        raise BadRequest("invalid_customer_id",
+                         "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
+                         "$.customer_id")
+    return customer_id
+
+
+def _pages(entries: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for entry in entries:
+        ts, _, path = entry.partition(" ")
+        out.append({"ts": int(ts) if ts.isdigit() else None, "path": path})
+    return out
+
+
+async def handle_profile_get(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    require_api_token(settings, request)
+    customer_id = _customer_id(request)
+    fields, pages, links, attrs = await request.app[PROFILES].read(
+        keys.customer_prefix(customer_id))
+    if not fields and not links and not attrs:
+        raise NotFound("not_found", f"no profile for customer {customer_id!r}")
+    now_ms = int(time.time() * 1000)
+    return json_response({
+        "customer_id": customer_id,
+        "profile": decode_profile(fields, now_ms, settings.profile.intent_half_life_s,
+                                  known=True),
+        "recent_pages": _pages(pages),
+        "linked_anonymous_ids": [
+            {"site": s, "anonymous_id": a} for s, a in map(keys.parse_link_member, links)
+        ],
+        "attributes": attrs,
+    })
+
+
+async def handle_profile_delete(request: web.Request) -> web.Response:
+    require_api_token(request.app[SETTINGS], request)
+    customer_id = _customer_id(request)
+    deleted = await request.app[PROFILES].erase_customer(customer_id)
+    return json_response({"customer_id": customer_id, "erased": True, "keys_deleted": deleted})
+
+
+async def handle_decisions_get(request: web.Request) -> web.Response:
+    """Current offers for a page load, from the anonymous visitor's live profile."""
+    settings = request.app[SETTINGS]
+    site_key = request.query.get("site", "")
+    anonymous_id = request.query.get("anonymous_id", "")
+    if site_key not in settings.sites:
+        raise NotFound("unknown_site", f"site {site_key!r} is not configured", "$.site")
+    if not AnonymousIdPattern.match(anonymous_id):
+        raise BadRequest("invalid_anonymous_id", "anonymous_id must be 8-64 letters, digits, "
+                         "'_' or '-'", "$.anonymous_id")
+    origin = check_origin(settings.sites[site_key], request)
+    fields, _, _, _ = await request.app[PROFILES].read(
+        keys.anonymous_prefix(site_key, anonymous_id))
+    now_ms = int(time.time() * 1000)
+    decisions: list[dict[str, Any]] = []
+    if fields:
+        profile = decode_profile(fields, now_ms, settings.profile.intent_half_life_s)
+        decisions = await request.app[DECIDER].decide(DecisionInput(
+            site=site_key, anonymous_id=anonymous_id, customer_id=None, profile=profile,
+            now_ms=now_ms))
+    return json_response({"decisions": decisions}, headers=cors_headers(origin))

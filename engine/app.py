@@ -1,0 +1,80 @@
+"""Assemble the aiohttp application: state, routes, middleware, lifecycle.
+
+Connections and background work start and stop in `cleanup_ctx`, so a test, a
+worker process and `ringback rules test` all build the very same app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from engine import api_profiles, ingest, ops, openapi
+from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
+from engine.decide import Decider, NoDecisions
+from engine.errors import StoreUnavailable
+from engine.http_errors import make_error_middleware
+from engine.identity import IdentityVerifier
+from engine.metrics import Metrics
+from engine.profile import ProfileStore
+from engine.security import IpRateLimiter
+from engine.settings import Settings
+from engine.store import Store
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("ringback.app")
+
+
+def build_app(
+    settings: Settings,
+    store_url: str,
+    *,
+    metrics: Metrics | None = None,
+    decider: Decider | None = None,
+) -> web.Application:
+    """Build the engine's web app for `settings`, talking to Valkey at `store_url`."""
+    metrics = metrics or Metrics()
+    app = web.Application(
+        middlewares=[make_error_middleware(lambda code: metrics.rejected.labels(code).inc())],
+        client_max_size=max(settings.limits.max_body_bytes, 1024 * 1024),
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[VERIFIER] = IdentityVerifier()
+    app[DECIDER] = decider or NoDecisions()
+    app[IP_LIMITER] = IpRateLimiter(settings.limits.batches_per_minute_per_ip,
+                                    settings.trusted_proxies, settings.limits.limit_loopback)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(store_url, metrics, fsync=settings.durability == "fsync")
+        try:
+            await store.load_library()
+        except StoreUnavailable as exc:
+            # Serve anyway: ingest answers 503 until Valkey is back, then the library
+            # is loaded on the first call that misses it.
+            log.warning("Valkey unavailable at startup (%s); serving 503 until it returns", exc)
+        app[STORE] = store
+        app[PROFILES] = ProfileStore(store, settings)
+        yield
+        await store.close()
+
+    app.cleanup_ctx.append(store_ctx)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/events", ingest.handle_events)
+    r.add_route("OPTIONS", "/v1/events", ingest.handle_events_preflight)
+    r.add_get("/v1/decisions", api_profiles.handle_decisions_get)
+    r.add_route("OPTIONS", "/v1/decisions", ingest.handle_events_preflight)
+    r.add_get("/v1/profiles/{customer_id}", api_profiles.handle_profile_get)
+    r.add_delete("/v1/profiles/{customer_id}", api_profiles.handle_profile_delete)
+    r.add_get("/healthz", ops.handle_healthz)
+    r.add_get("/readyz", ops.handle_readyz)
+    r.add_get("/metrics", ops.handle_metrics)
+    r.add_get("/openapi.json", openapi.handle_openapi)

@@ -1,0 +1,38 @@
+"""The decision step's interface: profile in, decisions out.
+
+`ingest` calls `Decider.decide` after each batch's profile update. The rules engine
+(rules, contact policy, scoring, arbitration) plugs in here; until a rule set is
+configured the engine runs `NoDecisions`, which answers every batch with none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.schema import Event
+
+__all__ = ["DecisionInput", "Decider", "NoDecisions"]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionInput:
+    site: str
+    anonymous_id: str
+    customer_id: str | None
+    profile: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+    now_ms: int = 0
+
+
+class Decider(Protocol):
+    async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
+        """Return the decisions for this batch or page load (may be empty)."""
+        ...
+
+
+class NoDecisions:
+    """The decider used when no rules are loaded."""
+
+    async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
+        return []

@@ -1,0 +1,164 @@
+"""`POST /v1/events`: the hot path, read top to bottom like the data path.
+
+    guard (IP limit, media type, size) -> parse (msgspec) -> check (site, origin,
+    timestamps, identity) -> update profile (ONE Valkey round trip) -> [merge, rare]
+    -> decide -> respond
+
+Nothing is written before every check has passed, so a refused batch leaves no
+trace; the profile update itself is one atomic server-side function.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from engine import keys
+from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, VERIFIER
+from engine.decide import DecisionInput
+from engine.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMedia
+from engine.http_errors import json_response
+from engine.profile import decode_profile
+from engine.schema import Batch, decode_batch, event_type
+from engine.security import check_origin, cors_headers, preflight_origin_allowed
+
+__all__ = ["handle_events", "handle_events_preflight", "parse_batch"]
+
+_ACCEPTED_MEDIA = ("application/json", "text/plain")
+
+
+async def handle_events(request: web.Request) -> web.Response:
+    app = request.app
+    settings, metrics = app[SETTINGS], app[METRICS]
+    started = time.perf_counter()
+    app[IP_LIMITER].check(request)
+
+    body = await _read_body(request, settings.limits.max_body_bytes)
+    now_ms = int(time.time() * 1000)
+    batch = parse_batch(body, now_ms, settings.limits.max_event_age_s,
+                        settings.limits.max_event_future_s,
+                        settings.limits.max_events_per_batch)
+    site = settings.sites.get(batch.site)
+    if site is None:
+        raise NotFound("unknown_site", f"site {batch.site!r} is not configured", "$.site")
+    origin = check_origin(site, request)
+
+    customer_id = None
+    if batch.identity is not None:
+        customer_id = app[VERIFIER].verify(site, batch.identity)
+
+    profiles = app[PROFILES]
+    if customer_id is not None:
+        prefix = keys.customer_prefix(customer_id)
+        link = keys.link_member(site.key, batch.anonymous_id)
+    else:
+        prefix = keys.anonymous_prefix(site.key, batch.anonymous_id)
+        link = ""
+    result = await profiles.apply_batch(prefix, site.key, batch.events,
+                                        anonymous=customer_id is None, link=link, now_ms=now_ms)
+    fields = result.fields
+    if result.needs_merge and customer_id is not None:
+        outcome = await profiles.merge(site.key, batch.anonymous_id, customer_id)
+        metrics.merges.labels(outcome).inc()
+        if outcome == "merged":
+            fields = (await profiles.read(prefix))[0]
+
+    for ev, flag in zip(batch.events, result.accepted_flags, strict=False):
+        if flag == "1":
+            metrics.events_by_type[event_type(ev)].inc()
+    if result.duplicates:
+        metrics.duplicates.inc(result.duplicates)
+    metrics.batch_events.observe(len(batch.events))
+
+    decisions: list[dict[str, Any]] = []
+    if result.accepted:
+        d_started = time.perf_counter()
+        profile = decode_profile(fields, now_ms, settings.profile.intent_half_life_s,
+                                 known=customer_id is not None)
+        decisions = await app[DECIDER].decide(DecisionInput(
+            site=site.key, anonymous_id=batch.anonymous_id, customer_id=customer_id,
+            profile=profile, events=list(batch.events), now_ms=now_ms))
+        metrics.decision_seconds.observe(time.perf_counter() - d_started)
+        for d in decisions:
+            metrics.decisions.labels(str(d.get("action", "unknown"))).inc()
+
+    metrics.batches.labels("accepted" if result.accepted else "duplicate").inc()
+    metrics.ingest_seconds.observe(time.perf_counter() - started)
+    return json_response(
+        {"accepted": result.accepted, "duplicates": result.duplicates, "decisions": decisions},
+        headers=cors_headers(origin),
+    )
+
+
+async def handle_events_preflight(request: web.Request) -> web.Response:
+    """CORS preflight: only origins some configured site allows get a yes."""
+    origin = preflight_origin_allowed(request.app[SETTINGS], request)
+    if origin is None:
+        return web.Response(status=403)
+    headers = cors_headers(origin)
+    headers.update({
+        "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+        "Access-Control-Allow-Headers": "Content-Type",
+        "Access-Control-Max-Age": "600",
+    })
+    return web.Response(status=204, headers=headers)
+
+
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
+    media = request.content_type
+    if media not in _ACCEPTED_MEDIA:
+        raise UnsupportedMedia("unsupported_media_type",
+                               f"send application/json or text/plain, not {media or 'nothing'}")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge("payload_too_large", f"batches are limited to {max_bytes} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while chunk := await request.content.read(65536):
+            total += len(chunk)
+            if total > max_bytes:
+                raise PayloadTooLarge("payload_too_large",
+                                      f"batches are limited to {max_bytes} bytes")
+            chunks.append(chunk)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge("payload_too_large",
+                              f"batches are limited to {max_bytes} bytes") from exc
+    body = b"".join(chunks)
+    return body
+
+
+def parse_batch(body: bytes, now_ms: int, max_age_s: int, max_future_s: int,
+                max_events: int = 100) -> Batch:
+    """Decode, validate and sanity-check a batch; every error names its JSON path."""
+    try:
+        batch = decode_batch(body)
+    except msgspec.ValidationError as exc:
+        message, path = _split_msgspec_error(str(exc))
+        raise BadRequest("invalid_event", message, path) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest("invalid_json", f"body is not valid JSON: {exc}", "$") from exc
+    if len(batch.events) > max_events:
+        raise BadRequest("too_many_events", f"at most {max_events} events per batch",
+                         "$.events")
+    oldest = now_ms - max_age_s * 1000
+    newest = now_ms + max_future_s * 1000
+    for i, ev in enumerate(batch.events):
+        if not oldest <= ev.ts <= newest:
+            raise BadRequest(
+                "timestamp_out_of_range",
+                f"event timestamp must be within {max_age_s}s in the past and "
+                f"{max_future_s}s in the future of the server clock",
+                f"$.events[{i}].ts",
+            )
+    return batch
+
+
+def _split_msgspec_error(text: str) -> tuple[str, str]:
+    """msgspec says 'Expected `int`, got `str` - at `$.events[3].props.amount`'."""
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text, "$"
+    return message, where.rstrip("`")

@@ -1,0 +1,54 @@
+"""Every Valkey key name Ringback uses, built here and nowhere else.
+
+All keys of one profile share a hash tag, so a server-side function that updates a
+profile touches one cluster slot:
+
+    rb:{a:<site>:<anonymous_id>}:<suffix>   an anonymous visitor
+    rb:{c:<customer_id>}:<suffix>           a known customer
+
+Suffixes (the same for both kinds):
+    p       hash: counters, decayed intent, session, presence, calculator state
+    seen    sorted set: event ids seen in the dedupe window (score = receive ms)
+    pages   list: the most recent page paths (context for agents)
+    rl      string: batches in the current rate-limit window
+    links   set (customers only): "<site>:<anonymous_id>" merged into this customer
+    attrs   hash (customers only): CRM attributes
+    hist    stream (customers only): contact history
+
+Global streams are sharded by hash tag (`rb:{t:<n>}:triggers`) so a cluster spreads
+them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PROFILE_SUFFIXES",
+    "anonymous_prefix",
+    "customer_prefix",
+    "link_member",
+    "profile_keys",
+]
+
+PROFILE_SUFFIXES: tuple[str, ...] = ("p", "seen", "pages", "rl", "links", "attrs", "hist")
+
+
+def anonymous_prefix(site: str, anonymous_id: str) -> str:
+    return f"rb:{{a:{site}:{anonymous_id}}}"
+
+
+def customer_prefix(customer_id: str) -> str:
+    return f"rb:{{c:{customer_id}}}"
+
+
+def profile_keys(prefix: str) -> list[str]:
+    """The keys of one profile, in `PROFILE_SUFFIXES` order (the Lua side relies on it)."""
+    return [f"{prefix}:{suffix}" for suffix in PROFILE_SUFFIXES]
+
+
+def link_member(site: str, anonymous_id: str) -> str:
+    return f"{site}:{anonymous_id}"
+
+
+def parse_link_member(member: str) -> tuple[str, str]:
+    site, _, anonymous_id = member.partition(":")
+    return site, anonymous_id

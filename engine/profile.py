@@ -1,0 +1,294 @@
+"""Live visitor profiles in Valkey: update, merge, read, erase.
+
+The hot path is `ProfileStore.apply_batch`: ONE `FCALL rb_ingest` per batch, which
+dedupes event ids, updates counters, decayed intent, session, presence and
+calculator state, and returns the whole profile hash for the decision step. The
+Lua side lives in `engine/lua/ringback.lua`; its header documents every field.
+
+Anonymous -> known merges are the one cross-slot operation. They are rare (the first
+identified batch of a visitor), explicit, and idempotent: the customer's `links` set
+is checked and updated atomically inside `rb_merge_apply`, so a retried or
+concurrent merge never double-counts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine import keys
+from engine.errors import RateLimited
+from engine.schema import (
+    CalcEvent,
+    Event,
+    FormEvent,
+    HeartbeatEvent,
+    InterestEvent,
+    PageViewEvent,
+    event_type,
+)
+from engine.settings import Settings
+from engine.store import Store
+
+__all__ = ["BatchResult", "PageClassifier", "ProfileStore", "decode_profile"]
+
+
+class PageClassifier:
+    """URL path -> page category from config patterns, memoised (paths repeat a lot).
+
+    >>> import re
+    >>> c = PageClassifier(((("mortgage"), re.compile(r"/mortgage.*")),))
+    >>> c.category("/mortgage/rates"), c.category("/about")
+    ('mortgage', '')
+    """
+
+    def __init__(self, categories: Sequence[tuple[str, re.Pattern[str]]],
+                 cache_size: int = 4096) -> None:
+        self._categories = tuple(categories)
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
+
+    def category(self, path: str | None) -> str:
+        if not path:
+            return ""
+        hit = self._cache.get(path)
+        if hit is not None:
+            return hit
+        found = ""
+        for name, pattern in self._categories:
+            if pattern.fullmatch(path):
+                found = name
+                break
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[path] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    accepted: int
+    duplicates: int
+    needs_merge: bool
+    fields: dict[str, str]
+    accepted_flags: str = ""  # '1'/'0' per event in batch order
+
+
+def _num(v: float | int | None) -> str:
+    return "" if v is None else repr(v)
+
+
+class ProfileStore:
+    """Profile operations over a coalescing `Store`."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.classifier = PageClassifier(settings.categories)
+        self._weights = settings.intent_weights
+        p = settings.profile
+        self._dedupe_window_ms = p.dedupe_window_s * 1000
+        self._half_life_ms = p.intent_half_life_s * 1000
+        self._session_gap_ms = p.session_gap_s * 1000
+        self._presence_ttl_ms = p.presence_ttl_s * 1000
+
+    def encode_events(self, events: Sequence[Event]) -> list[Any]:
+        """Flatten events into rb_ingest's fixed-stride ARGV (see the Lua header)."""
+        out: list[Any] = []
+        weights = self._weights
+        classify = self.classifier.category
+        for ev in events:
+            etype = event_type(ev)
+            cat = classify(ev.page)
+            ikey = cat
+            prod = amount = term = rate = monthly = x1 = x2 = ""
+            dwell: int | str = 0
+            if isinstance(ev, PageViewEvent):
+                x1 = ev.props.utm_source or ""
+                x2 = ev.props.utm_campaign or ""
+            elif isinstance(ev, HeartbeatEvent):
+                dwell = ev.props.dwell_ms
+            elif isinstance(ev, CalcEvent):
+                p = ev.props
+                prod = ikey = p.product
+                amount, term = repr(p.amount), str(p.term_months)
+                rate, monthly = _num(p.rate), _num(p.monthly_payment)
+            elif isinstance(ev, FormEvent):
+                x1 = ev.props.action
+                x2 = ev.props.form or ev.props.field
+            elif isinstance(ev, InterestEvent):
+                prod = ikey = ev.props.product
+                x1 = "1" if ev.props.call_me else "0"
+            out += (ev.id, etype, ev.ts, ev.page or "", cat, ikey, weights.get(etype, 0.0),
+                    dwell, prod, amount, term, rate, monthly, x1, x2)
+        return out
+
+    async def apply_batch(
+        self,
+        prefix: str,
+        site: str,
+        events: Sequence[Event],
+        *,
+        anonymous: bool,
+        link: str = "",
+        now_ms: int | None = None,
+    ) -> BatchResult:
+        """Apply a batch to one profile in one round trip; raise RateLimited if over."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        limits = self.settings.limits
+        args = [
+            now_ms,
+            self.settings.profile.anonymous_ttl_s if anonymous else 0,
+            self._dedupe_window_ms,
+            self._half_life_ms,
+            self._session_gap_ms,
+            self._presence_ttl_ms,
+            limits.batches_per_minute_per_visitor,
+            60_000,
+            link,
+            site,
+            len(events),
+            *self.encode_events(events),
+        ]
+        res = await self.store.fcall("rb_ingest", keys.profile_keys(prefix), args)
+        if res[0] == "rate_limited":
+            raise RateLimited("too many batches for this visitor",
+                              retry_after_s=int(res[1]) // 1000 + 1)
+        flat = res[4]
+        return BatchResult(
+            accepted=int(res[1]),
+            duplicates=int(res[2]),
+            needs_merge=bool(int(res[3])),
+            fields=dict(zip(flat[::2], flat[1::2], strict=True)),
+            accepted_flags=res[5],
+        )
+
+    async def merge(self, site: str, anonymous_id: str, customer_id: str) -> str:
+        """Fold an anonymous profile into a customer's; 'merged', 'already' or 'conflict'."""
+        anon_keys = keys.profile_keys(keys.anonymous_prefix(site, anonymous_id))
+        exported = await self.store.fcall("rb_merge_export", anon_keys, [customer_id])
+        if exported[0] == "conflict":
+            return "conflict"
+        fields, seen, pages = exported[1], exported[2], exported[3]
+        args: list[Any] = [
+            keys.link_member(site, anonymous_id),
+            self._half_life_ms,
+            self._dedupe_window_ms,
+            len(fields), *fields,
+            len(seen), *seen,
+            len(pages), *pages,
+        ]
+        applied = await self.store.fcall(
+            "rb_merge_apply", keys.profile_keys(keys.customer_prefix(customer_id)), args)
+        return "merged" if int(applied) == 1 else "already"
+
+    async def read(self, prefix: str) -> tuple[dict[str, str], list[str], list[str],
+                                               dict[str, str]]:
+        """(profile fields, recent pages, linked anonymous ids, CRM attributes)."""
+        fields, pages, links, attrs = await self.store.fcall(
+            "rb_read", keys.profile_keys(prefix), [], writes=False)
+        return (dict(zip(fields[::2], fields[1::2], strict=True)), list(pages), sorted(links),
+                dict(zip(attrs[::2], attrs[1::2], strict=True)))
+
+    async def erase_customer(self, customer_id: str) -> int:
+        """Delete every key of the customer and of each anonymous id linked to it."""
+        deleted, links = await self.store.fcall(
+            "rb_erase", keys.profile_keys(keys.customer_prefix(customer_id)), [])
+        total = int(deleted)
+        for member in links:
+            site, anonymous_id = keys.parse_link_member(member)
+            more, _ = await self.store.fcall(
+                "rb_erase", keys.profile_keys(keys.anonymous_prefix(site, anonymous_id)), [])
+            total += int(more)
+        return total
+
+
+def _f(h: dict[str, str], k: str) -> float:
+    try:
+        return float(h[k])
+    except (KeyError, ValueError):
+        return 0.0
+
+
+def _i(h: dict[str, str], k: str) -> int:
+    return int(_f(h, k))
+
+
+def decode_profile(h: dict[str, str], now_ms: int, half_life_s: float,
+                   *, known: bool = False) -> dict[str, Any]:
+    """The profile hash as the plain dict that rules, scores and APIs read.
+
+    Intent is decayed to `now_ms` here, so a stored value is never stale when read.
+
+    >>> p = decode_profile({"n:page_view": "3", "i:mortgage": "4", "it:mortgage": "0"},
+    ...                    now_ms=86_400_000, half_life_s=86_400)
+    >>> p["counts"]["page_view"], p["intent"]["mortgage"]
+    (3, 2.0)
+    """
+    counts: dict[str, int] = {}
+    categories: dict[str, int] = {}
+    intent: dict[str, float] = {}
+    calc: dict[str, dict[str, Any]] = {}
+    interest: dict[str, int] = {}
+    call_requested: dict[str, int] = {}
+    half_life_ms = half_life_s * 1000
+    for k, v in h.items():
+        if k.startswith("n:"):
+            counts[k[2:]] = int(v)
+        elif k.startswith("cat:"):
+            categories[k[4:]] = int(v)
+        elif k.startswith("i:"):
+            key = k[2:]
+            age = max(0.0, now_ms - _f(h, "it:" + key))
+            intent[key] = round(float(v) * 2 ** (-age / half_life_ms), 6)
+        elif k.startswith("c:"):
+            _, prod, field = k.split(":", 2)
+            c = calc.setdefault(prod, {})
+            name = {"amount": "amount", "term": "term_months", "rate": "rate",
+                    "monthly": "monthly_payment", "n": "count", "max": "max_amount",
+                    "ts": "ts"}.get(field)
+            if name:
+                c[name] = float(v) if v not in ("",) else None
+                if name in ("term_months", "count", "ts") and c[name] is not None:
+                    c[name] = int(c[name])
+        elif k.startswith("x:"):
+            parts = k.split(":")
+            if len(parts) == 3 and parts[2] == "call":
+                call_requested[parts[1]] = int(float(v))
+            elif len(parts) == 2:
+                interest[parts[1]] = int(float(v))
+    return {
+        "known": known,
+        "counts": counts,
+        "categories": categories,
+        "intent": intent,
+        "calc": calc,
+        "forms": {
+            "focused": _i(h, "f:focus"),
+            "abandoned": _i(h, "f:abandon"),
+            "submitted": _i(h, "f:submit"),
+            "last_abandoned_form": h.get("f:last_abandon"),
+            "last_abandoned_ts": _i(h, "f:last_abandon_ts") or None,
+        },
+        "interest": interest,
+        "call_requested": call_requested,
+        "session": {
+            "number": _i(h, "s_n"),
+            "start": _i(h, "s_start") or None,
+            "last_seen": _i(h, "s_last") or None,
+            "pages": _i(h, "s_pages"),
+            "dwell_ms": _i(h, "s_dwell"),
+            "events": _i(h, "s_events"),
+        },
+        "first_seen": _i(h, "first_ts") or None,
+        "last_seen": _i(h, "last_ts") or None,
+        "online": now_ms < _f(h, "online_until"),
+        "dwell_ms": _i(h, "dwell"),
+        "last_page": h.get("last_page"),
+        "campaign": {k: h[k] for k in ("utm_source", "utm_campaign", "first_utm_source",
+                                       "first_utm_campaign") if k in h},
+        "merged_into": h.get("merged_into"),
+    }
