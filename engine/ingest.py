@@ -59,12 +59,14 @@ async def handle_events(request: web.Request) -> web.Response:
         link = ""
     result = await profiles.apply_batch(prefix, site.key, batch.events,
                                         anonymous=customer_id is None, link=link, now_ms=now_ms)
-    fields = result.fields
     if result.needs_merge and customer_id is not None:
+        # Rare: this visitor's first identified batch. Merge, then apply the batch to the
+        # merged profile (without the link check, which a conflict would never satisfy).
         outcome = await profiles.merge(site.key, batch.anonymous_id, customer_id)
         metrics.merges.labels(outcome).inc()
-        if outcome == "merged":
-            fields = (await profiles.read(prefix))[0]
+        result = await profiles.apply_batch(prefix, site.key, batch.events, anonymous=False,
+                                            now_ms=now_ms)
+    fields = result.fields
 
     for ev, flag in zip(batch.events, result.accepted_flags, strict=False):
         if flag == "1":

