@@ -7,10 +7,9 @@ profile touches one cluster slot:
     rb:{c:<customer_id>}:<suffix>           a known customer
 
 Suffixes (the same for both kinds):
-    p       hash: counters, decayed intent, session, presence, calculator state
+    p       string: the profile as one JSON object (counters, decayed intent, session,
+            presence, calculator state, recent pages, rate-limit window)
     seen    sorted set: event ids seen in the dedupe window (score = receive ms)
-    pages   list: the most recent page paths (context for agents)
-    rl      string: batches in the current rate-limit window
     links   set (customers only): "<site>:<anonymous_id>" merged into this customer
     attrs   hash (customers only): CRM attributes
     hist    stream (customers only): contact history
@@ -29,7 +28,7 @@ __all__ = [
     "profile_keys",
 ]
 
-PROFILE_SUFFIXES: tuple[str, ...] = ("p", "seen", "pages", "rl", "links", "attrs", "hist")
+PROFILE_SUFFIXES: tuple[str, ...] = ("p", "seen", "links", "attrs", "hist")
 
 
 def anonymous_prefix(site: str, anonymous_id: str) -> str:

@@ -19,17 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from engine import keys
-from engine.errors import RateLimited
-from engine.schema import (
-    CalcEvent,
-    Event,
-    FormEvent,
-    HeartbeatEvent,
-    InterestEvent,
-    PageViewEvent,
-    event_type,
-)
+from engine.errors import RateLimited, StoreUnavailable
+from engine.profile_delta import build_delta
+from engine.schema import Event
 from engine.settings import Settings
 from engine.store import Store
 
@@ -73,12 +68,8 @@ class BatchResult:
     accepted: int
     duplicates: int
     needs_merge: bool
-    fields: dict[str, str]
+    fields: dict[str, Any]
     accepted_flags: str = ""  # '1'/'0' per event in batch order
-
-
-def _num(v: float | int | None) -> str:
-    return "" if v is None else repr(v)
 
 
 class ProfileStore:
@@ -95,36 +86,11 @@ class ProfileStore:
         self._session_gap_ms = p.session_gap_s * 1000
         self._presence_ttl_ms = p.presence_ttl_s * 1000
 
-    def encode_events(self, events: Sequence[Event]) -> list[Any]:
-        """Flatten events into rb_ingest's fixed-stride ARGV (see the Lua header)."""
-        out: list[Any] = []
-        weights = self._weights
-        classify = self.classifier.category
-        for ev in events:
-            etype = event_type(ev)
-            cat = classify(ev.page)
-            ikey = cat
-            prod = amount = term = rate = monthly = x1 = x2 = ""
-            dwell: int | str = 0
-            if isinstance(ev, PageViewEvent):
-                x1 = ev.props.utm_source or ""
-                x2 = ev.props.utm_campaign or ""
-            elif isinstance(ev, HeartbeatEvent):
-                dwell = ev.props.dwell_ms
-            elif isinstance(ev, CalcEvent):
-                p = ev.props
-                prod = ikey = p.product
-                amount, term = repr(p.amount), str(p.term_months)
-                rate, monthly = _num(p.rate), _num(p.monthly_payment)
-            elif isinstance(ev, FormEvent):
-                x1 = ev.props.action
-                x2 = ev.props.form or ev.props.field
-            elif isinstance(ev, InterestEvent):
-                prod = ikey = ev.props.product
-                x1 = "1" if ev.props.call_me else "0"
-            out += (ev.id, etype, ev.ts, ev.page or "", cat, ikey, weights.get(etype, 0.0),
-                    dwell, prod, amount, term, rate, monthly, x1, x2)
-        return out
+    def delta(self, events: Sequence[Event], now_ms: int) -> dict[str, Any]:
+        return build_delta(events, classify=self.classifier.category, weights=self._weights,
+                           half_life_ms=self._half_life_ms,
+                           session_gap_ms=self._session_gap_ms,
+                           presence_ttl_ms=self._presence_ttl_ms, now_ms=now_ms)
 
     async def apply_batch(
         self,
@@ -136,35 +102,50 @@ class ProfileStore:
         link: str = "",
         now_ms: int | None = None,
     ) -> BatchResult:
-        """Apply a batch to one profile in one round trip; raise RateLimited if over."""
+        """Apply a batch to one profile in one round trip; raise RateLimited if over.
+
+        The delta is built optimistically for "every event is new" (the common case);
+        if Valkey has seen some ids, it writes nothing and says which, and we rebuild
+        the delta for the new ones only (a retry overlapping a first send).
+        """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         limits = self.settings.limits
-        args = [
-            now_ms,
-            self.settings.profile.anonymous_ttl_s if anonymous else 0,
-            self._dedupe_window_ms,
-            self._half_life_ms,
-            self._session_gap_ms,
-            self._presence_ttl_ms,
-            limits.batches_per_minute_per_visitor,
-            60_000,
-            link,
-            site,
-            len(events),
-            *self.encode_events(events),
-        ]
-        res = await self.store.fcall("rb_ingest", keys.profile_keys(prefix), args)
+        ids = [ev.id for ev in events]
+        expect = "1" * len(ids)
+        header = {
+            "now": now_ms,
+            "ttl": self.settings.profile.anonymous_ttl_s if anonymous else 0,
+            "win": self._dedupe_window_ms,
+            "hl": self._half_life_ms,
+            "gap": self._session_gap_ms,
+            "rlmax": limits.batches_per_minute_per_visitor,
+            "rlwin": 60_000,
+            "link": link,
+            "site": site,
+            "ids": ids,
+        }
+        fresh: Sequence[Event] = events
+        for _ in range(4):
+            header["expect"] = expect
+            header["delta"] = self.delta(fresh, now_ms)
+            res = await self.store.fcall("rb_ingest", keys.profile_keys(prefix),
+                                         [orjson.dumps(header)])
+            if res[0] != "retry":
+                break
+            expect = res[1]
+            fresh = [ev for ev, flag in zip(events, expect, strict=True) if flag == "1"]
+        else:
+            raise StoreUnavailable("profile kept changing under concurrent retries")
         if res[0] == "needs_merge":
             return BatchResult(accepted=0, duplicates=0, needs_merge=True, fields={})
         if res[0] == "rate_limited":
             raise RateLimited("too many batches for this visitor",
                               retry_after_s=int(res[1]) // 1000 + 1)
-        flat = res[4]
         return BatchResult(
             accepted=int(res[1]),
             duplicates=int(res[2]),
-            needs_merge=bool(int(res[3])),
-            fields=dict(zip(flat[::2], flat[1::2], strict=True)),
+            needs_merge=False,
+            fields=orjson.loads(res[4]),
             accepted_flags=res[5],
         )
 
@@ -174,25 +155,26 @@ class ProfileStore:
         exported = await self.store.fcall("rb_merge_export", anon_keys, [customer_id])
         if exported[0] == "conflict":
             return "conflict"
-        fields, seen, pages = exported[1], exported[2], exported[3]
+        fields, seen = exported[1], exported[2]
         args: list[Any] = [
             keys.link_member(site, anonymous_id),
             self._half_life_ms,
             self._dedupe_window_ms,
-            len(fields), *fields,
+            fields,
             len(seen), *seen,
-            len(pages), *pages,
         ]
         applied = await self.store.fcall(
             "rb_merge_apply", keys.profile_keys(keys.customer_prefix(customer_id)), args)
         return "merged" if int(applied) == 1 else "already"
 
-    async def read(self, prefix: str) -> tuple[dict[str, str], list[str], list[str],
+    async def read(self, prefix: str) -> tuple[dict[str, Any], list[str], list[str],
                                                dict[str, str]]:
         """(profile fields, recent pages, linked anonymous ids, CRM attributes)."""
-        fields, pages, links, attrs = await self.store.fcall(
+        raw, links, attrs = await self.store.fcall(
             "rb_read", keys.profile_keys(prefix), [], writes=False)
-        return (dict(zip(fields[::2], fields[1::2], strict=True)), list(pages), sorted(links),
+        fields = orjson.loads(raw)
+        pages = fields.get("pages")
+        return (fields, pages if isinstance(pages, list) else [], sorted(links),
                 dict(zip(attrs[::2], attrs[1::2], strict=True)))
 
     async def erase_customer(self, customer_id: str) -> int:
@@ -208,18 +190,18 @@ class ProfileStore:
         return total
 
 
-def _f(h: dict[str, str], k: str) -> float:
+def _f(h: dict[str, Any], k: str) -> float:
     try:
         return float(h[k])
     except (KeyError, ValueError):
         return 0.0
 
 
-def _i(h: dict[str, str], k: str) -> int:
+def _i(h: dict[str, Any], k: str) -> int:
     return int(_f(h, k))
 
 
-def decode_profile(h: dict[str, str], now_ms: int, half_life_s: float,
+def decode_profile(h: dict[str, Any], now_ms: int, half_life_s: float,
                    *, known: bool = False) -> dict[str, Any]:
     """The profile hash as the plain dict that rules, scores and APIs read.
 

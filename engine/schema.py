@@ -9,7 +9,7 @@ Each event type carries its own typed `props`, selected by the `type` tag, so
 a `calc` event cannot arrive without a numeric amount and a `form` event has
 nowhere to put a field's value.
 
->>> batch = decode_batch(b'{"site":"demo-bank","anonymous_id":"a1",'
+>>> batch = decode_batch(b'{"site":"demo-bank","anonymous_id":"a1234567",'
 ...     b'"events":[{"id":"e1","type":"page_view","ts":1700000000000,"page":"/loans"}]}')
 >>> batch.events[0].page
 '/loans'

@@ -136,3 +136,17 @@ async def test_event_ids_are_per_profile(engine: EngineClient) -> None:
         status, resp, _ = await engine.post_events(
             engine.batch([event("page_view", id=shared_id, page="/")]))
         assert status == 200 and resp["accepted"] == 1
+
+
+async def test_a_retry_overlapping_a_first_send_counts_only_new_events(
+        engine: EngineClient) -> None:
+    token = engine.token("cust-overlap")
+    anon = new_anon()
+    a, b, c = (calc("loans", 10_000 * (i + 1), 24) for i in range(3))
+    first = await engine.post_events(engine.batch([a, b], anonymous_id=anon, identity=token))
+    second = await engine.post_events(engine.batch([b, c, c], anonymous_id=anon,
+                                                   identity=token))
+    assert first[1]["accepted"] == 2
+    assert (second[1]["accepted"], second[1]["duplicates"]) == (1, 2)
+    loans = (await engine.profile("cust-overlap"))["profile"]["calc"]["loans"]
+    assert loans["count"] == 3 and loans["max_amount"] == 30_000

@@ -213,7 +213,8 @@ async def test_bad_identity_tokens_are_refused_and_merge_nothing(
     assert resp["error"]["path"] == "$.identity"
     keys = await redis.keys("rb:*")
     assert not [k for k in keys if "{c:" in k]  # no customer profile was created
-    assert await redis.hget(f"rb:{{a:demo-bank:{anon}}}:p", "merged_into") is None
+    anon_profile = orjson.loads(await redis.get(f"rb:{{a:demo-bank:{anon}}}:p"))
+    assert "merged_into" not in anon_profile
 
 
 async def test_handler_errors_never_leak_tracebacks(engine: EngineClient) -> None:

@@ -4,16 +4,16 @@ Ringback's Valkey function library (FUNCTION LOAD REPLACE at startup; persisted 
 the AOF, reloaded by the engine if a fresh server lacks it).
 
 Every function here touches the keys of ONE profile (one hash tag, one cluster
-slot). KEYS are always the seven profile keys in engine/keys.py order:
-  KEYS[1] p      hash    the profile
+slot). KEYS are always the five profile keys in engine/keys.py order:
+  KEYS[1] p      string  the profile: one JSON object (fields below)
   KEYS[2] seen   zset    event ids in the dedupe window (score = receive ms)
-  KEYS[3] pages  list    recent "ts path" entries, newest first
-  KEYS[4] rl     string  batches in the current rate-limit window
-  KEYS[5] links  set     "<site>:<anonymous_id>" merged into this customer
-  KEYS[6] attrs  hash    CRM attributes
-  KEYS[7] hist   stream  contact history
+  KEYS[3] links  set     "<site>:<anonymous_id>" merged into this customer
+  KEYS[4] attrs  hash    CRM attributes
+  KEYS[5] hist   stream  contact history
 
-Profile hash fields (strings in Valkey, numbers where numeric):
+The profile is one JSON value rather than a hash: measured here, an HSET of ~30 fields
+into a listpack hash cost ~33 µs of Valkey time, a GET + cjson decode/encode + SET ~15.
+Profile fields:
   first_ts last_ts seen_ms online_until     timestamps (ms)
   n:<type>                                   events per type
   cat:<category>                             page views per category
@@ -23,19 +23,17 @@ Profile hash fields (strings in Valkey, numbers where numeric):
   c:<product>:{amount,term,rate,monthly,ts,n,max}  loan calculator state
   f:<action> f:last_abandon f:last_abandon_ts     form interactions (names, never values)
   x:<product> x:<product>:call               registered interest / asked for a call (ms)
-  last_page utm_source utm_campaign first_utm_source first_utm_campaign site
+  pages                                      recent "ts path" entries, newest first
+  rl_w rl_n trim_ts                          rate-limit window, dedupe trim bookkeeping
+  last_page lp_ts utm_source utm_campaign utm_ts first_utm_source first_utm_campaign site
   merged_into                                (anonymous only) the customer it merged into
 ]]
 
-local STRIDE = 15
-
--- Read the whole hash into a table once; mutate in Lua; write back the changed fields
--- in one HSET. Cheaper than a command per field and trivially atomic.
+-- Read the whole profile into a table once; mutate in Lua; write it back once.
 local function load_hash(key)
-  local flat = redis.call('HGETALL', key)
-  local h = {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-  return h
+  local raw = redis.call('GET', key)
+  if not raw then return {} end
+  return cjson.decode(raw)
 end
 
 local function num(h, k)
@@ -51,21 +49,11 @@ local function incr(h, dirty, k, by)
   set(h, dirty, k, num(h, k) + by)
 end
 
-local function fmt(v)
-  if type(v) == 'number' then
-    if v == math.floor(v) and math.abs(v) < 1e15 then return string.format('%d', v) end
-    return string.format('%.17g', v)
-  end
-  return v
-end
-
+-- Write the profile back (keeping any TTL); returns the JSON it wrote.
 local function flush(key, h, dirty)
-  local args = {}
-  for k in pairs(dirty) do
-    args[#args + 1] = k
-    args[#args + 1] = fmt(h[k])
-  end
-  if #args > 0 then redis.call('HSET', key, unpack(args)) end
+  local raw = cjson.encode(h)
+  if next(dirty) ~= nil then redis.call('SET', key, raw, 'KEEPTTL') end
+  return raw
 end
 
 -- Exponentially decayed sum: value halves every half-life; events may arrive late.
@@ -87,173 +75,152 @@ local function max_field(h, dirty, k, v)
   if v > num(h, k) then set(h, dirty, k, v) end
 end
 
-local function flatten(h)
-  local out = {}
-  for k, v in pairs(h) do
-    out[#out + 1] = k
-    out[#out + 1] = fmt(v)
-  end
-  return out
+local MAX_PAGES = 20
+
+-- The newest MAX_PAGES "ts path" entries of two lists, newest first.
+local function recent_pages(old, new)
+  local all = {}
+  if type(old) == 'table' then for _, p in ipairs(old) do all[#all + 1] = p end end
+  for _, p in ipairs(new) do all[#all + 1] = p end
+  table.sort(all, function(x, y)
+    return (tonumber(x:match('^(%d+)')) or 0) > (tonumber(y:match('^(%d+)')) or 0)
+  end)
+  local keep = {}
+  for i = 1, math.min(MAX_PAGES, #all) do keep[i] = all[i] end
+  return keep
 end
 
 --[[
 rb_ingest: apply one batch to one profile, exactly once per event id.
-ARGV: now_ms, ttl_s (0 = keep forever), dedupe_window_ms, half_life_ms, session_gap_ms,
-      presence_ttl_ms, rl_max (0 = off), rl_window_ms, link_member ('' = none), site,
-      n_events, then n_events x STRIDE fields:
-      id type ts page cat ikey w dwell prod amount term rate monthly x1 x2
-Returns {'ok', accepted, duplicates, 0, profile flat, accepted flags}
-     (flags: one '1'/'0' per event, in batch order), {'rate_limited', retry_after_ms},
-     or {'needs_merge'} (nothing written) when link_member is not yet in `links`.
-     or {'rate_limited', retry_after_ms}.
+ARGV[1]: JSON {now, ttl (s, 0 = keep forever), win (dedupe window ms), hl (half-life ms),
+         gap (session gap ms), rlmax (0 = off), rlwin (ms), link ('' = none), site,
+         ids [event ids], expect ('1' new / '0' duplicate per id), delta {...}}
+The delta aggregates the events flagged '1' in `expect` (engine/profile_delta.py).
+Returns {'ok', accepted, duplicates, 0, profile JSON, flags}
+     | {'retry', flags}            Valkey's view of which ids are new differs from
+                                   `expect`: nothing written, rebuild the delta
+     | {'rate_limited', retry_after_ms}
+     | {'needs_merge'}             link not yet in `links`: merge first, nothing written
+Common path: four calls (ZMSCORE, ZADD, GET, SET); each redis.call costs ~3 µs here.
 ]]
 local function ingest(keys, args)
-  local P, SEEN, PAGES, RL, LINKS = keys[1], keys[2], keys[3], keys[4], keys[5]
-  local now = tonumber(args[1])
-  local ttl_s = tonumber(args[2])
-  local window = tonumber(args[3])
-  local half_life = tonumber(args[4])
-  local gap = tonumber(args[5])
-  local presence_ttl = tonumber(args[6])
-  local rl_max = tonumber(args[7])
-  local rl_window = tonumber(args[8])
-  local link = args[9]
-  local site = args[10]
-  local n = tonumber(args[11])
+  local P, SEEN, LINKS = keys[1], keys[2], keys[3]
+  local a = cjson.decode(args[1])
+  local now = a.now
 
   -- First identified batch of this anonymous id: merge before applying, so events the
   -- anonymous profile already counted are deduped by the merged `seen` set.
-  if link ~= '' and redis.call('SISMEMBER', LINKS, link) == 0 then
+  if a.link ~= '' and redis.call('SISMEMBER', LINKS, a.link) == 0 then
     return {'needs_merge'}
   end
 
-  if rl_max > 0 then
-    local count = redis.call('INCR', RL)
-    if count == 1 then redis.call('PEXPIRE', RL, rl_window) end
-    if count > rl_max then
-      return {'rate_limited', redis.call('PTTL', RL)}
+  local ids = a.ids
+  local scores = redis.call('ZMSCORE', SEEN, unpack(ids))
+  local flags, fresh = {}, {}
+  local seen_here = {}
+  for i, id in ipairs(ids) do
+    if scores[i] or seen_here[id] then
+      flags[i] = '0'
+    else
+      flags[i] = '1'
+      seen_here[id] = true
+      fresh[#fresh + 1] = now
+      fresh[#fresh + 1] = id
     end
   end
+  local flagstr = table.concat(flags)
+  if flagstr ~= a.expect then return {'retry', flagstr} end
+  local accepted = #fresh / 2
+  if accepted == 0 then return {'ok', 0, #ids, 0, '{}', flagstr} end
 
-  redis.call('ZREMRANGEBYSCORE', SEEN, '-inf', '(' .. (now - window))
   local h = load_hash(P)
   local dirty = {}
-  local accepted, dups = 0, 0
-  local new_pages = {}
-  local flags = {}
+  if a.rlmax > 0 then
+    if now - num(h, 'rl_w') >= a.rlwin then
+      set(h, dirty, 'rl_w', now)
+      set(h, dirty, 'rl_n', 0)
+    end
+    if num(h, 'rl_n') >= a.rlmax then
+      return {'rate_limited', num(h, 'rl_w') + a.rlwin - now}
+    end
+    incr(h, dirty, 'rl_n', 1)
+  end
 
-  for e = 0, n - 1 do
-    local b = 11 + e * STRIDE
-    local id, etype, ts = args[b + 1], args[b + 2], tonumber(args[b + 3])
-    if redis.call('ZADD', SEEN, 'NX', now, id) == 0 then
-      dups = dups + 1
-      flags[e + 1] = '0'
+  redis.call('ZADD', SEEN, unpack(fresh))
+  -- Dropping ids older than the window costs calls: do it at most once an hour (the
+  -- TTL set here outlives the window, and an active visitor trims every hour).
+  if now - num(h, 'trim_ts') > 3600000 then
+    redis.call('ZREMRANGEBYSCORE', SEEN, '-inf', '(' .. string.format('%d', now - a.win))
+    redis.call('PEXPIRE', SEEN, a.win + 3600000)
+    set(h, dirty, 'trim_ts', now)
+  end
+
+  local d = a.delta
+  for k, v in pairs(d.inc) do incr(h, dirty, k, v) end
+  for k, v in pairs(d.max) do max_field(h, dirty, k, v) end
+  for k, v in pairs(d.min) do
+    if h[k] == nil or v < num(h, k) then set(h, dirty, k, v) end
+  end
+  for k, v in pairs(d.setnx) do
+    if h[k] == nil then set(h, dirty, k, v) end
+  end
+  for _, group in ipairs(d.latest) do
+    local ts_field, ts, fields = group[1], group[2], group[3]
+    if h[ts_field] == nil or ts >= num(h, ts_field) then
+      set(h, dirty, ts_field, ts)
+      for k, v in pairs(fields) do set(h, dirty, k, v) end
+    end
+  end
+  for key, tv in pairs(d.decay) do decay_add(h, dirty, key, tv[1], tv[2], a.hl) end
+  for i, seg in ipairs(d.sess) do
+    local s_last = tonumber(h['s_last'])
+    if i > 1 or s_last == nil or seg[1] - s_last > a.gap then
+      incr(h, dirty, 's_n', 1)
+      set(h, dirty, 's_start', seg[1])
+      set(h, dirty, 's_last', seg[2])
+      set(h, dirty, 's_pages', seg[3])
+      set(h, dirty, 's_dwell', seg[4])
+      set(h, dirty, 's_events', seg[5])
     else
-      accepted = accepted + 1
-      flags[e + 1] = '1'
-      local page, cat, ikey = args[b + 4], args[b + 5], args[b + 6]
-      local w, dwell = tonumber(args[b + 7]), tonumber(args[b + 8])
-      local prod = args[b + 9]
-      local x1, x2 = args[b + 14], args[b + 15]
-      local tsc = math.min(ts, now)
-
-      incr(h, dirty, 'n:' .. etype, 1)
-      if h['first_ts'] == nil or ts < num(h, 'first_ts') then set(h, dirty, 'first_ts', ts) end
-      max_field(h, dirty, 'last_ts', ts)
-      max_field(h, dirty, 'seen_ms', tsc)
-      max_field(h, dirty, 'online_until', tsc + presence_ttl)
-
-      -- Sessions: a gap longer than session_gap_ms starts a new one.
-      local s_last = tonumber(h['s_last'])
-      if s_last == nil or ts - s_last > gap then
-        incr(h, dirty, 's_n', 1)
-        set(h, dirty, 's_start', ts)
-        set(h, dirty, 's_last', ts)
-        set(h, dirty, 's_pages', 0)
-        set(h, dirty, 's_dwell', 0)
-        set(h, dirty, 's_events', 0)
-      end
-      max_field(h, dirty, 's_last', ts)
-      incr(h, dirty, 's_events', 1)
-
-      if ikey ~= '' and w > 0 then decay_add(h, dirty, ikey, tsc, w, half_life) end
-
-      if etype == 'page_view' then
-        incr(h, dirty, 's_pages', 1)
-        if cat ~= '' then incr(h, dirty, 'cat:' .. cat, 1) end
-        if page ~= '' then
-          set(h, dirty, 'last_page', page)
-          new_pages[#new_pages + 1] = ts .. ' ' .. page
-        end
-        if x1 ~= '' then
-          set(h, dirty, 'utm_source', x1)
-          if h['first_utm_source'] == nil then set(h, dirty, 'first_utm_source', x1) end
-        end
-        if x2 ~= '' then
-          set(h, dirty, 'utm_campaign', x2)
-          if h['first_utm_campaign'] == nil then set(h, dirty, 'first_utm_campaign', x2) end
-        end
-      elseif etype == 'heartbeat' then
-        incr(h, dirty, 's_dwell', dwell)
-        incr(h, dirty, 'dwell', dwell)
-      elseif etype == 'calc' then
-        local c = 'c:' .. prod .. ':'
-        incr(h, dirty, c .. 'n', 1)
-        local amount = tonumber(args[b + 10])
-        max_field(h, dirty, c .. 'max', amount)
-        if ts >= num(h, c .. 'ts') then
-          set(h, dirty, c .. 'ts', ts)
-          set(h, dirty, c .. 'amount', amount)
-          set(h, dirty, c .. 'term', tonumber(args[b + 11]))
-          set(h, dirty, c .. 'rate', args[b + 12])
-          set(h, dirty, c .. 'monthly', args[b + 13])
-        end
-      elseif etype == 'form' then
-        incr(h, dirty, 'f:' .. x1, 1)
-        if x1 == 'abandon' then
-          set(h, dirty, 'f:last_abandon', x2)
-          set(h, dirty, 'f:last_abandon_ts', ts)
-        end
-      elseif etype == 'interest' then
-        max_field(h, dirty, 'x:' .. prod, ts)
-        if x1 == '1' then max_field(h, dirty, 'x:' .. prod .. ':call', ts) end
-      end
+      max_field(h, dirty, 's_last', seg[2])
+      incr(h, dirty, 's_pages', seg[3])
+      incr(h, dirty, 's_dwell', seg[4])
+      incr(h, dirty, 's_events', seg[5])
     end
   end
+  if #d.pages > 0 then h['pages'] = recent_pages(h['pages'], d.pages) end
+  if h['site'] == nil then h['site'] = a.site end
 
-  if accepted > 0 then
-    if h['site'] == nil then set(h, dirty, 'site', site) end
-    flush(P, h, dirty)
-    if #new_pages > 0 then
-      redis.call('LPUSH', PAGES, unpack(new_pages))
-      redis.call('LTRIM', PAGES, 0, 19)
-    end
-    if ttl_s > 0 then
-      redis.call('EXPIRE', P, ttl_s)
-      redis.call('EXPIRE', PAGES, ttl_s)
-    end
+  local raw = cjson.encode(h)
+  if a.ttl > 0 then
+    redis.call('SET', P, raw, 'EX', a.ttl)
+  else
+    redis.call('SET', P, raw)
   end
-  redis.call('PEXPIRE', SEEN, window)
-  return {'ok', accepted, dups, 0, flatten(h), table.concat(flags)}
+  return {'ok', accepted, #ids - accepted, 0, raw, flagstr}
 end
 
 --[[
 rb_merge_export: read an anonymous profile for merging into customer ARGV[1].
 Marks it merged_into=<customer> so erasure finds it and it is never merged twice
-into two different customers. Returns {'ok', profile flat, seen flat, pages}
+into two different customers. Returns {'ok', profile JSON, seen flat}
 or {'conflict', other_customer}.
 ]]
 local function merge_export(keys, args)
   local P = keys[1]
   local customer = args[1]
-  local current = redis.call('HGET', P, 'merged_into')
+  local h = load_hash(P)
+  local current = h['merged_into']
   if current and current ~= customer then return {'conflict', current} end
-  if redis.call('EXISTS', P) == 1 then redis.call('HSET', P, 'merged_into', customer) end
+  local raw = '{}'
+  if next(h) ~= nil then
+    h['merged_into'] = customer
+    raw = flush(P, h, {merged_into = true})
+  end
   return {
     'ok',
-    redis.call('HGETALL', P),
+    raw,
     redis.call('ZRANGE', keys[2], 0, -1, 'WITHSCORES'),
-    redis.call('LRANGE', keys[3], 0, -1),
   }
 end
 
@@ -261,33 +228,34 @@ end
 rb_merge_apply: fold an exported anonymous profile into this customer, exactly once.
 The SISMEMBER/SADD on `links` is the idempotency point: a retried or concurrent merge
 of the same anonymous id finds it there and changes nothing.
-ARGV: link_member, half_life_ms, dedupe_window_ms, n_fields, fields flat...,
-      n_seen, seen flat (id, score)..., n_pages, pages...
+ARGV: link_member, half_life_ms, dedupe_window_ms, anonymous profile JSON,
+      n_seen, seen flat (id, score)...
 Returns 1 if merged, 0 if it had already been.
 ]]
 local function merge_apply(keys, args)
-  local P, SEEN, PAGES, LINKS = keys[1], keys[2], keys[3], keys[5]
+  local P, SEEN, LINKS = keys[1], keys[2], keys[3]
   local link = args[1]
   local half_life = tonumber(args[2])
   local window = tonumber(args[3])
   if redis.call('SADD', LINKS, link) == 0 then return 0 end
 
-  local pos = 4
-  local nf = tonumber(args[pos]); pos = pos + 1
-  local a = {}
-  for i = 1, nf, 2 do a[args[pos + i - 1]] = args[pos + i] end
-  pos = pos + nf
+  local a = cjson.decode(args[4])
+  local pos = 5
   local h = load_hash(P)
+  local h0 = {}  -- the customer as it was: comparisons must not see our own updates
+  for k, v in pairs(h) do h0[k] = v end
   local dirty = {}
-  local a_newer = num(a, 'last_ts') > num(h, 'last_ts')
+  local a_newer = num(a, 'last_ts') > num(h0, 'last_ts')
 
   for k, v in pairs(a) do
-    if k == 'merged_into' or k == 'site' then
+    if k == 'merged_into' or k == 'site' or k == 'trim_ts' or k == 'rl_w' or k == 'rl_n' then
       -- anonymous-only bookkeeping
     elseif k:sub(1, 2) == 'n:' or k:sub(1, 4) == 'cat:' or k == 'dwell'
         or (k:sub(1, 2) == 'f:' and k ~= 'f:last_abandon' and k ~= 'f:last_abandon_ts')
         or (k:sub(1, 2) == 'c:' and k:sub(-2) == ':n') then
       incr(h, dirty, k, tonumber(v))
+    elseif k == 'pages' then
+      set(h, dirty, 'pages', recent_pages(h0['pages'], v))
     elseif k:sub(1, 2) == 'i:' then
       local key = k:sub(3)
       local at = tonumber(a['it:' .. key]) or 0
@@ -298,7 +266,7 @@ local function merge_apply(keys, args)
       max_field(h, dirty, k, tonumber(v))
     elseif k:sub(1, 2) == 'c:' then
       local prefix = k:match('^(c:[^:]+:)')
-      if num(a, prefix .. 'ts') > num(h, prefix .. 'ts') then set(h, dirty, k, v) end
+      if num(a, prefix .. 'ts') > num(h0, prefix .. 'ts') then set(h, dirty, k, v) end
     elseif k == 'first_ts' then
       if h[k] == nil or tonumber(v) < num(h, k) then set(h, dirty, k, tonumber(v)) end
     elseif k == 'last_ts' or k == 'seen_ms' or k == 'online_until' or k:sub(1, 2) == 'x:' then
@@ -306,7 +274,7 @@ local function merge_apply(keys, args)
     elseif k:sub(1, 6) == 'first_' then
       if h[k] == nil then set(h, dirty, k, v) end
     elseif k:sub(1, 2) == 's_' then
-      if num(a, 's_last') > num(h, 's_last') then set(h, dirty, k, v) end
+      if num(a, 's_last') > num(h0, 's_last') then set(h, dirty, k, v) end
     elseif a_newer or h[k] == nil then
       set(h, dirty, k, v)
     end
@@ -317,20 +285,7 @@ local function merge_apply(keys, args)
   for i = 0, ns / 2 - 1 do
     redis.call('ZADD', SEEN, 'NX', args[pos + 2 * i + 1], args[pos + 2 * i])
   end
-  pos = pos + ns
-  if ns > 0 then redis.call('PEXPIRE', SEEN, window) end
-  local np = tonumber(args[pos]); pos = pos + 1
-  if np > 0 then
-    local all = redis.call('LRANGE', PAGES, 0, -1)
-    for i = 0, np - 1 do all[#all + 1] = args[pos + i] end
-    table.sort(all, function(x, y)
-      return (tonumber(x:match('^(%d+)')) or 0) > (tonumber(y:match('^(%d+)')) or 0)
-    end)
-    redis.call('DEL', PAGES)
-    local keep = {}
-    for i = 1, math.min(20, #all) do keep[i] = all[i] end
-    redis.call('RPUSH', PAGES, unpack(keep))
-  end
+  if ns > 0 then redis.call('PEXPIRE', SEEN, window + 3600000) end
   return 1
 end
 
@@ -339,20 +294,19 @@ rb_erase: delete every key of one profile. Returns the linked anonymous ids so t
 caller can erase those profiles too (they live in other slots).
 ]]
 local function erase(keys, args)
-  local links = redis.call('SMEMBERS', keys[5])
+  local links = redis.call('SMEMBERS', keys[3])
   local deleted = redis.call('DEL', unpack(keys))
   return {deleted, links}
 end
 
 --[[
-rb_read: the profile, its recent pages and its links, in one call.
+rb_read: the profile, its links and its CRM attributes, in one call.
 ]]
 local function read(keys, args)
   return {
-    redis.call('HGETALL', keys[1]),
-    redis.call('LRANGE', keys[3], 0, -1),
-    redis.call('SMEMBERS', keys[5]),
-    redis.call('HGETALL', keys[6]),
+    redis.call('GET', keys[1]) or '{}',
+    redis.call('SMEMBERS', keys[3]),
+    redis.call('HGETALL', keys[4]),
   }
 end
 
