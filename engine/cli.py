@@ -3,6 +3,7 @@
     ringback serve [--host] [--port] [--workers N] [--rules DIR] [--redis URL]
                    [--data-dir DIR] [--config FILE] [--durability aof|fsync]
     ringback token --site SITE --customer ID [--data-dir DIR] [--config FILE]
+    ringback simulate --url URL [--rate N] [--duration S] [--speed X]
 
 Errors a user can fix (a bad config key, an unknown site) print one line and exit 2;
 they never print a traceback.
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     p.set_defaults(func=_cmd_token)
 
-    for name, register in _EXTENSIONS:
+    for name, register in _extensions():
         register(sub, name)
     return parser
 
@@ -96,8 +97,11 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-# Other modules add subcommands here (name, register(subparsers, name)).
-_EXTENSIONS: list[tuple[str, Callable[[argparse._SubParsersAction, str], None]]] = []
+def _extensions() -> list[tuple[str, Callable[[argparse._SubParsersAction, str], None]]]:
+    """Subcommands that live with the code they drive (imported lazily)."""
+    from engine import simulate
+
+    return [("simulate", simulate.register)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,6 +102,9 @@ def openapi_document() -> dict[str, Any]:
                         "decisions": decisions}}),
                         "400": _error("Invalid parameters"), "404": _error("Unknown site")},
                 },
+                "options": {"summary": "CORS preflight",
+                            "responses": {"204": {"description": "Allowed"},
+                                          "403": {"description": "Origin not allowed"}}},
             },
             "/v1/profiles/{customer_id}": {
                 "get": {"summary": "Read a customer's live profile", "security": _BEARER,

@@ -1,0 +1,93 @@
+"""Config: one TOML file; every mistake names the file and the key."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.settings import DEMO_CREDENTIALS_FILE, Secret, load_settings
+
+GOOD = """
+[server]
+port = 9000
+
+[[sites]]
+key = "acme-bank"
+allowed_origins = ["https://www.acme.example"]
+consent = "required"
+identity = { algorithms = ["HS256"], secret = "0123456789abcdef0123456789abcdef" }
+
+[[api_tokens]]
+name = "crm"
+token = "crm-token-123"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ringback.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_config_file_is_read_into_settings(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, GOOD), data_dir=tmp_path)
+    assert s.port == 9000
+    site = s.sites["acme-bank"]
+    assert site.consent == "required"
+    assert site.allowed_origins == ("https://www.acme.example",)
+    assert s.api_tokens[0].matches("crm-token-123")
+    assert not s.api_tokens[0].matches("crm-token-124")
+    assert s.demo_credentials is None
+    assert not (tmp_path / DEMO_CREDENTIALS_FILE).exists()
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    (GOOD + "\n[limits]\nmax_body_bytes = 'big'\n", "limits.max_body_bytes"),
+    (GOOD + "\n[limits]\nmax_body_byte = 10\n", "limits.max_body_byte"),
+    (GOOD.replace('consent = "required"', 'consent = "maybe"'), "sites[0].consent"),
+    (GOOD.replace('secret = "0123456789abcdef0123456789abcdef"', 'x = 1'),
+     "sites[0].identity.x"),
+    (GOOD.replace(', secret = "0123456789abcdef0123456789abcdef"', ''),
+     "sites[0].identity.secret"),
+    (GOOD.replace('"HS256"', '"none"'), "sites[0].identity.algorithms[0]"),
+    (GOOD.replace('"https://www.acme.example"', '"ftp://x"'), "sites[0].allowed_origins[0]"),
+    (GOOD.replace('key = "acme-bank"', 'key = "Acme Bank"'), "sites[0].key"),
+    (GOOD + "\n[store]\ndurability = 'sometimes'\n", "store.durability"),
+    (GOOD + "\n[[api_tokens]]\nname = 'x'\ntoken_env = 'RINGBACK_TEST_UNSET_VAR'\n",
+     "api_tokens[1].token_env"),
+    ("[server\n", "(syntax)"),
+])
+def test_config_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, data_dir=tmp_path)
+    assert info.value.key == key
+    assert str(path) in str(info.value)
+
+
+def test_demo_credentials_are_generated_once_private_and_reused(tmp_path: Path) -> None:
+    first = load_settings(None, data_dir=tmp_path)
+    path = tmp_path / DEMO_CREDENTIALS_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert first.demo_credentials is not None
+    assert set(first.demo_credentials) == {"identity_secret", "api_token", "agent_user",
+                                           "agent_password"}
+    second = load_settings(None, data_dir=tmp_path)
+    assert second.demo_credentials == first.demo_credentials
+    other = load_settings(None, data_dir=tmp_path / "elsewhere")
+    assert other.demo_credentials != first.demo_credentials  # random, never hard-coded
+
+
+def test_secrets_do_not_print_themselves() -> None:
+    secret = Secret("hunter2-hunter2")
+    assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
+    assert "hunter2" not in repr(load_settings.__doc__)
+
+
+def test_cli_overrides_win_over_the_file(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, GOOD), data_dir=tmp_path,
+                      overrides={"port": 7001, "workers": 3, "redis_url": "redis://x:1"})
+    assert (s.port, s.workers, s.redis_url) == (7001, 3, "redis://x:1")
