@@ -47,7 +47,7 @@ async def handle_profile_get(request: web.Request) -> web.Response:
     customer_id = _customer_id(request)
     fields, pages, links, attrs = await request.app[PROFILES].read(
         keys.customer_prefix(customer_id))
-    if not fields and not links and not attrs:
+    if not fields and not links:
         raise NotFound("not_found", f"no profile for customer {customer_id!r}")
     now_ms = int(time.time() * 1000)
     return json_response({
@@ -58,7 +58,7 @@ async def handle_profile_get(request: web.Request) -> web.Response:
         "linked_anonymous_ids": [
             {"site": s, "anonymous_id": a} for s, a in map(keys.parse_link_member, links)
         ],
-        "attributes": attrs,
+        "attributes": fields.get("attrs") or {},
     })
 
 

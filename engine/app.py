@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from engine import api_profiles, ingest, ops, openapi
+from engine import api_profiles, attributes, ingest, ops, openapi
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
 from engine.decide import Decider, NoDecisions
 from engine.errors import StoreUnavailable
@@ -74,6 +74,7 @@ def add_routes(app: web.Application) -> None:
     r.add_route("OPTIONS", "/v1/decisions", ingest.handle_events_preflight)
     r.add_get("/v1/profiles/{customer_id}", api_profiles.handle_profile_get)
     r.add_delete("/v1/profiles/{customer_id}", api_profiles.handle_profile_delete)
+    r.add_put("/v1/profiles/{customer_id}/attributes", attributes.handle_attributes_put)
     r.add_get("/healthz", ops.handle_healthz)
     r.add_get("/readyz", ops.handle_readyz)
     r.add_get("/metrics", ops.handle_metrics)

@@ -4,6 +4,7 @@
                    [--data-dir DIR] [--config FILE] [--durability aof|fsync]
     ringback token --site SITE --customer ID [--data-dir DIR] [--config FILE]
     ringback simulate --url URL [--rate N] [--duration S] [--speed X]
+    ringback import FILE.jsonl [--redis URL] [--data-dir DIR]
 
 Errors a user can fix (a bad config key, an unknown site) print one line and exit 2;
 they never print a traceback.
@@ -99,9 +100,9 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 def _extensions() -> list[tuple[str, Callable[[argparse._SubParsersAction, str], None]]]:
     """Subcommands that live with the code they drive (imported lazily)."""
-    from engine import simulate
+    from engine import attributes, simulate
 
-    return [("simulate", simulate.register)]
+    return [("simulate", simulate.register), ("import", attributes.register)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

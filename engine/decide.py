@@ -21,6 +21,7 @@ class DecisionInput:
     anonymous_id: str
     customer_id: str | None
     profile: dict[str, Any]
+    customer: dict[str, Any] = field(default_factory=dict)  # CRM attributes (known only)
     events: list[Event] = field(default_factory=list)
     now_ms: int = 0
 

@@ -21,7 +21,7 @@ from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, VER
 from engine.decide import DecisionInput
 from engine.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMedia
 from engine.http_errors import json_response
-from engine.profile import decode_profile
+from engine.profile import customer_attributes, decode_profile
 from engine.schema import Batch, decode_batch, event_type
 from engine.security import check_origin, cors_headers, preflight_origin_allowed
 
@@ -82,7 +82,8 @@ async def handle_events(request: web.Request) -> web.Response:
                                  known=customer_id is not None)
         decisions = await app[DECIDER].decide(DecisionInput(
             site=site.key, anonymous_id=batch.anonymous_id, customer_id=customer_id,
-            profile=profile, events=list(batch.events), now_ms=now_ms))
+            profile=profile, customer=customer_attributes(fields), events=list(batch.events),
+            now_ms=now_ms))
         metrics.decision_seconds.observe(time.perf_counter() - d_started)
         for d in decisions:
             metrics.decisions.labels(str(d.get("action", "unknown"))).inc()

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from engine import __version__
 from engine.http_errors import json_response
+from engine.attributes import CustomerAttributes
 from engine.schema import Batch
 
 __all__ = ["handle_openapi", "openapi_document"]
@@ -37,7 +38,8 @@ _CUSTOMER = {"name": "customer_id", "in": "path", "required": True,
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    (batch_ref,), components = msgspec.json.schema_components((Batch,), ref_template=_REF)
+    (batch_ref, attrs_ref), components = msgspec.json.schema_components(
+        (Batch, CustomerAttributes), ref_template=_REF)
     components["Error"] = {
         "type": "object",
         "required": ["error"],
@@ -115,6 +117,15 @@ def openapi_document() -> dict[str, Any]:
                            "security": _BEARER, "parameters": [_CUSTOMER],
                            "responses": {"200": _json(plain),
                                          "401": _error("No/bad API token")}},
+            },
+            "/v1/profiles/{customer_id}/attributes": {
+                "put": {"summary": "Replace a customer's CRM attributes", "security": _BEARER,
+                        "parameters": [_CUSTOMER],
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": attrs_ref}}},
+                        "responses": {"200": _json(plain),
+                                      "400": _error("Invalid attributes (code + JSON path)"),
+                                      "401": _error("No/bad API token")}},
             },
             "/healthz": {"get": {"summary": "Liveness",
                                  "responses": {"200": _json(plain)}}},

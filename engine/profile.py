@@ -276,3 +276,9 @@ def decode_profile(h: dict[str, Any], now_ms: int, half_life_s: float,
                                        "first_utm_campaign") if k in h},
         "merged_into": h.get("merged_into"),
     }
+
+
+def customer_attributes(h: dict[str, Any]) -> dict[str, Any]:
+    """The CRM attributes stored with a known customer's profile ({} if none)."""
+    attrs = h.get("attrs")
+    return attrs if isinstance(attrs, dict) else {}

@@ -25,6 +25,7 @@ Profile fields:
   x:<product> x:<product>:call               registered interest / asked for a call (ms)
   pages                                      recent "ts path" entries, newest first
   rl_w rl_n trim_ts                          rate-limit window, dedupe trim bookkeeping
+  attrs                                      (customers) CRM attributes, set by the bank
   last_page lp_ts utm_source utm_campaign utm_ts first_utm_source first_utm_campaign site
   merged_into                                (anonymous only) the customer it merged into
 ]]
@@ -248,7 +249,8 @@ local function merge_apply(keys, args)
   local a_newer = num(a, 'last_ts') > num(h0, 'last_ts')
 
   for k, v in pairs(a) do
-    if k == 'merged_into' or k == 'site' or k == 'trim_ts' or k == 'rl_w' or k == 'rl_n' then
+    if k == 'merged_into' or k == 'site' or k == 'trim_ts' or k == 'rl_w' or k == 'rl_n'
+        or k == 'attrs' then
       -- anonymous-only bookkeeping
     elseif k:sub(1, 2) == 'n:' or k:sub(1, 4) == 'cat:' or k == 'dwell'
         or (k:sub(1, 2) == 'f:' and k ~= 'f:last_abandon' and k ~= 'f:last_abandon_ts')
@@ -310,7 +312,22 @@ local function read(keys, args)
   }
 end
 
+--[[
+rb_set_attrs: replace the customer's CRM attributes (kept inside the profile, so the
+ingest path reads them with no extra call). ARGV[1]: attributes JSON object.
+Returns 1 if the profile already existed, 0 if it was created.
+]]
+local function set_attrs(keys, args)
+  local P = keys[1]
+  local h = load_hash(P)
+  local existed = next(h) ~= nil and 1 or 0
+  h['attrs'] = cjson.decode(args[1])
+  redis.call('SET', P, cjson.encode(h), 'KEEPTTL')
+  return existed
+end
+
 redis.register_function('rb_ingest', ingest)
+redis.register_function('rb_set_attrs', set_attrs)
 redis.register_function('rb_merge_export', merge_export)
 redis.register_function('rb_merge_apply', merge_apply)
 redis.register_function('rb_erase', erase)
