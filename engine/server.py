@@ -40,7 +40,10 @@ def serve(settings: Settings) -> int:
     embedded: EmbeddedValkey | None = None
     url = settings.redis_url
     if not url:
-        embedded = EmbeddedValkey(settings.data_dir / "valkey")
+        # fsync mode: Valkey fsyncs once per event-loop turn (its own group commit), so
+        # WAITAOF confirms at once; under `everysec` it waited ~100 ms (measured).
+        embedded = EmbeddedValkey(settings.data_dir / "valkey", appendfsync="always"
+                                  if settings.durability == "fsync" else "everysec")
         url = embedded.start()
         _print(f"embedded valkey-server on 127.0.0.1:{embedded.port} "
                f"(AOF in {embedded.data_dir})")
