@@ -32,7 +32,9 @@ run: install
 test: install system-deps
 	$(BIN)/python -m pytest -q $(ARGS)
 
-bench: install
+bench: install system-deps
+	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
 lint: install

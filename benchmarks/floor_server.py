@@ -33,8 +33,10 @@ async def main(port: int, url: str, reuse_port: bool) -> None:
         batch = decode_batch(await request.read())
         key = f"floor:{{{batch.anonymous_id}}}"
         n = await client.evalsha(sha, 1, key, len(batch.events))
-        return web.Response(body=orjson.dumps({"accepted": len(batch.events), "n": n}),
-                            content_type="application/json")
+        return web.Response(
+            body=orjson.dumps({"accepted": len(batch.events), "n": n}),
+            content_type="application/json",
+        )
 
     app = web.Application()
     app.router.add_post("/v1/events", handle)

@@ -58,20 +58,48 @@ def _wait_port(port: int, timeout_s: float = 20) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def _start(server: str, workers: int, port: int, url: str, data_dir: Path,
-           durability: str = "aof") -> list[subprocess.Popen[bytes]]:
+def _start(
+    server: str, workers: int, port: int, url: str, data_dir: Path, durability: str = "aof"
+) -> list[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     if server == "ringback":
-        cmd = [sys.executable, "-m", "engine", "serve", "--port", str(port), "--redis", url,
-               "--workers", str(workers), "--data-dir", str(data_dir),
-               "--durability", durability]
-        procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--port",
+            str(port),
+            "--redis",
+            url,
+            "--workers",
+            str(workers),
+            "--data-dir",
+            str(data_dir),
+            "--durability",
+            durability,
+        ]
+        procs = [
+            subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        ]
     else:
-        cmd = [sys.executable, "-m", "benchmarks.floor_server", "--port", str(port),
-               "--redis", url] + (["--reuse-port"] if workers > 1 else [])
-        procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for _ in range(workers)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.floor_server",
+            "--port",
+            str(port),
+            "--redis",
+            url,
+        ] + (["--reuse-port"] if workers > 1 else [])
+        procs = [
+            subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            for _ in range(workers)
+        ]
     _wait_port(port)
     time.sleep(0.5 if workers > 1 else 0.2)  # let every worker bind
     return procs
@@ -98,14 +126,35 @@ def _latency_ms(text: str, pct: str) -> float:
 
 
 def _wrk(port: int, batch: int, duration_s: int, connections: int, tag: str) -> str:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s",
-           str(HERE / "ingest.lua"), f"http://127.0.0.1:{port}", "--", str(batch), "20000", tag]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True,
-                          timeout=duration_s + 60).stdout
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-s",
+        str(HERE / "ingest.lua"),
+        f"http://127.0.0.1:{port}",
+        "--",
+        str(batch),
+        "20000",
+        tag,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, check=True, timeout=duration_s + 60
+    ).stdout
 
 
-def measure(server: str, workers: int, batch: int, url: str, data_dir: Path,
-            duration_s: int, connections: int, durability: str = "aof") -> Run:
+def measure(
+    server: str,
+    workers: int,
+    batch: int,
+    url: str,
+    data_dir: Path,
+    duration_s: int,
+    connections: int,
+    durability: str = "aof",
+) -> Run:
     redis.Redis.from_url(url).flushall()
     port = free_port()
     procs = _start(server, workers, port, url, data_dir, durability)
@@ -120,8 +169,7 @@ def measure(server: str, workers: int, batch: int, url: str, data_dir: Path,
         errors += int(m.group(1))
     if m := re.search(r"Socket errors:.*?timeout (\d+)", out):
         errors += int(m.group(1))
-    return Run(server, workers, batch, rps, _latency_ms(out, "50"), _latency_ms(out, "99"),
-               errors)
+    return Run(server, workers, batch, rps, _latency_ms(out, "50"), _latency_ms(out, "99"), errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,21 +190,51 @@ def main(argv: list[str] | None = None) -> int:
             for batch in (1, 10):
                 pair = []
                 for server in ("floor", "ringback"):
-                    run = measure(server, workers, batch, valkey.url, tmp / "data",
-                                  args.duration, args.connections)
+                    run = measure(
+                        server,
+                        workers,
+                        batch,
+                        valkey.url,
+                        tmp / "data",
+                        args.duration,
+                        args.connections,
+                    )
                     pair.append(run)
-                    print(f"{server:9} workers={workers} batch={batch:2}: {run.rps:8.0f} req/s "
-                          f"{run.eps:9.0f} events/s p50 {run.p50_ms:.2f} ms "
-                          f"p99 {run.p99_ms:.2f} ms errors {run.errors}", flush=True)
+                    print(
+                        f"{server:9} workers={workers} batch={batch:2}: {run.rps:8.0f} req/s "
+                        f"{run.eps:9.0f} events/s p50 {run.p50_ms:.2f} ms "
+                        f"p99 {run.p99_ms:.2f} ms errors {run.errors}",
+                        flush=True,
+                    )
                 runs += pair
-        durability_runs = [measure("ringback", 1, 10, valkey.url, tmp / "data", args.duration,
-                                   args.connections, durability="aof")]
+        durability_runs = [
+            measure(
+                "ringback",
+                1,
+                10,
+                valkey.url,
+                tmp / "data",
+                args.duration,
+                args.connections,
+                durability="aof",
+            )
+        ]
         # fsync mode as `ringback serve --durability fsync` runs it: appendfsync always.
         valkey_always = EmbeddedValkey(tmp / "valkey-always", appendfsync="always")
         valkey_always.start()
         try:
-            durability_runs.append(measure("ringback", 1, 10, valkey_always.url, tmp / "data",
-                                           args.duration, args.connections, durability="fsync"))
+            durability_runs.append(
+                measure(
+                    "ringback",
+                    1,
+                    10,
+                    valkey_always.url,
+                    tmp / "data",
+                    args.duration,
+                    args.connections,
+                    durability="fsync",
+                )
+            )
         finally:
             valkey_always.stop()
     finally:
@@ -182,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r.workers} | {r.batch} | {f.rps:,.0f} | {r.rps:,.0f} | "
             f"**{r.rps / f.rps:.2f}x** | {r.eps:,.0f} | {f.p50_ms:.2f} / {f.p99_ms:.2f} | "
-            f"{r.p50_ms:.2f} / {r.p99_ms:.2f} | {f.errors + r.errors} |")
+            f"{r.p50_ms:.2f} / {r.p99_ms:.2f} | {f.errors + r.errors} |"
+        )
     aof, fsync = durability_runs
     lines += [
         "",
@@ -193,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| `aof` (default) | applied and appended to the AOF (survives a Valkey crash) | "
         f"{aof.rps:,.0f} | {aof.p50_ms:.2f} / {aof.p99_ms:.2f} |",
         f"| `fsync` | also fsynced: Valkey `appendfsync always` (one fsync per event-loop "
-        f"turn) + WAITAOF per pipeline (survives a machine crash) | {fsync.rps:,.0f} ({fsync.rps / aof.rps:.2f}x) | "
+        f"turn) + WAITAOF per pipeline (survives a machine crash) | {fsync.rps:,.0f} "
+        f"({fsync.rps / aof.rps:.2f}x) | "
         f"{fsync.p50_ms:.2f} / {fsync.p99_ms:.2f} |",
     ]
     if not args.no_write:

@@ -27,9 +27,11 @@ __all__ = ["handle_decisions_get", "handle_profile_delete", "handle_profile_get"
 def _customer_id(request: web.Request) -> str:
     customer_id = request.match_info["customer_id"]
     if not CUSTOMER_ID_RE.match(customer_id):
-        raise BadRequest("invalid_customer_id",
-                         "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
-                         "$.customer_id")
+        raise BadRequest(
+            "invalid_customer_id",
+            "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
+            "$.customer_id",
+        )
     return customer_id
 
 
@@ -45,21 +47,23 @@ async def handle_profile_get(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     require_api_token(settings, request)
     customer_id = _customer_id(request)
-    fields, pages, links, attrs = await request.app[PROFILES].read(
-        keys.customer_prefix(customer_id))
+    fields, pages, links, _ = await request.app[PROFILES].read(keys.customer_prefix(customer_id))
     if not fields and not links:
         raise NotFound("not_found", f"no profile for customer {customer_id!r}")
     now_ms = int(time.time() * 1000)
-    return json_response({
-        "customer_id": customer_id,
-        "profile": decode_profile(fields, now_ms, settings.profile.intent_half_life_s,
-                                  known=True),
-        "recent_pages": _pages(pages),
-        "linked_anonymous_ids": [
-            {"site": s, "anonymous_id": a} for s, a in map(keys.parse_link_member, links)
-        ],
-        "attributes": fields.get("attrs") or {},
-    })
+    return json_response(
+        {
+            "customer_id": customer_id,
+            "profile": decode_profile(
+                fields, now_ms, settings.profile.intent_half_life_s, known=True
+            ),
+            "recent_pages": _pages(pages),
+            "linked_anonymous_ids": [
+                {"site": s, "anonymous_id": a} for s, a in map(keys.parse_link_member, links)
+            ],
+            "attributes": fields.get("attrs") or {},
+        }
+    )
 
 
 async def handle_profile_delete(request: web.Request) -> web.Response:
@@ -77,16 +81,26 @@ async def handle_decisions_get(request: web.Request) -> web.Response:
     if site_key not in settings.sites:
         raise NotFound("unknown_site", f"site {site_key!r} is not configured", "$.site")
     if not AnonymousIdPattern.match(anonymous_id):
-        raise BadRequest("invalid_anonymous_id", "anonymous_id must be 8-64 letters, digits, "
-                         "'_' or '-'", "$.anonymous_id")
+        raise BadRequest(
+            "invalid_anonymous_id",
+            "anonymous_id must be 8-64 letters, digits, '_' or '-'",
+            "$.anonymous_id",
+        )
     origin = check_origin(settings.sites[site_key], request)
     fields, _, _, _ = await request.app[PROFILES].read(
-        keys.anonymous_prefix(site_key, anonymous_id))
+        keys.anonymous_prefix(site_key, anonymous_id)
+    )
     now_ms = int(time.time() * 1000)
     decisions: list[dict[str, Any]] = []
     if fields:
         profile = decode_profile(fields, now_ms, settings.profile.intent_half_life_s)
-        decisions = await request.app[DECIDER].decide(DecisionInput(
-            site=site_key, anonymous_id=anonymous_id, customer_id=None, profile=profile,
-            now_ms=now_ms))
+        decisions = await request.app[DECIDER].decide(
+            DecisionInput(
+                site=site_key,
+                anonymous_id=anonymous_id,
+                customer_id=None,
+                profile=profile,
+                now_ms=now_ms,
+            )
+        )
     return json_response({"decisions": decisions}, headers=cors_headers(origin))

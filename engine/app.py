@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from engine import api_profiles, attributes, ingest, ops, openapi
+from engine import api_profiles, attributes, ingest, openapi, ops
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
 from engine.decide import Decider, NoDecisions
 from engine.errors import StoreUnavailable
@@ -45,8 +45,11 @@ def build_app(
     app[METRICS] = metrics
     app[VERIFIER] = IdentityVerifier()
     app[DECIDER] = decider or NoDecisions()
-    app[IP_LIMITER] = IpRateLimiter(settings.limits.batches_per_minute_per_ip,
-                                    settings.trusted_proxies, settings.limits.limit_loopback)
+    app[IP_LIMITER] = IpRateLimiter(
+        settings.limits.batches_per_minute_per_ip,
+        settings.trusted_proxies,
+        settings.limits.limit_loopback,
+    )
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = Store(store_url, metrics, fsync=settings.durability == "fsync")

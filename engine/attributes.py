@@ -64,9 +64,11 @@ def attributes_doc(attrs: CustomerAttributes) -> dict[str, Any]:
 
 async def store_attributes(store: Store, customer_id: str, attrs: CustomerAttributes) -> bool:
     """Write attributes; True if the customer's profile already existed."""
-    created = await store.fcall("rb_set_attrs",
-                                keys.profile_keys(keys.customer_prefix(customer_id)),
-                                [msgspec.json.encode(attributes_doc(attrs))])
+    created = await store.fcall(
+        "rb_set_attrs",
+        keys.profile_keys(keys.customer_prefix(customer_id)),
+        [msgspec.json.encode(attributes_doc(attrs))],
+    )
     return bool(int(created))
 
 
@@ -74,9 +76,11 @@ async def handle_attributes_put(request: web.Request) -> web.Response:
     require_api_token(request.app[SETTINGS], request)
     customer_id = request.match_info["customer_id"]
     if not CUSTOMER_ID_RE.match(customer_id):
-        raise BadRequest("invalid_customer_id",
-                         "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
-                         "$.customer_id")
+        raise BadRequest(
+            "invalid_customer_id",
+            "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
+            "$.customer_id",
+        )
     if request.content_type != "application/json":
         raise UnsupportedMedia("unsupported_media_type", "send application/json")
     body = await request.read()
@@ -88,8 +92,9 @@ async def handle_attributes_put(request: web.Request) -> web.Response:
     except msgspec.DecodeError as exc:
         raise BadRequest("invalid_json", f"body is not valid JSON: {exc}", "$") from exc
     existed = await store_attributes(request.app[STORE], customer_id, attrs)
-    return json_response({"customer_id": customer_id, "attributes": attributes_doc(attrs),
-                          "created": not existed})
+    return json_response(
+        {"customer_id": customer_id, "attributes": attributes_doc(attrs), "created": not existed}
+    )
 
 
 def validate_import(path: Path) -> tuple[list[ImportLine], list[str]]:
@@ -114,19 +119,25 @@ async def import_file(store: Store, lines: list[ImportLine], concurrency: int = 
     """Write validated lines; concurrent calls coalesce into pipelines."""
     done = 0
     for start in range(0, len(lines), concurrency):
-        chunk = lines[start:start + concurrency]
-        await asyncio.gather(*(store_attributes(store, ln.customer_id, ln.attributes)
-                               for ln in chunk))
+        chunk = lines[start : start + concurrency]
+        await asyncio.gather(
+            *(store_attributes(store, ln.customer_id, ln.attributes) for ln in chunk)
+        )
         done += len(chunk)
     return done
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(name, help="load CRM attributes from JSONL "
-                                  '({"customer_id": ..., "attributes": {...}} per line)')
+    p = sub.add_parser(
+        name,
+        help='load CRM attributes from JSONL ({"customer_id": ..., "attributes": {...}} per line)',
+    )
     p.add_argument("file", type=Path)
-    p.add_argument("--redis", help="Valkey URL (default: REDIS_URL, or the data dir's "
-                                   "embedded Valkey started for the import)")
+    p.add_argument(
+        "--redis",
+        help="Valkey URL (default: REDIS_URL, or the data dir's "
+        "embedded Valkey started for the import)",
+    )
     p.add_argument("--config")
     p.add_argument("--data-dir", default=".ringback")
     p.set_defaults(func=_run)
@@ -143,11 +154,13 @@ def _run(args: argparse.Namespace) -> int:
     if errors:
         for e in errors[:50]:
             print(e, file=sys.stderr)
-        print(f"ringback import: {len(errors)} invalid line(s); nothing was imported",
-              file=sys.stderr)
+        print(
+            f"ringback import: {len(errors)} invalid line(s); nothing was imported", file=sys.stderr
+        )
         return 1
-    settings = load_settings(args.config, data_dir=args.data_dir,
-                             overrides={"redis_url": args.redis})
+    settings = load_settings(
+        args.config, data_dir=args.data_dir, overrides={"redis_url": args.redis}
+    )
     embedded = None
     url = settings.redis_url
     if not url:

@@ -29,9 +29,11 @@ _COMMANDS: dict[str, Command] = {}
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (default: the built-in demo config)")
-    p.add_argument("--data-dir", default=".ringback",
-                   help="where the embedded Valkey and demo credentials live (default: "
-                        "./.ringback)")
+    p.add_argument(
+        "--data-dir",
+        default=".ringback",
+        help="where the embedded Valkey and demo credentials live (default: ./.ringback)",
+    )
 
 
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
@@ -50,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes sharing the port")
     p.add_argument("--rules", help="rules directory (hot-reloaded)")
     p.add_argument("--redis", help="Valkey/Redis URL (default: REDIS_URL or embedded)")
-    p.add_argument("--durability", choices=["aof", "fsync"],
-                   help="aof: ack after Valkey appended it; fsync: after it reached disk")
+    p.add_argument(
+        "--durability",
+        choices=["aof", "fsync"],
+        help="aof: ack after Valkey appended it; fsync: after it reached disk",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("token", help="mint a signed identity token (dev aid)")
@@ -69,8 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from engine.server import serve
 
-    settings = _settings(args, host=args.host, port=args.port, workers=args.workers,
-                         rules_dir=args.rules, redis_url=args.redis, durability=args.durability)
+    settings = _settings(
+        args,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        rules_dir=args.rules,
+        redis_url=args.redis,
+        durability=args.durability,
+    )
     return serve(settings)
 
 
@@ -80,17 +92,25 @@ def _cmd_token(args: argparse.Namespace) -> int:
     settings = _settings(args)
     site = settings.sites.get(args.site)
     if site is None:
-        print(f"ringback: unknown site {args.site!r} (configured: "
-              f"{', '.join(settings.sites) or 'none'})", file=sys.stderr)
+        print(
+            f"ringback: unknown site {args.site!r} (configured: "
+            f"{', '.join(settings.sites) or 'none'})",
+            file=sys.stderr,
+        )
         return 2
     secret = site.identity_secret
     if secret is None:
-        print(f"ringback: site {args.site!r} verifies ES/RS tokens; mint them with the "
-              "bank's private key", file=sys.stderr)
+        print(
+            f"ringback: site {args.site!r} verifies ES/RS tokens; mint them with the "
+            "bank's private key",
+            file=sys.stderr,
+        )
         return 2
     if not CUSTOMER_ID_RE.match(args.customer):
-        print("ringback: customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
-              file=sys.stderr)
+        print(
+            "ringback: customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
+            file=sys.stderr,
+        )
         return 2
     token = mint_token(secret, site.key, args.customer, ttl_s=args.ttl)
     print(f"identity token for customer {args.customer} on {site.key}, valid {args.ttl}s:")
@@ -106,8 +126,7 @@ def _extensions() -> list[tuple[str, Callable[[argparse._SubParsersAction, str],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from engine.schema import Event
 
-__all__ = ["DecisionInput", "Decider", "NoDecisions"]
+__all__ = ["Decider", "DecisionInput", "NoDecisions"]
 
 
 @dataclass(frozen=True, slots=True)

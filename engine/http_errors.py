@@ -24,14 +24,21 @@ log = logging.getLogger("ringback.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status,
-                        content_type="application/json", headers=headers)
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
 
 
-def error_response(status: int, code: str, message: str, path: str | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    path: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body = {"error": {"code": code, "message": message, "path": path}}
     return json_response(body, status=status, headers=headers)
 
@@ -53,17 +60,25 @@ def make_error_middleware(on_reject: Callable[[str], None]) -> Any:
             return await handler(request)
         except RateLimited as exc:
             on_reject(exc.code)
-            return error_response(exc.status, exc.code, exc.message, exc.path,
-                                  headers={"Retry-After": str(exc.retry_after_s)})
+            return error_response(
+                exc.status,
+                exc.code,
+                exc.message,
+                exc.path,
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
         except ClientError as exc:
             on_reject(exc.code)
             return error_response(exc.status, exc.code, exc.message, exc.path)
         except StoreUnavailable as exc:
             on_reject("store_unavailable")
             log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
-            return error_response(503, "store_unavailable",
-                                  "the profile store is unavailable; retry later",
-                                  headers={"Retry-After": str(exc.retry_after_s)})
+            return error_response(
+                503,
+                "store_unavailable",
+                "the profile store is unavailable; retry later",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
         except web.HTTPException as exc:
             if exc.status < 400 or exc.content_type == "application/json":
                 raise

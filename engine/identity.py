@@ -66,17 +66,21 @@ class IdentityVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise Unauthorized("invalid_identity", f"identity token is malformed: {exc}",
-                               "$.identity") from exc
+            raise Unauthorized(
+                "invalid_identity", f"identity token is malformed: {exc}", "$.identity"
+            ) from exc
         alg = header.get("alg")
         if alg not in algorithms:
-            raise Unauthorized("invalid_identity",
-                               f"identity token algorithm {alg!r} is not allowed for this site",
-                               "$.identity")
+            raise Unauthorized(
+                "invalid_identity",
+                f"identity token algorithm {alg!r} is not allowed for this site",
+                "$.identity",
+            )
         key = site.identity_secret if str(alg).startswith("HS") else site.identity.public_key
         if not key:
-            raise Unauthorized("invalid_identity", "no key configured for this algorithm",
-                               "$.identity")
+            raise Unauthorized(
+                "invalid_identity", "no key configured for this algorithm", "$.identity"
+            )
         try:
             claims = jwt.decode(
                 token,
@@ -87,17 +91,23 @@ class IdentityVerifier:
                 options={"require": ["exp", "iat", "sub", "aud"]},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise Unauthorized("identity_expired", "identity token has expired",
-                               "$.identity") from exc
+            raise Unauthorized(
+                "identity_expired", "identity token has expired", "$.identity"
+            ) from exc
         except jwt.InvalidAudienceError as exc:
-            raise Forbidden("identity_site_mismatch",
-                            "identity token was issued for another site", "$.identity") from exc
+            raise Forbidden(
+                "identity_site_mismatch", "identity token was issued for another site", "$.identity"
+            ) from exc
         except jwt.PyJWTError as exc:
-            raise Unauthorized("invalid_identity", f"identity token rejected: {exc}",
-                               "$.identity") from exc
+            raise Unauthorized(
+                "invalid_identity", f"identity token rejected: {exc}", "$.identity"
+            ) from exc
         sub = claims.get("sub")
         if not isinstance(sub, str) or not CUSTOMER_ID_RE.match(sub):
-            raise Unauthorized("invalid_identity",
-                               "identity token subject must be a customer id of 1-128 "
-                               "letters, digits, '_', '.', ':' or '-'", "$.identity")
+            raise Unauthorized(
+                "invalid_identity",
+                "identity token subject must be a customer id of 1-128 "
+                "letters, digits, '_', '.', ':' or '-'",
+                "$.identity",
+            )
         return sub, float(claims["exp"])

@@ -38,9 +38,13 @@ async def handle_events(request: web.Request) -> web.Response:
 
     body = await _read_body(request, settings.limits.max_body_bytes)
     now_ms = int(time.time() * 1000)
-    batch = parse_batch(body, now_ms, settings.limits.max_event_age_s,
-                        settings.limits.max_event_future_s,
-                        settings.limits.max_events_per_batch)
+    batch = parse_batch(
+        body,
+        now_ms,
+        settings.limits.max_event_age_s,
+        settings.limits.max_event_future_s,
+        settings.limits.max_events_per_batch,
+    )
     site = settings.sites.get(batch.site)
     if site is None:
         raise NotFound("unknown_site", f"site {batch.site!r} is not configured", "$.site")
@@ -57,15 +61,17 @@ async def handle_events(request: web.Request) -> web.Response:
     else:
         prefix = keys.anonymous_prefix(site.key, batch.anonymous_id)
         link = ""
-    result = await profiles.apply_batch(prefix, site.key, batch.events,
-                                        anonymous=customer_id is None, link=link, now_ms=now_ms)
+    result = await profiles.apply_batch(
+        prefix, site.key, batch.events, anonymous=customer_id is None, link=link, now_ms=now_ms
+    )
     if result.needs_merge and customer_id is not None:
         # Rare: this visitor's first identified batch. Merge, then apply the batch to the
         # merged profile (without the link check, which a conflict would never satisfy).
         outcome = await profiles.merge(site.key, batch.anonymous_id, customer_id)
         metrics.merges.labels(outcome).inc()
-        result = await profiles.apply_batch(prefix, site.key, batch.events, anonymous=False,
-                                            now_ms=now_ms)
+        result = await profiles.apply_batch(
+            prefix, site.key, batch.events, anonymous=False, now_ms=now_ms
+        )
     fields = result.fields
 
     for ev, flag in zip(batch.events, result.accepted_flags, strict=False):
@@ -78,12 +84,20 @@ async def handle_events(request: web.Request) -> web.Response:
     decisions: list[dict[str, Any]] = []
     if result.accepted:
         d_started = time.perf_counter()
-        profile = decode_profile(fields, now_ms, settings.profile.intent_half_life_s,
-                                 known=customer_id is not None)
-        decisions = await app[DECIDER].decide(DecisionInput(
-            site=site.key, anonymous_id=batch.anonymous_id, customer_id=customer_id,
-            profile=profile, customer=customer_attributes(fields), events=list(batch.events),
-            now_ms=now_ms))
+        profile = decode_profile(
+            fields, now_ms, settings.profile.intent_half_life_s, known=customer_id is not None
+        )
+        decisions = await app[DECIDER].decide(
+            DecisionInput(
+                site=site.key,
+                anonymous_id=batch.anonymous_id,
+                customer_id=customer_id,
+                profile=profile,
+                customer=customer_attributes(fields),
+                events=list(batch.events),
+                now_ms=now_ms,
+            )
+        )
         metrics.decision_seconds.observe(time.perf_counter() - d_started)
         for d in decisions:
             metrics.decisions.labels(str(d.get("action", "unknown"))).inc()
@@ -102,19 +116,23 @@ async def handle_events_preflight(request: web.Request) -> web.Response:
     if origin is None:
         return web.Response(status=403)
     headers = cors_headers(origin)
-    headers.update({
-        "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
-        "Access-Control-Allow-Headers": "Content-Type",
-        "Access-Control-Max-Age": "600",
-    })
+    headers.update(
+        {
+            "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": "600",
+        }
+    )
     return web.Response(status=204, headers=headers)
 
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:
     media = request.content_type
     if media not in _ACCEPTED_MEDIA:
-        raise UnsupportedMedia("unsupported_media_type",
-                               f"send application/json or text/plain, not {media or 'nothing'}")
+        raise UnsupportedMedia(
+            "unsupported_media_type",
+            f"send application/json or text/plain, not {media or 'nothing'}",
+        )
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge("payload_too_large", f"batches are limited to {max_bytes} bytes")
     chunks: list[bytes] = []
@@ -123,18 +141,21 @@ async def _read_body(request: web.Request, max_bytes: int) -> bytes:
         while chunk := await request.content.read(65536):
             total += len(chunk)
             if total > max_bytes:
-                raise PayloadTooLarge("payload_too_large",
-                                      f"batches are limited to {max_bytes} bytes")
+                raise PayloadTooLarge(
+                    "payload_too_large", f"batches are limited to {max_bytes} bytes"
+                )
             chunks.append(chunk)
     except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge("payload_too_large",
-                              f"batches are limited to {max_bytes} bytes") from exc
+        raise PayloadTooLarge(
+            "payload_too_large", f"batches are limited to {max_bytes} bytes"
+        ) from exc
     body = b"".join(chunks)
     return body
 
 
-def parse_batch(body: bytes, now_ms: int, max_age_s: int, max_future_s: int,
-                max_events: int = 100) -> Batch:
+def parse_batch(
+    body: bytes, now_ms: int, max_age_s: int, max_future_s: int, max_events: int = 100
+) -> Batch:
     """Decode, validate and sanity-check a batch; every error names its JSON path."""
     try:
         batch = decode_batch(body)
@@ -144,8 +165,7 @@ def parse_batch(body: bytes, now_ms: int, max_age_s: int, max_future_s: int,
     except msgspec.DecodeError as exc:
         raise BadRequest("invalid_json", f"body is not valid JSON: {exc}", "$") from exc
     if len(batch.events) > max_events:
-        raise BadRequest("too_many_events", f"at most {max_events} events per batch",
-                         "$.events")
+        raise BadRequest("too_many_events", f"at most {max_events} events per batch", "$.events")
     oldest = now_ms - max_age_s * 1000
     newest = now_ms + max_future_s * 1000
     for i, ev in enumerate(batch.events):

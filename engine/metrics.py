@@ -15,8 +15,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     disable_created_metrics,
+    generate_latest,
     multiprocess,
 )
 
@@ -25,8 +25,7 @@ from engine.schema import EVENT_TYPES
 __all__ = ["Metrics", "render_metrics"]
 
 # Sub-millisecond resolution where the hot path lives; up to seconds for outliers.
-_FAST_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                 2.5)
+_FAST_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -38,46 +37,85 @@ class Metrics:
         disable_created_metrics()
         r = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.registry = r
-        self.events = Counter("ringback_events_total", "Events accepted into profiles",
-                              ["type"], registry=r)
-        self.duplicates = Counter("ringback_duplicates_total",
-                                  "Events dropped as already seen (client retries)", registry=r)
-        self.rejected = Counter("ringback_rejected_total", "Requests refused, by error code",
-                                ["code"], registry=r)
-        self.batches = Counter("ringback_batches_total", "Event batches by result", ["result"],
-                               registry=r)
-        self.decisions = Counter("ringback_decisions_total", "Decisions made, by action",
-                                 ["action"], registry=r)
-        self.triggers = Counter("ringback_triggers_total", "Triggers written, by queue",
-                                ["queue"], registry=r)
-        self.merges = Counter("ringback_merges_total",
-                              "Anonymous-to-known profile merges, by result", ["result"],
-                              registry=r)
-        self.ingest_seconds = Histogram("ringback_ingest_seconds",
-                                        "Time to handle one POST /v1/events",
-                                        buckets=_FAST_BUCKETS, registry=r)
-        self.decision_seconds = Histogram("ringback_decision_seconds",
-                                          "Time to decide for one batch",
-                                          buckets=_FAST_BUCKETS, registry=r)
-        self.valkey_seconds = Histogram("ringback_valkey_seconds",
-                                        "Round trip of one coalesced Valkey pipeline",
-                                        buckets=_FAST_BUCKETS, registry=r)
+        self.events = Counter(
+            "ringback_events_total", "Events accepted into profiles", ["type"], registry=r
+        )
+        self.duplicates = Counter(
+            "ringback_duplicates_total",
+            "Events dropped as already seen (client retries)",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "ringback_rejected_total", "Requests refused, by error code", ["code"], registry=r
+        )
+        self.batches = Counter(
+            "ringback_batches_total", "Event batches by result", ["result"], registry=r
+        )
+        self.decisions = Counter(
+            "ringback_decisions_total", "Decisions made, by action", ["action"], registry=r
+        )
+        self.triggers = Counter(
+            "ringback_triggers_total", "Triggers written, by queue", ["queue"], registry=r
+        )
+        self.merges = Counter(
+            "ringback_merges_total",
+            "Anonymous-to-known profile merges, by result",
+            ["result"],
+            registry=r,
+        )
+        self.ingest_seconds = Histogram(
+            "ringback_ingest_seconds",
+            "Time to handle one POST /v1/events",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "ringback_decision_seconds",
+            "Time to decide for one batch",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.valkey_seconds = Histogram(
+            "ringback_valkey_seconds",
+            "Round trip of one coalesced Valkey pipeline",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
         self.valkey_pipeline_calls = Histogram(
-            "ringback_valkey_pipeline_calls", "Calls coalesced into one Valkey pipeline",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.valkey_errors = Counter("ringback_valkey_errors_total",
-                                     "Valkey calls that failed (unreachable or fsync timeout)",
-                                     registry=r)
-        self.batch_events = Histogram("ringback_batch_events", "Events per accepted batch",
-                                      buckets=(1, 2, 5, 10, 20, 50, 100), registry=r)
-        self.http_requests = Counter("ringback_http_requests_total",
-                                     "HTTP requests by route and status class",
-                                     ["route", "status"], registry=r)
-        self.background_failures = Counter("ringback_background_task_failures_total",
-                                           "Background tasks that crashed", ["task"],
-                                           registry=r)
-        self.ready = Gauge("ringback_store_up", "1 when Valkey answered the last readiness check",
-                           multiprocess_mode="liveall", registry=r)
+            "ringback_valkey_pipeline_calls",
+            "Calls coalesced into one Valkey pipeline",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.valkey_errors = Counter(
+            "ringback_valkey_errors_total",
+            "Valkey calls that failed (unreachable or fsync timeout)",
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "ringback_batch_events",
+            "Events per accepted batch",
+            buckets=(1, 2, 5, 10, 20, 50, 100),
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "ringback_http_requests_total",
+            "HTTP requests by route and status class",
+            ["route", "status"],
+            registry=r,
+        )
+        self.background_failures = Counter(
+            "ringback_background_task_failures_total",
+            "Background tasks that crashed",
+            ["task"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "ringback_store_up",
+            "1 when Valkey answered the last readiness check",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
         # Bind the children of closed label sets once: .labels() costs ~1 µs per call.
         self.events_by_type = {t: self.events.labels(t) for t in EVENT_TYPES}
         for code in ("invalid_json", "invalid_event", "rate_limited", "store_unavailable"):

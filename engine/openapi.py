@@ -13,8 +13,8 @@ import msgspec
 from aiohttp import web
 
 from engine import __version__
-from engine.http_errors import json_response
 from engine.attributes import CustomerAttributes
+from engine.http_errors import json_response
 from engine.schema import Batch
 
 __all__ = ["handle_openapi", "openapi_document"]
@@ -23,8 +23,10 @@ _REF = "#/components/schemas/{name}"
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": _REF.format(name="Error")}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name="Error")}}},
+    }
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -32,38 +34,62 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 _BEARER = [{"bearerAuth": []}]
-_CUSTOMER = {"name": "customer_id", "in": "path", "required": True,
-             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}}
+_CUSTOMER = {
+    "name": "customer_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+}
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
     (batch_ref, attrs_ref), components = msgspec.json.schema_components(
-        (Batch, CustomerAttributes), ref_template=_REF)
+        (Batch, CustomerAttributes), ref_template=_REF
+    )
     components["Error"] = {
         "type": "object",
         "required": ["error"],
-        "properties": {"error": {"type": "object", "required": ["code", "message"],
-                                 "properties": {"code": {"type": "string"},
-                                                "message": {"type": "string"},
-                                                "path": {"type": ["string", "null"]}}}},
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "path": {"type": ["string", "null"]},
+                },
+            }
+        },
     }
-    components["Decision"] = {"type": "object", "additionalProperties": True,
-                              "properties": {"id": {"type": "string"},
-                                             "action": {"type": "string"},
-                                             "slot": {"type": "string"},
-                                             "offer": {"type": "object"}}}
+    components["Decision"] = {
+        "type": "object",
+        "additionalProperties": True,
+        "properties": {
+            "id": {"type": "string"},
+            "action": {"type": "string"},
+            "slot": {"type": "string"},
+            "offer": {"type": "object"},
+        },
+    }
     decisions = {"type": "array", "items": {"$ref": _REF.format(name="Decision")}}
-    ingest_ok = {"type": "object", "required": ["accepted", "duplicates", "decisions"],
-                 "properties": {"accepted": {"type": "integer"},
-                                "duplicates": {"type": "integer"},
-                                "decisions": decisions}}
+    ingest_ok = {
+        "type": "object",
+        "required": ["accepted", "duplicates", "decisions"],
+        "properties": {
+            "accepted": {"type": "integer"},
+            "duplicates": {"type": "integer"},
+            "decisions": decisions,
+        },
+    }
     plain = {"type": "object", "additionalProperties": True}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Ringback", "version": __version__,
-                 "description": "Real-time web-behaviour personalisation and callback "
-                                "engine for banks."},
+        "info": {
+            "title": "Ringback",
+            "version": __version__,
+            "description": "Real-time web-behaviour personalisation and callback engine for banks.",
+        },
         "components": {
             "schemas": components,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
@@ -72,9 +98,13 @@ def openapi_document() -> dict[str, Any]:
             "/v1/events": {
                 "post": {
                     "summary": "Ingest a batch of browser events; returns decisions",
-                    "requestBody": {"required": True, "content": {
-                        "application/json": {"schema": batch_ref},
-                        "text/plain": {"schema": batch_ref}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": batch_ref},
+                            "text/plain": {"schema": batch_ref},
+                        },
+                    },
                     "responses": {
                         "200": _json(ingest_ok),
                         "400": _error("Invalid batch (code + JSON path)"),
@@ -87,56 +117,95 @@ def openapi_document() -> dict[str, Any]:
                         "503": _error("Profile store unavailable (Retry-After)"),
                     },
                 },
-                "options": {"summary": "CORS preflight",
-                            "responses": {"204": {"description": "Allowed"},
-                                          "403": {"description": "Origin not allowed"}}},
+                "options": {
+                    "summary": "CORS preflight",
+                    "responses": {
+                        "204": {"description": "Allowed"},
+                        "403": {"description": "Origin not allowed"},
+                    },
+                },
             },
             "/v1/decisions": {
                 "get": {
                     "summary": "Current offers for a page load",
                     "parameters": [
-                        {"name": "site", "in": "query", "required": True,
-                         "schema": {"type": "string"}},
-                        {"name": "anonymous_id", "in": "query", "required": True,
-                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"}},
+                        {
+                            "name": "site",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "anonymous_id",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"},
+                        },
                     ],
-                    "responses": {"200": _json({"type": "object", "properties": {
-                        "decisions": decisions}}),
-                        "400": _error("Invalid parameters"), "404": _error("Unknown site")},
+                    "responses": {
+                        "200": _json({"type": "object", "properties": {"decisions": decisions}}),
+                        "400": _error("Invalid parameters"),
+                        "404": _error("Unknown site"),
+                    },
                 },
-                "options": {"summary": "CORS preflight",
-                            "responses": {"204": {"description": "Allowed"},
-                                          "403": {"description": "Origin not allowed"}}},
+                "options": {
+                    "summary": "CORS preflight",
+                    "responses": {
+                        "204": {"description": "Allowed"},
+                        "403": {"description": "Origin not allowed"},
+                    },
+                },
             },
             "/v1/profiles/{customer_id}": {
-                "get": {"summary": "Read a customer's live profile", "security": _BEARER,
-                        "parameters": [_CUSTOMER],
-                        "responses": {"200": _json(plain), "401": _error("No/bad API token"),
-                                      "404": _error("No such profile")}},
-                "delete": {"summary": "Erase every key of a customer and linked anonymous ids",
-                           "security": _BEARER, "parameters": [_CUSTOMER],
-                           "responses": {"200": _json(plain),
-                                         "401": _error("No/bad API token")}},
+                "get": {
+                    "summary": "Read a customer's live profile",
+                    "security": _BEARER,
+                    "parameters": [_CUSTOMER],
+                    "responses": {
+                        "200": _json(plain),
+                        "401": _error("No/bad API token"),
+                        "404": _error("No such profile"),
+                    },
+                },
+                "delete": {
+                    "summary": "Erase every key of a customer and linked anonymous ids",
+                    "security": _BEARER,
+                    "parameters": [_CUSTOMER],
+                    "responses": {"200": _json(plain), "401": _error("No/bad API token")},
+                },
             },
             "/v1/profiles/{customer_id}/attributes": {
-                "put": {"summary": "Replace a customer's CRM attributes", "security": _BEARER,
-                        "parameters": [_CUSTOMER],
-                        "requestBody": {"required": True, "content": {"application/json": {
-                            "schema": attrs_ref}}},
-                        "responses": {"200": _json(plain),
-                                      "400": _error("Invalid attributes (code + JSON path)"),
-                                      "401": _error("No/bad API token")}},
+                "put": {
+                    "summary": "Replace a customer's CRM attributes",
+                    "security": _BEARER,
+                    "parameters": [_CUSTOMER],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": attrs_ref}},
+                    },
+                    "responses": {
+                        "200": _json(plain),
+                        "400": _error("Invalid attributes (code + JSON path)"),
+                        "401": _error("No/bad API token"),
+                    },
+                },
             },
-            "/healthz": {"get": {"summary": "Liveness",
-                                 "responses": {"200": _json(plain)}}},
-            "/readyz": {"get": {"summary": "Readiness (Valkey reachable)",
-                                "responses": {"200": _json(plain),
-                                              "503": _json(plain, "Valkey unreachable")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4)",
-                                 "responses": {"200": {"description": "OK",
-                                                       "content": {"text/plain": {}}}}}},
-            "/openapi.json": {"get": {"summary": "This document",
-                                      "responses": {"200": _json(plain)}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(plain)}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness (Valkey reachable)",
+                    "responses": {"200": _json(plain), "503": _json(plain, "Valkey unreachable")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text format 0.0.4)",
+                    "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _json(plain)}}
+            },
         },
     }
 

@@ -21,12 +21,14 @@ async def handle_readyz(request: web.Request) -> web.Response:
     up = await request.app[STORE].ping()
     request.app[METRICS].ready.set(1 if up else 0)
     if not up:
-        return json_response({"status": "unavailable", "store": "down"}, status=503,
-                             headers={"Retry-After": "2"})
+        return json_response(
+            {"status": "unavailable", "store": "down"}, status=503, headers={"Retry-After": "2"}
+        )
     return json_response({"status": "ready", "store": "up"})
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
     body = render_metrics(request.app[METRICS])
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; "
-                                                            "charset=utf-8"})
+    return web.Response(
+        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )

@@ -40,8 +40,9 @@ class PageClassifier:
     ('mortgage', '')
     """
 
-    def __init__(self, categories: Sequence[tuple[str, re.Pattern[str]]],
-                 cache_size: int = 4096) -> None:
+    def __init__(
+        self, categories: Sequence[tuple[str, re.Pattern[str]]], cache_size: int = 4096
+    ) -> None:
         self._categories = tuple(categories)
         self._cache: dict[str, str] = {}
         self._cache_size = cache_size
@@ -87,10 +88,15 @@ class ProfileStore:
         self._presence_ttl_ms = p.presence_ttl_s * 1000
 
     def delta(self, events: Sequence[Event], now_ms: int) -> dict[str, Any]:
-        return build_delta(events, classify=self.classifier.category, weights=self._weights,
-                           half_life_ms=self._half_life_ms,
-                           session_gap_ms=self._session_gap_ms,
-                           presence_ttl_ms=self._presence_ttl_ms, now_ms=now_ms)
+        return build_delta(
+            events,
+            classify=self.classifier.category,
+            weights=self._weights,
+            half_life_ms=self._half_life_ms,
+            session_gap_ms=self._session_gap_ms,
+            presence_ttl_ms=self._presence_ttl_ms,
+            now_ms=now_ms,
+        )
 
     async def apply_batch(
         self,
@@ -128,8 +134,9 @@ class ProfileStore:
         for _ in range(4):
             header["expect"] = expect
             header["delta"] = self.delta(fresh, now_ms)
-            res = await self.store.fcall("rb_ingest", keys.profile_keys(prefix),
-                                         [orjson.dumps(header)])
+            res = await self.store.fcall(
+                "rb_ingest", keys.profile_keys(prefix), [orjson.dumps(header)]
+            )
             if res[0] != "retry":
                 break
             expect = res[1]
@@ -139,8 +146,9 @@ class ProfileStore:
         if res[0] == "needs_merge":
             return BatchResult(accepted=0, duplicates=0, needs_merge=True, fields={})
         if res[0] == "rate_limited":
-            raise RateLimited("too many batches for this visitor",
-                              retry_after_s=int(res[1]) // 1000 + 1)
+            raise RateLimited(
+                "too many batches for this visitor", retry_after_s=int(res[1]) // 1000 + 1
+            )
         return BatchResult(
             accepted=int(res[1]),
             duplicates=int(res[2]),
@@ -161,31 +169,41 @@ class ProfileStore:
             self._half_life_ms,
             self._dedupe_window_ms,
             fields,
-            len(seen), *seen,
+            len(seen),
+            *seen,
         ]
         applied = await self.store.fcall(
-            "rb_merge_apply", keys.profile_keys(keys.customer_prefix(customer_id)), args)
+            "rb_merge_apply", keys.profile_keys(keys.customer_prefix(customer_id)), args
+        )
         return "merged" if int(applied) == 1 else "already"
 
-    async def read(self, prefix: str) -> tuple[dict[str, Any], list[str], list[str],
-                                               dict[str, str]]:
+    async def read(
+        self, prefix: str
+    ) -> tuple[dict[str, Any], list[str], list[str], dict[str, str]]:
         """(profile fields, recent pages, linked anonymous ids, CRM attributes)."""
         raw, links, attrs = await self.store.fcall(
-            "rb_read", keys.profile_keys(prefix), [], writes=False)
+            "rb_read", keys.profile_keys(prefix), [], writes=False
+        )
         fields = orjson.loads(raw)
         pages = fields.get("pages")
-        return (fields, pages if isinstance(pages, list) else [], sorted(links),
-                dict(zip(attrs[::2], attrs[1::2], strict=True)))
+        return (
+            fields,
+            pages if isinstance(pages, list) else [],
+            sorted(links),
+            dict(zip(attrs[::2], attrs[1::2], strict=True)),
+        )
 
     async def erase_customer(self, customer_id: str) -> int:
         """Delete every key of the customer and of each anonymous id linked to it."""
         deleted, links = await self.store.fcall(
-            "rb_erase", keys.profile_keys(keys.customer_prefix(customer_id)), [])
+            "rb_erase", keys.profile_keys(keys.customer_prefix(customer_id)), []
+        )
         total = int(deleted)
         for member in links:
             site, anonymous_id = keys.parse_link_member(member)
             more, _ = await self.store.fcall(
-                "rb_erase", keys.profile_keys(keys.anonymous_prefix(site, anonymous_id)), [])
+                "rb_erase", keys.profile_keys(keys.anonymous_prefix(site, anonymous_id)), []
+            )
             total += int(more)
         return total
 
@@ -201,8 +219,9 @@ def _i(h: dict[str, Any], k: str) -> int:
     return int(_f(h, k))
 
 
-def decode_profile(h: dict[str, Any], now_ms: int, half_life_s: float,
-                   *, known: bool = False) -> dict[str, Any]:
+def decode_profile(
+    h: dict[str, Any], now_ms: int, half_life_s: float, *, known: bool = False
+) -> dict[str, Any]:
     """The profile hash as the plain dict that rules, scores and APIs read.
 
     Intent is decayed to `now_ms` here, so a stored value is never stale when read.
@@ -231,9 +250,15 @@ def decode_profile(h: dict[str, Any], now_ms: int, half_life_s: float,
         elif k.startswith("c:"):
             _, prod, field = k.split(":", 2)
             c = calc.setdefault(prod, {})
-            name = {"amount": "amount", "term": "term_months", "rate": "rate",
-                    "monthly": "monthly_payment", "n": "count", "max": "max_amount",
-                    "ts": "ts"}.get(field)
+            name = {
+                "amount": "amount",
+                "term": "term_months",
+                "rate": "rate",
+                "monthly": "monthly_payment",
+                "n": "count",
+                "max": "max_amount",
+                "ts": "ts",
+            }.get(field)
             if name:
                 c[name] = float(v) if v not in ("",) else None
                 if name in ("term_months", "count", "ts") and c[name] is not None:
@@ -272,8 +297,11 @@ def decode_profile(h: dict[str, Any], now_ms: int, half_life_s: float,
         "online": now_ms < _f(h, "online_until"),
         "dwell_ms": _i(h, "dwell"),
         "last_page": h.get("last_page"),
-        "campaign": {k: h[k] for k in ("utm_source", "utm_campaign", "first_utm_source",
-                                       "first_utm_campaign") if k in h},
+        "campaign": {
+            k: h[k]
+            for k in ("utm_source", "utm_campaign", "first_utm_source", "first_utm_campaign")
+            if k in h
+        },
         "merged_into": h.get("merged_into"),
     }
 

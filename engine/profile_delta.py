@@ -84,8 +84,14 @@ def build_delta(
                 pages.append((ts, ev.page))
             props = ev.props  # type: ignore[union-attr]
             if props.utm_source or props.utm_campaign:
-                utm = {k: v for k, v in (("utm_source", props.utm_source),
-                                         ("utm_campaign", props.utm_campaign)) if v}
+                utm = {
+                    k: v
+                    for k, v in (
+                        ("utm_source", props.utm_source),
+                        ("utm_campaign", props.utm_campaign),
+                    )
+                    if v
+                }
                 newest("utm_ts", ts, utm)
                 for k, v in utm.items():
                     setnx.setdefault("first_" + k, v)
@@ -98,10 +104,16 @@ def build_delta(
             inc[c + "n"] = inc.get(c + "n", 0) + 1
             if p.amount > mx.get(c + "max", -1.0):
                 mx[c + "max"] = p.amount
-            newest(c + "ts", ts, {c + "amount": p.amount, c + "term": p.term_months,
-                                  c + "rate": "" if p.rate is None else p.rate,
-                                  c + "monthly": "" if p.monthly_payment is None
-                                  else p.monthly_payment})
+            newest(
+                c + "ts",
+                ts,
+                {
+                    c + "amount": p.amount,
+                    c + "term": p.term_months,
+                    c + "rate": "" if p.rate is None else p.rate,
+                    c + "monthly": "" if p.monthly_payment is None else p.monthly_payment,
+                },
+            )
         elif etype == "form":
             fp = ev.props  # type: ignore[union-attr]
             key = "f:" + fp.action

@@ -18,7 +18,7 @@ nowhere to put a field's value.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -55,7 +55,7 @@ ShortText = Annotated[str, Meta(max_length=256)]
 Name = Annotated[str, Meta(min_length=1, max_length=64)]
 Token = Annotated[str, Meta(min_length=1, max_length=4096)]
 
-Scalar = Union[ShortText, int, float, bool, None]
+Scalar = ShortText | int | float | bool | None
 
 
 class PageViewProps(Struct, forbid_unknown_fields=False, omit_defaults=True, frozen=True):
@@ -114,7 +114,9 @@ class CustomProps(Struct, forbid_unknown_fields=False, omit_defaults=True, froze
     data: Annotated[dict[Name, Scalar], Meta(max_length=20)] = {}
 
 
-class _EventBase(Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True, kw_only=True):
+class _EventBase(
+    Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True, kw_only=True
+):
     id: EventId
     ts: TsMs
     page: Page | None = None
@@ -152,16 +154,16 @@ class CustomEvent(_EventBase, tag="custom"):
     props: CustomProps
 
 
-Event = Union[
-    PageViewEvent,
-    ClickEvent,
-    ScrollEvent,
-    HeartbeatEvent,
-    CalcEvent,
-    FormEvent,
-    InterestEvent,
-    CustomEvent,
-]
+Event = (
+    PageViewEvent
+    | ClickEvent
+    | ScrollEvent
+    | HeartbeatEvent
+    | CalcEvent
+    | FormEvent
+    | InterestEvent
+    | CustomEvent
+)
 
 EVENT_TYPES: tuple[str, ...] = (
     "page_view",
@@ -173,6 +175,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "interest",
     "custom",
 )
+
 
 class Batch(Struct, forbid_unknown_fields=False):
     """One `POST /v1/events` body: what the snippet flushes every second or 20 events."""
@@ -194,8 +197,16 @@ def decode_batch(body: bytes) -> Batch:
 # Tagged structs carry their tag in the class, not the instance: look it up once.
 _TYPE_OF: dict[type, str] = {
     cls: cls.__struct_config__.tag  # type: ignore[misc]
-    for cls in (PageViewEvent, ClickEvent, ScrollEvent, HeartbeatEvent, CalcEvent, FormEvent,
-                InterestEvent, CustomEvent)
+    for cls in (
+        PageViewEvent,
+        ClickEvent,
+        ScrollEvent,
+        HeartbeatEvent,
+        CalcEvent,
+        FormEvent,
+        InterestEvent,
+        CustomEvent,
+    )
 }
 
 

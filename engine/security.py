@@ -48,16 +48,20 @@ def check_origin(site: SiteConfig, request: web.Request) -> str | None:
     if origin is None:
         return None
     if not origin_allowed(site, origin, request):
-        raise Forbidden("origin_not_allowed", f"origin {origin!r} may not send to this site",
-                        "$.site")
+        raise Forbidden(
+            "origin_not_allowed", f"origin {origin!r} may not send to this site", "$.site"
+        )
     return origin
 
 
 def cors_headers(origin: str | None) -> dict[str, str]:
     if origin is None:
         return {}
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-            "Access-Control-Expose-Headers": "Retry-After"}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Vary": "Origin",
+        "Access-Control-Expose-Headers": "Retry-After",
+    }
 
 
 def preflight_origin_allowed(settings: Settings, request: web.Request) -> str | None:
@@ -76,8 +80,10 @@ def require_api_token(settings: Settings, request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
-        raise Unauthorized("missing_credentials", "this endpoint needs an API token "
-                           "(Authorization: Bearer <token>)")
+        raise Unauthorized(
+            "missing_credentials",
+            "this endpoint needs an API token (Authorization: Bearer <token>)",
+        )
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("invalid_credentials", "use Authorization: Bearer <token>")
     for candidate in settings.api_tokens:
@@ -89,7 +95,8 @@ def require_api_token(settings: Settings, request: web.Request) -> str:
 class TrustedProxies:
     def __init__(self, specs: tuple[str, ...]) -> None:
         self.networks: tuple[IpNetwork, ...] = tuple(
-            ipaddress.ip_network(s, strict=False) for s in specs)
+            ipaddress.ip_network(s, strict=False) for s in specs
+        )
 
     def __contains__(self, ip: str) -> bool:
         try:
@@ -126,8 +133,13 @@ class IpRateLimiter:
     (inside rb_ingest). With W workers an IP can send up to W x the limit.
     """
 
-    def __init__(self, per_minute: int, trusted_proxies: tuple[str, ...],
-                 limit_loopback: bool, max_tracked: int = 100_000) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        trusted_proxies: tuple[str, ...],
+        limit_loopback: bool,
+        max_tracked: int = 100_000,
+    ) -> None:
         self.per_minute = per_minute
         self.trusted = TrustedProxies(trusted_proxies)
         self.limit_loopback = limit_loopback
@@ -147,5 +159,6 @@ class IpRateLimiter:
         count = self._counts.get(ip, 0) + 1
         self._counts[ip] = count
         if count > self.per_minute:
-            raise RateLimited("too many requests from this address",
-                              retry_after_s=int(60 - now_s % 60) + 1)
+            raise RateLimited(
+                "too many requests from this address", retry_after_s=int(60 - now_s % 60) + 1
+            )

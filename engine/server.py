@@ -91,7 +91,7 @@ async def _serve_async(settings: Settings, url: str, *, reuse_port: bool, announ
                        backlog=2048)
     await site.start()
     port = settings.port
-    server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor for the port
+    server = site._server
     if server is not None and getattr(server, "sockets", None):
         port = server.sockets[0].getsockname()[1]
     if announce:

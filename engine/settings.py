@@ -222,8 +222,14 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array",
-             dict: "table"}
+    names = {
+        int: "integer",
+        float: "number",
+        str: "string",
+        bool: "boolean",
+        list: "array",
+        dict: "table",
+    }
     return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
 
 
@@ -289,8 +295,9 @@ def _site(r: _Reader, demo_creds: dict[str, str] | None) -> SiteConfig:
         raise r.fail("consent", "must be 'required' or 'implied'")
     demo = r.get("demo", bool, False)
     ir = r.sub("identity")
-    ir.check_known({"algorithms", "secret", "secret_env", "secret_file", "public_key",
-                    "public_key_file"})
+    ir.check_known(
+        {"algorithms", "secret", "secret_env", "secret_file", "public_key", "public_key_file"}
+    )
     algorithms = tuple(ir.get("algorithms", list, ["HS256"]))
     for i, alg in enumerate(algorithms):
         if alg not in _ALLOWED_ALGS:
@@ -306,7 +313,9 @@ def _site(r: _Reader, demo_creds: dict[str, str] | None) -> SiteConfig:
         except OSError as exc:
             raise ir.fail("public_key_file", f"cannot read {pk_file}: {exc.strerror}") from exc
     if any(a.startswith("HS") for a in algorithms) and secret is None:
-        raise ir.fail("secret", "an HS* algorithm needs a secret (secret, secret_env or secret_file)")
+        raise ir.fail(
+            "secret", "an HS* algorithm needs a secret (secret, secret_env or secret_file)"
+        )
     if any(not a.startswith("HS") for a in algorithms) and public_key is None:
         raise ir.fail("public_key", "ES*/RS*/PS* algorithms need public_key or public_key_file")
     return SiteConfig(
@@ -357,8 +366,21 @@ def load_settings(
         raise ConfigError(source, "(syntax)", str(exc)) from exc
 
     root = _Reader(source, raw)
-    root.check_known({"demo_credentials", "server", "store", "limits", "profile",
-                      "intent_weights", "categories", "sites", "api_tokens", "agents", "rules"})
+    root.check_known(
+        {
+            "demo_credentials",
+            "server",
+            "store",
+            "limits",
+            "profile",
+            "intent_weights",
+            "categories",
+            "sites",
+            "api_tokens",
+            "agents",
+            "rules",
+        }
+    )
     ddir = Path(data_dir).resolve()
     demo_creds = _demo_credentials(ddir) if root.get("demo_credentials", bool, False) else None
 
@@ -374,8 +396,11 @@ def load_settings(
     lim.check_known(set(Limits.__dataclass_fields__))
     limits = Limits(
         **{
-            name: (lim.get(name, bool, f.default) if isinstance(f.default, bool)
-                   else lim.positive_int(name, f.default))  # type: ignore[arg-type]
+            name: (
+                lim.get(name, bool, f.default)
+                if isinstance(f.default, bool)
+                else lim.positive_int(name, f.default)
+            )  # type: ignore[arg-type]
             for name, f in Limits.__dataclass_fields__.items()
         }
     )
@@ -384,8 +409,10 @@ def load_settings(
     prof = root.sub("profile")
     prof.check_known(set(ProfileTuning.__dataclass_fields__))
     tuning = ProfileTuning(
-        **{name: prof.positive_int(name, f.default)  # type: ignore[arg-type]
-           for name, f in ProfileTuning.__dataclass_fields__.items()}
+        **{
+            name: prof.positive_int(name, f.default)  # type: ignore[arg-type]
+            for name, f in ProfileTuning.__dataclass_fields__.items()
+        }
     )
     weights_r = root.sub("intent_weights")
     weights = {k: float(weights_r.get(k, float, 0.0)) for k in weights_r.table}
@@ -421,14 +448,20 @@ def load_settings(
             raise ar.fail("password_hash", "agents need user and an scrypt password_hash")
         agents.append(Agent(user=user, password_hash=pw, role=ar.get("role", str, "agent")))
     if demo_creds is not None:
-        tokens.append(ApiToken("demo-admin", hashlib.sha256(demo_creds["api_token"].encode())
-                               .hexdigest()))
-        agents.append(Agent(demo_creds["agent_user"],
-                            hash_password(demo_creds["agent_password"]),
-                            role="supervisor"))
+        tokens.append(
+            ApiToken("demo-admin", hashlib.sha256(demo_creds["api_token"].encode()).hexdigest())
+        )
+        agents.append(
+            Agent(
+                demo_creds["agent_user"],
+                hash_password(demo_creds["agent_password"]),
+                role="supervisor",
+            )
+        )
 
-    redis_url = overrides.get("redis_url") or os.environ.get("REDIS_URL") or store.get(
-        "redis_url", str, "")
+    redis_url = (
+        overrides.get("redis_url") or os.environ.get("REDIS_URL") or store.get("redis_url", str, "")
+    )
     rules_dir = overrides.get("rules_dir") or root.sub("rules").get("dir", str, None)
     workers = int(overrides.get("workers") or server.positive_int("workers", 1))
     return Settings(

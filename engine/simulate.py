@@ -51,9 +51,11 @@ class SimulationReport:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
     def summary(self) -> str:
-        return (f"visitors {self.visitors}, batches {self.batches}, events {self.events}, "
-                f"decisions {self.decisions}, errors {dict(self.errors) or 0}, "
-                f"latency p50 {self.percentile(50):.1f} ms p99 {self.percentile(99):.1f} ms")
+        return (
+            f"visitors {self.visitors}, batches {self.batches}, events {self.events}, "
+            f"decisions {self.decisions}, errors {dict(self.errors) or 0}, "
+            f"latency p50 {self.percentile(50):.1f} ms p99 {self.percentile(99):.1f} ms"
+        )
 
 
 class _Visitor:
@@ -67,8 +69,12 @@ class _Visitor:
 
     def ev(self, etype: str, page: str, props: dict[str, Any] | None = None) -> None:
         self.seq += 1
-        e: dict[str, Any] = {"id": f"{self.anonymous_id[-8:]}.{self.seq}", "type": etype,
-                             "ts": int(time.time() * 1000), "page": page}
+        e: dict[str, Any] = {
+            "id": f"{self.anonymous_id[-8:]}.{self.seq}",
+            "type": etype,
+            "ts": int(time.time() * 1000),
+            "page": page,
+        }
         if props is not None:
             e["props"] = props
         self.queue.append(e)
@@ -86,8 +92,9 @@ class _Visitor:
                 props.update(utm_source=campaign[0], utm_medium="email", utm_campaign=campaign[1])
             steps.append((rng.uniform(1, 4), "page_view", page, props))
             if rng.random() < 0.4:
-                steps.append((rng.uniform(0.5, 2), "scroll", page,
-                              {"depth": rng.choice([25, 50, 75, 100])}))
+                steps.append(
+                    (rng.uniform(0.5, 2), "scroll", page, {"depth": rng.choice([25, 50, 75, 100])})
+                )
             steps.append((rng.uniform(0.5, 3), "heartbeat", page, {"dwell_ms": 15_000}))
         if interest in ("mortgage", "loans") and rng.random() < 0.7:
             product = "mortgage" if interest == "mortgage" else "loans"
@@ -96,31 +103,62 @@ class _Visitor:
             for _ in range(rng.randint(2, 8)):
                 amount = max(1000, amount + rng.choice([-1, 1]) * amount * 0.1)
                 monthly = round(amount / term * 1.4, 2)
-                steps.append((rng.uniform(0.3, 1.5), "calc", pages[-1], {
-                    "product": product, "amount": round(amount), "term_months": term,
-                    "rate": 4.2, "monthly_payment": monthly}))
+                steps.append(
+                    (
+                        rng.uniform(0.3, 1.5),
+                        "calc",
+                        pages[-1],
+                        {
+                            "product": product,
+                            "amount": round(amount),
+                            "term_months": term,
+                            "rate": 4.2,
+                            "monthly_payment": monthly,
+                        },
+                    )
+                )
             if rng.random() < 0.3:
-                steps.append((1, "interest", pages[-1], {"product": product,
-                                                         "call_me": rng.random() < 0.5}))
+                steps.append(
+                    (1, "interest", pages[-1], {"product": product, "call_me": rng.random() < 0.5})
+                )
         if interest == "loans" and rng.random() < 0.4:
-            steps.append((1, "form", pages[-1], {"field": "amount", "action": "focus",
-                                                "form": "personal-loan-application"}))
-            steps.append((2, "form", pages[-1], {"field": "amount", "action": "abandon",
-                                                "form": "personal-loan-application"}))
+            steps.append(
+                (
+                    1,
+                    "form",
+                    pages[-1],
+                    {"field": "amount", "action": "focus", "form": "personal-loan-application"},
+                )
+            )
+            steps.append(
+                (
+                    2,
+                    "form",
+                    pages[-1],
+                    {"field": "amount", "action": "abandon", "form": "personal-loan-application"},
+                )
+            )
         return steps
 
 
-async def _send(session: aiohttp.ClientSession, url: str, visitor: _Visitor,
-                report: SimulationReport) -> None:
+async def _send(
+    session: aiohttp.ClientSession, url: str, visitor: _Visitor, report: SimulationReport
+) -> None:
     if not visitor.queue:
         return
-    body = {"site": visitor.site, "anonymous_id": visitor.anonymous_id,
-            "events": visitor.queue[:20]}
+    body = {
+        "site": visitor.site,
+        "anonymous_id": visitor.anonymous_id,
+        "events": visitor.queue[:20],
+    }
     del visitor.queue[:20]
     started = time.perf_counter()
     try:
-        async with session.post(f"{url}/v1/events", data=orjson.dumps(body),
-                                headers={"Content-Type": "text/plain;charset=UTF-8"}) as r:
+        async with session.post(
+            f"{url}/v1/events",
+            data=orjson.dumps(body),
+            headers={"Content-Type": "text/plain;charset=UTF-8"},
+        ) as r:
             payload = await r.read()
             report.latencies_ms.append((time.perf_counter() - started) * 1000)
             if r.status == 200:
@@ -133,8 +171,9 @@ async def _send(session: aiohttp.ClientSession, url: str, visitor: _Visitor,
         report.errors[0] = report.errors.get(0, 0) + 1
 
 
-async def _visit(session: aiohttp.ClientSession, url: str, visitor: _Visitor,
-                 report: SimulationReport) -> None:
+async def _visit(
+    session: aiohttp.ClientSession, url: str, visitor: _Visitor, report: SimulationReport
+) -> None:
     report.visitors += 1
     last_flush = time.monotonic()
     for delay, etype, page, props in visitor.script():
@@ -146,8 +185,15 @@ async def _visit(session: aiohttp.ClientSession, url: str, visitor: _Visitor,
     await _send(session, url, visitor, report)  # the pagehide beacon
 
 
-async def simulate(url: str, rate: float, duration_s: float, *, site: str = "demo-bank",
-                   speed: float = 1.0, seed: int | None = None) -> SimulationReport:
+async def simulate(
+    url: str,
+    rate: float,
+    duration_s: float,
+    *,
+    site: str = "demo-bank",
+    speed: float = 1.0,
+    seed: int | None = None,
+) -> SimulationReport:
     """Start `rate` visitors per second for `duration_s` seconds; wait for them to leave."""
     rng = random.Random(seed)
     report = SimulationReport()
@@ -170,8 +216,9 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignor
     p.add_argument("--rate", type=float, default=2.0, help="new visitors per second")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to keep arriving")
     p.add_argument("--site", default="demo-bank")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="time compression: 10 makes each visit 10x faster")
+    p.add_argument(
+        "--speed", type=float, default=1.0, help="time compression: 10 makes each visit 10x faster"
+    )
     p.add_argument("--seed", type=int)
     p.set_defaults(func=_run)
 
@@ -179,7 +226,10 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignor
 def _run(args: argparse.Namespace) -> int:
     import uvloop
 
-    report = uvloop.run(simulate(args.url, args.rate, args.duration, site=args.site,
-                                 speed=args.speed, seed=args.seed))
+    report = uvloop.run(
+        simulate(
+            args.url, args.rate, args.duration, site=args.site, speed=args.speed, seed=args.seed
+        )
+    )
     print(report.summary())
     return 0 if not report.errors else 1

@@ -98,8 +98,9 @@ class Store:
                 raise StoreUnavailable(str(exc)) from exc
             self._library_loaded = True
 
-    async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any],
-                    *, writes: bool = True) -> Any:
+    async def fcall(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
+    ) -> Any:
         """Run a library function, reloading the library once if the server lost it."""
         try:
             return await self.call("FCALL", name, len(keys), *keys, *args, writes=writes)
@@ -126,7 +127,7 @@ class Store:
         self._flush_scheduled = False
         queue, self._queue = self._queue, []
         for start in range(0, len(queue), self._max_pipeline):
-            chunk = queue[start:start + self._max_pipeline]
+            chunk = queue[start : start + self._max_pipeline]
             task = asyncio.ensure_future(self._send(chunk))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -179,7 +180,7 @@ class Store:
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self.client.ping(), timeout=1.0))
-        except (*_UNAVAILABLE, asyncio.TimeoutError):
+        except (TimeoutError, *_UNAVAILABLE):
             return False
 
 

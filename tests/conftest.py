@@ -66,14 +66,18 @@ def new_anon() -> str:
 
 
 def event(etype: str, **kw: Any) -> dict[str, Any]:
-    ev: dict[str, Any] = {"id": kw.pop("id", uuid.uuid4().hex[:12]), "type": etype,
-                          "ts": kw.pop("ts", now_ms())}
+    ev: dict[str, Any] = {
+        "id": kw.pop("id", uuid.uuid4().hex[:12]),
+        "type": etype,
+        "ts": kw.pop("ts", now_ms()),
+    }
     ev.update(kw)
     return ev
 
 
-def calc(product: str = "mortgage", amount: float = 250_000, term_months: int = 300,
-         **kw: Any) -> dict[str, Any]:
+def calc(
+    product: str = "mortgage", amount: float = 250_000, term_months: int = 300, **kw: Any
+) -> dict[str, Any]:
     props = {"product": product, "amount": amount, "term_months": term_months}
     props.update(kw.pop("props", {}))
     return event("calc", props=props, **kw)
@@ -99,21 +103,35 @@ class EngineClient:
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.credentials['api_token']}"}
 
-    def token(self, customer_id: str, *, site: str | None = None, ttl_s: int = 3600,
-              secret: str | None = None) -> str:
-        return mint_token(secret or self.credentials["identity_secret"], site or self.site,
-                          customer_id, ttl_s=ttl_s)
+    def token(
+        self,
+        customer_id: str,
+        *,
+        site: str | None = None,
+        ttl_s: int = 3600,
+        secret: str | None = None,
+    ) -> str:
+        return mint_token(
+            secret or self.credentials["identity_secret"],
+            site or self.site,
+            customer_id,
+            ttl_s=ttl_s,
+        )
 
-    def batch(self, events: list[dict[str, Any]], anonymous_id: str | None = None,
-              **kw: Any) -> dict[str, Any]:
-        body = {"site": self.site, "anonymous_id": anonymous_id or new_anon(),
-                "events": events}
+    def batch(
+        self, events: list[dict[str, Any]], anonymous_id: str | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        body = {"site": self.site, "anonymous_id": anonymous_id or new_anon(), "events": events}
         body.update(kw)
         return body
 
-    async def post_events(self, body: Any, *, headers: dict[str, str] | None = None,
-                          content_type: str = "application/json"
-                          ) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async def post_events(
+        self,
+        body: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         hdrs = {"Content-Type": content_type}
         hdrs.update(headers or {})
@@ -121,8 +139,9 @@ class EngineClient:
             raw = await r.read()
             return r.status, (orjson.loads(raw) if raw else {}), dict(r.headers)
 
-    async def get_json(self, path: str, *, headers: dict[str, str] | None = None
-                       ) -> tuple[int, Any]:
+    async def get_json(
+        self, path: str, *, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         async with self.session.get(f"{self.url}{path}", headers=headers) as r:
             raw = await r.read()
             try:
@@ -131,21 +150,22 @@ class EngineClient:
                 return r.status, raw.decode()
 
     async def profile(self, customer_id: str) -> dict[str, Any]:
-        status, body = await self.get_json(f"/v1/profiles/{customer_id}",
-                                           headers=self.api_headers)
+        status, body = await self.get_json(f"/v1/profiles/{customer_id}", headers=self.api_headers)
         assert status == 200, body
         return body  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-async def make_engine(aiohttp_server: Any, valkey: EmbeddedValkey, tmp_path: Path,
-                      redis: aioredis.Redis) -> AsyncIterator[Any]:
+async def make_engine(
+    aiohttp_server: Any, valkey: EmbeddedValkey, tmp_path: Path, redis: aioredis.Redis
+) -> AsyncIterator[Any]:
     """Factory: start the engine app (optionally with changed settings) on a real socket."""
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(settings: Settings | None = None, **changes: Any) -> EngineClient:
-        s = settings or load_settings(None, data_dir=tmp_path / "data",
-                                      overrides={"redis_url": valkey.url})
+        s = settings or load_settings(
+            None, data_dir=tmp_path / "data", overrides={"redis_url": valkey.url}
+        )
         if changes:
             s = replace(s, **changes)
         metrics = Metrics()
@@ -153,8 +173,9 @@ async def make_engine(aiohttp_server: Any, valkey: EmbeddedValkey, tmp_path: Pat
         server = await aiohttp_server(app, host="127.0.0.1")
         session = aiohttp.ClientSession()
         sessions.append(session)
-        return EngineClient(url=str(server.make_url("")).rstrip("/"), settings=s,
-                            session=session, metrics=metrics)
+        return EngineClient(
+            url=str(server.make_url("")).rstrip("/"), settings=s, session=session, metrics=metrics
+        )
 
     yield start
     for session in sessions:
@@ -170,8 +191,13 @@ async def engine(make_engine: Any) -> EngineClient:
 class LiveEngine:
     """`python -m engine serve` as a child process, stoppable and restartable."""
 
-    def __init__(self, settings: Settings, redis_url: str, data_dir: Path,
-                 extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        data_dir: Path,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.settings = settings
         self.redis_url = redis_url
         self.data_dir = data_dir
@@ -188,17 +214,27 @@ class LiveEngine:
         return self.settings.demo_credentials
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "engine", "serve", "--port", str(self.port),
-               "--data-dir", str(self.data_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         if self.redis_url:
             cmd += ["--redis", self.redis_url]
         return cmd + self.extra_args
 
     async def start(self, timeout_s: float = 20.0) -> None:
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=log,
-                                        stderr=subprocess.STDOUT, env=env)
+        # Starting a child is quick and happens once per test: blocking is fine here.
+        log = open(self.log_path, "ab")  # noqa: ASYNC230 - lives as long as the child
+        self.process = subprocess.Popen(  # noqa: ASYNC220
+            self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
@@ -211,8 +247,7 @@ class LiveEngine:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"engine not ready in {timeout_s}s: "
-                           f"{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"engine not ready in {timeout_s}s: {self.log_path.read_text()[-3000:]}")
 
     async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
         proc, self.process = self.process, None
@@ -229,8 +264,9 @@ class LiveEngine:
 
 
 @pytest.fixture
-async def live_engine(valkey: EmbeddedValkey, redis: aioredis.Redis, tmp_path: Path
-                      ) -> AsyncIterator[LiveEngine]:
+async def live_engine(
+    valkey: EmbeddedValkey, redis: aioredis.Redis, tmp_path: Path
+) -> AsyncIterator[LiveEngine]:
     data_dir = tmp_path / "live"
     data_dir.mkdir()
     settings = load_settings(None, data_dir=data_dir, overrides={"redis_url": valkey.url})

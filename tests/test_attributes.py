@@ -8,26 +8,39 @@ from pathlib import Path
 
 import orjson
 import redis.asyncio as aioredis
-
 from conftest import REPO, EngineClient, event
 
 
-async def _put(engine: EngineClient, customer: str, body: object,
-               headers: dict[str, str] | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+async def _put(
+    engine: EngineClient, customer: str, body: object, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:  # type: ignore[type-arg]
     async with engine.session.put(
-            f"{engine.url}/v1/profiles/{customer}/attributes", data=orjson.dumps(body),
-            headers={"Content-Type": "application/json",
-                     **(engine.api_headers if headers is None else headers)}) as r:
+        f"{engine.url}/v1/profiles/{customer}/attributes",
+        data=orjson.dumps(body),
+        headers={
+            "Content-Type": "application/json",
+            **(engine.api_headers if headers is None else headers),
+        },
+    ) as r:
         return r.status, await r.json()
 
 
 async def test_attributes_are_stored_and_shown_with_the_profile(engine: EngineClient) -> None:
-    status, body = await _put(engine, "cust-vip", {
-        "products_held": ["current_account", "mortgage"], "value_tier": "vip",
-        "consent_call": True, "branch": "LDN-01", "language": "en-GB"})
+    status, body = await _put(
+        engine,
+        "cust-vip",
+        {
+            "products_held": ["current_account", "mortgage"],
+            "value_tier": "vip",
+            "consent_call": True,
+            "branch": "LDN-01",
+            "language": "en-GB",
+        },
+    )
     assert status == 200 and body["created"] is True
-    await engine.post_events(engine.batch([event("page_view", page="/cards")],
-                                          identity=engine.token("cust-vip")))
+    await engine.post_events(
+        engine.batch([event("page_view", page="/cards")], identity=engine.token("cust-vip"))
+    )
     prof = await engine.profile("cust-vip")
     assert prof["attributes"]["value_tier"] == "vip"
     assert prof["attributes"]["products_held"] == ["current_account", "mortgage"]
@@ -41,15 +54,21 @@ async def test_put_replaces_the_whole_set(engine: EngineClient) -> None:
     assert status == 200 and body["created"] is False
     attrs = (await engine.profile("cust-r"))["attributes"]
     assert (attrs["value_tier"], attrs["do_not_call"], attrs["consent_call"]) == (
-        "standard", False, True)
+        "standard",
+        False,
+        True,
+    )
 
 
 async def test_invalid_attributes_are_refused_with_their_path(
-        engine: EngineClient, redis: aioredis.Redis) -> None:
-    for body, path in [({"value_tier": "gold"}, "$.value_tier"),
-                       ({"email": "jane@example.com"}, "$"),
-                       ({"products_held": ["ok", "not ok!"]}, "$.products_held[1]"),
-                       ({"consent_call": "yes"}, "$.consent_call")]:
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
+    for body, path in [
+        ({"value_tier": "gold"}, "$.value_tier"),
+        ({"email": "jane@example.com"}, "$"),
+        ({"products_held": ["ok", "not ok!"]}, "$.products_held[1]"),
+        ({"consent_call": "yes"}, "$.consent_call"),
+    ]:
         status, resp = await _put(engine, "cust-bad", body)
         assert status == 400, body
         assert resp["error"]["code"] == "invalid_attributes"
@@ -58,7 +77,7 @@ async def test_invalid_attributes_are_refused_with_their_path(
 
 
 async def test_attributes_need_an_api_token(engine: EngineClient) -> None:
-    status, resp = await _put(engine, "cust-x", {"value_tier": "vip"}, headers={})
+    status, _ = await _put(engine, "cust-x", {"value_tier": "vip"}, headers={})
     assert status == 401
 
 
@@ -68,22 +87,62 @@ def test_import_validates_every_line_before_writing(tmp_path: Path, valkey) -> N
     client = sync_redis.Redis.from_url(valkey.url, decode_responses=True)
     client.flushall()
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"customer_id": "c1", "attributes": {"value_tier": "vip"}}\n'
-                   '{"customer_id": "c2", "attributes": {"value_tier": "platinum"}}\n')
-    run = subprocess.run([sys.executable, "-m", "engine", "import", str(bad), "--redis",
-                          valkey.url, "--data-dir", str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True)
+    bad.write_text(
+        '{"customer_id": "c1", "attributes": {"value_tier": "vip"}}\n'
+        '{"customer_id": "c2", "attributes": {"value_tier": "platinum"}}\n'
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "import",
+            str(bad),
+            "--redis",
+            valkey.url,
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1
     assert f"{bad}:2:" in run.stderr and "$.attributes.value_tier" in run.stderr
     assert client.keys("*") == []  # nothing partially imported
 
     good = tmp_path / "good.jsonl"
-    good.write_text("".join(orjson.dumps({"customer_id": f"c{i}", "attributes": {
-        "value_tier": "vip" if i % 10 == 0 else "standard", "consent_call": True}}).decode()
-        + "\n" for i in range(500)))
-    run = subprocess.run([sys.executable, "-m", "engine", "import", str(good), "--redis",
-                          valkey.url, "--data-dir", str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True)
+    good.write_text(
+        "".join(
+            orjson.dumps(
+                {
+                    "customer_id": f"c{i}",
+                    "attributes": {
+                        "value_tier": "vip" if i % 10 == 0 else "standard",
+                        "consent_call": True,
+                    },
+                }
+            ).decode()
+            + "\n"
+            for i in range(500)
+        )
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "import",
+            str(good),
+            "--redis",
+            valkey.url,
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "500 customer" in run.stdout
     stored = orjson.loads(client.get("rb:{c:c10}:p"))["attrs"]

@@ -10,8 +10,11 @@ import pytest
 
 import engine
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(engine.__path__, "engine.")
-                 if m.name not in ("engine.__main__",))
+MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(engine.__path__, "engine.")
+    if m.name not in ("engine.__main__",)
+)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -44,22 +44,31 @@ def test_a_config_file_is_read_into_settings(tmp_path: Path) -> None:
     assert not (tmp_path / DEMO_CREDENTIALS_FILE).exists()
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    (GOOD + "\n[limits]\nmax_body_bytes = 'big'\n", "limits.max_body_bytes"),
-    (GOOD + "\n[limits]\nmax_body_byte = 10\n", "limits.max_body_byte"),
-    (GOOD.replace('consent = "required"', 'consent = "maybe"'), "sites[0].consent"),
-    (GOOD.replace('secret = "0123456789abcdef0123456789abcdef"', 'x = 1'),
-     "sites[0].identity.x"),
-    (GOOD.replace(', secret = "0123456789abcdef0123456789abcdef"', ''),
-     "sites[0].identity.secret"),
-    (GOOD.replace('"HS256"', '"none"'), "sites[0].identity.algorithms[0]"),
-    (GOOD.replace('"https://www.acme.example"', '"ftp://x"'), "sites[0].allowed_origins[0]"),
-    (GOOD.replace('key = "acme-bank"', 'key = "Acme Bank"'), "sites[0].key"),
-    (GOOD + "\n[store]\ndurability = 'sometimes'\n", "store.durability"),
-    (GOOD + "\n[[api_tokens]]\nname = 'x'\ntoken_env = 'RINGBACK_TEST_UNSET_VAR'\n",
-     "api_tokens[1].token_env"),
-    ("[server\n", "(syntax)"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (GOOD + "\n[limits]\nmax_body_bytes = 'big'\n", "limits.max_body_bytes"),
+        (GOOD + "\n[limits]\nmax_body_byte = 10\n", "limits.max_body_byte"),
+        (GOOD.replace('consent = "required"', 'consent = "maybe"'), "sites[0].consent"),
+        (
+            GOOD.replace('secret = "0123456789abcdef0123456789abcdef"', "x = 1"),
+            "sites[0].identity.x",
+        ),
+        (
+            GOOD.replace(', secret = "0123456789abcdef0123456789abcdef"', ""),
+            "sites[0].identity.secret",
+        ),
+        (GOOD.replace('"HS256"', '"none"'), "sites[0].identity.algorithms[0]"),
+        (GOOD.replace('"https://www.acme.example"', '"ftp://x"'), "sites[0].allowed_origins[0]"),
+        (GOOD.replace('key = "acme-bank"', 'key = "Acme Bank"'), "sites[0].key"),
+        (GOOD + "\n[store]\ndurability = 'sometimes'\n", "store.durability"),
+        (
+            GOOD + "\n[[api_tokens]]\nname = 'x'\ntoken_env = 'RINGBACK_TEST_UNSET_VAR'\n",
+            "api_tokens[1].token_env",
+        ),
+        ("[server\n", "(syntax)"),
+    ],
+)
 def test_config_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -73,8 +82,12 @@ def test_demo_credentials_are_generated_once_private_and_reused(tmp_path: Path) 
     path = tmp_path / DEMO_CREDENTIALS_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert first.demo_credentials is not None
-    assert set(first.demo_credentials) == {"identity_secret", "api_token", "agent_user",
-                                           "agent_password"}
+    assert set(first.demo_credentials) == {
+        "identity_secret",
+        "api_token",
+        "agent_user",
+        "agent_password",
+    }
     second = load_settings(None, data_dir=tmp_path)
     assert second.demo_credentials == first.demo_credentials
     other = load_settings(None, data_dir=tmp_path / "elsewhere")
@@ -88,6 +101,9 @@ def test_secrets_do_not_print_themselves() -> None:
 
 
 def test_cli_overrides_win_over_the_file(tmp_path: Path) -> None:
-    s = load_settings(_write(tmp_path, GOOD), data_dir=tmp_path,
-                      overrides={"port": 7001, "workers": 3, "redis_url": "redis://x:1"})
+    s = load_settings(
+        _write(tmp_path, GOOD),
+        data_dir=tmp_path,
+        overrides={"port": 7001, "workers": 3, "redis_url": "redis://x:1"},
+    )
     assert (s.port, s.workers, s.redis_url) == (7001, 3, "redis://x:1")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from conftest import EngineClient
 
 from engine.simulate import simulate
 
-from conftest import EngineClient
 
-
-async def test_simulated_visitors_build_profiles(engine: EngineClient,
-                                                 redis: aioredis.Redis) -> None:
+async def test_simulated_visitors_build_profiles(
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
     report = await simulate(engine.url, rate=20, duration_s=1.0, speed=20, seed=7)
 
     assert report.errors == {}
