@@ -47,7 +47,9 @@ async def handle_profile_get(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     require_api_token(settings, request)
     customer_id = _customer_id(request)
-    fields, pages, links, _ = await request.app[PROFILES].read(keys.customer_prefix(customer_id))
+    fields, pages, links, history = await request.app[PROFILES].read(
+        keys.customer_prefix(customer_id)
+    )
     if not fields and not links:
         raise NotFound("not_found", f"no profile for customer {customer_id!r}")
     now_ms = int(time.time() * 1000)
@@ -62,6 +64,7 @@ async def handle_profile_get(request: web.Request) -> web.Response:
                 {"site": s, "anonymous_id": a} for s, a in map(keys.parse_link_member, links)
             ],
             "attributes": fields.get("attrs") or {},
+            "contact_history": history,
         }
     )
 

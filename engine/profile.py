@@ -179,9 +179,9 @@ class ProfileStore:
 
     async def read(
         self, prefix: str
-    ) -> tuple[dict[str, Any], list[str], list[str], dict[str, str]]:
-        """(profile fields, recent pages, linked anonymous ids, CRM attributes)."""
-        raw, links, attrs = await self.store.fcall(
+    ) -> tuple[dict[str, Any], list[str], list[str], list[dict[str, Any]]]:
+        """(profile fields, recent pages, linked anonymous ids, contact history, newest first)."""
+        raw, links, hist = await self.store.fcall(
             "rb_read", keys.profile_keys(prefix), [], writes=False
         )
         fields = orjson.loads(raw)
@@ -190,7 +190,7 @@ class ProfileStore:
             fields,
             pages if isinstance(pages, list) else [],
             sorted(links),
-            dict(zip(attrs[::2], attrs[1::2], strict=True)),
+            [history_entry(entry_id, flat) for entry_id, flat in hist],
         )
 
     async def erase_customer(self, customer_id: str) -> int:
@@ -304,6 +304,21 @@ def decode_profile(
         },
         "merged_into": h.get("merged_into"),
     }
+
+
+def history_entry(entry_id: str, flat: list[str] | dict[str, str]) -> dict[str, Any]:
+    """A contact-history stream entry as a dict; JSON-looking values are decoded."""
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    entry: dict[str, Any] = {"id": entry_id}
+    for k, v in pairs:
+        if v[:1] in ("{", "["):
+            try:
+                entry[k] = orjson.loads(v)
+                continue
+            except orjson.JSONDecodeError:
+                pass
+        entry[k] = v
+    return entry
 
 
 def customer_attributes(h: dict[str, Any]) -> dict[str, Any]:

@@ -4,12 +4,14 @@ Ringback's Valkey function library (FUNCTION LOAD REPLACE at startup; persisted 
 the AOF, reloaded by the engine if a fresh server lacks it).
 
 Every function here touches the keys of ONE profile (one hash tag, one cluster
-slot). KEYS are always the five profile keys in engine/keys.py order:
+slot). KEYS are always the six profile keys in engine/keys.py order:
   KEYS[1] p      string  the profile: one JSON object (fields below)
   KEYS[2] seen   zset    event ids in the dedupe window (score = receive ms)
   KEYS[3] links  set     "<site>:<anonymous_id>" merged into this customer
   KEYS[4] attrs  hash    CRM attributes
-  KEYS[5] hist   stream  contact history
+  KEYS[5] hist   stream  contact history (decisions, outcomes), capped
+  KEYS[6] pol    hash    contact policy: r:<rule> / c:<channel> cooldown-until ms,
+                         d:<channel>:<day> contacts that day
 
 The profile is one JSON value rather than a hash: measured here, an HSET of ~30 fields
 into a listpack hash cost ~33 µs of Valkey time, a GET + cjson decode/encode + SET ~15.
@@ -74,6 +76,16 @@ end
 
 local function max_field(h, dirty, k, v)
   if v > num(h, k) then set(h, dirty, k, v) end
+end
+
+-- XADD an entry (a flat {field: value} table) to a capped stream.
+local function append_history(key, entry, max)
+  local flat = {}
+  for k, v in pairs(entry) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = type(v) == 'table' and cjson.encode(v) or tostring(v)
+  end
+  return redis.call('XADD', key, 'MAXLEN', '~', max, '*', unpack(flat))
 end
 
 local MAX_PAGES = 20
@@ -302,13 +314,13 @@ local function erase(keys, args)
 end
 
 --[[
-rb_read: the profile, its links and its CRM attributes, in one call.
+rb_read: the profile, its links and its 50 latest contact-history entries, in one call.
 ]]
 local function read(keys, args)
   return {
     redis.call('GET', keys[1]) or '{}',
     redis.call('SMEMBERS', keys[3]),
-    redis.call('HGETALL', keys[4]),
+    redis.call('XREVRANGE', keys[5], '+', '-', 'COUNT', 50),
   }
 end
 
@@ -326,7 +338,52 @@ local function set_attrs(keys, args)
   return existed
 end
 
+--[[
+rb_reserve: the contact policy, atomically. Two workers deciding for the same customer
+at the same moment both call this; the second finds the cooldown the first just set.
+ARGV[1]: JSON {now, rule, channel, rule_cooldown_ms, channel_cooldown_ms, max_per_day
+         (0 = no cap), day ('YYYY-MM-DD' in the calendar's zone), history {field: value},
+         history_max}
+Returns {'ok'} (cooldowns set, count taken, history appended) or {'suppressed', reason}.
+]]
+local function reserve(keys, args)
+  local HIST, POL = keys[5], keys[6]
+  local a = cjson.decode(args[1])
+  local now = a.now
+  local rk, ck = 'r:' .. a.rule, 'c:' .. a.channel
+  local dk = 'd:' .. a.channel .. ':' .. a.day
+  local state = redis.call('HMGET', POL, rk, ck, dk)
+  if a.rule_cooldown_ms > 0 and (tonumber(state[1]) or 0) > now then
+    return {'suppressed', 'cooldown_rule'}
+  end
+  if a.channel_cooldown_ms > 0 and (tonumber(state[2]) or 0) > now then
+    return {'suppressed', 'cooldown_channel'}
+  end
+  if a.max_per_day > 0 and (tonumber(state[3]) or 0) >= a.max_per_day then
+    return {'suppressed', 'daily_cap'}
+  end
+  redis.call('HSET', POL, rk, string.format('%d', now + a.rule_cooldown_ms),
+             ck, string.format('%d', now + a.channel_cooldown_ms))
+  redis.call('HINCRBY', POL, dk, 1)
+  -- Keep policy state two days past the longest cooldown, then let it go.
+  local keep = math.max(a.rule_cooldown_ms, a.channel_cooldown_ms) + 2 * 86400000
+  if redis.call('PTTL', POL) < keep then redis.call('PEXPIRE', POL, keep) end
+  append_history(HIST, a.history, a.history_max)
+  return {'ok'}
+end
+
+--[[
+rb_history: append one entry to the contact history (web offers shown, outcomes).
+ARGV[1]: JSON {entry: {field: value}, max}
+]]
+local function history(keys, args)
+  local a = cjson.decode(args[1])
+  return append_history(keys[5], a.entry, a.max)
+end
+
 redis.register_function('rb_ingest', ingest)
+redis.register_function('rb_reserve', reserve)
+redis.register_function('rb_history', history)
 redis.register_function('rb_set_attrs', set_attrs)
 redis.register_function('rb_merge_export', merge_export)
 redis.register_function('rb_merge_apply', merge_apply)
