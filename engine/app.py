@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from engine import api_profiles, attributes, ingest, openapi, ops
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
@@ -20,10 +21,23 @@ from engine.identity import IdentityVerifier
 from engine.metrics import Metrics
 from engine.profile import ProfileStore
 from engine.security import IpRateLimiter
-from engine.settings import Settings
+from engine.settings import Settings, WebhookConfig
 from engine.store import Store
+from engine.webhooks import Dispatcher, WebhookTarget
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "webhook_target"]
+
+
+def webhook_target(w: WebhookConfig) -> WebhookTarget:
+    return WebhookTarget(
+        name=w.name,
+        url=w.url,
+        secrets=tuple(s.reveal() for s in w.secrets),
+        kinds=w.kinds,
+        timeout_s=w.timeout_s,
+        max_attempts=w.max_attempts,
+    )
+
 
 log = logging.getLogger("ringback.app")
 
@@ -61,7 +75,17 @@ def build_app(
             log.warning("Valkey unavailable at startup (%s); serving 503 until it returns", exc)
         app[STORE] = store
         app[PROFILES] = ProfileStore(store, settings)
+        dispatcher = None
+        if settings.webhooks:
+            dispatcher = Dispatcher(store, [webhook_target(w) for w in settings.webhooks], metrics)
+            try:
+                await dispatcher.start()
+            except (StoreUnavailable, RedisError, OSError):
+                log.warning("webhook dispatcher not started: Valkey unavailable")
+                dispatcher = None
         yield
+        if dispatcher is not None:
+            await dispatcher.stop()
         await store.close()
 
     app.cleanup_ctx.append(store_ctx)

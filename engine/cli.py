@@ -5,6 +5,7 @@
     ringback token --site SITE --customer ID [--data-dir DIR] [--config FILE]
     ringback simulate --url URL [--rate N] [--duration S] [--speed X]
     ringback import FILE.jsonl [--redis URL] [--data-dir DIR]
+    ringback webhooks dead-letters --target NAME [--replay] --redis URL
 
 Errors a user can fix (a bad config key, an unknown site) print one line and exit 2;
 they never print a traceback.
@@ -120,9 +121,13 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 def _extensions() -> list[tuple[str, Callable[[argparse._SubParsersAction, str], None]]]:
     """Subcommands that live with the code they drive (imported lazily)."""
-    from engine import attributes, simulate
+    from engine import attributes, simulate, webhooks
 
-    return [("simulate", simulate.register), ("import", attributes.register)]
+    return [
+        ("simulate", simulate.register),
+        ("import", attributes.register),
+        ("webhooks", webhooks.register),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,6 +104,18 @@ class Metrics:
             ["route", "status"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "ringback_webhook_deliveries_total",
+            "Webhook delivery attempts by target (from config) and result",
+            ["target", "result"],
+            registry=r,
+        )
+        self.webhook_dead_letters = Counter(
+            "ringback_webhook_dead_letters_total",
+            "Triggers given up on after max attempts, by target",
+            ["target"],
+            registry=r,
+        )
         self.background_failures = Counter(
             "ringback_background_task_failures_total",
             "Background tasks that crashed",

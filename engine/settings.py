@@ -109,6 +109,18 @@ class Agent:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """A webhook target; secrets are Standard Webhooks `whsec_` keys (several = rotation)."""
+
+    name: str
+    url: str
+    secrets: tuple[Secret, ...]
+    kinds: tuple[str, ...] = ("callback", "notify")
+    timeout_s: float = 5.0
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 65536
     max_events_per_batch: int = 100
@@ -151,6 +163,7 @@ class Settings:
     # (category, compiled pattern) in priority order.
     categories: tuple[tuple[str, re.Pattern[str]], ...] = ()
     demo_credentials: dict[str, str] | None = None
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     @property
     def embedded_store(self) -> bool:
@@ -379,6 +392,7 @@ def load_settings(
             "api_tokens",
             "agents",
             "rules",
+            "webhooks",
         }
     )
     ddir = Path(data_dir).resolve()
@@ -459,6 +473,38 @@ def load_settings(
             )
         )
 
+    webhooks: list[WebhookConfig] = []
+    for i, table in enumerate(root.get("webhooks", list, [])):
+        wr = _Reader(source, table, f"webhooks[{i}].")
+        wr.check_known(
+            {"name", "url", "secrets", "secrets_env", "kinds", "timeout_s", "max_attempts"}
+        )
+        name = wr.get("name", str, None)
+        if not name or not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", name):
+            raise wr.fail("name", "required; lowercase letters, digits, '-' or '_'")
+        url = wr.get("url", str, None)
+        if not url or not re.match(r"^https?://", url):
+            raise wr.fail("url", "required; an http(s) URL")
+        raw_secrets = wr.get("secrets", list, [])
+        env_name = wr.get("secrets_env", str, None)
+        if env_name:
+            raw_secrets = [x for x in os.environ.get(env_name, "").split() if x]
+        if not raw_secrets:
+            raise wr.fail("secrets", "at least one whsec_ secret (secrets or secrets_env)")
+        for j, sec in enumerate(raw_secrets):
+            if not isinstance(sec, str) or not sec.startswith("whsec_"):
+                raise wr.fail(f"secrets[{j}]", "Standard Webhooks secrets start with whsec_")
+        webhooks.append(
+            WebhookConfig(
+                name=name,
+                url=url,
+                secrets=tuple(Secret(x) for x in raw_secrets),
+                kinds=tuple(wr.get("kinds", list, ["callback", "notify"])),
+                timeout_s=float(wr.get("timeout_s", float, 5.0)),
+                max_attempts=wr.positive_int("max_attempts", 8),
+            )
+        )
+
     redis_url = (
         overrides.get("redis_url") or os.environ.get("REDIS_URL") or store.get("redis_url", str, "")
     )
@@ -483,4 +529,5 @@ def load_settings(
         intent_weights=weights,
         categories=_categories(root.sub("categories")),
         demo_credentials=demo_creds,
+        webhooks=tuple(webhooks),
     )

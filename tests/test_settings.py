@@ -107,3 +107,14 @@ def test_cli_overrides_win_over_the_file(tmp_path: Path) -> None:
         overrides={"port": 7001, "workers": 3, "redis_url": "redis://x:1"},
     )
     assert (s.port, s.workers, s.redis_url) == (7001, 3, "redis://x:1")
+
+
+def test_webhook_targets_are_validated(tmp_path: Path) -> None:
+    ok = GOOD + '\n[[webhooks]]\nname = "cti"\nurl = "http://127.0.0.1:9/hook"\n' \
+        'secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]\n'
+    s = load_settings(_write(tmp_path, ok), data_dir=tmp_path)
+    assert s.webhooks[0].name == "cti" and s.webhooks[0].max_attempts == 8
+    bad = ok.replace('"whsec_', '"sk_')
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, bad), data_dir=tmp_path)
+    assert info.value.key == "webhooks[0].secrets[0]"
