@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from engine import api_profiles, attributes, ingest, openapi, ops
+from engine import agents, api_profiles, attributes, ingest, openapi, ops, triggers
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
 from engine.decide import Decider, NoDecisions
 from engine.errors import StoreUnavailable
@@ -23,6 +23,7 @@ from engine.profile import ProfileStore
 from engine.security import IpRateLimiter
 from engine.settings import Settings, WebhookConfig
 from engine.store import Store
+from engine.triggers import GATEWAY, Gateway
 from engine.webhooks import Dispatcher, WebhookTarget
 
 __all__ = ["build_app", "webhook_target"]
@@ -75,6 +76,9 @@ def build_app(
             log.warning("Valkey unavailable at startup (%s); serving 503 until it returns", exc)
         app[STORE] = store
         app[PROFILES] = ProfileStore(store, settings)
+        gateway = Gateway(store)
+        app[GATEWAY] = gateway
+        await gateway.start()
         dispatcher = None
         if settings.webhooks:
             dispatcher = Dispatcher(store, [webhook_target(w) for w in settings.webhooks], metrics)
@@ -86,6 +90,7 @@ def build_app(
         yield
         if dispatcher is not None:
             await dispatcher.stop()
+        await gateway.stop()
         await store.close()
 
     app.cleanup_ctx.append(store_ctx)
@@ -102,6 +107,13 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/profiles/{customer_id}", api_profiles.handle_profile_get)
     r.add_delete("/v1/profiles/{customer_id}", api_profiles.handle_profile_delete)
     r.add_put("/v1/profiles/{customer_id}/attributes", attributes.handle_attributes_put)
+    r.add_post("/v1/agents/login", agents.handle_login)
+    r.add_post("/v1/agents/logout", agents.handle_logout)
+    r.add_get("/v1/agents/me", agents.handle_me)
+    r.add_post("/v1/triggers/{trigger_id}/claim", triggers.handle_claim)
+    r.add_post("/v1/triggers/{trigger_id}/complete", triggers.handle_complete)
+    r.add_get("/v1/triggers/ws", triggers.handle_ws)
+    r.add_post("/v1/outcomes", triggers.handle_outcome)
     r.add_get("/healthz", ops.handle_healthz)
     r.add_get("/readyz", ops.handle_readyz)
     r.add_get("/metrics", ops.handle_metrics)

@@ -21,6 +21,7 @@ __all__ = [
     "AUDIT_TTL_S",
     "TRIGGERS_MAXLEN",
     "new_decision_id",
+    "publish_event",
     "read_audit",
     "write_audit",
     "write_trigger",
@@ -41,13 +42,61 @@ def new_decision_id(now_ms: int | None = None) -> str:
 
 
 async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, Any]) -> str:
-    """XADD one trigger to its customer's shard; returns the stream entry id."""
-    stream = keys.trigger_stream(keys.trigger_shard(profile_prefix))
+    """Publish a trigger: its record (claim state) and its entry on the customer's shard.
+
+    `trigger` needs `id`, `kind` and `expires_ms`; the record lives two days past expiry.
+    Both writes are queued in the same loop tick, so they share one pipeline.
+    """
+    shard = keys.trigger_shard(profile_prefix)
     fields: list[Any] = []
     for k, v in trigger.items():
         fields += (k, orjson.dumps(v) if isinstance(v, dict | list) else str(v))
-    return str(
-        await store.call("XADD", stream, "MAXLEN", "~", TRIGGERS_MAXLEN, "*", *fields, writes=True)
+    record = keys.trigger_record(str(trigger["id"]))
+    expires_ms = int(trigger.get("expires_ms") or int(time.time() * 1000) + 600_000)
+    rec = store.call(
+        "HSET",
+        record,
+        "data",
+        orjson.dumps(trigger),
+        "expires_ms",
+        expires_ms,
+        "prefix",
+        profile_prefix,
+        "shard",
+        shard,
+        writes=True,
+    )
+    ttl = store.call("PEXPIREAT", record, expires_ms + 2 * 86_400_000, writes=True)
+    add = store.call(
+        "XADD",
+        keys.trigger_stream(shard),
+        "MAXLEN",
+        "~",
+        TRIGGERS_MAXLEN,
+        "*",
+        *fields,
+        writes=True,
+    )
+    await rec
+    await ttl
+    return str(await add)
+
+
+async def publish_event(store: Store, shard: int, event: dict[str, Any]) -> None:
+    """A state change (claimed, completed, withdrawn) on the trigger's shard stream, so
+    every gateway shows it at once; webhook targets skip kinds they don't subscribe to."""
+    fields: list[Any] = []
+    for k, v in event.items():
+        fields += (k, orjson.dumps(v) if isinstance(v, dict | list) else str(v))
+    await store.call(
+        "XADD",
+        keys.trigger_stream(shard),
+        "MAXLEN",
+        "~",
+        TRIGGERS_MAXLEN,
+        "*",
+        *fields,
+        writes=True,
     )
 
 

@@ -29,7 +29,9 @@ __all__ = [
     "customer_prefix",
     "decision_key",
     "link_member",
+    "outcome_stream",
     "profile_keys",
+    "trigger_record",
     "trigger_shard",
     "trigger_stream",
 ]
@@ -62,6 +64,15 @@ def trigger_shard(profile_prefix: str, shards: int = TRIGGER_SHARDS) -> int:
     import zlib
 
     return zlib.crc32(profile_prefix.encode()) % shards
+
+
+def trigger_record(trigger_id: str) -> str:
+    """A trigger's state (data, claim, outcome), in its own slot."""
+    return f"rb:{{tr:{trigger_id}}}"
+
+
+def outcome_stream(shard: int) -> str:
+    return f"rb:{{o:{shard}}}:outcomes"
 
 
 def decision_key(decision_id: str) -> str:

@@ -116,6 +116,12 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.agents_connected = Gauge(
+            "ringback_agents_connected",
+            "Agent dashboards connected to this engine",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.background_failures = Counter(
             "ringback_background_task_failures_total",
             "Background tasks that crashed",

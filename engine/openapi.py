@@ -34,6 +34,13 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 _BEARER = [{"bearerAuth": []}]
+_AGENT = [{"agentSession": []}, {"bearerAuth": []}]
+_TRIGGER = {
+    "name": "trigger_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+}
 _CUSTOMER = {
     "name": "customer_id",
     "in": "path",
@@ -92,7 +99,10 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "agentSession": {"type": "apiKey", "in": "cookie", "name": "rb_session"},
+            },
         },
         "paths": {
             "/v1/events": {
@@ -189,6 +199,129 @@ def openapi_document() -> dict[str, Any]:
                         "401": _error("No/bad API token"),
                     },
                 },
+            },
+            "/v1/agents/login": {
+                "post": {
+                    "summary": "Agent sign-in: sets an HttpOnly SameSite=Strict session cookie and "
+                    "returns the CSRF token for X-CSRF-Token",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["user", "password"],
+                                    "properties": {
+                                        "user": {"type": "string"},
+                                        "password": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"200": _json(plain), "401": _error("Wrong user or password")},
+                }
+            },
+            "/v1/agents/logout": {
+                "post": {
+                    "summary": "Sign out (CSRF token required)",
+                    "responses": {"200": _json(plain), "401": _error("Not signed in")},
+                }
+            },
+            "/v1/agents/me": {
+                "get": {
+                    "summary": "Who is signed in (and the CSRF token)",
+                    "responses": {"200": _json(plain), "401": _error("Not signed in")},
+                }
+            },
+            "/v1/triggers/{trigger_id}/claim": {
+                "post": {
+                    "summary": "Claim a callback: exactly one agent wins",
+                    "security": _AGENT,
+                    "parameters": [_TRIGGER],
+                    "responses": {
+                        "200": _json(plain),
+                        "401": _error("Not signed in"),
+                        "403": _error("CSRF token missing"),
+                        "404": _error("No such trigger"),
+                        "409": _error("Already claimed (by whom)"),
+                        "410": _error("Expired and withdrawn"),
+                    },
+                }
+            },
+            "/v1/triggers/{trigger_id}/complete": {
+                "post": {
+                    "summary": "Record the outcome of a claimed callback",
+                    "security": _AGENT,
+                    "parameters": [_TRIGGER],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["outcome"],
+                                    "properties": {
+                                        "outcome": {
+                                            "enum": [
+                                                "connected",
+                                                "no_answer",
+                                                "converted",
+                                                "not_interested",
+                                            ]
+                                        },
+                                        "value": {"type": "number"},
+                                        "note": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(plain),
+                        "403": _error("Claimed by someone else"),
+                        "409": _error("Not claimed, or already completed"),
+                    },
+                }
+            },
+            "/v1/triggers/ws": {
+                "get": {
+                    "summary": "WebSocket: a snapshot of open callbacks, then every new trigger, "
+                    "claim and completion",
+                    "security": _AGENT,
+                    "responses": {
+                        "101": {"description": "Switching protocols"},
+                        "401": _error("Not signed in"),
+                    },
+                }
+            },
+            "/v1/outcomes": {
+                "post": {
+                    "summary": "Outcome of a decision from a bank system",
+                    "security": _BEARER,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["decision_id", "outcome"],
+                                    "properties": {
+                                        "decision_id": {"type": "string"},
+                                        "outcome": {"type": "string"},
+                                        "value": {"type": "number"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(plain),
+                        "400": _error("Invalid outcome"),
+                        "401": _error("No/bad API token"),
+                        "404": _error("Unknown decision"),
+                    },
+                }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(plain)}}},
             "/readyz": {

@@ -381,7 +381,39 @@ local function history(keys, args)
   return append_history(keys[5], a.entry, a.max)
 end
 
+--[[
+rb_claim: exactly one agent wins a trigger. KEYS[1] = the trigger record (hash).
+ARGV: agent, now_ms. Returns {'ok'} | {'taken', by} | {'expired'} | {'unknown'}.
+]]
+local function claim(keys, args)
+  local rec = keys[1]
+  local state = redis.call('HMGET', rec, 'expires_ms', 'claimed_by', 'outcome')
+  if not state[1] then return {'unknown'} end
+  if state[2] then return {'taken', state[2]} end
+  if tonumber(state[1]) < tonumber(args[2]) then return {'expired'} end
+  redis.call('HSET', rec, 'claimed_by', args[1], 'claimed_ms', args[2])
+  return {'ok'}
+end
+
+--[[
+rb_complete: record the outcome of a claimed trigger, once, by the agent who claimed it
+(or a system/supervisor, ARGV[4] = '1'). ARGV: agent, outcome, now_ms, override.
+Returns {'ok', data JSON} | {'not_claimed'} | {'not_yours', by} | {'done', outcome} | {'unknown'}.
+]]
+local function complete(keys, args)
+  local rec = keys[1]
+  local state = redis.call('HMGET', rec, 'data', 'claimed_by', 'outcome')
+  if not state[1] then return {'unknown'} end
+  if state[3] then return {'done', state[3]} end
+  if not state[2] then return {'not_claimed'} end
+  if state[2] ~= args[1] and args[4] ~= '1' then return {'not_yours', state[2]} end
+  redis.call('HSET', rec, 'outcome', args[2], 'completed_ms', args[3])
+  return {'ok', state[1]}
+end
+
 redis.register_function('rb_ingest', ingest)
+redis.register_function('rb_claim', claim)
+redis.register_function('rb_complete', complete)
 redis.register_function('rb_reserve', reserve)
 redis.register_function('rb_history', history)
 redis.register_function('rb_set_attrs', set_attrs)

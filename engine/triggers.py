@@ -1,0 +1,299 @@
+"""Triggers for agents: claim, complete, outcomes, and the live WebSocket queue.
+
+Claiming is one server-side call on the trigger's own slot (`rb_claim`): exactly one
+agent wins; the others get 409 with who took it, and every dashboard hears about it
+at once because the claim is published on the trigger's shard stream, which every
+worker's gateway follows with XREAD. Outcomes go to the outcomes stream (for the
+learner) and to the customer's contact history (for the next agent and the rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+import orjson
+from aiohttp import WSMsgType, web
+
+from engine import keys
+from engine.agents import Principal, authenticate
+from engine.appkeys import METRICS, STORE
+from engine.deliver import publish_event, read_audit
+from engine.errors import BadRequest, ClientError, Forbidden, NotFound
+from engine.http_errors import json_response
+from engine.policy import append_history
+from engine.store import Store
+
+__all__ = ["Gateway", "handle_claim", "handle_complete", "handle_outcome", "handle_ws"]
+
+log = logging.getLogger("ringback.triggers")
+
+OUTCOMES = ("connected", "no_answer", "converted", "not_interested")
+TRIGGER_ID_RE = r"^[0-9a-f]{24}$"
+
+
+class Conflict(ClientError):
+    status = 409
+
+
+class Gone(ClientError):
+    status = 410
+
+
+class OutcomeBody(msgspec.Struct, forbid_unknown_fields=True):
+    decision_id: str
+    outcome: Literal[
+        "connected", "no_answer", "converted", "not_interested", "clicked", "dismissed", "applied"
+    ]
+    value: float | None = None
+
+
+class CompleteBody(msgspec.Struct, forbid_unknown_fields=True):
+    outcome: Literal["connected", "no_answer", "converted", "not_interested"]
+    value: float | None = None
+    note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+def _trigger_id(request: web.Request) -> str:
+    trigger_id = request.match_info["trigger_id"]
+    if len(trigger_id) != 24 or not all(c in "0123456789abcdef" for c in trigger_id):
+        raise BadRequest("invalid_trigger_id", "trigger ids are 24 hex digits", "$.trigger_id")
+    return trigger_id
+
+
+async def handle_claim(request: web.Request) -> web.Response:
+    principal = await authenticate(request, state_changing=True)
+    trigger_id = _trigger_id(request)
+    store = request.app[STORE]
+    now_ms = int(time.time() * 1000)
+    res = await store.fcall("rb_claim", [keys.trigger_record(trigger_id)], [principal.name, now_ms])
+    if res[0] == "unknown":
+        raise NotFound("not_found", "no such trigger")
+    if res[0] == "expired":
+        raise Gone("expired", "this callback has expired and was withdrawn")
+    if res[0] == "taken":
+        raise Conflict("already_claimed", f"already claimed by {res[1]}")
+    shard = int(await store.call("HGET", keys.trigger_record(trigger_id), "shard") or 0)
+    await publish_event(
+        store,
+        shard,
+        {"kind": "claimed", "trigger_id": trigger_id, "by": principal.name, "at_ms": now_ms},
+    )
+    return json_response({"trigger_id": trigger_id, "claimed_by": principal.name})
+
+
+async def handle_complete(request: web.Request) -> web.Response:
+    principal = await authenticate(request, state_changing=True)
+    trigger_id = _trigger_id(request)
+    try:
+        body = msgspec.json.decode(await request.read(), type=CompleteBody)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `")
+        raise BadRequest("invalid_outcome", message or str(exc), where.rstrip("`") or "$") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest("invalid_json", str(exc), "$") from exc
+    store = request.app[STORE]
+    now_ms = int(time.time() * 1000)
+    override = "1" if principal.role in ("supervisor", "system") else "0"
+    res = await store.fcall(
+        "rb_complete",
+        [keys.trigger_record(trigger_id)],
+        [principal.name, body.outcome, now_ms, override],
+    )
+    if res[0] == "unknown":
+        raise NotFound("not_found", "no such trigger")
+    if res[0] == "not_claimed":
+        raise Conflict("not_claimed", "claim the callback before completing it")
+    if res[0] == "not_yours":
+        raise Forbidden("not_yours", f"claimed by {res[1]}")
+    if res[0] == "done":
+        raise Conflict("already_completed", f"already completed: {res[1]}")
+    trigger = orjson.loads(res[1])
+    await record_outcome(store, trigger, body.outcome, body.value, principal, now_ms)
+    shard = int(await store.call("HGET", keys.trigger_record(trigger_id), "shard") or 0)
+    await publish_event(
+        store,
+        shard,
+        {
+            "kind": "completed",
+            "trigger_id": trigger_id,
+            "by": principal.name,
+            "outcome": body.outcome,
+            "at_ms": now_ms,
+        },
+    )
+    return json_response({"trigger_id": trigger_id, "outcome": body.outcome})
+
+
+async def record_outcome(
+    store: Store,
+    trigger: dict[str, Any],
+    outcome: str,
+    value: float | None,
+    principal: Principal,
+    now_ms: int,
+) -> None:
+    """Outcomes stream (learning) + the customer's contact history (context)."""
+    prefix = str(trigger.get("prefix") or "")
+    entry = {
+        "kind": "outcome",
+        "decision_id": trigger.get("id", ""),
+        "rule": trigger.get("rule", ""),
+        "channel": trigger.get("channel", "callback"),
+        "outcome": outcome,
+        "by": principal.name,
+        "ts": now_ms,
+    }
+    if value is not None:
+        entry["value"] = value
+    shard = keys.trigger_shard(prefix or str(trigger.get("id")))
+    await store.call(
+        "XADD",
+        keys.outcome_stream(shard),
+        "MAXLEN",
+        "~",
+        1_000_000,
+        "*",
+        *[x for kv in entry.items() for x in (kv[0], str(kv[1]))],
+        writes=True,
+    )
+    if prefix:
+        await append_history(store, prefix, entry)
+
+
+async def handle_outcome(request: web.Request) -> web.Response:
+    """`POST /v1/outcomes` from bank systems (API token): {decision_id, outcome, value?}."""
+    from engine.appkeys import SETTINGS
+    from engine.security import require_api_token
+
+    name = require_api_token(request.app[SETTINGS], request)
+    try:
+        body = msgspec.json.decode(await request.read(), type=OutcomeBody)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `")
+        raise BadRequest("invalid_outcome", message or str(exc), where.rstrip("`") or "$") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest("invalid_json", str(exc), "$") from exc
+    store = request.app[STORE]
+    audit = await read_audit(store, body.decision_id)
+    if audit is None:
+        raise NotFound(
+            "unknown_decision", "no decision with this id (or older than 30 days)", "$.decision_id"
+        )
+    await record_outcome(
+        store,
+        audit,
+        body.outcome,
+        body.value,
+        Principal(name, "system", "token"),
+        int(time.time() * 1000),
+    )
+    return json_response({"decision_id": body.decision_id, "recorded": True})
+
+
+class Gateway:
+    """Follows every triggers shard and fans entries out to this worker's WebSockets."""
+
+    def __init__(self, store: Store, shards: int = keys.TRIGGER_SHARDS) -> None:
+        self.store = store
+        self.streams = [keys.trigger_stream(i) for i in range(shards)]
+        self.sockets: set[web.WebSocketResponse] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="trigger-gateway")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for ws in list(self.sockets):
+            await ws.close()
+
+    async def _follow(self) -> None:
+        last = dict.fromkeys(self.streams, "$")
+        client = self.store.client
+        while True:
+            try:
+                reply = await client.xread(last, block=1000, count=100)
+                for stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        last[stream] = entry_id
+                        await self.broadcast(_decode(entry_id, fields))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("trigger gateway read failed; retrying in 1 s")
+                await asyncio.sleep(1)
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        data = orjson.dumps(message).decode()
+        for ws in list(self.sockets):
+            try:
+                await ws.send_str(data)
+            except (ConnectionError, RuntimeError):
+                self.sockets.discard(ws)
+
+    async def snapshot(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Open triggers: the recent entries of every shard, folded by trigger id."""
+        client = self.store.client
+        open_: dict[str, dict[str, Any]] = {}
+        now_ms = int(time.time() * 1000)
+        for stream in self.streams:
+            for entry_id, fields in reversed(await client.xrevrange(stream, count=limit)):
+                msg = _decode(entry_id, fields)
+                kind = msg.get("kind")
+                if kind in ("callback", "notify"):
+                    open_[str(msg.get("id"))] = msg
+                elif kind == "claimed" and msg.get("trigger_id") in open_:
+                    open_[msg["trigger_id"]]["claimed_by"] = msg.get("by")
+                elif kind in ("completed", "withdrawn"):
+                    open_.pop(str(msg.get("trigger_id")), None)
+        return [t for t in open_.values() if int(t.get("expires_ms") or 0) > now_ms]
+
+
+def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"entry": entry_id}
+    for k, v in fields.items():
+        if v[:1] in ("{", "["):
+            try:
+                out[k] = orjson.loads(v)
+                continue
+            except orjson.JSONDecodeError:
+                pass
+        out[k] = int(v) if k.endswith("_ms") and v.isdigit() else v
+    return out
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+async def handle_ws(request: web.Request) -> web.WebSocketResponse:
+    """`GET /v1/triggers/ws`: the live queue. Cookie or token; same-origin pages only."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise Forbidden("origin_not_allowed", "the dashboard connects from its own origin")
+    principal = await authenticate(request)
+    ws = web.WebSocketResponse(heartbeat=20)
+    await ws.prepare(request)
+    gateway = request.app[GATEWAY]
+    await ws.send_str(
+        orjson.dumps(
+            {"kind": "snapshot", "user": principal.name, "triggers": await gateway.snapshot()}
+        ).decode()
+    )
+    gateway.sockets.add(ws)
+    request.app[METRICS].agents_connected.inc()
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        gateway.sockets.discard(ws)
+        request.app[METRICS].agents_connected.dec()
+    return ws
