@@ -12,7 +12,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from engine import agents, api_profiles, attributes, ingest, openapi, ops, triggers
+from engine import (
+    agents,
+    api_profiles,
+    attributes,
+    context,
+    dashboard,
+    ingest,
+    openapi,
+    ops,
+    triggers,
+)
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
 from engine.decide import Decider, NoDecisions
 from engine.errors import StoreUnavailable
@@ -114,6 +124,10 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/triggers/{trigger_id}/complete", triggers.handle_complete)
     r.add_get("/v1/triggers/ws", triggers.handle_ws)
     r.add_post("/v1/outcomes", triggers.handle_outcome)
+    r.add_get("/v1/customers/{customer_id}/context", context.handle_context)
+    r.add_get("/v1/supervisor/funnel", dashboard.handle_funnel)
+    r.add_get("/dashboard", dashboard.handle_dashboard)
+    r.add_get("/dashboard/{asset}", dashboard.handle_asset)
     r.add_get("/healthz", ops.handle_healthz)
     r.add_get("/readyz", ops.handle_readyz)
     r.add_get("/metrics", ops.handle_metrics)

@@ -323,6 +323,46 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/customers/{customer_id}/context": {
+                "get": {
+                    "summary": "Screen-pop for agents and CTI: presence, recent activity, "
+                    "calculators, best offer, contact history",
+                    "security": _AGENT,
+                    "parameters": [_CUSTOMER],
+                    "responses": {
+                        "200": _json(plain),
+                        "401": _error("No credentials"),
+                        "404": _error("Unknown customer"),
+                    },
+                }
+            },
+            "/v1/supervisor/funnel": {
+                "get": {
+                    "summary": "Per-rule funnel: fired -> claimed -> outcomes (supervisors)",
+                    "security": _AGENT,
+                    "responses": {"200": _json(plain), "403": _error("Supervisors only")},
+                }
+            },
+            "/dashboard": {
+                "get": {
+                    "summary": "The contact-center dashboard (HTML)",
+                    "responses": {"200": {"description": "HTML page"}},
+                }
+            },
+            "/dashboard/{asset}": {
+                "get": {
+                    "summary": "Dashboard script and styles",
+                    "parameters": [
+                        {
+                            "name": "asset",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": {"description": "Asset"}, "404": _error("No such asset")},
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(plain)}}},
             "/readyz": {
                 "get": {

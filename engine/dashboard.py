@@ -1,0 +1,84 @@
+"""`/dashboard`: the contact-center page, and the supervisor's funnel.
+
+Served by the engine with a strict Content-Security-Policy: scripts and styles only
+from this origin, no inline script, no framing. The page renders every server value
+with `textContent`; nothing from the server is ever parsed as HTML.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from engine import keys
+from engine.agents import authenticate
+from engine.appkeys import STORE
+from engine.errors import Forbidden, NotFound
+from engine.http_errors import json_response
+
+__all__ = ["handle_asset", "handle_dashboard", "handle_funnel", "security_headers"]
+
+_ASSETS = {"app.js": "application/javascript", "app.css": "text/css"}
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def security_headers() -> dict[str, str]:
+    return {
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "Cache-Control": "no-store",
+    }
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("engine").joinpath(f"dashboard_assets/{name}").read_bytes()
+
+
+async def handle_dashboard(request: web.Request) -> web.Response:
+    """The page itself holds no data: everything after it needs a signed-in agent."""
+    return web.Response(
+        body=_asset("index.html"),
+        content_type="text/html",
+        charset="utf-8",
+        headers=security_headers(),
+    )
+
+
+async def handle_asset(request: web.Request) -> web.Response:
+    name = request.match_info["asset"]
+    if name not in _ASSETS:
+        raise NotFound("not_found", "no such asset")
+    return web.Response(body=_asset(name), content_type=_ASSETS[name], headers=security_headers())
+
+
+async def handle_funnel(request: web.Request) -> web.Response:
+    """Per-rule funnel over the recent triggers: fired -> claimed -> outcome."""
+    principal = await authenticate(request)
+    if principal.role not in ("supervisor", "system"):
+        raise Forbidden("supervisors_only", "the funnel is for supervisors")
+    client = request.app[STORE].client
+    rules: dict[str, dict[str, Any]] = {}
+    rule_of: dict[str, str] = {}
+    for shard in range(keys.TRIGGER_SHARDS):
+        for _, fields in await client.xrange(keys.trigger_stream(shard), count=20_000):
+            kind = fields.get("kind")
+            if kind in ("callback", "notify"):
+                rule = fields.get("rule", "?")
+                rule_of[fields.get("id", "")] = rule
+                row = rules.setdefault(rule, {"fired": 0, "claimed": 0, "outcomes": {}})
+                row["fired"] += 1
+            elif kind == "claimed" and fields.get("trigger_id") in rule_of:
+                rules[rule_of[fields["trigger_id"]]]["claimed"] += 1
+            elif kind == "completed" and fields.get("trigger_id") in rule_of:
+                outcomes = rules[rule_of[fields["trigger_id"]]]["outcomes"]
+                outcome = fields.get("outcome", "?")
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return json_response({"rules": rules})

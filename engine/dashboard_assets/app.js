@@ -1,0 +1,264 @@
+// Ringback contact-center dashboard. Plain JS, no build step.
+// Every value from the server is rendered with textContent (never innerHTML): a page
+// title or an offer text containing markup shows as text.
+"use strict";
+
+(() => {
+  const $ = (sel) => document.querySelector(sel);
+  const state = { user: null, role: null, csrf: null, triggers: new Map(), ws: null };
+  const SLA_MS = 5 * 60 * 1000; // a callback waiting longer than this is late
+
+  async function api(method, path, body) {
+    const headers = { "Content-Type": "application/json" };
+    if (state.csrf && method !== "GET") headers["X-CSRF-Token"] = state.csrf;
+    const res = await fetch(path, {
+      method, headers, credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let data = null;
+    try { data = await res.json(); } catch (_) { /* empty body */ }
+    return { status: res.status, data };
+  }
+
+  function show(id, visible) { $(id).hidden = !visible; }
+
+  function signedIn(me) {
+    state.user = me.user; state.role = me.role; state.csrf = me.csrf_token || state.csrf;
+    $("#whoami").textContent = `${me.user} (${me.role})`;
+    show("#signin", false); show("#signout", true);
+    show("#queue-section", true); show("#customer-section", true);
+    show("#supervisor-section", me.role === "supervisor");
+    connect();
+    if (me.role === "supervisor") refreshFunnel();
+  }
+
+  function signedOut() {
+    state.user = state.csrf = null;
+    if (state.ws) state.ws.close();
+    $("#whoami").textContent = "";
+    show("#signin", true); show("#signout", false);
+    for (const id of ["#queue-section", "#customer-section", "#supervisor-section"]) show(id, false);
+    $("#signin-form input[name=user]").focus();
+  }
+
+  // --- live queue -------------------------------------------------------------------
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${proto}//${location.host}/v1/triggers/ws`);
+    state.ws = ws;
+    ws.onopen = () => { $("#connection").textContent = "Live"; };
+    ws.onclose = () => {
+      $("#connection").textContent = "Reconnecting…";
+      if (state.user) setTimeout(connect, 1000);
+    };
+    ws.onmessage = (ev) => {
+      const msg = JSON.parse(ev.data);
+      if (msg.kind === "snapshot") {
+        state.triggers.clear();
+        for (const t of msg.triggers) state.triggers.set(t.id, t);
+      } else if (msg.kind === "callback" || msg.kind === "notify") {
+        state.triggers.set(msg.id, msg);
+      } else if (msg.kind === "claimed") {
+        const t = state.triggers.get(msg.trigger_id);
+        if (t) t.claimed_by = msg.by;
+      } else if (msg.kind === "completed" || msg.kind === "withdrawn") {
+        state.triggers.delete(msg.trigger_id);
+      } else if (msg.kind === "presence") {
+        const t = state.triggers.get(msg.trigger_id);
+        if (t) t.online = msg.online;
+      }
+      render();
+    };
+  }
+
+  function sorted() {
+    // Most urgent first (higher priority number), then the longest waiting (SLA).
+    return [...state.triggers.values()].sort((a, b) =>
+      (Number(b.priority) || 0) - (Number(a.priority) || 0) ||
+      (Number(a.created_ms) || 0) - (Number(b.created_ms) || 0));
+  }
+
+  function fmtAge(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  function describeContext(ctx) {
+    if (!ctx || typeof ctx !== "object") return "";
+    const parts = [];
+    const calc = ctx.calc || ctx.calculator;
+    if (calc && typeof calc === "object") {
+      for (const [product, c] of Object.entries(calc)) {
+        if (c && typeof c === "object" && c.amount !== undefined) {
+          parts.push(`${product}: ${c.amount} over ${c.term_months} months`);
+        }
+      }
+    }
+    if (Array.isArray(ctx.pages)) parts.push(`pages: ${ctx.pages.slice(0, 3).join(", ")}`);
+    if (ctx.offer && ctx.offer.title) parts.push(`offer shown: ${ctx.offer.title}`);
+    return parts.join(" · ");
+  }
+
+  // Items are keyed by trigger id and updated in place, so the element under the
+  // agent's pointer or keyboard focus is never replaced by the 1-second timer.
+  const items = new Map();
+
+  function build(t) {
+    const li = $("#trigger-template").content.firstElementChild.cloneNode(true);
+    li.dataset.id = t.id;
+    const status = li.querySelector(".status");
+    li.querySelector(".claim").addEventListener("click", () => claimTrigger(t.id, status));
+    li.querySelector(".complete").addEventListener("click", () =>
+      completeTrigger(t.id, li.querySelector(".outcome").value, status));
+    li.querySelector(".open").addEventListener("click", () => {
+      const cur = state.triggers.get(t.id);
+      if (cur && cur.customer_id) openCustomer(cur.customer_id);
+    });
+    return li;
+  }
+
+  function update(li, t, now) {
+    li.querySelector(".customer").textContent = t.customer_id || t.anonymous_id || "visitor";
+    const vip = t.vip === "true" || t.vip === true;
+    const pr = li.querySelector(".priority");
+    pr.textContent = vip ? "VIP" : `priority ${t.priority ?? "-"}`;
+    pr.classList.toggle("vip", vip);
+    const age = now - (Number(t.created_ms) || now);
+    const sla = li.querySelector(".sla");
+    sla.textContent = fmtAge(age);
+    sla.classList.toggle("late", age > SLA_MS);
+    const online = t.online === true || t.online === "true";
+    const pres = li.querySelector(".presence");
+    pres.textContent = online ? "online now" : "offline";
+    pres.classList.toggle("online", online);
+    li.querySelector(".reason").textContent = t.reason || t.rule || "";
+    li.querySelector(".context").textContent = describeContext(t.context);
+    const mine = Boolean(t.claimed_by) && t.claimed_by === state.user;
+    li.classList.toggle("claimed", Boolean(t.claimed_by));
+    li.classList.toggle("mine", mine);
+    li.querySelector(".claim").hidden = Boolean(t.claimed_by);
+    if (t.claimed_by) {
+      li.querySelector(".status").textContent = mine ? "claimed by you" : `taken by ${t.claimed_by}`;
+    }
+    li.querySelector(".outcome-label").hidden = !mine;
+    li.querySelector(".complete").hidden = !mine;
+  }
+
+  function render() {
+    const now = Date.now();
+    for (const [id, t] of state.triggers) {
+      if (Number(t.expires_ms) && Number(t.expires_ms) < now) state.triggers.delete(id);
+    }
+    const order = sorted();
+    $("#queue-depth").textContent = `(${order.filter((t) => !t.claimed_by).length} waiting)`;
+    for (const [id, li] of items) {
+      if (!state.triggers.has(id)) { li.remove(); items.delete(id); }
+    }
+    const list = $("#queue");
+    let prev = null;
+    for (const t of order) {
+      let li = items.get(t.id);
+      if (!li) { li = build(t); items.set(t.id, li); }
+      update(li, t, now);
+      const want = prev ? prev.nextSibling : list.firstChild;
+      if (want !== li) list.insertBefore(li, want);
+      prev = li;
+    }
+  }
+
+  async function claimTrigger(id, status) {
+    const { status: code, data } = await api("POST", `/v1/triggers/${id}/claim`);
+    const t = state.triggers.get(id);
+    if (code === 200 && t) t.claimed_by = state.user;
+    else if (code === 409 && t) t.claimed_by = (data?.error?.message || "").replace("already claimed by ", "") || "another agent";
+    else if (code === 410) state.triggers.delete(id);
+    else status.textContent = data?.error?.message || `error ${code}`;
+    render();
+  }
+
+  async function completeTrigger(id, outcome, status) {
+    const { status: code, data } = await api("POST", `/v1/triggers/${id}/complete`, { outcome });
+    if (code === 200) state.triggers.delete(id);
+    else status.textContent = data?.error?.message || `error ${code}`;
+    render();
+  }
+
+  // --- customer panel -----------------------------------------------------------------
+  function dl(pairs) {
+    const list = document.createElement("dl");
+    for (const [k, v] of pairs) {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = v;
+      list.append(dt, dd);
+    }
+    return list;
+  }
+
+  async function openCustomer(id) {
+    const box = $("#customer");
+    const { status, data } = await api("GET", `/v1/customers/${encodeURIComponent(id)}/context`);
+    if (status !== 200) {
+      const p = document.createElement("p");
+      p.textContent = data?.error?.message || `error ${status}`;
+      box.replaceChildren(p);
+      return;
+    }
+    const calcs = Object.entries(data.calculators || {}).map(([p, c]) =>
+      `${p}: ${c.amount} over ${c.term_months} months (${c.count}×)`).join("; ");
+    const pages = (data.recent_pages || []).slice(0, 8).map((p) => p.path).join(", ");
+    const offer = data.best_offer?.offer ? `${data.best_offer.offer.title} — ${data.best_offer.offer.text}` : "none";
+    const head = document.createElement("h3"); head.textContent = data.customer_id;
+    const hist = document.createElement("ol");
+    for (const h of data.contact_history || []) {
+      const li = document.createElement("li");
+      li.textContent = [h.kind, h.channel, h.rule, h.outcome, h.by,
+        h.ts ? new Date(Number(h.ts)).toLocaleString() : ""].filter(Boolean).join(" · ");
+      hist.append(li);
+    }
+    const histTitle = document.createElement("h4"); histTitle.textContent = "Contact history";
+    box.replaceChildren(head, dl([
+      ["Presence", data.presence?.online ? "online now" : "offline"],
+      ["Recent pages", pages || "—"],
+      ["Calculators", calcs || "—"],
+      ["Best offer", offer],
+      ["Value tier", data.attributes?.value_tier || "—"],
+    ]), histTitle, hist);
+  }
+
+  async function refreshFunnel() {
+    const { status, data } = await api("GET", "/v1/supervisor/funnel");
+    if (status !== 200) return;
+    const body = $("#funnel tbody");
+    body.replaceChildren(...Object.entries(data.rules).map(([rule, r]) => {
+      const tr = document.createElement("tr");
+      for (const v of [rule, r.fired, r.claimed, r.outcomes.connected || 0,
+        r.outcomes.converted || 0, r.outcomes.no_answer || 0, r.outcomes.not_interested || 0]) {
+        const td = document.createElement("td"); td.textContent = String(v); tr.append(td);
+      }
+      return tr;
+    }));
+  }
+
+  // --- wiring -------------------------------------------------------------------------
+  document.addEventListener("DOMContentLoaded", async () => {
+    $("#signin-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const form = new FormData(ev.target);
+      const { status, data } = await api("POST", "/v1/agents/login",
+        { user: form.get("user"), password: form.get("password") });
+      if (status === 200) { state.csrf = data.csrf_token; signedIn(data); }
+      else $("#signin-error").textContent = data?.error?.message || "Sign-in failed";
+    });
+    $("#signout").addEventListener("click", async () => {
+      await api("POST", "/v1/agents/logout"); signedOut();
+    });
+    $("#search-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      openCustomer(new FormData(ev.target).get("customer"));
+    });
+    $("#refresh-funnel").addEventListener("click", refreshFunnel);
+    setInterval(() => { if (state.user) render(); }, 1000); // SLA timers, expiry
+    const { status, data } = await api("GET", "/v1/agents/me");
+    if (status === 200) signedIn(data); else signedOut();
+  });
+})();
