@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from engine import keys
-from engine.appkeys import DECIDER, PROFILES, SETTINGS
+from engine.appkeys import DECIDER, PROFILES, SETTINGS, STORE
 from engine.decide import DecisionInput
+from engine.deliver import read_audit
 from engine.errors import BadRequest, NotFound
 from engine.http_errors import json_response
 from engine.identity import CUSTOMER_ID_RE
@@ -74,6 +75,18 @@ async def handle_profile_delete(request: web.Request) -> web.Response:
     customer_id = _customer_id(request)
     deleted = await request.app[PROFILES].erase_customer(customer_id)
     return json_response({"customer_id": customer_id, "erased": True, "keys_deleted": deleted})
+
+
+async def handle_decision_audit(request: web.Request) -> web.Response:
+    """`GET /v1/decisions/{id}`: why a decision was made (API token)."""
+    require_api_token(request.app[SETTINGS], request)
+    decision_id = request.match_info["decision_id"]
+    if len(decision_id) != 24 or not all(c in "0123456789abcdef" for c in decision_id):
+        raise BadRequest("invalid_decision_id", "decision ids are 24 hex digits", "$.decision_id")
+    record = await read_audit(request.app[STORE], decision_id)
+    if record is None:
+        raise NotFound("not_found", "no such decision (audit records are kept 30 days)")
+    return json_response(record)
 
 
 async def handle_decisions_get(request: web.Request) -> web.Response:

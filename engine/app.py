@@ -113,6 +113,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/events", ingest.handle_events)
     r.add_route("OPTIONS", "/v1/events", ingest.handle_events_preflight)
     r.add_get("/v1/decisions", api_profiles.handle_decisions_get)
+    r.add_get("/v1/decisions/{decision_id}", api_profiles.handle_decision_audit)
     r.add_route("OPTIONS", "/v1/decisions", ingest.handle_events_preflight)
     r.add_get("/v1/profiles/{customer_id}", api_profiles.handle_profile_get)
     r.add_delete("/v1/profiles/{customer_id}", api_profiles.handle_profile_delete)

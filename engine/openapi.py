@@ -166,6 +166,26 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/decisions/{decision_id}": {
+                "get": {
+                    "summary": "The audit record of a decision: inputs, rules matched and "
+                    "suppressed, policy checks, scores, arbitration",
+                    "security": _BEARER,
+                    "parameters": [
+                        {
+                            "name": "decision_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(plain),
+                        "401": _error("No/bad API token"),
+                        "404": _error("Unknown or expired"),
+                    },
+                }
+            },
             "/v1/profiles/{customer_id}": {
                 "get": {
                     "summary": "Read a customer's live profile",

@@ -214,3 +214,13 @@ async def test_the_live_queue_needs_credentials_and_its_own_origin(engine: Engin
             assert r.status == 403
     finally:
         await watcher.close()
+
+
+async def test_decision_audit_records_are_readable_by_id_with_a_token(engine: EngineClient) -> None:
+    decision_id = await _trigger(engine, "cust-audit")
+    status, body = await engine.get_json(f"/v1/decisions/{decision_id}")
+    assert status == 401
+    status, body = await engine.get_json(f"/v1/decisions/{decision_id}", headers=engine.api_headers)
+    assert status == 200 and body["rule"] == "mortgage_callback"
+    status, body = await engine.get_json("/v1/decisions/" + "f" * 24, headers=engine.api_headers)
+    assert status == 404
