@@ -32,8 +32,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedValkey:
     """One valkey-server process with AOF persistence in `data_dir`."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None,
-                 appendfsync: str = "everysec") -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, appendfsync: str = "everysec"
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
@@ -46,21 +47,34 @@ class EmbeddedValkey:
     def command(self) -> list[str]:
         return [
             str(valkey_binary()),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--protected-mode", "yes",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", self.appendfsync,
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "valkey.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "valkey.log"),
         ]
 
     def start(self, timeout_s: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -70,8 +84,7 @@ class EmbeddedValkey:
                 return self.url
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"valkey-server did not answer within {timeout_s}s: "
-                           f"{self._log_tail()}")
+        raise RuntimeError(f"valkey-server did not answer within {timeout_s}s: {self._log_tail()}")
 
     def _ping(self) -> bool:
         try:

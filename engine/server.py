@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -42,11 +43,12 @@ def serve(settings: Settings) -> int:
     if not url:
         # fsync mode: Valkey fsyncs once per event-loop turn (its own group commit), so
         # WAITAOF confirms at once; under `everysec` it waited ~100 ms (measured).
-        embedded = EmbeddedValkey(settings.data_dir / "valkey", appendfsync="always"
-                                  if settings.durability == "fsync" else "everysec")
+        embedded = EmbeddedValkey(
+            settings.data_dir / "valkey",
+            appendfsync="always" if settings.durability == "fsync" else "everysec",
+        )
         url = embedded.start()
-        _print(f"embedded valkey-server on 127.0.0.1:{embedded.port} "
-               f"(AOF in {embedded.data_dir})")
+        _print(f"embedded valkey-server on 127.0.0.1:{embedded.port} (AOF in {embedded.data_dir})")
     try:
         if settings.workers <= 1:
             return _run_worker(settings, url, reuse_port=False, announce=True)
@@ -59,11 +61,17 @@ def serve(settings: Settings) -> int:
 
 def _announce(settings: Settings, port: int) -> None:
     base = f"http://{settings.host}:{port}"
-    _print(f"Ringback serving on {base} (workers: {settings.workers}, "
-           f"durability: {settings.durability})")
-    for path, what in (("/v1/events", "event ingest"), ("/demo", "demo bank site"),
-                       ("/dashboard", "contact-center dashboard"), ("/metrics", "metrics"),
-                       ("/openapi.json", "API description")):
+    _print(
+        f"Ringback serving on {base} (workers: {settings.workers}, "
+        f"durability: {settings.durability})"
+    )
+    for path, what in (
+        ("/v1/events", "event ingest"),
+        ("/demo", "demo bank site"),
+        ("/dashboard", "contact-center dashboard"),
+        ("/metrics", "metrics"),
+        ("/openapi.json", "API description"),
+    ):
         _print(f"  {what:<26} {base}{path}")
     creds = settings.demo_credentials
     if creds:
@@ -73,22 +81,33 @@ def _announce(settings: Settings, port: int) -> None:
         _print(f"  identity_secret {creds['identity_secret']}")
 
 
-def _run_worker(settings: Settings, url: str, *, reuse_port: bool, announce: bool) -> int:
+def _run_worker(
+    settings: Settings, url: str, *, reuse_port: bool, announce: bool, ready: Any = None
+) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve_async(settings, url, reuse_port=reuse_port, announce=announce))
+        return runner.run(
+            _serve_async(settings, url, reuse_port=reuse_port, announce=announce, ready=ready)
+        )
 
 
-async def _serve_async(settings: Settings, url: str, *, reuse_port: bool, announce: bool) -> int:
+async def _serve_async(
+    settings: Settings, url: str, *, reuse_port: bool, announce: bool, ready: Any = None
+) -> int:
     from engine.app import build_app
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
     app = build_app(settings, url)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=settings.shutdown_timeout_s)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+    )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port,
-                       backlog=2048)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=2048)
     await site.start()
     port = settings.port
     server = site._server
@@ -96,20 +115,29 @@ async def _serve_async(settings: Settings, url: str, *, reuse_port: bool, announ
         port = server.sockets[0].getsockname()[1]
     if announce:
         _announce(settings, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()  # tell the supervisor this worker serves
     await stop.wait()
-    # Stops listening, lets in-flight requests finish (up to shutdown_timeout), closes.
+    # Stop accepting, let in-flight requests finish (up to shutdown_timeout), then close.
+    from engine.app import INFLIGHT
+
+    await site.stop()
+    if not await app[INFLIGHT].wait_idle(settings.shutdown_timeout_s):
+        log.warning(
+            "%d requests still running after %.0f s; closing anyway",
+            app[INFLIGHT].count,
+            settings.shutdown_timeout_s,
+        )
     await runner.cleanup()
     return 0
 
 
-def _worker_entry(settings: Settings, url: str) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
-                                                   f"[worker {os.getpid()}] %(message)s")
-    sys.exit(_run_worker(settings, url, reuse_port=True, announce=False))
+def _worker_entry(settings: Settings, url: str, ready: Any) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s %(name)s [worker {os.getpid()}] %(message)s",
+    )
+    sys.exit(_run_worker(settings, url, reuse_port=True, announce=False, ready=ready))
 
 
 def _wait_for_port(host: str, port: int, alive: Callable[[], bool], timeout_s: float) -> bool:
@@ -131,8 +159,10 @@ def _supervise(settings: Settings, url: str) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="ringback-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker_entry, args=(settings, url), daemon=False)
-               for _ in range(settings.workers)]
+    ready = [ctx.Event() for _ in range(settings.workers)]
+    workers = [
+        ctx.Process(target=_worker_entry, args=(settings, url, ev), daemon=False) for ev in ready
+    ]
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -147,8 +177,13 @@ def _supervise(settings: Settings, url: str) -> int:
     try:
         for w in workers:
             w.start()
-        if _wait_for_port(settings.host, settings.port, lambda: any(w.is_alive()
-                                                                   for w in workers), 30):
+        # Announce only when every worker serves, so "ready" means the whole pool.
+        deadline = time.monotonic() + 60
+        while not stopping and time.monotonic() < deadline and not all(ev.is_set() for ev in ready):
+            if any(not w.is_alive() for w in workers):
+                break
+            time.sleep(0.05)
+        if all(ev.is_set() for ev in ready):
             _announce(settings, settings.port)
         from prometheus_client import multiprocess
 
@@ -160,6 +195,13 @@ def _supervise(settings: Settings, url: str) -> int:
             if not stopping and any(not w.is_alive() for w in workers):
                 log.error("a worker exited unexpectedly; stopping the others")
                 forward(signal.SIGTERM, None)
-        return 0 if all(w.exitcode == 0 for w in workers) else 1
+        # A worker still booting when we asked everyone to stop dies of that SIGTERM
+        # (-15) before it could install its handler: that is a clean stop too.
+        clean = (0, -signal.SIGTERM) if stopping else (0,)
+        codes = [w.exitcode for w in workers]
+        if any(code not in clean for code in codes):
+            log.error("worker exit codes: %s", codes)
+            return 1
+        return 0
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

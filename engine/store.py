@@ -144,6 +144,9 @@ class Store:
             results = await pipe.execute(raise_on_error=False)
         except _UNAVAILABLE as exc:
             self._metrics.valkey_errors.inc()
+            # After a Valkey restart every pooled connection is stale and would fail once;
+            # drop them all so only this burst fails and the next calls connect afresh.
+            await self.client.connection_pool.disconnect(inuse_connections=False)
             err = StoreUnavailable(f"Valkey unreachable: {exc}")
             for c in calls:
                 if not c.future.done():

@@ -110,8 +110,10 @@ def test_cli_overrides_win_over_the_file(tmp_path: Path) -> None:
 
 
 def test_webhook_targets_are_validated(tmp_path: Path) -> None:
-    ok = GOOD + '\n[[webhooks]]\nname = "cti"\nurl = "http://127.0.0.1:9/hook"\n' \
+    ok = (
+        GOOD + '\n[[webhooks]]\nname = "cti"\nurl = "http://127.0.0.1:9/hook"\n'
         'secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]\n'
+    )
     s = load_settings(_write(tmp_path, ok), data_dir=tmp_path)
     assert s.webhooks[0].name == "cti" and s.webhooks[0].max_attempts == 8
     bad = ok.replace('"whsec_', '"sk_')
