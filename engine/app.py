@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,12 +28,15 @@ from engine import (
 )
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
 from engine.decide import Decider, NoDecisions
-from engine.errors import StoreUnavailable
-from engine.http_errors import make_error_middleware
+from engine.decisions.engine import RulesDecider
+from engine.decisions.loader import RuleSet, RuleSetError, load_rules
+from engine.errors import ConfigError, NotFound, StoreUnavailable
+from engine.http_errors import json_response, make_error_middleware
 from engine.identity import IdentityVerifier
 from engine.metrics import Metrics
 from engine.profile import ProfileStore
-from engine.security import IpRateLimiter
+from engine.reloader import Reloadable
+from engine.security import IpRateLimiter, require_api_token
 from engine.settings import Settings, WebhookConfig
 from engine.store import Store
 from engine.triggers import GATEWAY, Gateway
@@ -87,6 +91,38 @@ class InFlight:
 
 
 INFLIGHT = web.AppKey("inflight", InFlight)
+RULES = web.AppKey("rules", Reloadable)
+
+
+def load_rule_holder(path: Path, metrics: Metrics) -> Reloadable[RuleSet]:
+    """Load the rule set now (a broken set at startup is a config error), reload later."""
+    try:
+        holder: Reloadable[RuleSet] = Reloadable(
+            path, load_rules, errors=metrics.rules_load_errors, version=metrics.rule_set_loaded_at
+        )
+    except RuleSetError as exc:
+        raise ConfigError(str(path), "rules", f"rule set rejected:\n{exc}") from exc
+    except OSError as exc:
+        raise ConfigError(str(path), "rules", f"cannot read: {exc}") from exc
+    metrics.rules_loaded.set(len(holder.current.rules))
+    return holder
+
+
+async def handle_rules_reload(request: web.Request) -> web.Response:
+    """`POST /v1/admin/rules/reload` (API token): reload now, say whether it took."""
+    require_api_token(request.app[SETTINGS], request)
+    holder = request.app.get(RULES)
+    if holder is None:
+        raise NotFound("no_rules", "this engine runs without a rules directory")
+    ok = await holder.reload("admin API")
+    request.app[METRICS].rules_loaded.set(len(holder.current.rules))
+    body = {
+        "reloaded": ok,
+        "version": holder.current.version,
+        "rules": len(holder.current.rules),
+        "error": holder.last_error,
+    }
+    return json_response(body, status=200 if ok else 422)
 
 
 def build_app(
@@ -111,6 +147,8 @@ def build_app(
     app[METRICS] = metrics
     app[VERIFIER] = IdentityVerifier()
     app[DECIDER] = decider or NoDecisions()
+    if settings.rules_dir is not None:
+        app[RULES] = load_rule_holder(settings.rules_dir, metrics)
     app[IP_LIMITER] = IpRateLimiter(
         settings.limits.batches_per_minute_per_ip,
         settings.trusted_proxies,
@@ -127,6 +165,12 @@ def build_app(
             log.warning("Valkey unavailable at startup (%s); serving 503 until it returns", exc)
         app[STORE] = store
         app[PROFILES] = ProfileStore(store, settings)
+        holder = app.get(RULES)
+        if holder is not None and decider is None:
+            app[DECIDER] = RulesDecider(
+                lambda: holder.current, store, metrics, app[PROFILES].classifier.category
+            )
+            holder.start()
         gateway = Gateway(store)
         app[GATEWAY] = gateway
         await gateway.start()
@@ -142,6 +186,8 @@ def build_app(
         if dispatcher is not None:
             await dispatcher.stop()
         await gateway.stop()
+        if holder is not None:
+            await holder.stop()
         await store.close()
 
     app.cleanup_ctx.append(store_ctx)
@@ -170,6 +216,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/supervisor/funnel", dashboard.handle_funnel)
     r.add_get("/dashboard", dashboard.handle_dashboard)
     r.add_get("/dashboard/{asset}", dashboard.handle_asset)
+    r.add_post("/v1/admin/rules/reload", handle_rules_reload)
     r.add_get("/healthz", ops.handle_healthz)
     r.add_get("/readyz", ops.handle_readyz)
     r.add_get("/metrics", ops.handle_metrics)

@@ -116,6 +116,32 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.rule_hits = Counter(
+            "ringback_rule_hits_total", "Rules whose condition matched", ["rule"], registry=r
+        )
+        self.rule_suppressed = Counter(
+            "ringback_rule_suppressed_total",
+            "Matched rules that did not act, by reason (policy, consent, holdout, ...)",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.rules_loaded = Gauge(
+            "ringback_rules_loaded",
+            "Rules in the serving rule set",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.rule_set_loaded_at = Gauge(
+            "ringback_rule_set_loaded_timestamp_seconds",
+            "When the serving rule set was loaded (changes on every reload)",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.rules_load_errors = Counter(
+            "ringback_rules_load_errors_total",
+            "Rule set reloads rejected (the previous set kept serving)",
+            registry=r,
+        )
         self.agents_connected = Gauge(
             "ringback_agents_connected",
             "Agent dashboards connected to this engine",

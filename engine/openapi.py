@@ -383,6 +383,18 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "Asset"}, "404": _error("No such asset")},
                 }
             },
+            "/v1/admin/rules/reload": {
+                "post": {
+                    "summary": "Reload the rule set now; a broken set is rejected (422, with "
+                    "file:line:col) and the previous one keeps serving",
+                    "security": _BEARER,
+                    "responses": {
+                        "200": _json(plain),
+                        "401": _error("No/bad API token"),
+                        "422": _json(plain, "Rejected; previous rules keep serving"),
+                    },
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(plain)}}},
             "/readyz": {
                 "get": {

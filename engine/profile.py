@@ -297,6 +297,7 @@ def decode_profile(
         "online": now_ms < _f(h, "online_until"),
         "dwell_ms": _i(h, "dwell"),
         "last_page": h.get("last_page"),
+        "pages": h.get("pages") if isinstance(h.get("pages"), list) else [],
         "campaign": {
             k: h[k]
             for k in ("utm_source", "utm_campaign", "first_utm_source", "first_utm_campaign")

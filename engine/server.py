@@ -117,6 +117,13 @@ async def _serve_async(
         _announce(settings, port)
     if ready is not None:
         ready.set()  # tell the supervisor this worker serves
+    from engine.app import RULES
+
+    holder = app.get(RULES)
+    if holder is not None:
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: asyncio.ensure_future(holder.reload("SIGHUP"))
+        )
     await stop.wait()
     # Stop accepting, let in-flight requests finish (up to shutdown_timeout), then close.
     from engine.app import INFLIGHT
@@ -172,6 +179,12 @@ def _supervise(settings: Settings, url: str) -> int:
             if w.pid and w.is_alive():
                 os.kill(w.pid, signal.SIGTERM)
 
+    def reload_rules(signum: int, _frame: object) -> None:
+        for w in workers:
+            if w.pid and w.is_alive():
+                os.kill(w.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload_rules)
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:

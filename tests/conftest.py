@@ -33,6 +33,7 @@ from engine.metrics import Metrics
 from engine.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
+RULES_DIR = REPO / "rules"
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +54,13 @@ async def redis(valkey: EmbeddedValkey) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 def settings(tmp_path: Path, valkey: EmbeddedValkey) -> Settings:
-    """The built-in demo config, with fresh demo credentials in a temp data dir."""
-    return load_settings(None, data_dir=tmp_path / "data", overrides={"redis_url": valkey.url})
+    """The built-in demo config, with fresh demo credentials in a temp data dir.
+
+    Without rules: tests of ingest see exactly what they sent. Decision tests opt in
+    with `replace(settings, rules_dir=RULES_DIR)`.
+    """
+    s = load_settings(None, data_dir=tmp_path / "data", overrides={"redis_url": valkey.url})
+    return replace(s, rules_dir=None)
 
 
 def now_ms() -> int:
@@ -163,8 +169,9 @@ async def make_engine(
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(settings: Settings | None = None, **changes: Any) -> EngineClient:
-        s = settings or load_settings(
-            None, data_dir=tmp_path / "data", overrides={"redis_url": valkey.url}
+        s = settings or replace(
+            load_settings(None, data_dir=tmp_path / "data", overrides={"redis_url": valkey.url}),
+            rules_dir=None,
         )
         if changes:
             s = replace(s, **changes)

@@ -1,0 +1,1 @@
+"""Decisions: rules, offers, calendars, contact policy, arbitration, audit."""

@@ -1,0 +1,327 @@
+"""The decision step: rules -> eligibility -> arbitration -> contact policy -> delivery.
+
+For each batch (and each page load or screen-pop) the current rule set is evaluated
+against the live profile. Matching rules become candidates; candidates are filtered
+by eligibility (a callback needs a known customer who consented and is not on the
+do-not-call list; calendars decide business hours; a stable hash puts a share of
+customers in the rule's control group), ranked by propensity x value x lever, cut to
+one offer per slot and one contact per batch, and contacts are reserved atomically in
+Valkey (cooldowns, daily caps), so two workers racing on one customer fire once.
+Every decision gets an id and an audit record saying why, including the rules that
+did not fire and what suppressed them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engine import keys
+from engine.decide import DecisionInput
+from engine.decisions.expr import UNKNOWN
+from engine.decisions.loader import Rule, RuleSet
+from engine.deliver import new_decision_id, write_audit, write_trigger
+from engine.metrics import Metrics
+from engine.policy import Reservation, reserve
+from engine.schema import event_type
+from engine.store import Store
+
+__all__ = ["RulesDecider", "holdout"]
+
+# Which event of a batch a rule sees as `event`: the most intent-revealing one.
+_EVENT_RANK = {
+    "interest": 6,
+    "calc": 5,
+    "form": 4,
+    "page_view": 3,
+    "click": 2,
+    "scroll": 1,
+    "heartbeat": 0,
+    "custom": 0,
+}
+
+
+def holdout(subject: str, rule_id: str, pct: float) -> bool:
+    """Stable control-group membership: same customer and rule, same answer, always.
+
+    >>> holdout("cust-1", "r", 0), holdout("cust-1", "r", 100)
+    (False, True)
+    >>> round(sum(holdout(f"c{i}", "r", 10) for i in range(10_000)) / 100)  # ~10 %
+    10
+    """
+    if pct <= 0:
+        return False
+    h = hashlib.blake2b(f"{rule_id}\0{subject}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") % 10_000 < pct * 100
+
+
+def _event_dict(inp: DecisionInput, classify: Callable[[str | None], str]) -> dict[str, Any] | None:
+    if not inp.events:
+        return None
+    ev = max(inp.events, key=lambda e: (_EVENT_RANK.get(event_type(e), 0), e.ts))
+    props = getattr(ev, "props", None)
+    return {
+        "type": event_type(ev),
+        "page": ev.page,
+        "category": classify(ev.page),
+        "ts": ev.ts,
+        "props": {f: getattr(props, f) for f in props.__struct_fields__}
+        if props is not None
+        else {},
+    }
+
+
+class RulesDecider:
+    """Implements `engine.decide.Decider` over a hot-reloadable rule set."""
+
+    def __init__(
+        self,
+        rules: Callable[[], RuleSet],
+        store: Store,
+        metrics: Metrics,
+        classify: Callable[[str | None], str],
+    ) -> None:
+        self._rules = rules
+        self.store = store
+        self.metrics = metrics
+        self.classify = classify
+
+    async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
+        rs = self._rules()
+        now = inp.now_ms or int(time.time() * 1000)
+        subject = inp.customer_id or f"{inp.site}:{inp.anonymous_id}"
+        variables = {
+            "event": _event_dict(inp, self.classify),
+            "profile": inp.profile,
+            "session": inp.profile.get("session", {}),
+            "customer": inp.customer,
+            "now": now,
+            "score": inp.profile.get("scores", {}),
+        }
+        trace: list[dict[str, Any]] = []
+        eligible: list[tuple[Rule, str, int | None]] = []
+        for rule in rs.rules:
+            if not rule.enabled(now):
+                continue
+            result = rule.when.evaluate(variables)
+            if result is not True:
+                if result is UNKNOWN:
+                    trace.append(
+                        {"rule": rule.id, "result": "unknown", "why": "a value it needs is missing"}
+                    )
+                continue
+            self.metrics.rule_hits.labels(rule.id).inc()
+            channel, scheduled, why_not = self._eligibility(rule, inp, rs, now)
+            if why_not is None and holdout(subject, rule.id, rule.holdout_pct):
+                why_not = "holdout"
+            if why_not is not None:
+                self.metrics.rule_suppressed.labels(rule.id, why_not).inc()
+                trace.append({"rule": rule.id, "result": "suppressed", "why": why_not})
+                continue
+            trace.append({"rule": rule.id, "result": "matched", "channel": channel})
+            eligible.append((rule, channel, scheduled))
+
+        ranked = sorted(eligible, key=lambda c: -self._rank(c[0], rs, variables))
+        decisions: list[dict[str, Any]] = []
+        slots: set[str] = set()
+        contacted = False
+        prefix = (
+            keys.customer_prefix(inp.customer_id)
+            if inp.customer_id
+            else keys.anonymous_prefix(inp.site, inp.anonymous_id)
+        )
+        for rule, channel, scheduled in ranked:
+            offer = rs.offers.get(rule.offer) if rule.offer else None
+            factors = {
+                "propensity": self._propensity(rule, variables),
+                "value": rule.value or (offer.value if offer else 0.0),
+                "lever": rs.levers.get(offer.product if offer else "", 1.0),
+            }
+            if rule.action == "offer":
+                if rule.slot in slots:
+                    self._note(trace, rule, "suppressed", "slot_taken")
+                    continue
+                slots.add(rule.slot)
+                decision = self._decision(rule, "offer", channel, offer, factors, now)
+            else:
+                if contacted:  # one contact per batch: the best-ranked one
+                    self._note(trace, rule, "suppressed", "lower_ranked_contact")
+                    continue
+                if not inp.events:
+                    continue  # screen-pops and page loads show offers, they don't call
+                decision = self._decision(rule, rule.action, channel, offer, factors, now)
+                day = ""
+                if rule.policy.calendar and rule.policy.calendar in rs.calendars:
+                    day = rs.calendars[rule.policy.calendar].day_key(now)
+                why = await reserve(
+                    self.store,
+                    prefix,
+                    Reservation(
+                        rule.id,
+                        channel,
+                        rule.policy.cooldown_s,
+                        rule.policy.channel_cooldown_s,
+                        rule.policy.max_per_day,
+                        day,
+                    ),
+                    {
+                        "kind": "decision",
+                        "decision_id": decision["id"],
+                        "rule": rule.id,
+                        "action": rule.action,
+                        "channel": channel,
+                        "offer": offer.id if offer else "",
+                        "ts": now,
+                    },
+                    now,
+                )
+                if why is not None:
+                    self.metrics.rule_suppressed.labels(rule.id, why).inc()
+                    self._note(trace, rule, "suppressed", why)
+                    continue
+                contacted = True
+                await write_trigger(
+                    self.store,
+                    prefix,
+                    self._trigger(decision, rule, channel, offer, inp, prefix, now, scheduled),
+                )
+                self.metrics.triggers.labels(channel).inc()
+            decisions.append(decision)
+
+        for d in decisions:
+            await write_audit(
+                self.store,
+                d["id"],
+                {
+                    "id": d["id"],
+                    "at_ms": now,
+                    "site": inp.site,
+                    "customer_id": inp.customer_id,
+                    "anonymous_id": inp.anonymous_id,
+                    "prefix": prefix,
+                    "rule": d["rule"],
+                    "action": d["action"],
+                    "channel": d["channel"],
+                    "offer": d.get("offer"),
+                    "rule_set": rs.version,
+                    "model_version": None,
+                    "factors": d["factors"],
+                    "inputs": sorted(rs_rule_inputs(rs, d["rule"])),
+                    "trace": trace,
+                },
+            )
+        return decisions
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _eligibility(
+        self, rule: Rule, inp: DecisionInput, rs: RuleSet, now: int
+    ) -> tuple[str, int | None, str | None]:
+        """(channel, scheduled_for, why_not)."""
+        channel = rule.channel
+        scheduled = None
+        if rule.action == "callback":
+            c = inp.customer
+            if not inp.customer_id:
+                return channel, None, "anonymous"
+            if c.get("do_not_call") is True:
+                if not rule.fallback:
+                    return channel, None, "do_not_call"
+                channel = rule.fallback
+            elif c.get("consent_call") is not True:
+                if not rule.fallback:
+                    return channel, None, "no_consent"
+                channel = rule.fallback
+        if rule.policy.calendar and channel == "callback":
+            cal = rs.calendars[rule.policy.calendar]
+            if not cal.is_open(now):
+                if rule.policy.outside_hours == "schedule":
+                    scheduled = cal.next_open(now)
+                elif rule.policy.outside_hours == "fallback" and rule.fallback:
+                    channel = rule.fallback
+                else:
+                    return channel, None, "outside_hours"
+        return channel, scheduled, None
+
+    def _propensity(self, rule: Rule, variables: dict[str, Any]) -> float:
+        scores = variables.get("score") or {}
+        value = scores.get(rule.id) if isinstance(scores, dict) else None
+        return float(value) if isinstance(value, int | float) else 1.0
+
+    def _rank(self, rule: Rule, rs: RuleSet, variables: dict[str, Any]) -> float:
+        offer = rs.offers.get(rule.offer) if rule.offer else None
+        value = rule.value or (offer.value if offer else 0.0)
+        lever = rs.levers.get(offer.product if offer else "", 1.0)
+        return self._propensity(rule, variables) * max(value, 0.01) * lever + rule.priority
+
+    @staticmethod
+    def _note(trace: list[dict[str, Any]], rule: Rule, result: str, why: str) -> None:
+        for t in trace:
+            if t["rule"] == rule.id:
+                t.update(result=result, why=why)
+
+    @staticmethod
+    def _decision(
+        rule: Rule, action: str, channel: str, offer: Any, factors: dict[str, Any], now: int
+    ) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": new_decision_id(now),
+            "action": action,
+            "rule": rule.id,
+            "channel": channel,
+            "factors": factors,
+        }
+        if action == "offer":
+            d["slot"] = rule.slot
+        if offer is not None:
+            d["offer"] = offer.public()
+        return d
+
+    def _trigger(
+        self,
+        decision: dict[str, Any],
+        rule: Rule,
+        channel: str,
+        offer: Any,
+        inp: DecisionInput,
+        prefix: str,
+        now: int,
+        scheduled: int | None,
+    ) -> dict[str, Any]:
+        p = inp.profile
+        vip = inp.customer.get("value_tier") in ("vip", "private")
+        pages = [str(x).partition(" ")[2] for x in (p.get("pages") or [])][:5]
+        return {
+            "id": decision["id"],
+            "kind": "callback" if rule.action == "callback" else "notify",
+            "channel": channel,
+            "rule": rule.id,
+            "reason": rule.description or rule.id,
+            "customer_id": inp.customer_id or "",
+            "anonymous_id": inp.anonymous_id,
+            "site": inp.site,
+            "prefix": prefix,
+            "priority": rule.priority + (100 if vip else 0),
+            "vip": vip,
+            "online": bool(p.get("online")),
+            "created_ms": now,
+            "expires_ms": (scheduled or now) + rule.policy.expires_s * 1000,
+            "scheduled_for": scheduled or "",
+            "context": {
+                "calc": p.get("calc", {}),
+                "intent": p.get("intent", {}),
+                "pages": pages,
+                "last_page": p.get("last_page"),
+                "offer": offer.public() if offer else None,
+                "language": inp.customer.get("language"),
+            },
+        }
+
+
+def rs_rule_inputs(rs: RuleSet, rule_id: str) -> set[str]:
+    for r in rs.rules:
+        if r.id == rule_id:
+            return set(r.when.names)
+    return set()
