@@ -3,6 +3,7 @@
     ringback serve [--host] [--port] [--workers N] [--rules DIR] [--redis URL]
                    [--data-dir DIR] [--config FILE] [--durability aof|fsync]
     ringback token --site SITE --customer ID [--data-dir DIR] [--config FILE]
+    ringback rules check PATH | rules test PATH --events FILE.jsonl [--against PATH]
     ringback simulate --url URL [--rate N] [--duration S] [--speed X]
     ringback import FILE.jsonl [--redis URL] [--data-dir DIR]
     ringback webhooks dead-letters --target NAME [--replay] --redis URL
@@ -122,8 +123,10 @@ def _cmd_token(args: argparse.Namespace) -> int:
 def _extensions() -> list[tuple[str, Callable[[argparse._SubParsersAction, str], None]]]:
     """Subcommands that live with the code they drive (imported lazily)."""
     from engine import attributes, simulate, webhooks
+    from engine.decisions import cli as rules_cli
 
     return [
+        ("rules", rules_cli.register),
         ("simulate", simulate.register),
         ("import", attributes.register),
         ("webhooks", webhooks.register),
