@@ -12,6 +12,7 @@ import sys
 # name -> module with main(argv) -> int; optional ones are skipped if not present yet.
 BENCHMARKS = {
     "ingest": "benchmarks.ingest_bench",
+    "decisions": "benchmarks.decision_bench",
     "rules": "benchmarks.rules_bench",
     "sdk": "benchmarks.sdk_bench",
 }

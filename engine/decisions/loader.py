@@ -96,7 +96,9 @@ class Rule:
     source: str  # file:line
 
     def enabled(self, now_ms: int) -> bool:
-        today = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).date()
+        return self.enabled_on(dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).date())
+
+    def enabled_on(self, today: dt.date) -> bool:
         return (self.enabled_from is None or today >= self.enabled_from) and (
             self.enabled_until is None or today < self.enabled_until
         )
