@@ -27,6 +27,7 @@ from engine import (
     triggers,
 )
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
+from engine.capacity import CapacityMonitor
 from engine.decide import Decider, NoDecisions
 from engine.decisions.engine import RulesDecider
 from engine.decisions.loader import RuleSet, RuleSetError, load_rules
@@ -165,15 +166,21 @@ def build_app(
             log.warning("Valkey unavailable at startup (%s); serving 503 until it returns", exc)
         app[STORE] = store
         app[PROFILES] = ProfileStore(store, settings)
-        holder = app.get(RULES)
-        if holder is not None and decider is None:
-            app[DECIDER] = RulesDecider(
-                lambda: holder.current, store, metrics, app[PROFILES].classifier.category
-            )
-            holder.start()
         gateway = Gateway(store)
         app[GATEWAY] = gateway
         await gateway.start()
+        monitor = CapacityMonitor(store, lambda: len(gateway.sockets))
+        monitor.start()
+        holder = app.get(RULES)
+        if holder is not None and decider is None:
+            app[DECIDER] = RulesDecider(
+                lambda: holder.current,
+                store,
+                metrics,
+                app[PROFILES].classifier.category,
+                capacity=lambda: monitor.current,
+            )
+            holder.start()
         dispatcher = None
         if settings.webhooks:
             dispatcher = Dispatcher(store, [webhook_target(w) for w in settings.webhooks], metrics)
@@ -185,6 +192,7 @@ def build_app(
         yield
         if dispatcher is not None:
             await dispatcher.stop()
+        await monitor.stop()
         await gateway.stop()
         if holder is not None:
             await holder.stop()

@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from engine import keys
 from engine.agents import Principal, authenticate
 from engine.appkeys import METRICS, STORE
+from engine.capacity import dequeue
 from engine.deliver import publish_event, read_audit
 from engine.errors import BadRequest, ClientError, Forbidden, NotFound
 from engine.http_errors import json_response
@@ -78,6 +79,7 @@ async def handle_claim(request: web.Request) -> web.Response:
     if res[0] == "taken":
         raise Conflict("already_claimed", f"already claimed by {res[1]}")
     shard = int(await store.call("HGET", keys.trigger_record(trigger_id), "shard") or 0)
+    await dequeue(store, trigger_id)
     await publish_event(
         store,
         shard,

@@ -329,3 +329,48 @@ def test_rules_check_cli_prints_positions_and_exit_codes(tmp_path: Path) -> None
     assert bad.returncode == 1
     assert f"{tmp_path / 'bad.yaml'}:3:" in bad.stdout
     assert f"{tmp_path / 'bad.yaml'}:4:" in bad.stdout  # every problem, not the first
+
+
+async def test_no_agents_for_the_queue_holds_callbacks_back(
+    make_engine: Any, settings: Settings, tmp_path: Path
+) -> None:
+    d = tmp_path / "capacity"
+    d.mkdir()
+    (d / "p.yaml").write_text(
+        PACK.replace("expires_s: 600}", "expires_s: 600,\n              max_queue_per_agent: 2}")
+    )
+    engine = await _engine(make_engine, settings, d)
+    await _set_attrs(engine, "c-cap", consent_call=True)
+    await asyncio.sleep(1.2)  # the capacity monitor has read: 0 agents, 0 waiting
+    _, resp, _ = await engine.post_events(
+        engine.batch(_three_calcs(), identity=engine.token("c-cap"))
+    )
+    assert not [x for x in resp["decisions"] if x["action"] == "callback"]
+    async with engine.session.get(f"{engine.url}/metrics") as r:
+        assert (
+            'ringback_rule_suppressed_total{reason="no_capacity",rule="call_me"} 1.0'
+            in await r.text()
+        )
+
+    # An agent signs in and opens the queue: capacity appears, the callback goes out.
+    import aiohttp
+
+    agent = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    try:
+        creds = engine.credentials
+        async with agent.post(
+            f"{engine.url}/v1/agents/login",
+            json={"user": creds["agent_user"], "password": creds["agent_password"]},
+        ) as r:
+            assert r.status == 200
+        async with agent.ws_connect(f"{engine.url}/v1/triggers/ws") as ws:
+            await ws.receive(timeout=5)
+            await asyncio.sleep(1.2)
+            _, resp, _ = await engine.post_events(
+                engine.batch(_three_calcs(), identity=engine.token("c-cap"))
+            )
+            assert [x["channel"] for x in resp["decisions"] if x["action"] == "callback"] == [
+                "callback"
+            ]
+    finally:
+        await agent.close()

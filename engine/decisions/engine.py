@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import keys
+from engine.capacity import Capacity, enqueue
 from engine.decide import DecisionInput
 from engine.decisions.expr import UNKNOWN
 from engine.decisions.loader import Rule, RuleSet
@@ -83,8 +84,10 @@ class RulesDecider:
         store: Store,
         metrics: Metrics,
         classify: Callable[[str | None], str],
+        capacity: Callable[[], Capacity] = Capacity,
     ) -> None:
         self._rules = rules
+        self.capacity = capacity
         self.store = store
         self.metrics = metrics
         self.classify = classify
@@ -113,8 +116,11 @@ class RulesDecider:
             result = rule.when._fn(variables)  # the compiled closure, no method hop
             if result is not True:
                 if result is UNKNOWN:
-                    trace[rule.id] = {"rule": rule.id, "result": "unknown",
-                                      "why": "a value it needs is missing"}
+                    trace[rule.id] = {
+                        "rule": rule.id,
+                        "result": "unknown",
+                        "why": "a value it needs is missing",
+                    }
                 continue
             hits = self._hit_counters.get(rule.id)
             if hits is None:
@@ -189,11 +195,10 @@ class RulesDecider:
                     self._note(trace, rule, "suppressed", why)
                     continue
                 contacted = True
-                await write_trigger(
-                    self.store,
-                    prefix,
-                    self._trigger(decision, rule, channel, offer, inp, prefix, now, scheduled),
-                )
+                trigger = self._trigger(decision, rule, channel, offer, inp, prefix, now, scheduled)
+                await write_trigger(self.store, prefix, trigger)
+                if trigger["kind"] == "callback":
+                    await enqueue(self.store, trigger["id"], trigger["expires_ms"])
                 self.metrics.triggers.labels(channel).inc()
             decisions.append(decision)
 
@@ -250,6 +255,12 @@ class RulesDecider:
                     channel = rule.fallback
                 else:
                     return channel, None, "outside_hours"
+        if channel == "callback" and self.capacity().overloaded(rule.policy.max_queue_per_agent):
+            # The floor cannot answer in time: same choices as outside business hours.
+            if rule.policy.outside_hours == "fallback" and rule.fallback:
+                channel = rule.fallback
+            else:
+                return channel, None, "no_capacity"
         return channel, scheduled, None
 
     def _propensity(self, rule: Rule, variables: dict[str, Any]) -> float:

@@ -92,7 +92,7 @@ def _path(parts: tuple[str, ...]) -> Callable[[Any], Any]:
         lines += ["    if type(x) is not dict:", "        return U", f"    x = x.get({p!r}, U)"]
     lines += ["    return U if x is None else x"]
     namespace: dict[str, Any] = {"U": UNKNOWN, "__builtins__": {"type": type, "dict": dict}}
-    exec("\n".join(lines), namespace)  # noqa: S102 - generated from validated identifiers
+    exec("\n".join(lines), namespace)
     return namespace["get"]  # type: ignore[no-any-return]
 
 

@@ -75,6 +75,7 @@ class Policy:
     calendar: str | None = None
     expires_s: int = 600
     outside_hours: str = "drop"
+    max_queue_per_agent: int = 0  # 0 = don't look at contact-center capacity
 
 
 @dataclass(frozen=True)
@@ -475,6 +476,7 @@ def _rule(
                 "calendar",
                 "expires_s",
                 "outside_hours",
+                "max_queue_per_agent",
             }
         )
         cal = pm.get("calendar", str)
@@ -494,6 +496,7 @@ def _rule(
             cal,
             int(pm.get("expires_s", int, 600)),
             outside,
+            int(pm.get("max_queue_per_agent", int, 0)),
         )
     holdout = float(m.get("holdout_pct", float, 0.0))
     if not 0 <= holdout <= 100:

@@ -1,0 +1,103 @@
+"""Live contact-center capacity: agents online and callbacks waiting, across workers.
+
+Each worker's gateway reports its connected agents to one hash (`rb:{cap}:agents`,
+field per worker with a timestamp, stale entries ignored); open callbacks sit in a
+sorted set scored by their expiry (`rb:{cap}:queue`), removed when claimed. A monitor
+in every worker reads both once a second, so the decision path pays no round trip:
+a rule with `max_queue_per_agent` holds back callbacks the floor cannot answer in
+time (falling back or scheduling like outside business hours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.store import Store
+
+__all__ = ["AGENTS_KEY", "QUEUE_KEY", "Capacity", "CapacityMonitor"]
+
+log = logging.getLogger("ringback.capacity")
+
+AGENTS_KEY = "rb:{cap}:agents"
+QUEUE_KEY = "rb:{cap}:queue"
+STALE_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    agents_online: int = 0
+    queue: int = 0
+    measured: bool = False  # False until the first reading: don't hold calls back blind
+
+    def overloaded(self, max_queue_per_agent: int) -> bool:
+        if not self.measured or max_queue_per_agent <= 0:
+            return False
+        return self.queue >= self.agents_online * max_queue_per_agent
+
+
+class CapacityMonitor:
+    def __init__(
+        self, store: Store, local_agents: Callable[[], int], interval_s: float = 1.0
+    ) -> None:
+        self.store = store
+        self.local_agents = local_agents
+        self.interval_s = interval_s
+        self.worker = f"{socket.gethostname()}-{os.getpid()}"
+        self.current = Capacity()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="capacity")
+
+    async def stop(self) -> None:
+        """Stop reading; our entry goes stale by itself (no I/O during shutdown)."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> Capacity:
+        """One pipelined round trip (coalesced store calls, safe to cancel)."""
+        now = int(time.time() * 1000)
+        st = self.store
+        report = st.call(
+            "HSET", AGENTS_KEY, self.worker, f"{self.local_agents()}:{now}", writes=True
+        )
+        trim = st.call("ZREMRANGEBYSCORE", QUEUE_KEY, "-inf", now, writes=True)
+        entries_f = st.call("HGETALL", AGENTS_KEY)
+        queue_f = st.call("ZCARD", QUEUE_KEY)
+        await report
+        await trim
+        entries, queue = await entries_f, await queue_f
+        agents = 0
+        for value in (entries or {}).values():
+            count, _, ts = str(value).partition(":")
+            if ts.isdigit() and now - int(ts) < STALE_MS and count.isdigit():
+                agents += int(count)
+        self.current = Capacity(agents, int(queue), True)
+        return self.current
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Valkey down: keep the last reading, say so once
+                log.warning("capacity refresh failed: %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+
+async def enqueue(store: Store, trigger_id: str, expires_ms: int) -> None:
+    await store.call("ZADD", QUEUE_KEY, expires_ms, trigger_id, writes=True)
+
+
+async def dequeue(store: Store, trigger_id: str) -> None:
+    await store.call("ZREM", QUEUE_KEY, trigger_id, writes=True)
