@@ -169,7 +169,7 @@ def build_app(
         gateway = Gateway(store)
         app[GATEWAY] = gateway
         await gateway.start()
-        monitor = CapacityMonitor(store, lambda: len(gateway.sockets))
+        monitor = CapacityMonitor(store, lambda: len(gateway.sockets), metrics=metrics)
         monitor.start()
         holder = app.get(RULES)
         if holder is not None and decider is None:

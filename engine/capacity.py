@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.metrics import Metrics
 from engine.store import Store
 
 __all__ = ["AGENTS_KEY", "QUEUE_KEY", "Capacity", "CapacityMonitor"]
@@ -44,9 +45,14 @@ class Capacity:
 
 class CapacityMonitor:
     def __init__(
-        self, store: Store, local_agents: Callable[[], int], interval_s: float = 1.0
+        self,
+        store: Store,
+        local_agents: Callable[[], int],
+        interval_s: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.local_agents = local_agents
         self.interval_s = interval_s
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
@@ -82,6 +88,9 @@ class CapacityMonitor:
             if ts.isdigit() and now - int(ts) < STALE_MS and count.isdigit():
                 agents += int(count)
         self.current = Capacity(agents, int(queue), True)
+        if self.metrics is not None:
+            self.metrics.callback_queue.set(self.current.queue)
+            self.metrics.agents_online.set(self.current.agents_online)
         return self.current
 
     async def _run(self) -> None:

@@ -142,6 +142,30 @@ class Metrics:
             "Rule set reloads rejected (the previous set kept serving)",
             registry=r,
         )
+        self.event_to_trigger_seconds = Histogram(
+            "ringback_event_to_trigger_seconds",
+            "From receiving the triggering batch to the trigger on the stream",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.trigger_to_claim_seconds = Histogram(
+            "ringback_trigger_to_claim_seconds",
+            "From a callback's creation to an agent claiming it",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.callback_queue = Gauge(
+            "ringback_callback_queue_depth",
+            "Callbacks waiting for an agent (all workers see the same value)",
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.agents_online = Gauge(
+            "ringback_agents_online",
+            "Agents with the live queue open, across workers",
+            multiprocess_mode="max",
+            registry=r,
+        )
         self.agents_connected = Gauge(
             "ringback_agents_connected",
             "Agent dashboards connected to this engine",

@@ -80,6 +80,13 @@ async def handle_claim(request: web.Request) -> web.Response:
         raise Conflict("already_claimed", f"already claimed by {res[1]}")
     shard = int(await store.call("HGET", keys.trigger_record(trigger_id), "shard") or 0)
     await dequeue(store, trigger_id)
+    created = await store.call("HGET", keys.trigger_record(trigger_id), "data")
+    with contextlib.suppress(ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
+        created_ms = int(orjson.loads(created).get("created_ms") or 0)
+        if created_ms:
+            request.app[METRICS].trigger_to_claim_seconds.observe(
+                max(0.0, (now_ms - created_ms) / 1000)
+            )
     await publish_event(
         store,
         shard,

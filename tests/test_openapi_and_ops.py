@@ -72,3 +72,42 @@ async def test_unknown_routes_and_methods_answer_json(engine: EngineClient) -> N
     async with engine.session.put(f"{engine.url}/v1/events") as r:
         assert r.status == 405
         assert (await r.json())["error"]["code"] == "method_not_allowed"
+
+
+PUBLIC = {
+    ("POST", "/v1/events"),
+    ("OPTIONS", "/v1/events"),
+    ("GET", "/v1/decisions"),
+    ("OPTIONS", "/v1/decisions"),
+    ("POST", "/v1/agents/login"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/{asset}"),
+    ("GET", "/sdk.js"),
+    ("GET", "/demo"),
+    ("POST", "/demo/login"),
+}
+
+
+async def test_every_non_public_route_needs_credentials(engine: EngineClient) -> None:
+    from engine.app import add_routes
+
+    app = web.Application()
+    add_routes(app)
+    checked = 0
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        if route.method == "HEAD" or (route.method, path) in PUBLIC:
+            continue
+        url = (
+            path.replace("{customer_id}", "cust-1")
+            .replace("{trigger_id}", "a" * 24)
+            .replace("{decision_id}", "b" * 24)
+        )
+        async with engine.session.request(route.method, f"{engine.url}{url}", json={}) as r:
+            assert r.status == 401, f"{route.method} {path} answered {r.status}"
+            checked += 1
+    assert checked >= 12

@@ -199,6 +199,7 @@ class RulesDecider:
                 await write_trigger(self.store, prefix, trigger)
                 if trigger["kind"] == "callback":
                     await enqueue(self.store, trigger["id"], trigger["expires_ms"])
+                self.metrics.event_to_trigger_seconds.observe(max(0.0, time.time() - now / 1000))
                 self.metrics.triggers.labels(channel).inc()
             decisions.append(decision)
 
