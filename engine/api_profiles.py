@@ -17,7 +17,7 @@ from engine.decide import DecisionInput
 from engine.deliver import read_audit
 from engine.errors import BadRequest, NotFound
 from engine.http_errors import json_response
-from engine.identity import CUSTOMER_ID_RE
+from engine.identity import customer_id_from_path
 from engine.profile import decode_profile
 from engine.schema import AnonymousIdPattern
 from engine.security import check_origin, cors_headers, require_api_token
@@ -26,14 +26,7 @@ __all__ = ["handle_decisions_get", "handle_profile_delete", "handle_profile_get"
 
 
 def _customer_id(request: web.Request) -> str:
-    customer_id = request.match_info["customer_id"]
-    if not CUSTOMER_ID_RE.match(customer_id):
-        raise BadRequest(
-            "invalid_customer_id",
-            "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
-            "$.customer_id",
-        )
-    return customer_id
+    return customer_id_from_path(request)
 
 
 def _pages(entries: list[str]) -> list[dict[str, Any]]:

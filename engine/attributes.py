@@ -22,7 +22,7 @@ from engine import keys
 from engine.appkeys import SETTINGS, STORE
 from engine.errors import BadRequest, UnsupportedMedia
 from engine.http_errors import json_response
-from engine.identity import CUSTOMER_ID_RE
+from engine.identity import CUSTOMER_ID_RE, customer_id_from_path
 from engine.security import require_api_token
 from engine.store import Store
 
@@ -74,13 +74,7 @@ async def store_attributes(store: Store, customer_id: str, attrs: CustomerAttrib
 
 async def handle_attributes_put(request: web.Request) -> web.Response:
     require_api_token(request.app[SETTINGS], request)
-    customer_id = request.match_info["customer_id"]
-    if not CUSTOMER_ID_RE.match(customer_id):
-        raise BadRequest(
-            "invalid_customer_id",
-            "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
-            "$.customer_id",
-        )
+    customer_id = customer_id_from_path(request)
     if request.content_type != "application/json":
         raise UnsupportedMedia("unsupported_media_type", "send application/json")
     body = await request.read()

@@ -17,9 +17,9 @@ from engine import keys
 from engine.agents import authenticate
 from engine.appkeys import DECIDER, PROFILES, SETTINGS
 from engine.decide import DecisionInput
-from engine.errors import BadRequest, NotFound
+from engine.errors import NotFound
 from engine.http_errors import json_response
-from engine.identity import CUSTOMER_ID_RE
+from engine.identity import customer_id_from_path
 from engine.profile import customer_attributes, decode_profile
 
 __all__ = ["customer_context", "handle_context"]
@@ -68,13 +68,7 @@ async def customer_context(app: web.Application, customer_id: str) -> dict[str, 
 
 async def handle_context(request: web.Request) -> web.Response:
     await authenticate(request)
-    customer_id = request.match_info["customer_id"]
-    if not CUSTOMER_ID_RE.match(customer_id):
-        raise BadRequest(
-            "invalid_customer_id",
-            "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
-            "$.customer_id",
-        )
+    customer_id = customer_id_from_path(request)
     context = await customer_context(request.app, customer_id)
     if context is None:
         raise NotFound("not_found", f"nothing known about customer {customer_id!r}")

@@ -41,6 +41,28 @@ def new_decision_id(now_ms: int | None = None) -> str:
     return f"{now_ms:012x}{os.urandom(6).hex()}"
 
 
+def flat_fields(values: dict[str, Any]) -> list[Any]:
+    """A stream entry's fields: nested values as JSON (decoded by `decode_fields`)."""
+    out: list[Any] = []
+    for k, v in values.items():
+        out += (k, orjson.dumps(v) if isinstance(v, dict | list) else str(v))
+    return out
+
+
+def decode_fields(fields: dict[str, str]) -> dict[str, Any]:
+    """The inverse of `flat_fields`: JSON-looking values decoded, `*_ms` as integers."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if v[:1] in ("{", "["):
+            try:
+                out[k] = orjson.loads(v)
+                continue
+            except orjson.JSONDecodeError:
+                pass
+        out[k] = int(v) if k.endswith("_ms") and v.isdigit() else v
+    return out
+
+
 async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, Any]) -> str:
     """Publish a trigger: its record (claim state) and its entry on the customer's shard.
 
@@ -48,9 +70,7 @@ async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, An
     Both writes are queued in the same loop tick, so they share one pipeline.
     """
     shard = keys.trigger_shard(profile_prefix)
-    fields: list[Any] = []
-    for k, v in trigger.items():
-        fields += (k, orjson.dumps(v) if isinstance(v, dict | list) else str(v))
+    fields = flat_fields(trigger)
     record = keys.trigger_record(str(trigger["id"]))
     expires_ms = int(trigger.get("expires_ms") or int(time.time() * 1000) + 600_000)
     rec = store.call(
@@ -85,9 +105,7 @@ async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, An
 async def publish_event(store: Store, shard: int, event: dict[str, Any]) -> None:
     """A state change (claimed, completed, withdrawn) on the trigger's shard stream, so
     every gateway shows it at once; webhook targets skip kinds they don't subscribe to."""
-    fields: list[Any] = []
-    for k, v in event.items():
-        fields += (k, orjson.dumps(v) if isinstance(v, dict | list) else str(v))
+    fields = flat_fields(event)
     await store.call(
         "XADD",
         keys.trigger_stream(shard),

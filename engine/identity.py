@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
+from typing import Any
 
 import jwt
 
-from engine.errors import Forbidden, Unauthorized
+from engine.errors import BadRequest, Forbidden, Unauthorized
 from engine.settings import SiteConfig
 
 __all__ = ["CUSTOMER_ID_RE", "IdentityVerifier", "mint_token"]
@@ -28,6 +29,18 @@ __all__ = ["CUSTOMER_ID_RE", "IdentityVerifier", "mint_token"]
 # Customer ids become part of Valkey hash tags: no braces, no spaces, bounded.
 CUSTOMER_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _LEEWAY_S = 30
+
+
+def customer_id_from_path(request: Any) -> str:
+    """The `{customer_id}` of a route, validated like a token subject (400 otherwise)."""
+    customer_id = str(request.match_info["customer_id"])
+    if not CUSTOMER_ID_RE.match(customer_id):
+        raise BadRequest(
+            "invalid_customer_id",
+            "customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
+            "$.customer_id",
+        )
+    return customer_id
 
 
 def mint_token(secret: str, site: str, customer_id: str, ttl_s: int = 3600) -> str:

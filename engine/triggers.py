@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import orjson
@@ -23,7 +23,7 @@ from engine import keys
 from engine.agents import Principal, authenticate
 from engine.appkeys import METRICS, STORE
 from engine.capacity import dequeue
-from engine.deliver import publish_event, read_audit
+from engine.deliver import decode_fields, publish_event, read_audit
 from engine.errors import BadRequest, ClientError, Forbidden, NotFound
 from engine.http_errors import json_response
 from engine.policy import append_history
@@ -32,6 +32,8 @@ from engine.store import Store
 __all__ = ["Gateway", "handle_claim", "handle_complete", "handle_outcome", "handle_ws"]
 
 log = logging.getLogger("ringback.triggers")
+
+T = TypeVar("T")
 
 OUTCOMES = ("connected", "no_answer", "converted", "not_interested")
 TRIGGER_ID_RE = r"^[0-9a-f]{24}$"
@@ -57,6 +59,17 @@ class CompleteBody(msgspec.Struct, forbid_unknown_fields=True):
     outcome: Literal["connected", "no_answer", "converted", "not_interested"]
     value: float | None = None
     note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+def _decode_body(raw: bytes, kind: type[T]) -> T:
+    """Typed JSON body; errors carry the JSON path, like event batches."""
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `")
+        raise BadRequest("invalid_outcome", message or str(exc), where.rstrip("`") or "$") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest("invalid_json", str(exc), "$") from exc
 
 
 def _trigger_id(request: web.Request) -> str:
@@ -98,13 +111,7 @@ async def handle_claim(request: web.Request) -> web.Response:
 async def handle_complete(request: web.Request) -> web.Response:
     principal = await authenticate(request, state_changing=True)
     trigger_id = _trigger_id(request)
-    try:
-        body = msgspec.json.decode(await request.read(), type=CompleteBody)
-    except msgspec.ValidationError as exc:
-        message, _, where = str(exc).rpartition(" - at `")
-        raise BadRequest("invalid_outcome", message or str(exc), where.rstrip("`") or "$") from exc
-    except msgspec.DecodeError as exc:
-        raise BadRequest("invalid_json", str(exc), "$") from exc
+    body = _decode_body(await request.read(), CompleteBody)
     store = request.app[STORE]
     now_ms = int(time.time() * 1000)
     override = "1" if principal.role in ("supervisor", "system") else "0"
@@ -180,13 +187,7 @@ async def handle_outcome(request: web.Request) -> web.Response:
     from engine.security import require_api_token
 
     name = require_api_token(request.app[SETTINGS], request)
-    try:
-        body = msgspec.json.decode(await request.read(), type=OutcomeBody)
-    except msgspec.ValidationError as exc:
-        message, _, where = str(exc).rpartition(" - at `")
-        raise BadRequest("invalid_outcome", message or str(exc), where.rstrip("`") or "$") from exc
-    except msgspec.DecodeError as exc:
-        raise BadRequest("invalid_json", str(exc), "$") from exc
+    body = _decode_body(await request.read(), OutcomeBody)
     store = request.app[STORE]
     audit = await read_audit(store, body.decision_id)
     if audit is None:
@@ -267,16 +268,7 @@ class Gateway:
 
 
 def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"entry": entry_id}
-    for k, v in fields.items():
-        if v[:1] in ("{", "["):
-            try:
-                out[k] = orjson.loads(v)
-                continue
-            except orjson.JSONDecodeError:
-                pass
-        out[k] = int(v) if k.endswith("_ms") and v.isdigit() else v
-    return out
+    return {"entry": entry_id, **decode_fields(fields)}
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -37,6 +37,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.deliver import decode_fields
 from engine.metrics import Metrics
 from engine.store import Store
 
@@ -88,19 +89,6 @@ def webhook_body(trigger: dict[str, Any]) -> bytes:
             "data": trigger,
         }
     )
-
-
-def _decode_fields(fields: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in fields.items():
-        if v[:1] in ("{", "["):
-            try:
-                out[k] = orjson.loads(v)
-                continue
-            except orjson.JSONDecodeError:
-                pass
-        out[k] = v
-    return out
 
 
 def dead_letter_stream(target: str) -> str:
@@ -209,7 +197,7 @@ class Dispatcher:
     async def _deliver(
         self, target: WebhookTarget, stream: str, entry_id: str, fields: dict[str, str]
     ) -> None:
-        trigger = _decode_fields(fields)
+        trigger = decode_fields(fields)
         group = group_name(target.name)
         if trigger.get("kind") not in target.kinds:
             await self.client.xack(stream, group, entry_id)
