@@ -27,12 +27,20 @@ from engine.metrics import Metrics
 from engine.schema import CalcEvent, CalcProps, PageViewEvent
 
 CONDITIONS = [
-    ("profile.calc.mortgage.count >= {n}", lambda v, n: v["profile"]["calc"]["mortgage"]["count"] >= n),
+    (
+        "profile.calc.mortgage.count >= {n}",
+        lambda v, n: v["profile"]["calc"]["mortgage"]["count"] >= n,
+    ),
     ("profile.intent.mortgage > {n}", lambda v, n: v["profile"]["intent"]["mortgage"] > n),
-    ('"mortgage" not in default(customer.products_held, [])',
-     lambda v, n: "mortgage" not in v["customer"].get("products_held", [])),
-    ("profile.categories.cards >= {n}", lambda v, n: v["profile"]["categories"].get("cards", 0) >= n),
-    ("event.type == \"calc\"", lambda v, n: v["event"]["type"] == "calc"),
+    (
+        '"mortgage" not in default(customer.products_held, [])',
+        lambda v, n: "mortgage" not in v["customer"].get("products_held", []),
+    ),
+    (
+        "profile.categories.cards >= {n}",
+        lambda v, n: v["profile"]["categories"].get("cards", 0) >= n,
+    ),
+    ('event.type == "calc"', lambda v, n: v["event"]["type"] == "calc"),
     ("session.pages > {n}", lambda v, n: v["session"]["pages"] > n),
 ]
 
@@ -48,29 +56,50 @@ def _pack(n_rules: int) -> str:
     lines = ["offers:", "  - {id: o, title: Offer, product: mortgage, value: 100}", "rules:"]
     for i in range(n_rules):
         # Thresholds 1..10 against counts of 4-6: about half the rules match.
-        conds = [CONDITIONS[(i + k) % len(CONDITIONS)][0].format(n=(i % 10) + 1)
-                 for k in range(1 + i % 3)]
-        lines += [f"  - id: r{i}", f"    when: '{' and '.join(conds)}'",
-                  f"    action: {{type: offer, offer: o, slot: s{i % 4}}}"]
+        conds = [
+            CONDITIONS[(i + k) % len(CONDITIONS)][0].format(n=(i % 10) + 1)
+            for k in range(1 + i % 3)
+        ]
+        lines += [
+            f"  - id: r{i}",
+            f"    when: '{' and '.join(conds)}'",
+            f"    action: {{type: offer, offer: o, slot: s{i % 4}}}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _input() -> DecisionInput:
     now = int(time.time() * 1000)
     profile = {
-        "counts": {"page_view": 12, "calc": 4}, "categories": {"mortgage": 5, "cards": 1},
+        "counts": {"page_view": 12, "calc": 4},
+        "categories": {"mortgage": 5, "cards": 1},
         "intent": {"mortgage": 6.5, "cards": 0.4},
-        "calc": {"mortgage": {"amount": 250000, "term_months": 300, "count": 4,
-                              "max_amount": 300000}},
-        "forms": {"abandoned": 0}, "interest": {}, "online": True,
+        "calc": {
+            "mortgage": {"amount": 250000, "term_months": 300, "count": 4, "max_amount": 300000}
+        },
+        "forms": {"abandoned": 0},
+        "interest": {},
+        "online": True,
         "session": {"number": 2, "pages": 6, "dwell_ms": 90000, "events": 20},
     }
-    events = [PageViewEvent(id="e1", ts=now, page="/mortgages"),
-              CalcEvent(id="e2", ts=now, page="/mortgages/calculator",
-                        props=CalcProps(product="mortgage", amount=250000, term_months=300))]
-    return DecisionInput(site="demo-bank", anonymous_id="anon-bench-1", customer_id=None,
-                         profile=profile, customer={"products_held": ["current_account"]},
-                         events=events, now_ms=now)
+    events = [
+        PageViewEvent(id="e1", ts=now, page="/mortgages"),
+        CalcEvent(
+            id="e2",
+            ts=now,
+            page="/mortgages/calculator",
+            props=CalcProps(product="mortgage", amount=250000, term_months=300),
+        ),
+    ]
+    return DecisionInput(
+        site="demo-bank",
+        anonymous_id="anon-bench-1",
+        customer_id=None,
+        profile=profile,
+        customer={"products_held": ["current_account"]},
+        events=events,
+        now_ms=now,
+    )
 
 
 def measure(n_rules: int, rounds: int = 2000) -> tuple[float, float]:
@@ -79,6 +108,7 @@ def measure(n_rules: int, rounds: int = 2000) -> tuple[float, float]:
         rs = load_rules(d)
     decider = RulesDecider(lambda: rs, _NoIO(), Metrics(), lambda p: "mortgage")  # type: ignore[arg-type]
     inp = _input()
+
     async def timed() -> float:
         t = time.perf_counter()
         for _ in range(rounds):
@@ -88,10 +118,15 @@ def measure(n_rules: int, rounds: int = 2000) -> tuple[float, float]:
     loop = asyncio.new_event_loop()
     samples = [loop.run_until_complete(timed()) for _ in range(5)]
     # Baseline: the same conditions as plain lambdas, evaluated for every rule.
-    fns = [[CONDITIONS[(i + k) % len(CONDITIONS)][1] for k in range(1 + i % 3)]
-           for i in range(n_rules)]
-    v = {"profile": inp.profile, "customer": inp.customer, "session": inp.profile["session"],
-         "event": {"type": "calc"}}
+    fns = [
+        [CONDITIONS[(i + k) % len(CONDITIONS)][1] for k in range(1 + i % 3)] for i in range(n_rules)
+    ]
+    v = {
+        "profile": inp.profile,
+        "customer": inp.customer,
+        "session": inp.profile["session"],
+        "event": {"type": "calc"},
+    }
     base = []
     for _ in range(5):
         t = time.perf_counter()
@@ -108,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in (10, 50, 200):
         cost, base = measure(n)
         rows.append((n, cost, base))
-        print(f"{n:4} rules: decide {cost:7.1f} µs/batch   plain lambdas {base:6.1f} µs",
-              flush=True)
+        print(
+            f"{n:4} rules: decide {cost:7.1f} µs/batch   plain lambdas {base:6.1f} µs", flush=True
+        )
     lines = [
         "## Decisions: cost per batch",
         "",

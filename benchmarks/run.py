@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and update RESULTS.md.
 
-    python -m benchmarks.run [--only ingest,rules,sdk] [--duration S]
+python -m benchmarks.run [--only ingest,rules,sdk] [--duration S]
 """
 
 from __future__ import annotations
