@@ -93,6 +93,7 @@ class InFlight:
 
 INFLIGHT = web.AppKey("inflight", InFlight)
 RULES = web.AppKey("rules", Reloadable)
+CAPACITY = web.AppKey("capacity", CapacityMonitor)
 
 
 def load_rule_holder(path: Path, metrics: Metrics) -> Reloadable[RuleSet]:
@@ -170,6 +171,7 @@ def build_app(
         app[GATEWAY] = gateway
         await gateway.start()
         monitor = CapacityMonitor(store, lambda: len(gateway.sockets), metrics=metrics)
+        app[CAPACITY] = monitor
         monitor.start()
         holder = app.get(RULES)
         if holder is not None and decider is None:

@@ -212,6 +212,7 @@ class Gateway:
         self.store = store
         self.streams = [keys.trigger_stream(i) for i in range(shards)]
         self.sockets: set[web.WebSocketResponse] = set()
+        self.ready = asyncio.Event()  # following from known positions
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -226,8 +227,22 @@ class Gateway:
             await ws.close()
 
     async def _follow(self) -> None:
-        last = dict.fromkeys(self.streams, "$")
+        # Resolve "$" once: re-sending "$" on every XREAD would miss entries added
+        # between two reads of an idle stream.
         client = self.store.client
+        last: dict[str, str] = {}
+        while not last:
+            try:
+                for stream in self.streams:
+                    newest = await client.xrevrange(stream, count=1)
+                    last[stream] = newest[0][0] if newest else "0-0"
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                last = {}
+                log.exception("trigger gateway cannot read the streams; retrying in 1 s")
+                await asyncio.sleep(1)
+        self.ready.set()
         while True:
             try:
                 reply = await client.xread(last, block=1000, count=100)

@@ -181,7 +181,11 @@ async def make_engine(
         session = aiohttp.ClientSession()
         sessions.append(session)
         return EngineClient(
-            url=str(server.make_url("")).rstrip("/"), settings=s, session=session, metrics=metrics
+            url=str(server.make_url("")).rstrip("/"),
+            settings=s,
+            session=session,
+            metrics=metrics,
+            extra={"app": app},
         )
 
     yield start

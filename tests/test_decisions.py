@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from conftest import REPO, RULES_DIR, EngineClient, calc, event
 
 from engine import keys
+from engine.app import CAPACITY
 from engine.decisions.calendar import Calendar
 from engine.decisions.engine import holdout
 from engine.decisions.loader import RuleSetError, load_rules
@@ -341,7 +342,8 @@ async def test_no_agents_for_the_queue_holds_callbacks_back(
     )
     engine = await _engine(make_engine, settings, d)
     await _set_attrs(engine, "c-cap", consent_call=True)
-    await asyncio.sleep(1.2)  # the capacity monitor has read: 0 agents, 0 waiting
+    monitor = engine.extra["app"][CAPACITY]
+    assert (await monitor.refresh()).agents_online == 0  # nobody has the queue open
     _, resp, _ = await engine.post_events(
         engine.batch(_three_calcs(), identity=engine.token("c-cap"))
     )
@@ -365,7 +367,7 @@ async def test_no_agents_for_the_queue_holds_callbacks_back(
             assert r.status == 200
         async with agent.ws_connect(f"{engine.url}/v1/triggers/ws") as ws:
             await ws.receive(timeout=5)
-            await asyncio.sleep(1.2)
+            assert (await monitor.refresh()).agents_online == 1
             _, resp, _ = await engine.post_events(
                 engine.batch(_three_calcs(), identity=engine.token("c-cap"))
             )

@@ -14,6 +14,7 @@ from engine import keys
 from engine.deliver import new_decision_id, write_audit, write_trigger
 from engine.metrics import Metrics
 from engine.store import Store
+from engine.triggers import GATEWAY
 
 
 async def _agent(engine: EngineClient) -> tuple[aiohttp.ClientSession, str]:
@@ -184,7 +185,7 @@ async def test_the_live_queue_shows_new_callbacks_and_claims(engine: EngineClien
             snapshot = orjson.loads((await ws.receive(timeout=5)).data)
             assert snapshot["kind"] == "snapshot"
             assert [t["id"] for t in snapshot["triggers"]] == [older]
-            await asyncio.sleep(0.1)  # the gateway follows from "now"
+            await engine.extra["app"][GATEWAY].ready.wait()
             started = time.monotonic()
             newer = await _trigger(engine, "cust-b")
             msg = orjson.loads((await ws.receive(timeout=5)).data)
