@@ -192,13 +192,18 @@ def build_app(
                 log.warning("webhook dispatcher not started: Valkey unavailable")
                 dispatcher = None
         yield
+        # Each step is bounded: a stuck stop must never keep a worker from exiting.
+        steps = [monitor.stop(), gateway.stop()]
         if dispatcher is not None:
-            await dispatcher.stop()
-        await monitor.stop()
-        await gateway.stop()
+            steps.insert(0, dispatcher.stop())
         if holder is not None:
-            await holder.stop()
-        await store.close()
+            steps.append(holder.stop())
+        steps.append(store.close())
+        for step in steps:
+            try:
+                await asyncio.wait_for(step, 5.0)
+            except TimeoutError:
+                log.error("shutdown step %s took over 5 s; moving on", step)
 
     app.cleanup_ctx.append(store_ctx)
     add_routes(app)

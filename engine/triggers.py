@@ -213,25 +213,33 @@ class Gateway:
         self.streams = [keys.trigger_stream(i) for i in range(shards)]
         self.sockets: set[web.WebSocketResponse] = set()
         self.ready = asyncio.Event()  # following from known positions
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="trigger-gateway")
 
     async def stop(self) -> None:
+        """Let the read loop end at its next short block rather than cancel a command
+        mid-flight (cancelling redis-py inside XREAD BLOCK could hang app cleanup)."""
+        self._stopping = True
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 2.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         for ws in list(self.sockets):
-            await ws.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ws.close(), 2.0)
 
     async def _follow(self) -> None:
         # Resolve "$" once: re-sending "$" on every XREAD would miss entries added
         # between two reads of an idle stream.
         client = self.store.client
         last: dict[str, str] = {}
-        while not last:
+        while not last and not self._stopping:
             try:
                 for stream in self.streams:
                     newest = await client.xrevrange(stream, count=1)
@@ -243,9 +251,9 @@ class Gateway:
                 log.exception("trigger gateway cannot read the streams; retrying in 1 s")
                 await asyncio.sleep(1)
         self.ready.set()
-        while True:
+        while not self._stopping:
             try:
-                reply = await client.xread(last, block=1000, count=100)
+                reply = await client.xread(last, block=250, count=100)
                 for stream, entries in reply or []:
                     for entry_id, fields in entries:
                         last[stream] = entry_id

@@ -122,6 +122,7 @@ class Dispatcher:
         self.streams = [keys.trigger_stream(i) for i in range(shards)]
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -138,7 +139,13 @@ class Dispatcher:
             self._tasks.append(asyncio.create_task(self._run(target), name=f"wh:{target.name}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Read loops end at their next short block; deliveries still running are cancelled
+        and stay pending in the group, so another dispatcher reclaims them."""
+        self._stopping = True
+        done, pending = (
+            await asyncio.wait(self._tasks, timeout=2.0) if self._tasks else (set(), set())
+        )
+        for task in pending:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
@@ -152,7 +159,22 @@ class Dispatcher:
         streams = [*self.streams, replay_stream(target.name)]
         group = group_name(target.name)
         next_reclaim = 0.0
-        while True:
+        try:
+            await self._loop(target, limit, inflight, streams, group, next_reclaim)
+        finally:
+            for task in inflight:
+                task.cancel()
+
+    async def _loop(
+        self,
+        target: WebhookTarget,
+        limit: asyncio.Semaphore,
+        inflight: set[asyncio.Task[None]],
+        streams: list[str],
+        group: str,
+        next_reclaim: float,
+    ) -> None:
+        while not self._stopping:
             try:
                 batch: list[tuple[str, str, dict[str, str]]] = []
                 if time.monotonic() >= next_reclaim:
@@ -164,7 +186,7 @@ class Dispatcher:
                     self.consumer,
                     dict.fromkeys(streams, ">"),
                     count=32,
-                    block=int(min(1.0, target.reclaim_idle_s / 2) * 1000),
+                    block=int(min(0.25, target.reclaim_idle_s / 2) * 1000),
                 )
                 for stream, entries in reply or []:
                     batch += [(stream, entry_id, fields) for entry_id, fields in entries]
