@@ -142,7 +142,7 @@ class Dispatcher:
         """Read loops end at their next short block; deliveries still running are cancelled
         and stay pending in the group, so another dispatcher reclaims them."""
         self._stopping = True
-        done, pending = (
+        _, pending = (
             await asyncio.wait(self._tasks, timeout=2.0) if self._tasks else (set(), set())
         )
         for task in pending:
