@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from engine import (
     agents,
     api_profiles,
+    assets,
     attributes,
     context,
     dashboard,
@@ -236,3 +237,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/readyz", ops.handle_readyz)
     r.add_get("/metrics", ops.handle_metrics)
     r.add_get("/openapi.json", openapi.handle_openapi)
+    assets.add_asset_routes(app)

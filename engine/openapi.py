@@ -395,6 +395,68 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/sdk.js": {
+                "get": {
+                    "summary": "The browser snippet (minified; gzip, strong ETag, 5 min cache)",
+                    "responses": {
+                        "200": {
+                            "description": "JavaScript",
+                            "content": {"application/javascript": {}},
+                        },
+                        "304": {"description": "Not modified (If-None-Match)"},
+                    },
+                }
+            },
+            "/demo": {
+                "get": {
+                    "summary": "The demo bank site (HTML), embedding the snippet as a bank would",
+                    "responses": {
+                        "200": {"description": "HTML page"},
+                        "404": _error("No demo site"),
+                    },
+                }
+            },
+            "/demo/{name}": {
+                "get": {
+                    "summary": "A demo page (mortgages, loans, cards, savings) or asset",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "Page or asset"},
+                        "404": _error("No such page"),
+                    },
+                }
+            },
+            "/demo/login": {
+                "post": {
+                    "summary": "Demo sites only: mint an identity token for a demo customer "
+                    "(stands in for the bank's backend)",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "user": {"type": "string", "enum": ["alex", "sam"]}
+                                    },
+                                    "required": ["user"],
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": _json(plain),
+                        "400": _error("Unknown user or bad body"),
+                        "404": _error("Not a demo deployment"),
+                    },
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(plain)}}},
             "/readyz": {
                 "get": {

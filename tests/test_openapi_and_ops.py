@@ -88,6 +88,7 @@ PUBLIC = {
     ("GET", "/dashboard/{asset}"),
     ("GET", "/sdk.js"),
     ("GET", "/demo"),
+    ("GET", "/demo/{name}"),
     ("POST", "/demo/login"),
 }
 
