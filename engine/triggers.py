@@ -27,6 +27,7 @@ from engine.deliver import decode_fields, publish_event, read_audit
 from engine.errors import BadRequest, ClientError, Forbidden, NotFound
 from engine.http_errors import json_response
 from engine.policy import append_history
+from engine.presence import PresenceWatcher
 from engine.store import Store
 
 __all__ = ["Gateway", "handle_claim", "handle_complete", "handle_outcome", "handle_ws"]
@@ -208,21 +209,29 @@ async def handle_outcome(request: web.Request) -> web.Response:
 class Gateway:
     """Follows every triggers shard and fans entries out to this worker's WebSockets."""
 
-    def __init__(self, store: Store, shards: int = keys.TRIGGER_SHARDS) -> None:
+    def __init__(
+        self, store: Store, shards: int = keys.TRIGGER_SHARDS, *, presence_poll_s: float = 1.0
+    ) -> None:
         self.store = store
         self.streams = [keys.trigger_stream(i) for i in range(shards)]
         self.sockets: set[web.WebSocketResponse] = set()
+        # "Online now" for the open triggers, polled only while an agent is connected.
+        self.presence = PresenceWatcher(
+            store, self.broadcast, poll_s=presence_poll_s, active=lambda: bool(self.sockets)
+        )
         self.ready = asyncio.Event()  # following from known positions
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="trigger-gateway")
+        await self.presence.start()
 
     async def stop(self) -> None:
         """Let the read loop end at its next short block rather than cancel a command
         mid-flight (cancelling redis-py inside XREAD BLOCK could hang app cleanup)."""
         self._stopping = True
+        await self.presence.stop()
         if self._task:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), 2.0)
@@ -250,6 +259,10 @@ class Gateway:
                 last = {}
                 log.exception("trigger gateway cannot read the streams; retrying in 1 s")
                 await asyncio.sleep(1)
+        # What was open before this worker started is watched too.
+        with contextlib.suppress(Exception):
+            for msg in await self._open_triggers():
+                self.presence.observe(msg)
         self.ready.set()
         while not self._stopping:
             try:
@@ -257,7 +270,9 @@ class Gateway:
                 for stream, entries in reply or []:
                     for entry_id, fields in entries:
                         last[stream] = entry_id
-                        await self.broadcast(_decode(entry_id, fields))
+                        msg = _decode(entry_id, fields)
+                        self.presence.observe(msg)
+                        await self.broadcast(msg)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -273,6 +288,15 @@ class Gateway:
                 self.sockets.discard(ws)
 
     async def snapshot(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Open triggers for a newly connected dashboard, with presence as of now."""
+        triggers = await self._open_triggers(limit)
+        for t in triggers:
+            online = self.presence.online(str(t.get("id")))
+            if online is not None:
+                t["online"] = online
+        return triggers
+
+    async def _open_triggers(self, limit: int = 500) -> list[dict[str, Any]]:
         """Open triggers: the recent entries of every shard, folded by trigger id."""
         client = self.store.client
         open_: dict[str, dict[str, Any]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -225,3 +226,48 @@ async def test_decision_audit_records_are_readable_by_id_with_a_token(engine: En
     assert status == 200 and body["rule"] == "mortgage_callback"
     status, body = await engine.get_json("/v1/decisions/" + "f" * 24, headers=engine.api_headers)
     assert status == 404
+
+
+async def test_the_live_queue_shows_when_the_customer_comes_online_and_leaves(
+    make_engine: Any, settings: Any
+) -> None:
+    # Presence lapses 2 s after the customer's last event, so "left" shows quickly.
+    engine: EngineClient = await make_engine(
+        settings, profile=replace(settings.profile, presence_ttl_s=2)
+    )
+    trigger_id = await _trigger(engine, "cust-presence")  # no activity yet: offline
+    watcher, _ = await _agent(engine)
+
+    async def next_presence(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        while True:
+            msg = orjson.loads((await ws.receive(timeout=5)).data)
+            if msg["kind"] == "presence" and msg["trigger_id"] == trigger_id:
+                return msg  # type: ignore[no-any-return]
+
+    try:
+        async with watcher.ws_connect(f"{engine.url}/v1/triggers/ws") as ws:
+            snapshot = orjson.loads((await ws.receive(timeout=5)).data)
+            assert [t["id"] for t in snapshot["triggers"]] == [trigger_id]
+            assert not snapshot["triggers"][0].get("online")
+            await engine.post_events(
+                engine.batch(
+                    [event("heartbeat", props={"dwell_ms": 15_000})],
+                    identity=engine.token("cust-presence"),
+                )
+            )
+            came = await next_presence(ws)
+            assert came["online"] is True and came["last_seen"]
+            left = await next_presence(ws)  # no more events: gone within ~2-3 s
+            assert left["online"] is False
+            await engine.post_events(
+                engine.batch(
+                    [event("page_view", page="/mortgages")], identity=engine.token("cust-presence")
+                )
+            )
+            assert (await next_presence(ws))["online"] is True
+            # A dashboard opened now sees presence as of now, not as of the trigger.
+            async with watcher.ws_connect(f"{engine.url}/v1/triggers/ws") as late:
+                snapshot = orjson.loads((await late.receive(timeout=5)).data)
+                assert snapshot["triggers"][0]["online"] is True
+    finally:
+        await watcher.close()
