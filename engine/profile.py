@@ -284,6 +284,8 @@ def decode_profile(
         },
         "interest": interest,
         "call_requested": call_requested,
+        # The newest "call me" of any product: a visitor's own request for a call.
+        "last_call_request": max(call_requested.values(), default=None),
         "session": {
             "number": _i(h, "s_n"),
             "start": _i(h, "s_start") or None,

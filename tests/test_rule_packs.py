@@ -127,6 +127,24 @@ async def test_abandoned_loan_application_falls_back_to_email_without_consent(
     assert rules["personal_loan_resume_offer"]["offer"]["id"] == "personal_loan_finish"
 
 
+async def test_asking_for_a_call_is_consent_for_that_call_but_not_past_do_not_call(
+    scenario: Scenario,
+) -> None:
+    call_me = _ev("interest", "/mortgages", product="mortgage", call_me=True)
+    scenario.batch([call_me], customer="c-1")  # no CRM consent on file
+    scenario.attrs("c-2", do_not_call=True)
+    scenario.batch([dict(call_me, id="cm-2")], customer="c-2")
+    scenario.batch([dict(call_me, id="cm-3")], anon="anon-call-me")  # nobody to call
+    scenario.batch([_ev("interest", "/mortgages", product="mortgage")], customer="c-4")
+    results = await replay(RULES_DIR, scenario.lines, scenario.settings)
+    contacts = [(who, d["rule"], d["channel"]) for who, ds, _ in results for d in ds]
+    assert [c for c in contacts if c[2] != "web"] == [
+        ("customer c-1", "call_me_requested", "callback"),
+        # The bank's do-not-call list wins: an e-mail answers instead.
+        ("customer c-2", "call_me_requested", "email"),
+    ]
+
+
 async def test_card_comparison_gets_the_cashback_card(scenario: Scenario) -> None:
     scenario.batch([_ev("page_view", "/cards"), _ev("page_view", "/cards/compare")])
     assert (

@@ -2,7 +2,8 @@
 
 For each batch (and each page load or screen-pop) the current rule set is evaluated
 against the live profile. Matching rules become candidates; candidates are filtered
-by eligibility (a callback needs a known customer who consented and is not on the
+by eligibility (a callback needs a known customer who consented, in the CRM or by
+pressing "call me" within the hour, and is not on the
 do-not-call list; calendars decide business hours; a stable hash puts a share of
 customers in the rule's control group), ranked by propensity x value x lever, cut to
 one offer per slot and one contact per batch, and contacts are reserved atomically in
@@ -30,7 +31,7 @@ from engine.policy import Reservation, reserve
 from engine.schema import event_type
 from engine.store import Store
 
-__all__ = ["RulesDecider", "holdout"]
+__all__ = ["CALL_REQUEST_CONSENT_S", "RulesDecider", "asked_for_call", "holdout"]
 
 # Which event of a batch a rule sees as `event`: the most intent-revealing one.
 _EVENT_RANK = {
@@ -43,6 +44,23 @@ _EVENT_RANK = {
     "heartbeat": 0,
     "custom": 0,
 }
+
+
+# A visitor who pressed "call me" consented to that call: for this long the request
+# stands in for the CRM's consent_call (do-not-call still wins; it is the bank's list).
+CALL_REQUEST_CONSENT_S = 3600
+
+
+def asked_for_call(profile: dict[str, Any], now_ms: int) -> bool:
+    """Whether the visitor asked to be called within the last `CALL_REQUEST_CONSENT_S`.
+
+    >>> asked_for_call({"last_call_request": 1_000}, 2_000), asked_for_call({}, 2_000)
+    (True, False)
+    >>> asked_for_call({"last_call_request": 1_000}, 1_000 + CALL_REQUEST_CONSENT_S * 1000 + 1)
+    False
+    """
+    ts = profile.get("last_call_request")
+    return isinstance(ts, int) and 0 <= now_ms - ts <= CALL_REQUEST_CONSENT_S * 1000
 
 
 def holdout(subject: str, rule_id: str, pct: float) -> bool:
@@ -243,7 +261,7 @@ class RulesDecider:
                 if not rule.fallback:
                     return channel, None, "do_not_call"
                 channel = rule.fallback
-            elif c.get("consent_call") is not True:
+            elif c.get("consent_call") is not True and not asked_for_call(inp.profile, now):
                 if not rule.fallback:
                     return channel, None, "no_consent"
                 channel = rule.fallback
