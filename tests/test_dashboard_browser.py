@@ -1,22 +1,19 @@
-"""The contact-center dashboard in real Chromium: two agents, one claim wins."""
+"""The contact-center dashboard in real Chromium: a visitor on /demo, two agents, one wins."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from browser import chromium
-from conftest import EngineClient, event
+from conftest import RULES_DIR, EngineClient
 from playwright.async_api import Page, expect
 
-from engine import keys
-from engine.deliver import new_decision_id, write_trigger
-from engine.metrics import Metrics
 from engine.settings import Agent, Settings, hash_password
-from engine.store import Store
 
 pytestmark = pytest.mark.browser
 
@@ -31,73 +28,95 @@ async def _sign_in(page: Page, engine: EngineClient, user: str, password: str) -
     await expect(page.locator("#connection")).to_have_text("Live")
 
 
-async def _fire(engine: EngineClient, customer: str, reason: str) -> str:
-    store = Store(engine.settings.redis_url, Metrics())
-    trigger_id = new_decision_id()
-    now = int(time.time() * 1000)
-    prefix = keys.customer_prefix(customer)
-    await write_trigger(
-        store,
-        prefix,
-        {
-            "id": trigger_id,
-            "kind": "callback",
-            "customer_id": customer,
-            "prefix": prefix,
-            "rule": "mortgage_callback",
-            "channel": "callback",
-            "reason": reason,
-            "priority": 2,
-            "created_ms": now,
-            "expires_ms": now + 600_000,
-            "context": {"calc": {"mortgage": {"amount": 320000, "term_months": 300}}},
-        },
+def _rules_for_any_hour(tmp_path: Path) -> Path:
+    """The shipped rules with a contact center open around the clock and no holdout,
+    so the test does not depend on when CI runs or on the hash lottery, and an offer
+    title carrying markup (which both the visitor and the agent must see as text)."""
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    always = ", ".join(
+        f'{d}: "00:00-24:00"' for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
     )
-    await store.close()
-    return trigger_id
+    (rules / "calendars.yaml").write_text(
+        "# Open around the clock (test)\ncalendars:\n"
+        f"  - {{name: contact_center, timezone: Europe/London, hours: {{{always}}}}}\n"
+    )
+    mortgage = rules / "mortgage.yaml"
+    mortgage.write_text(mortgage.read_text().replace("holdout_pct: 5", "holdout_pct: 0"))
+    offers = rules / "offers.yaml"
+    text = offers.read_text()
+    title = "title: Talk to a mortgage adviser today"
+    assert title in text
+    offers.write_text(text.replace(title, f"title: {json.dumps(XSS)}"))
+    return rules
 
 
-async def test_two_agents_see_the_callback_and_exactly_one_claims_it(
+async def _visitor_reworks_the_mortgage_calculator(page: Page, url: str) -> None:
+    """A logged-in demo customer moves the amount slider three times, pausing each time."""
+    await page.goto(f"{url}/demo/mortgages")
+    await page.click("#login-button")
+    await page.select_option("#login-form select[name=user]", "alex")
+    await page.fill("#login-form input[name=password]", "demo")
+    await page.click("#login-form button[type=submit]")
+    await expect(page.locator("#greeting")).to_have_text("Hi Alex")
+    amount = page.locator("#mortgage-amount")
+    await amount.focus()
+    for _ in range(3):
+        await amount.press("ArrowRight")  # +5,000: 255k, 260k, 265k
+        await page.wait_for_timeout(900)  # a pause: one calc event each (700 ms debounce)
+
+
+async def test_a_visitor_on_the_demo_reaches_exactly_one_of_two_agents(
     make_engine: Any, settings: Settings, tmp_path: Path
 ) -> None:
     engine: EngineClient = await make_engine(
-        settings, agents=(*settings.agents, Agent("bob", hash_password("bob-password-123")))
+        settings,
+        rules_dir=_rules_for_any_hour(tmp_path),
+        agents=(*settings.agents, Agent("bob", hash_password("bob-password-123"))),
     )
-    await engine.post_events(
-        engine.batch([event("page_view", page="/mortgages")], identity=engine.token("cust-dash"))
-    )
+    # The bank's CRM knows Alex agreed to be called.
+    async with engine.session.put(
+        f"{engine.url}/v1/profiles/demo-alex/attributes",
+        json={"consent_call": True, "products_held": ["current_account"]},
+        headers=engine.api_headers,
+    ) as r:
+        assert r.status == 200, await r.text()
     async with chromium() as browser:
-        ctx_a, ctx_b = await browser.new_context(), await browser.new_context()
-        a, b = await ctx_a.new_page(), await ctx_b.new_page()
+        ctx_a, ctx_b, ctx_v = [await browser.new_context() for _ in range(3)]
+        a, b, visitor = await ctx_a.new_page(), await ctx_b.new_page(), await ctx_v.new_page()
         await _sign_in(
             a, engine, engine.credentials["agent_user"], engine.credentials["agent_password"]
         )
         await _sign_in(b, engine, "bob", "bob-password-123")
 
-        trigger_id = await _fire(engine, "cust-dash", XSS)
-        item_a = a.locator(f"li[data-id='{trigger_id}']")
-        item_b = b.locator(f"li[data-id='{trigger_id}']")
-        await expect(item_a).to_be_visible(timeout=3000)
-        await expect(item_b).to_be_visible(timeout=3000)
-        await expect(item_a.locator(".reason")).to_have_text(XSS)  # shown literally
-        await expect(item_a.locator(".context")).to_contain_text("320000 over 300 months")
+        await _visitor_reworks_the_mortgage_calculator(visitor, engine.url)
+        item_a = a.locator("#queue li[data-id]")
+        item_b = b.locator("#queue li[data-id]")
+        await expect(item_a).to_have_count(1, timeout=5000)
+        await expect(item_b).to_have_count(1, timeout=5000)
+        trigger_id = await item_a.get_attribute("data-id")
+        assert trigger_id == await item_b.get_attribute("data-id")
+        await expect(item_a.locator(".reason")).to_contain_text("Reworked the mortgage calculator")
+        await expect(item_a.locator(".context")).to_contain_text("mortgage: 265000 over 300 months")
+        await expect(item_a.locator(".context")).to_contain_text(f"offer shown: {XSS}")  # as text
+        await expect(item_a.locator(".presence")).to_have_text("online now")
+        # The visitor sees the same offer on the page, as text too.
+        hero = visitor.locator("[data-rb-slot=hero] .offer-title")
+        await expect(hero).to_have_text(XSS)
 
         # Both agents press Claim at the same moment.
         click = f"document.querySelector(\"li[data-id='{trigger_id}'] button.claim\").click()"
         await asyncio.gather(a.evaluate(click), b.evaluate(click))
-        statuses = [
-            await item_a.locator(".status").text_content(),
-            await item_b.locator(".status").text_content(),
-        ]
-        for _ in range(50):  # until both pages have heard the outcome
+        statuses = ["", ""]
+        for _ in range(100):  # until both pages have heard the outcome
+            statuses = [
+                await item_a.locator(".status").text_content() or "",
+                await item_b.locator(".status").text_content() or "",
+            ]
             if all(statuses):
                 break
             await asyncio.sleep(0.05)
-            statuses = [
-                await item_a.locator(".status").text_content(),
-                await item_b.locator(".status").text_content(),
-            ]
-        assert statuses.count("claimed by you") == 1
+        assert statuses.count("claimed by you") == 1, statuses
         winner, loser = (a, b) if statuses[0] == "claimed by you" else (b, a)
         win_item = winner.locator(f"li[data-id='{trigger_id}']")
         lose_item = loser.locator(f"li[data-id='{trigger_id}']")
@@ -106,19 +125,23 @@ async def test_two_agents_see_the_callback_and_exactly_one_claims_it(
         await expect(lose_item.locator("button.complete")).to_be_hidden()
         await winner.screenshot(path=str(tmp_path / "dashboard.png"))
 
-        await win_item.locator("select.outcome").select_option("converted")
+        await win_item.locator("select.outcome").select_option("connected")
         await win_item.locator("button.complete").click()
         await expect(item_a).to_have_count(0)
         await expect(item_b).to_have_count(0)  # gone from the other agent's queue too
 
-        await winner.fill("#search-form input[name=customer]", "cust-dash")
+        # The customer panel shows the contact history across channels.
+        await winner.fill("#search-form input[name=customer]", "demo-alex")
         await winner.press("#search-form input[name=customer]", "Enter")
-        await expect(winner.locator("#customer")).to_contain_text("converted")
-        assert await a.title() != "pwned" and await b.title() != "pwned"
-        await ctx_a.close()
-        await ctx_b.close()
-    history = (await engine.profile("cust-dash"))["contact_history"]
-    assert history[0]["outcome"] == "converted"
+        await expect(winner.locator("#customer")).to_contain_text("connected")
+        for page in (a, b, visitor):
+            assert await page.title() != "pwned"
+        for ctx in (ctx_a, ctx_b, ctx_v):
+            await ctx.close()
+    history = (await engine.profile("demo-alex"))["contact_history"]
+    assert [(h["rule"], h["outcome"]) for h in history if h.get("outcome")] == [
+        ("mortgage_calculator_callback", "connected")
+    ]
 
 
 async def test_dashboard_is_served_with_a_strict_csp(engine: EngineClient) -> None:
