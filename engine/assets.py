@@ -10,7 +10,8 @@ that time), and CORS/CORP headers so banks may load it with Subresource Integrit
 would: one script tag whose data-* attributes mirror the demo site's config. Its CSP
 allows scripts from this origin plus, by hash, the one inline line of the install
 stub. `POST /demo/login` mints an identity token for a demo customer, standing in
-for the bank's backend; it exists only for sites marked `demo = true`.
+for the bank's backend; it exists only for sites marked `demo = true`. A demo customer
+logging in for the first time also gets the CRM attributes a bank's feed would load.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from engine.appkeys import SETTINGS
+from engine import keys
+from engine.appkeys import PROFILES, SETTINGS, STORE
+from engine.attributes import CustomerAttributes, store_attributes
 from engine.errors import BadRequest, NotFound
 from engine.http_errors import json_response
 from engine.identity import mint_token
+from engine.profile import customer_attributes
 from engine.settings import SiteConfig
 
 __all__ = ["SdkAsset", "accepts_gzip", "add_asset_routes", "etag_matches"]
@@ -48,10 +52,20 @@ SDK_CACHE_CONTROL = "public, max-age=300"
 DEMO_PAGES = ("", "mortgages", "loans", "cards", "savings")
 DEMO_ASSETS = {"demo.js": "application/javascript", "demo.css": "text/css"}
 DEMO_TOKEN_TTL_S = 3600
-# Demo customers: user name -> (customer id, display name). Ids are demo-only.
-DEMO_CUSTOMERS = {
-    "alex": ("demo-alex", "Alex Morgan"),
-    "sam": ("demo-sam", "Sam Patel"),
+# Demo customers: user name -> (customer id, display name, what the bank's CRM knows).
+# Alex agreed to be called (the mortgage calculator leads to a callback); Sam did not
+# (the same behaviour gets the offer on the page, or an e-mail, instead). Demo-only ids.
+DEMO_CUSTOMERS: dict[str, tuple[str, str, CustomerAttributes]] = {
+    "alex": (
+        "demo-alex",
+        "Alex Morgan",
+        CustomerAttributes(products_held=["current_account"], consent_call=True, language="en"),
+    ),
+    "sam": (
+        "demo-sam",
+        "Sam Patel",
+        CustomerAttributes(products_held=["current_account", "credit_card"], language="en"),
+    ),
 }
 
 
@@ -248,7 +262,11 @@ async def handle_demo_login(request: web.Request) -> web.Response:
         raise BadRequest(
             "unknown_user", f"demo users are {', '.join(sorted(DEMO_CUSTOMERS))}", "$.user"
         )
-    customer_id, name = DEMO_CUSTOMERS[user]
+    customer_id, name, crm = DEMO_CUSTOMERS[user]
+    # What the bank's CRM feed would have loaded, unless someone set attributes already.
+    fields, _, _, _ = await request.app[PROFILES].read(keys.customer_prefix(customer_id))
+    if not customer_attributes(fields):
+        await store_attributes(request.app[STORE], customer_id, crm)
     token = mint_token(secret, demo.site.key, customer_id, ttl_s=DEMO_TOKEN_TTL_S)
     return json_response(
         {

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from aiohttp import web
+from conftest import EngineClient
 
 from engine.appkeys import SETTINGS
 from engine.assets import add_asset_routes
@@ -147,18 +147,32 @@ async def test_demo_serves_only_its_own_pages_and_assets(
     assert status == 404
 
 
-async def test_demo_login_returns_a_token_the_engine_accepts(serve: Any, tmp_path: Path) -> None:
-    settings = demo_settings(tmp_path)
-    call = await serve(settings)
-    status, headers, body = await call(
-        "POST", "/demo/login", json={"user": "alex", "password": "anything"}
-    )
+async def test_demo_login_returns_a_token_the_engine_accepts_and_loads_the_crm_record(
+    engine: EngineClient,
+) -> None:
+    async def login(user: str) -> dict[str, Any]:
+        async with engine.session.post(
+            f"{engine.url}/demo/login", json={"user": user, "password": "anything"}
+        ) as r:
+            assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+            return await r.json()  # type: ignore[no-any-return]
 
-    assert status == 200 and headers["Cache-Control"] == "no-store"
-    answer = orjson.loads(body)
+    answer = await login("alex")
     assert answer["customer_id"] == "demo-alex"
-    site = settings.sites["demo-bank"]
+    site = engine.settings.sites["demo-bank"]
     assert IdentityVerifier().verify(site, answer["token"]) == "demo-alex"
+    # What the bank's CRM feed would have loaded: Alex agreed to be called.
+    assert (await engine.profile("demo-alex"))["attributes"]["consent_call"] is True
+
+    # Attributes set by the CRM API are the bank's word: a later login keeps them.
+    async with engine.session.put(
+        f"{engine.url}/v1/profiles/demo-sam/attributes",
+        json={"value_tier": "vip"},
+        headers=engine.api_headers,
+    ) as r:
+        assert r.status == 200
+    await login("sam")
+    assert (await engine.profile("demo-sam"))["attributes"]["value_tier"] == "vip"
 
 
 async def test_demo_login_refuses_unknown_users(serve: Any, tmp_path: Path) -> None:
