@@ -142,9 +142,7 @@ class Dispatcher:
         """Read loops end at their next short block; deliveries still running are cancelled
         and stay pending in the group, so another dispatcher reclaims them."""
         self._stopping = True
-        _, pending = (
-            await asyncio.wait(self._tasks, timeout=2.0) if self._tasks else (set(), set())
-        )
+        _, pending = await asyncio.wait(self._tasks, timeout=2.0) if self._tasks else (set(), set())
         for task in pending:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
