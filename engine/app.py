@@ -168,7 +168,7 @@ def build_app(
             log.warning("Valkey unavailable at startup (%s); serving 503 until it returns", exc)
         app[STORE] = store
         app[PROFILES] = ProfileStore(store, settings)
-        gateway = Gateway(store)
+        gateway = Gateway(store, metrics=metrics)
         app[GATEWAY] = gateway
         await gateway.start()
         monitor = CapacityMonitor(store, lambda: len(gateway.sockets), metrics=metrics)

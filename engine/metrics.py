@@ -116,6 +116,12 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.rule_triggers = Counter(
+            "ringback_rule_triggers_total",
+            "Triggers written, by rule (rule ids come from the loaded rule files)",
+            ["rule"],
+            registry=r,
+        )
         self.rule_hits = Counter(
             "ringback_rule_hits_total", "Rules whose condition matched", ["rule"], registry=r
         )

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from engine.metrics import Metrics
 from engine.store import Store
 
 __all__ = ["PresenceWatcher", "online_from_profile"]
@@ -71,6 +72,7 @@ class PresenceWatcher:
         *,
         poll_s: float = 1.0,
         active: Callable[[], bool] = lambda: True,
+        metrics: Metrics | None = None,
     ) -> None:
         if poll_s <= 0:
             raise ValueError("poll_s must be positive")
@@ -78,6 +80,7 @@ class PresenceWatcher:
         self.poll_s = poll_s
         self._broadcast = broadcast
         self._active = active  # only poll while someone is watching
+        self._metrics = metrics
         self._open: dict[str, _Watched] = {}
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -129,6 +132,8 @@ class PresenceWatcher:
                 raise
             except Exception:
                 log.exception("presence poll failed; retrying at the next tick")
+                if self._metrics is not None:
+                    self._metrics.background_failures.labels("presence").inc()
 
     async def poll(self) -> int:
         """Read presence for every open trigger; push the ones that changed. Returns pushes."""

@@ -26,6 +26,7 @@ from engine.capacity import dequeue
 from engine.deliver import decode_fields, publish_event, read_audit
 from engine.errors import BadRequest, ClientError, Forbidden, NotFound
 from engine.http_errors import json_response
+from engine.metrics import Metrics
 from engine.policy import append_history
 from engine.presence import PresenceWatcher
 from engine.store import Store
@@ -210,14 +211,24 @@ class Gateway:
     """Follows every triggers shard and fans entries out to this worker's WebSockets."""
 
     def __init__(
-        self, store: Store, shards: int = keys.TRIGGER_SHARDS, *, presence_poll_s: float = 1.0
+        self,
+        store: Store,
+        shards: int = keys.TRIGGER_SHARDS,
+        *,
+        presence_poll_s: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.streams = [keys.trigger_stream(i) for i in range(shards)]
         self.sockets: set[web.WebSocketResponse] = set()
         # "Online now" for the open triggers, polled only while an agent is connected.
         self.presence = PresenceWatcher(
-            store, self.broadcast, poll_s=presence_poll_s, active=lambda: bool(self.sockets)
+            store,
+            self.broadcast,
+            poll_s=presence_poll_s,
+            active=lambda: bool(self.sockets),
+            metrics=metrics,
         )
         self.ready = asyncio.Event()  # following from known positions
         self._stopping = False
@@ -258,6 +269,7 @@ class Gateway:
             except Exception:
                 last = {}
                 log.exception("trigger gateway cannot read the streams; retrying in 1 s")
+                self._failed()
                 await asyncio.sleep(1)
         # What was open before this worker started is watched too.
         with contextlib.suppress(Exception):
@@ -277,7 +289,12 @@ class Gateway:
                 raise
             except Exception:
                 log.exception("trigger gateway read failed; retrying in 1 s")
+                self._failed()
                 await asyncio.sleep(1)
+
+    def _failed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.background_failures.labels("trigger_gateway").inc()
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         data = orjson.dumps(message).decode()

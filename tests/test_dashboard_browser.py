@@ -138,6 +138,10 @@ async def test_a_visitor_on_the_demo_reaches_exactly_one_of_two_agents(
             assert await page.title() != "pwned"
         for ctx in (ctx_a, ctx_b, ctx_v):
             await ctx.close()
+    async with engine.session.get(f"{engine.url}/metrics") as r:
+        text = await r.text()
+    assert 'ringback_rule_triggers_total{rule="mortgage_calculator_callback"} 1.0' in text
+    assert 'ringback_triggers_total{queue="callback"} 1.0' in text
     history = (await engine.profile("demo-alex"))["contact_history"]
     assert [(h["rule"], h["outcome"]) for h in history if h.get("outcome")] == [
         ("mortgage_calculator_callback", "connected")

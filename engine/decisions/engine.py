@@ -219,6 +219,7 @@ class RulesDecider:
                     await enqueue(self.store, trigger["id"], trigger["expires_ms"])
                 self.metrics.event_to_trigger_seconds.observe(max(0.0, time.time() - now / 1000))
                 self.metrics.triggers.labels(channel).inc()
+                self.metrics.rule_triggers.labels(rule.id).inc()
             decisions.append(decision)
 
         for d in decisions:
