@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Chromium (browser tests) and promtool (metrics format check) come from Debian.
+# Chromium (browser tests), promtool (metrics format check) and Node/npm (the snippet's
+# build check) come from Debian.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null \
+			|| ! command -v npm >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium prometheus >/dev/null; \
+		PKGS="chromium prometheus"; command -v npm >/dev/null || PKGS="$$PKGS nodejs npm"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$PKGS >/dev/null; \
 	fi
 	@if [ -f sdk-js/package-lock.json ] && [ ! -d sdk-js/node_modules ]; then \
 		cd sdk-js && npm ci --no-audit --no-fund --loglevel=error; \
