@@ -26,6 +26,7 @@ import orjson
 
 from engine.metrics import Metrics
 from engine.store import Store
+from engine.tasks import finish
 
 __all__ = ["PresenceWatcher", "online_from_profile"]
 
@@ -111,13 +112,7 @@ class PresenceWatcher:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), 2.0)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+        await finish(self._task)
 
     async def _run(self) -> None:
         while not self._stop.is_set():

@@ -30,6 +30,7 @@ from engine.metrics import Metrics
 from engine.policy import append_history
 from engine.presence import PresenceWatcher
 from engine.store import Store
+from engine.tasks import finish
 
 __all__ = ["Gateway", "handle_claim", "handle_complete", "handle_outcome", "handle_ws"]
 
@@ -243,13 +244,7 @@ class Gateway:
         mid-flight (cancelling redis-py inside XREAD BLOCK could hang app cleanup)."""
         self._stopping = True
         await self.presence.stop()
-        if self._task:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), 2.0)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+        await finish(self._task)
         for ws in list(self.sockets):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ws.close(), 2.0)
