@@ -27,7 +27,16 @@ from engine import (
     ops,
     triggers,
 )
-from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
+from engine.appkeys import (
+    CAPACITY,
+    DECIDER,
+    IP_LIMITER,
+    METRICS,
+    PROFILES,
+    SETTINGS,
+    STORE,
+    VERIFIER,
+)
 from engine.capacity import CapacityMonitor
 from engine.decide import Decider, NoDecisions
 from engine.decisions.engine import RulesDecider
@@ -94,7 +103,6 @@ class InFlight:
 
 INFLIGHT = web.AppKey("inflight", InFlight)
 RULES = web.AppKey("rules", Reloadable)
-CAPACITY = web.AppKey("capacity", CapacityMonitor)
 
 
 def load_rule_holder(path: Path, metrics: Metrics) -> Reloadable[RuleSet]:

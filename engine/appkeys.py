@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from engine.capacity import CapacityMonitor
 from engine.decide import Decider
 from engine.identity import IdentityVerifier
 from engine.metrics import Metrics
@@ -12,7 +13,16 @@ from engine.security import IpRateLimiter
 from engine.settings import Settings
 from engine.store import Store
 
-__all__ = ["DECIDER", "IP_LIMITER", "METRICS", "PROFILES", "SETTINGS", "STORE", "VERIFIER"]
+__all__ = [
+    "CAPACITY",
+    "DECIDER",
+    "IP_LIMITER",
+    "METRICS",
+    "PROFILES",
+    "SETTINGS",
+    "STORE",
+    "VERIFIER",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -21,3 +31,4 @@ PROFILES = web.AppKey("profiles", ProfileStore)
 VERIFIER = web.AppKey("verifier", IdentityVerifier)
 DECIDER = web.AppKey("decider", Decider)
 IP_LIMITER = web.AppKey("ip_limiter", IpRateLimiter)
+CAPACITY = web.AppKey("capacity", CapacityMonitor)

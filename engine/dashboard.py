@@ -14,7 +14,7 @@ from aiohttp import web
 
 from engine import keys
 from engine.agents import authenticate
-from engine.appkeys import STORE
+from engine.appkeys import CAPACITY, STORE
 from engine.errors import Forbidden, NotFound
 from engine.http_errors import json_response
 
@@ -81,4 +81,15 @@ async def handle_funnel(request: web.Request) -> web.Response:
                 outcomes = rules[rule_of[fields["trigger_id"]]]["outcomes"]
                 outcome = fields.get("outcome", "?")
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    return json_response({"rules": rules})
+    monitor = request.app.get(CAPACITY)
+    cap = monitor.current if monitor is not None else None
+    return json_response(
+        {
+            "rules": rules,
+            # Across all workers, as of the last second's reading.
+            "floor": {
+                "agents_online": cap.agents_online if cap else None,
+                "callbacks_waiting": cap.queue if cap else None,
+            },
+        }
+    )

@@ -100,6 +100,11 @@ async def test_a_visitor_on_the_demo_reaches_exactly_one_of_two_agents(
         await expect(item_a.locator(".context")).to_contain_text("mortgage: 265000 over 300 months")
         await expect(item_a.locator(".context")).to_contain_text(f"offer shown: {XSS}")  # as text
         await expect(item_a.locator(".presence")).to_have_text("online now")
+        # The supervisor (agent a) sees the floor at a glance.
+        floor = a.locator("#floor")
+        await expect(floor.locator("[data-stat=waiting]")).to_have_text("1")
+        await expect(floor.locator("[data-stat=online]")).to_have_text("1")
+        await expect(b.locator("#supervisor-section")).to_be_hidden()  # bob is an agent
         # The visitor sees the same offer on the page, as text too.
         hero = visitor.locator("[data-rb-slot=hero] .offer-title")
         await expect(hero).to_have_text(XSS)
@@ -129,6 +134,16 @@ async def test_a_visitor_on_the_demo_reaches_exactly_one_of_two_agents(
         await win_item.locator("button.complete").click()
         await expect(item_a).to_have_count(0)
         await expect(item_b).to_have_count(0)  # gone from the other agent's queue too
+        await expect(floor.locator("[data-stat=waiting]")).to_have_text("0")
+
+        # The per-rule funnel: fired -> claimed -> connected.
+        await a.click("#refresh-funnel")
+        row = a.locator("#funnel tbody tr", has_text="mortgage_calculator_callback")
+        await expect(row.locator("td")).to_have_text(
+            ["mortgage_calculator_callback", "1", "1", "1", "0", "0", "0", "0%"]
+        )
+        await expect(floor.locator("[data-stat=agents]")).to_have_text("2")
+        await a.screenshot(path=str(tmp_path / "supervisor.png"))
 
         # The customer panel shows the contact history across channels.
         await winner.fill("#search-form input[name=customer]", "demo-alex")

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from conftest import REPO, RULES_DIR, EngineClient, calc, event
 
 from engine import keys
-from engine.app import CAPACITY
+from engine.appkeys import CAPACITY
 from engine.decisions.calendar import Calendar
 from engine.decisions.engine import holdout
 from engine.decisions.loader import RuleSetError, load_rules

@@ -150,7 +150,9 @@
       if (Number(t.expires_ms) && Number(t.expires_ms) < now) state.triggers.delete(id);
     }
     const order = sorted();
-    $("#queue-depth").textContent = `(${order.filter((t) => !t.claimed_by).length} waiting)`;
+    const waiting = order.filter((t) => !t.claimed_by);
+    $("#queue-depth").textContent = `(${waiting.length} waiting)`;
+    if (state.role === "supervisor") renderFloor(order, waiting, now);
     for (const [id, li] of items) {
       if (!state.triggers.has(id)) { li.remove(); items.delete(id); }
     }
@@ -225,14 +227,29 @@
     ]), histTitle, hist);
   }
 
+  // The floor at a glance, from the live queue this page already holds (every second).
+  function renderFloor(order, waiting, now) {
+    const age = (t) => now - (Number(t.created_ms) || now);
+    const stat = (name, value) => { $(`#floor [data-stat=${name}]`).textContent = String(value); };
+    stat("waiting", waiting.length);
+    stat("claimed", order.length - waiting.length);
+    stat("late", waiting.filter((t) => age(t) > SLA_MS).length);
+    stat("oldest", waiting.length ? fmtAge(Math.max(...waiting.map(age))) : "—");
+    stat("online", waiting.filter((t) => t.online === true || t.online === "true").length);
+  }
+
   async function refreshFunnel() {
     const { status, data } = await api("GET", "/v1/supervisor/funnel");
     if (status !== 200) return;
+    const agents = data.floor?.agents_online;
+    $("#floor [data-stat=agents]").textContent = agents === null || agents === undefined ? "—" : String(agents);
     const body = $("#funnel tbody");
     body.replaceChildren(...Object.entries(data.rules).map(([rule, r]) => {
       const tr = document.createElement("tr");
+      const converted = r.outcomes.converted || 0;
+      const rate = r.fired ? `${Math.round((100 * converted) / r.fired)}%` : "—";
       for (const v of [rule, r.fired, r.claimed, r.outcomes.connected || 0,
-        r.outcomes.converted || 0, r.outcomes.no_answer || 0, r.outcomes.not_interested || 0]) {
+        converted, r.outcomes.no_answer || 0, r.outcomes.not_interested || 0, rate]) {
         const td = document.createElement("td"); td.textContent = String(v); tr.append(td);
       }
       return tr;
@@ -258,6 +275,8 @@
     });
     $("#refresh-funnel").addEventListener("click", refreshFunnel);
     setInterval(() => { if (state.user) render(); }, 1000); // SLA timers, expiry
+    // The funnel reads the streams: every 15 s is plenty (and a button for "now").
+    setInterval(() => { if (state.role === "supervisor") refreshFunnel(); }, 15000);
     const { status, data } = await api("GET", "/v1/agents/me");
     if (status === 200) signedIn(data); else signedOut();
   });
