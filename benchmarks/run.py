@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and update RESULTS.md.
 
-python -m benchmarks.run [--only ingest,rules,sdk] [--duration S]
+python -m benchmarks.run [--only ingest,rules,sdk,callback] [--duration S]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "decisions": "benchmarks.decision_bench",
     "rules": "benchmarks.rules_bench",
     "sdk": "benchmarks.sdk_bench",
+    "callback": "benchmarks.callback_bench",
 }
 
 
