@@ -3,13 +3,14 @@
 A callback is worth most while the customer is still on the site, so the agent's queue
 shows, for each open trigger, whether its customer is online now. Presence lives in the
 profile (`online_until`, moved forward by every event, heartbeats included, see
-`profile_delta.py`); this watcher reads it for the open triggers only, once per
-`poll_s`, and pushes a `presence` message to the dashboards when it flips.
+`profile_delta.py`); this watcher reads it (`rb_presence`: two integers, not the
+profile) for the open triggers only, once per `poll_s`, skipping customers known to
+be online past the next poll, and pushes a `presence` message when it flips.
 
 Why poll rather than push from ingest: going *offline* is the absence of events, which
 only a clock can notice; and the hot path stays as it is (one Valkey round trip per
-batch). The cost is one pipelined GET per open trigger per second per worker, paid
-only while agents are connected.
+batch). The cost is at most one pipelined call per open trigger per second per
+worker, in chunks that yield to the event loop, paid only while agents are connected.
 """
 
 from __future__ import annotations
@@ -22,38 +23,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from engine.metrics import Metrics
 from engine.store import Store
 from engine.tasks import finish
 
-__all__ = ["PresenceWatcher", "online_from_profile"]
+__all__ = ["PresenceWatcher", "needs_read"]
 
 log = logging.getLogger("ringback.presence")
 
 # Open triggers older than this are dropped from the watch even if no event closed
 # them (a lost "completed" must not make the watcher grow forever).
 _MAX_WATCH_MS = 2 * 86_400_000
-
-
-def online_from_profile(raw: bytes | str | None, now_ms: int) -> tuple[bool, int | None]:
-    """(online now, last seen ms) from a stored profile value.
-
-    >>> online_from_profile(b'{"online_until": 2000, "last_ts": 1500}', 1000)
-    (True, 1500)
-    >>> online_from_profile(b'{"online_until": 2000}', 3000), online_from_profile(None, 0)
-    ((False, None), (False, None))
-    """
-    if not raw:
-        return False, None
-    try:
-        fields = orjson.loads(raw)
-        until = float(fields.get("online_until") or 0)
-        seen = fields.get("last_ts")
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return False, None
-    return now_ms < until, int(seen) if isinstance(seen, int | float) else None
+# Presence reads per pipeline before the watcher lets other work run.
+_CHUNK = 64
 
 
 @dataclass(slots=True)
@@ -61,6 +43,21 @@ class _Watched:
     profile_key: str
     expires_ms: int
     online: bool | None
+    until_ms: int = 0  # the profile's online_until when last read
+
+
+def needs_read(w: _Watched, now_ms: int, poll_ms: int) -> bool:
+    """online_until only moves forward: a customer known to be online past the next
+    poll needs no read now. Only the offline and the about-to-lapse are read.
+
+    >>> needs_read(_Watched("p", 0, True, until_ms=10_000), 1_000, 1_000)
+    False
+    >>> needs_read(_Watched("p", 0, True, until_ms=1_500), 1_000, 1_000)
+    True
+    >>> needs_read(_Watched("p", 0, False), 1_000, 1_000)
+    True
+    """
+    return not (w.online and w.until_ms - now_ms > poll_ms)
 
 
 class PresenceWatcher:
@@ -131,27 +128,39 @@ class PresenceWatcher:
                     self._metrics.background_failures.labels("presence").inc()
 
     async def poll(self) -> int:
-        """Read presence for every open trigger; push the ones that changed. Returns pushes."""
+        """Read presence for the open triggers that need it; push changes. Returns pushes."""
         now_ms = int(time.time() * 1000)
         for tid in [t for t, w in self._open.items() if w.expires_ms < now_ms - _MAX_WATCH_MS]:
             del self._open[tid]
-        live = [(t, w) for t, w in self._open.items() if w.expires_ms > now_ms]
-        if not live:
-            return 0
-        # All GETs are queued in one tick, so the store sends them as one pipeline.
-        raws = await asyncio.gather(*(self.store.call("GET", w.profile_key) for _, w in live))
+        poll_ms = int(self.poll_s * 1000)
+        due = [
+            (t, w)
+            for t, w in self._open.items()
+            if w.expires_ms > now_ms and needs_read(w, now_ms, poll_ms)
+        ]
         pushed = 0
-        for (tid, w), raw in zip(live, raws, strict=True):
-            online, last_seen = online_from_profile(raw, now_ms)
-            if online != w.online:
-                w.online = online
-                pushed += 1
-                await self._broadcast(
-                    {
+        # In chunks, each one pipeline (queued in one tick), yielding between them: a
+        # long queue must not stall the event loop that serves ingest.
+        for i in range(0, len(due), _CHUNK):
+            chunk = due[i : i + _CHUNK]
+            replies = await asyncio.gather(
+                *(
+                    self.store.fcall("rb_presence", [w.profile_key], [], writes=False)
+                    for _, w in chunk
+                )
+            )
+            for (tid, w), (until_ms, last_ts) in zip(chunk, replies, strict=True):
+                w.until_ms = int(until_ms)
+                online = now_ms < w.until_ms
+                if online != w.online:
+                    w.online = online
+                    pushed += 1
+                    message = {
                         "kind": "presence",
                         "trigger_id": tid,
                         "online": online,
-                        "last_seen": last_seen,
+                        "last_seen": int(last_ts) or None,
                     }
-                )
+                    await self._broadcast(message)
+            await asyncio.sleep(0)
         return pushed

@@ -411,6 +411,17 @@ local function complete(keys, args)
   return {'ok', state[1]}
 end
 
+--[[
+rb_presence: is the customer online? For the dashboards' "online now", polled for the
+open callbacks only. KEYS[1]: the profile (p) alone - the one function that needs no
+other key of the profile. Returns {online_until, last_ts} (ms; 0 when unknown), so
+the engine decodes two integers instead of the whole profile.
+]]
+local function presence(keys, args)
+  local h = load_hash(keys[1])
+  return {math.floor(num(h, 'online_until')), math.floor(num(h, 'last_ts'))}
+end
+
 redis.register_function('rb_ingest', ingest)
 redis.register_function('rb_claim', claim)
 redis.register_function('rb_complete', complete)
@@ -421,3 +432,4 @@ redis.register_function('rb_merge_export', merge_export)
 redis.register_function('rb_merge_apply', merge_apply)
 redis.register_function('rb_erase', erase)
 redis.register_function{function_name = 'rb_read', callback = read, flags = {'no-writes'}}
+redis.register_function{function_name = 'rb_presence', callback = presence, flags = {'no-writes'}}
