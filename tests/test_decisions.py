@@ -148,6 +148,33 @@ async def test_arbitration_gives_the_slot_to_the_higher_value_offer(
     assert (cheap["result"], cheap["why"]) == ("suppressed", "slot_taken")
 
 
+async def test_browsing_under_the_same_offer_is_one_decision_with_one_audit_record(
+    make_engine: Any, settings: Settings, pack: Path, redis: aioredis.Redis
+) -> None:
+    engine = await _engine(make_engine, settings, pack)
+    anon = "anon-same-offer"
+    ids = []
+    first_audit: dict[str, Any] = {}
+    for page in ("/", "/loans", "/savings"):
+        _, resp, _ = await engine.post_events(
+            engine.batch([event("page_view", page=page)], anonymous_id=anon)
+        )
+        ids += [d["id"] for d in resp["decisions"] if d["action"] == "offer"]
+        if not first_audit:
+            _, first_audit = await engine.get_json(
+                f"/v1/decisions/{ids[0]}", headers=engine.api_headers
+            )
+        await asyncio.sleep(0.01)  # later batches decide at a later ms
+    assert len(ids) == 3 and len(set(ids)) == 1  # the snippet keeps the offer on show
+    assert len([k async for k in redis.scan_iter("rb:{d:*")]) == 1
+    status, audit = await engine.get_json(f"/v1/decisions/{ids[0]}", headers=engine.api_headers)
+    # Written once: the record of the first decision, not rewritten by every batch.
+    assert status == 200 and audit == first_audit and audit["offer"]["id"] == "dear"
+    # Another visitor under the same offer is another decision.
+    _, other, _ = await engine.post_events(engine.batch([event("page_view", page="/")]))
+    assert [d["id"] for d in other["decisions"] if d["action"] == "offer"] != ids[:1]
+
+
 async def test_outside_business_hours_a_callback_falls_back_or_is_dropped(
     make_engine: Any, settings: Settings, tmp_path: Path
 ) -> None:
