@@ -3,13 +3,18 @@
 One worker runs in this process. With `--workers N` this process becomes a small
 supervisor: it starts the embedded Valkey, then N worker processes that each bind
 the same port with SO_REUSEPORT (the kernel spreads connections), and forwards
-SIGTERM/SIGINT to them. Each worker drains in-flight requests before it exits.
-Metrics from all workers are aggregated through PROMETHEUS_MULTIPROC_DIR.
+SIGTERM/SIGINT (stop) and SIGHUP (reload rules) to them. Each worker drains in-flight
+requests before it exits. SIGHUP never stops the engine, rules or not.
+A worker that dies while serving is replaced (state lives in Valkey, so any worker
+can serve any request); one that dies before it ever served stops the whole pool,
+since its replacement would die the same way. Metrics from all workers (dead ones
+included: their counts happened) are aggregated through PROMETHEUS_MULTIPROC_DIR.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
@@ -19,25 +24,49 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
-from engine.embedded import EmbeddedValkey, free_port
+from engine.embedded import DataDirInUse, EmbeddedValkey, die_with_parent, free_port
+from engine.errors import ConfigError
 from engine.settings import Settings
 
 __all__ = ["serve"]
 
 log = logging.getLogger("ringback.server")
 
+# Exit code of a worker that could not start for a reason the user can fix.
+_EXIT_USAGE = 2
+# Respawn budget: more deaths than this within the window means something is wrong
+# that a restart will not fix; stop the pool rather than crash-loop.
+_MAX_RESPAWNS = 5
+_RESPAWN_WINDOW_S = 60.0
+# Signals a worker handles only once its event loop runs; blocked (kept pending) until then.
+_HANDLED_LATE = {signal.SIGHUP, signal.SIGINT}
+
 
 def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _fail(msg: str) -> None:
+    print(f"ringback: {msg}", file=sys.stderr, flush=True)
+
+
 def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; return the exit code."""
+    if settings.workers > 1:
+        # Check what every worker would trip over once, here, before starting anything:
+        # one clear line instead of one traceback per worker.
+        _check_rules(settings)
+        if settings.port == 0:
+            settings = replace(settings, port=free_port(settings.host))
+        problem = _port_problem(settings.host, settings.port)
+        if problem:
+            _fail(problem)
+            return _EXIT_USAGE
     embedded: EmbeddedValkey | None = None
     url = settings.redis_url
     if not url:
@@ -46,9 +75,16 @@ def serve(settings: Settings) -> int:
         embedded = EmbeddedValkey(
             settings.data_dir / "valkey",
             appendfsync="always" if settings.durability == "fsync" else "everysec",
+            die_with_parent=True,  # a SIGKILLed engine must not leave Valkey behind
         )
-        url = embedded.start()
-        _print(f"embedded valkey-server on 127.0.0.1:{embedded.port} (AOF in {embedded.data_dir})")
+        try:
+            url = embedded.start()
+        except DataDirInUse as exc:
+            raise ConfigError(str(settings.data_dir), "--data-dir", str(exc)) from exc
+        _print(
+            f"embedded valkey-server on 127.0.0.1:{embedded.port} "
+            f"(pid {embedded.pid}, AOF in {embedded.data_dir})"
+        )
     try:
         if settings.workers <= 1:
             return _run_worker(settings, url, reuse_port=False, announce=True)
@@ -57,6 +93,28 @@ def serve(settings: Settings) -> int:
         if embedded is not None:
             embedded.stop()
             _print("embedded valkey-server stopped")
+
+
+def _check_rules(settings: Settings) -> None:
+    if settings.rules_dir is None:
+        return
+    from engine.app import load_rule_holder
+    from engine.metrics import Metrics
+
+    load_rule_holder(settings.rules_dir, Metrics())  # raises ConfigError
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Is the port free? Workers bind with SO_REUSEPORT and would silently share a
+    port with any other SO_REUSEPORT server of this user (another `ringback serve`
+    included), splitting its traffic; a plain bind fails on any listener."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _announce(settings: Settings, port: int) -> None:
@@ -86,6 +144,10 @@ def _run_worker(
 ) -> int:
     import uvloop
 
+    # SIGHUP's default action is to terminate: a `kill -HUP` (a rules deploy) that comes
+    # while we boot stays pending until the loop's handler is in place (a pool's worker
+    # starts with it blocked already: see `_Worker.start`).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(
             _serve_async(settings, url, reuse_port=reuse_port, announce=announce, ready=ready)
@@ -95,7 +157,7 @@ def _run_worker(
 async def _serve_async(
     settings: Settings, url: str, *, reuse_port: bool, announce: bool, ready: Any = None
 ) -> int:
-    from engine.app import build_app
+    from engine.app import INFLIGHT, RULES, build_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,118 +165,224 @@ async def _serve_async(
         loop.add_signal_handler(sig, stop.set)
 
     app = build_app(settings, url)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        holder = app.get(RULES)
+        if holder is None:
+            log.info("SIGHUP: no rules directory to reload")
+            return
+        task = asyncio.ensure_future(holder.reload("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_LATE)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
     )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=2048)
-    await site.start()
-    port = settings.port
-    server = site._server
-    if server is not None and getattr(server, "sockets", None):
-        port = server.sockets[0].getsockname()[1]
-    if announce:
-        _announce(settings, port)
-    if ready is not None:
-        ready.set()  # tell the supervisor this worker serves
-    from engine.app import RULES
-
-    holder = app.get(RULES)
-    if holder is not None:
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: asyncio.ensure_future(holder.reload("SIGHUP"))
+    # From the app's startup on its background tasks run: whatever happens, clean them up,
+    # or the event loop's shutdown waits on them forever (seen: a busy port hung `serve`).
+    try:
+        await runner.setup()
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_port=reuse_port, backlog=2048
         )
-    await stop.wait()
-    # Stop accepting, let in-flight requests finish (up to shutdown_timeout), then close.
-    from engine.app import INFLIGHT
-
-    await site.stop()
-    if not await app[INFLIGHT].wait_idle(settings.shutdown_timeout_s):
-        log.warning(
-            "%d requests still running after %.0f s; closing anyway",
-            app[INFLIGHT].count,
-            settings.shutdown_timeout_s,
-        )
-    await runner.cleanup()
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            _fail(f"cannot listen on {settings.host}:{settings.port}: {reason or exc}")
+            return _EXIT_USAGE
+        port = settings.port
+        server = site._server
+        if server is not None and getattr(server, "sockets", None):
+            port = server.sockets[0].getsockname()[1]
+        if announce:
+            _announce(settings, port)
+        if ready is not None:
+            ready.set()  # tell the supervisor this worker serves
+        await stop.wait()
+        # Stop accepting (new connections are refused), let in-flight requests finish
+        # (up to shutdown_timeout), then close.
+        await site.stop()
+        if not await app[INFLIGHT].wait_idle(settings.shutdown_timeout_s):
+            log.warning(
+                "%d requests still running after %.0f s; closing anyway",
+                app[INFLIGHT].count,
+                settings.shutdown_timeout_s,
+            )
+    finally:
+        await runner.cleanup()
     return 0
 
 
-def _worker_entry(settings: Settings, url: str, ready: Any) -> None:
+def _worker_entry(settings: Settings, url: str, ready: Any, supervisor: int) -> None:
+    # A SIGKILLed supervisor must not leave workers serving on its port without it.
+    die_with_parent(supervisor)
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s %(levelname)s %(name)s [worker {os.getpid()}] %(message)s",
     )
-    sys.exit(_run_worker(settings, url, reuse_port=True, announce=False, ready=ready))
+    try:
+        code = _run_worker(settings, url, reuse_port=True, announce=False, ready=ready)
+    except ConfigError as exc:
+        _fail(f"config error: {exc}")
+        code = _EXIT_USAGE
+    sys.exit(code)
 
 
-def _wait_for_port(host: str, port: int, alive: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and alive():
+class _Worker:
+    def __init__(self, ctx: Any, settings: Settings, url: str) -> None:
+        self.ready = ctx.Event()
+        self.process = ctx.Process(
+            target=_worker_entry, args=(settings, url, self.ready, os.getpid()), daemon=False
+        )
+        self.started = False
+
+    def start(self) -> None:
+        # The child inherits these blocked: a reload forwarded, or the terminal's Ctrl-C,
+        # while it boots waits for its handlers instead of killing it with a traceback
+        # (our SIGTERM stops it). Ours are delivered on unblock.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_LATE)
         try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+            self.process.start()
+            self.started = True
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    @property
+    def pid(self) -> int | None:
+        pid = self.process.pid
+        return int(pid) if pid is not None else None
+
+    def alive(self) -> bool:
+        return self.started and self.process.is_alive()
+
+    def signal(self, sig: int) -> None:
+        if self.alive() and self.pid:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def _supervise(settings: Settings, url: str) -> int:
-    from dataclasses import replace
+    from prometheus_client import multiprocess
 
-    if settings.port == 0:
-        settings = replace(settings, port=free_port(settings.host))
     metrics_dir = tempfile.mkdtemp(prefix="ringback-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
-    ready = [ctx.Event() for _ in range(settings.workers)]
-    workers = [
-        ctx.Process(target=_worker_entry, args=(settings, url, ev), daemon=False) for ev in ready
-    ]
+    workers = [_Worker(ctx, settings, url) for _ in range(settings.workers)]
     stopping = False
+    respawns: list[float] = []
+    told: set[int] = set()  # workers already sent SIGTERM
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
         for w in workers:
-            if w.pid and w.is_alive():
-                os.kill(w.pid, signal.SIGTERM)
+            if w.pid not in told and w.alive():
+                told.add(w.pid)  # type: ignore[arg-type]
+                w.signal(signal.SIGTERM)
 
     def reload_rules(signum: int, _frame: object) -> None:
         for w in workers:
-            if w.pid and w.is_alive():
-                os.kill(w.pid, signal.SIGHUP)
+            w.signal(signal.SIGHUP)
+
+    def reap(w: _Worker) -> None:
+        if w.started and not w.process.is_alive() and w.pid:
+            multiprocess.mark_process_dead(w.pid, metrics_dir)
 
     signal.signal(signal.SIGHUP, reload_rules)
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
         for w in workers:
+            if stopping:
+                break
             w.start()
+        if stopping:  # a signal raced the start: reach the workers it missed
+            forward(signal.SIGTERM, None)
         # Announce only when every worker serves, so "ready" means the whole pool.
         deadline = time.monotonic() + 60
-        while not stopping and time.monotonic() < deadline and not all(ev.is_set() for ev in ready):
-            if any(not w.is_alive() for w in workers):
+        failed: _Worker | None = None
+        while not stopping and not all(w.ready.is_set() for w in workers):
+            # One that served and then died is replaced below, like any later death.
+            failed = next((w for w in workers if not w.alive() and not w.ready.is_set()), None)
+            if failed is not None or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        if all(ev.is_set() for ev in ready):
+        if not stopping and all(w.ready.is_set() for w in workers):
             _announce(settings, settings.port)
-        from prometheus_client import multiprocess
+        elif not stopping:
+            # A worker that never served would fail the same way again: stop the pool.
+            log.error("worker did not start (exit code %s); stopping", _exitcode(failed))
+            forward(signal.SIGTERM, None)
+            _wait_all(workers, settings, reap)
+            return _EXIT_USAGE if _exitcode(failed) == _EXIT_USAGE else 1
 
-        while any(w.is_alive() for w in workers):
-            for w in workers:
-                w.join(timeout=0.2)
-                if not w.is_alive() and w.pid and w.exitcode is not None:
-                    multiprocess.mark_process_dead(w.pid, metrics_dir)
-            if not stopping and any(not w.is_alive() for w in workers):
-                log.error("a worker exited unexpectedly; stopping the others")
-                forward(signal.SIGTERM, None)
+        while not stopping:
+            for i, w in enumerate(workers):
+                w.process.join(timeout=0.2 / len(workers))
+                if stopping or w.alive():
+                    continue
+                reap(w)
+                now = time.monotonic()
+                respawns[:] = [t for t in respawns if now - t < _RESPAWN_WINDOW_S]
+                if len(respawns) >= _MAX_RESPAWNS:
+                    log.error(
+                        "%d workers died within %.0f s; stopping",
+                        len(respawns) + 1,
+                        _RESPAWN_WINDOW_S,
+                    )
+                    forward(signal.SIGTERM, None)
+                    _wait_all(workers, settings, reap)
+                    return 1
+                respawns.append(now)
+                log.error(
+                    "worker %s exited unexpectedly (code %s); starting a replacement",
+                    w.pid,
+                    _exitcode(w),
+                )
+                workers[i] = _Worker(ctx, settings, url)
+                workers[i].start()
+        forward(signal.SIGTERM, None)  # reach a replacement started as the signal came
+        if not _wait_all(workers, settings, reap):
+            return 1
         # A worker still booting when we asked everyone to stop dies of that SIGTERM
         # (-15) before it could install its handler: that is a clean stop too.
-        clean = (0, -signal.SIGTERM) if stopping else (0,)
-        codes = [w.exitcode for w in workers]
-        if any(code not in clean for code in codes):
+        codes = [w.process.exitcode for w in workers if w.started]
+        if any(code not in (0, -signal.SIGTERM) for code in codes):
             log.error("worker exit codes: %s", codes)
             return 1
         return 0
     finally:
+        for w in workers:  # never leave a worker behind, whatever happened above
+            if w.alive():
+                w.process.kill()
+                w.process.join(5)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _exitcode(w: _Worker | None) -> int | None:
+    if w is None or not w.started or w.process.exitcode is None:
+        return None
+    return int(w.process.exitcode)
+
+
+def _wait_all(workers: list[_Worker], settings: Settings, reap: Any) -> bool:
+    """Wait for every worker to exit after SIGTERM; SIGKILL the ones that hang."""
+    # Draining takes up to shutdown_timeout_s; each cleanup step is bounded to 5 s.
+    deadline = time.monotonic() + settings.shutdown_timeout_s + 30
+    while any(w.alive() for w in workers) and time.monotonic() < deadline:
+        for w in workers:
+            w.process.join(timeout=0.1)
+            reap(w)
+    hung = [w for w in workers if w.alive()]
+    for w in hung:
+        log.error("worker %s did not stop in time; killing it", w.pid)
+        w.process.kill()
+        w.process.join(5)
+        reap(w)
+    return not hung
