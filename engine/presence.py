@@ -31,9 +31,6 @@ __all__ = ["PresenceWatcher", "needs_read"]
 
 log = logging.getLogger("ringback.presence")
 
-# Open triggers older than this are dropped from the watch even if no event closed
-# them (a lost "completed" must not make the watcher grow forever).
-_MAX_WATCH_MS = 2 * 86_400_000
 # Presence reads per pipeline before the watcher lets other work run.
 _CHUNK = 64
 
@@ -120,6 +117,8 @@ class PresenceWatcher:
             try:
                 if self._active():
                     await self.poll()
+                else:  # nobody watching: nothing to read, but the watch must not grow
+                    self.prune(int(time.time() * 1000))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -127,17 +126,18 @@ class PresenceWatcher:
                 if self._metrics is not None:
                     self._metrics.background_failures.labels("presence").inc()
 
+    def prune(self, now_ms: int) -> None:
+        """Stop watching expired callbacks: they are off every dashboard (which drops
+        them by expires_ms), and keeping them would grow the watch without end."""
+        for tid in [t for t, w in self._open.items() if w.expires_ms <= now_ms]:
+            del self._open[tid]
+
     async def poll(self) -> int:
         """Read presence for the open triggers that need it; push changes. Returns pushes."""
         now_ms = int(time.time() * 1000)
-        for tid in [t for t, w in self._open.items() if w.expires_ms < now_ms - _MAX_WATCH_MS]:
-            del self._open[tid]
+        self.prune(now_ms)
         poll_ms = int(self.poll_s * 1000)
-        due = [
-            (t, w)
-            for t, w in self._open.items()
-            if w.expires_ms > now_ms and needs_read(w, now_ms, poll_ms)
-        ]
+        due = [(t, w) for t, w in self._open.items() if needs_read(w, now_ms, poll_ms)]
         pushed = 0
         # In chunks, each one pipeline (queued in one tick), yielding between them: a
         # long queue must not stall the event loop that serves ingest.

@@ -271,3 +271,19 @@ async def test_the_live_queue_shows_when_the_customer_comes_online_and_leaves(
                 assert snapshot["triggers"][0]["online"] is True
     finally:
         await watcher.close()
+
+
+async def test_expired_callbacks_stop_being_watched_even_with_no_agent_online(
+    engine: EngineClient,
+) -> None:
+    gateway = engine.extra["app"][GATEWAY]
+    await gateway.ready.wait()
+    await _trigger(engine, "cust-expiring", ttl_ms=300)
+    seen = []
+    for _ in range(50):  # every 0.1 s for up to 5 s
+        seen.append(gateway.presence.watched)
+        if seen[-1] == 0 and 1 in seen:
+            break
+        await asyncio.sleep(0.1)
+    assert 1 in seen  # the gateway saw it on the stream
+    assert seen[-1] == 0  # expired: the watch does not grow forever
