@@ -14,12 +14,13 @@ did not fire and what suppressed them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine import keys
@@ -190,6 +191,8 @@ class RulesDecider:
 
         ranked = sorted(eligible, key=lambda c: -self._rank(c[0], rs, variables))
         decisions: list[dict[str, Any]] = []
+        deliveries: list[Awaitable[Any]] = []
+        fired: list[tuple[str, str]] = []  # (rule, channel) of the triggers written
         slots: set[str] = set()
         contacted = False
         prefix = (
@@ -251,41 +254,54 @@ class RulesDecider:
                     continue
                 contacted = True
                 trigger = self._trigger(decision, rule, channel, offer, inp, prefix, now, scheduled)
-                await write_trigger(self.store, prefix, trigger)
+                deliveries.append(write_trigger(self.store, prefix, trigger))
                 if trigger["kind"] == "callback":
-                    await enqueue(self.store, trigger["id"], trigger["expires_ms"])
-                self.metrics.event_to_trigger_seconds.observe(max(0.0, time.time() - now / 1000))
-                self.metrics.triggers.labels(channel).inc()
-                self.metrics.rule_triggers.labels(rule.id).inc()
+                    deliveries.append(enqueue(self.store, trigger["id"], trigger["expires_ms"]))
+                fired.append((rule.id, channel))
             decisions.append(decision)
 
+        audited: list[str] = []
+        offer_ids = {d["id"] for d in decisions if d["action"] == "offer"}
         for d in decisions:
             if d["action"] == "offer" and d["id"] in self._audited:
                 self._audited.move_to_end(d["id"])
                 continue
-            await write_audit(
-                self.store,
-                d["id"],
-                {
-                    "id": d["id"],
-                    "at_ms": now,
-                    "site": inp.site,
-                    "customer_id": inp.customer_id,
-                    "anonymous_id": inp.anonymous_id,
-                    "prefix": prefix,
-                    "rule": d["rule"],
-                    "action": d["action"],
-                    "channel": d["channel"],
-                    "offer": d.get("offer"),
-                    "rule_set": rs.version,
-                    "model_version": None,
-                    "factors": d["factors"],
-                    "inputs": sorted(rs_rule_inputs(rs, d["rule"])),
-                    "trace": list(trace.values()),
-                },
+            audited.append(d["id"])
+            deliveries.append(
+                write_audit(
+                    self.store,
+                    d["id"],
+                    {
+                        "id": d["id"],
+                        "at_ms": now,
+                        "site": inp.site,
+                        "customer_id": inp.customer_id,
+                        "anonymous_id": inp.anonymous_id,
+                        "prefix": prefix,
+                        "rule": d["rule"],
+                        "action": d["action"],
+                        "channel": d["channel"],
+                        "offer": d.get("offer"),
+                        "rule_set": rs.version,
+                        "model_version": None,
+                        "factors": d["factors"],
+                        "inputs": sorted(rs_rule_inputs(rs, d["rule"])),
+                        "trace": list(trace.values()),
+                    },
+                )
             )
-            if d["action"] == "offer":  # remembered once written, not before
-                self._audited[d["id"]] = None
+        # Trigger, callback queue and audit records go out together: started in one
+        # loop tick, the store sends them as one pipeline (one round trip after the
+        # reservation, not one per write).
+        if deliveries:
+            await asyncio.gather(*deliveries)
+        for rule_id, channel in fired:
+            self.metrics.event_to_trigger_seconds.observe(max(0.0, time.time() - now / 1000))
+            self.metrics.triggers.labels(channel).inc()
+            self.metrics.rule_triggers.labels(rule_id).inc()
+        for decision_id in audited:  # remembered once written, not before
+            if decision_id in offer_ids:
+                self._audited[decision_id] = None
                 if len(self._audited) > _AUDITED_MAX:
                     self._audited.popitem(last=False)
         return decisions
