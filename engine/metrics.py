@@ -178,6 +178,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "ringback_gc_pause_seconds",
+            "Garbage-collector pauses of the event loop, by generation",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            registry=r,
+        )
         self.background_failures = Counter(
             "ringback_background_task_failures_total",
             "Background tasks that crashed",

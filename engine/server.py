@@ -31,6 +31,7 @@ from aiohttp import web
 
 from engine.embedded import DataDirInUse, EmbeddedValkey, die_with_parent, free_port
 from engine.errors import ConfigError
+from engine.runtime import freeze_startup_objects, observe_gc_pauses
 from engine.settings import Settings
 
 __all__ = ["serve"]
@@ -158,6 +159,7 @@ async def _serve_async(
     settings: Settings, url: str, *, reuse_port: bool, announce: bool, ready: Any = None
 ) -> int:
     from engine.app import INFLIGHT, RULES, build_app
+    from engine.appkeys import METRICS
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,8 +185,10 @@ async def _serve_async(
     )
     # From the app's startup on its background tasks run: whatever happens, clean them up,
     # or the event loop's shutdown waits on them forever (seen: a busy port hung `serve`).
+    stop_gc_metrics = observe_gc_pauses(app[METRICS])
     try:
         await runner.setup()
+        freeze_startup_objects()  # after startup: what exists now lives as long as we do
         site = web.TCPSite(
             runner, settings.host, settings.port, reuse_port=reuse_port, backlog=2048
         )
@@ -214,6 +218,7 @@ async def _serve_async(
             )
     finally:
         await runner.cleanup()
+        stop_gc_metrics()
     return 0
 
 
