@@ -85,10 +85,12 @@ class PresenceWatcher:
         kind = msg.get("kind")
         if kind in ("callback", "notify") and msg.get("prefix"):
             online = msg.get("online")
+            until = str(msg.get("online_until") or "0")  # stream fields arrive as text
             self._open[str(msg.get("id"))] = _Watched(
                 f"{msg['prefix']}:p",
                 int(msg.get("expires_ms") or 0),
                 online if isinstance(online, bool) else None,
+                int(until) if until.isdigit() else 0,
             )
         elif kind in ("completed", "withdrawn"):
             self._open.pop(str(msg.get("trigger_id")), None)

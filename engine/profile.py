@@ -297,6 +297,7 @@ def decode_profile(
         "first_seen": _i(h, "first_ts") or None,
         "last_seen": _i(h, "last_ts") or None,
         "online": now_ms < _f(h, "online_until"),
+        "online_until": _i(h, "online_until") or None,
         "dwell_ms": _i(h, "dwell"),
         "last_page": h.get("last_page"),
         "pages": h.get("pages") if isinstance(h.get("pages"), list) else [],

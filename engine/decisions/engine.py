@@ -402,6 +402,7 @@ class RulesDecider:
             "priority": rule.priority + (100 if vip else 0),
             "vip": vip,
             "online": bool(p.get("online")),
+            "online_until": p.get("online_until") or 0,  # presence needs no read until then
             "created_ms": now,
             "expires_ms": (scheduled or now) + rule.policy.expires_s * 1000,
             "scheduled_for": scheduled or "",
