@@ -1,0 +1,56 @@
+"""The coalescing Valkey client (engine.store) against a real valkey-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import ResponseError
+
+from engine.embedded import EmbeddedValkey
+from engine.metrics import Metrics
+from engine.store import Store
+
+
+@pytest.fixture
+async def store(valkey: EmbeddedValkey) -> Store:
+    s = Store(valkey.url, Metrics())
+    yield s  # type: ignore[misc]
+    await s.close()
+
+
+async def test_calls_in_one_tick_share_one_round_trip_and_read_as_redis_py_does(
+    store: Store,
+) -> None:
+    await store.call("DEL", "st:h", "st:z")
+    count = "ringback_valkey_pipeline_calls_count"
+    before = store.metrics.registry.get_sample_value(count)
+    calls = [
+        store.call("HSET", "st:h", "a", "1", "b", "2", writes=True),
+        store.call("HGETALL", "st:h"),
+        store.call("ZADD", "st:z", 1, "m", writes=True),
+        store.call("INCR", "st:h"),  # wrong type: this call's error, nobody else's
+        store.call("ZSCORE", "st:z", "m"),
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[:3] == [2, {"a": "1", "b": "2"}, 1]
+    assert isinstance(results[3], ResponseError) and "WRONGTYPE" in str(results[3])
+    assert results[4] == 1.0  # parsed to a float, as redis-py does
+    assert store.metrics.registry.get_sample_value(count) == before + 1  # one pipeline
+
+
+async def test_a_pipeline_cut_off_mid_reply_does_not_poison_the_next_call(
+    store: Store,
+) -> None:
+    await store.call("DEL", "st:list")
+    slow = store.call("BLPOP", "st:list", 2)  # blocks on the server
+    await asyncio.sleep(0.05)
+    for task in list(store._inflight):  # what shutdown or a timeout does
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    # The connection still owed BLPOP's reply; reused as it was, the next caller would
+    # read it as its own. Every later call reads its own reply.
+    await store.call("RPUSH", "st:list", "x", writes=True)
+    for n in range(5):
+        assert await store.call("ECHO", f"n{n}") == f"n{n}"
