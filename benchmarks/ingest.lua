@@ -1,5 +1,7 @@
 -- wrk script: realistic, unique batches for POST /v1/events.
--- wrk -s benchmarks/ingest.lua URL -- <events_per_batch> <visitors> <thread_tag>
+-- wrk -s benchmarks/ingest.lua URL -- <events_per_batch> <visitors> <thread_tag> [delay_ms]
+-- With delay_ms each connection waits that long between requests: a paced background
+-- load of about connections * 1000 / (delay_ms + latency) requests/s.
 -- Event ids are unique per request (so dedupe never short-cuts the work) and
 -- visitors rotate over a pool (so per-visitor rate limits are not what we measure).
 local n, visitors, tag = 10, 20000, "t"
@@ -16,6 +18,12 @@ function init(args)
   n = tonumber(args[1]) or n
   visitors = tonumber(args[2]) or visitors
   tag = args[3] or tag
+  local delay_ms = tonumber(args[4]) or 0
+  if delay_ms > 0 then
+    -- wrk looks for a global delay() after init: defined only when pacing. Random
+    -- around the mean, so connections do not fall into step and arrive in bursts.
+    function delay() return math.random() * 2 * delay_ms end
+  end
 end
 
 function request()

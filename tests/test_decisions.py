@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -21,6 +23,7 @@ from engine.decisions.calendar import Calendar
 from engine.decisions.engine import holdout
 from engine.decisions.loader import RuleSetError, load_rules
 from engine.settings import Settings
+from engine.triggers import GATEWAY
 
 ALWAYS = (
     '{mon: "00:00-24:00", tue: "00:00-24:00", wed: "00:00-24:00", '
@@ -403,3 +406,37 @@ async def test_no_agents_for_the_queue_holds_callbacks_back(
             ]
     finally:
         await agent.close()
+
+
+async def test_a_callback_reaches_this_workers_dashboard_once_and_with_its_context(
+    make_engine: Any, settings: Settings, pack: Path
+) -> None:
+    engine = await _engine(make_engine, settings, pack)
+    await _set_attrs(engine, "c-live", consent_call=True)
+    agent = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    creds = engine.credentials
+    try:
+        async with agent.post(
+            f"{engine.url}/v1/agents/login",
+            json={"user": creds["agent_user"], "password": creds["agent_password"]},
+        ) as r:
+            assert r.status == 200
+        async with agent.ws_connect(f"{engine.url}/v1/triggers/ws") as ws:
+            assert orjson.loads((await ws.receive(timeout=5)).data)["kind"] == "snapshot"
+            await engine.extra["app"][GATEWAY].ready.wait()
+            _, resp, _ = await engine.post_events(
+                engine.batch(_three_calcs(), identity=engine.token("c-live"))
+            )
+            (call,) = [d for d in resp["decisions"] if d["action"] == "callback"]
+            pushed = []
+            with contextlib.suppress(TimeoutError):
+                while True:  # everything the socket says for the next second
+                    pushed.append(orjson.loads((await ws.receive(timeout=1.0)).data))
+    finally:
+        await agent.close()
+    callbacks = [m for m in pushed if m.get("kind") == "callback"]
+    # Exactly once, with what the agent needs to make the call personal.
+    assert [m["id"] for m in callbacks] == [call["id"]]
+    assert callbacks[0]["customer_id"] == "c-live" and callbacks[0]["entry"]
+    assert callbacks[0]["context"]["calc"]["mortgage"]["count"] == 3
+    assert isinstance(callbacks[0]["expires_ms"], int)
