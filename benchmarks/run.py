@@ -15,6 +15,7 @@ BENCHMARKS = {
     "decisions": "benchmarks.decision_bench",
     "rules": "benchmarks.rules_bench",
     "sdk": "benchmarks.sdk_bench",
+    "cpu": "benchmarks.cpu_bench",
     "callback": "benchmarks.callback_bench",
 }
 
