@@ -109,13 +109,16 @@ def load_rule_holder(path: Path, metrics: Metrics) -> Reloadable[RuleSet]:
     """Load the rule set now (a broken set at startup is a config error), reload later."""
     try:
         holder: Reloadable[RuleSet] = Reloadable(
-            path, load_rules, errors=metrics.rules_load_errors, version=metrics.rule_set_loaded_at
+            path,
+            load_rules,
+            errors=metrics.rules_load_errors,
+            version=metrics.rule_set_loaded_at,
+            on_loaded=lambda rs: metrics.rules_loaded.set(len(rs.rules)),
         )
     except RuleSetError as exc:
         raise ConfigError(str(path), "rules", f"rule set rejected:\n{exc}") from exc
     except OSError as exc:
         raise ConfigError(str(path), "rules", f"cannot read: {exc}") from exc
-    metrics.rules_loaded.set(len(holder.current.rules))
     return holder
 
 
@@ -126,7 +129,6 @@ async def handle_rules_reload(request: web.Request) -> web.Response:
     if holder is None:
         raise NotFound("no_rules", "this engine runs without a rules directory")
     ok = await holder.reload("admin API")
-    request.app[METRICS].rules_loaded.set(len(holder.current.rules))
     body = {
         "reloaded": ok,
         "version": holder.current.version,

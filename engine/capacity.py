@@ -79,9 +79,8 @@ class CapacityMonitor:
         trim = st.call("ZREMRANGEBYSCORE", QUEUE_KEY, "-inf", now, writes=True)
         entries_f = st.call("HGETALL", AGENTS_KEY)
         queue_f = st.call("ZCARD", QUEUE_KEY)
-        await report
-        await trim
-        entries, queue = await entries_f, await queue_f
+        # gather: if Valkey is down every one of them fails, and each failure is taken.
+        _, _, entries, queue = await asyncio.gather(report, trim, entries_f, queue_f)
         agents = 0
         for value in (entries or {}).values():
             count, _, ts = str(value).partition(":")

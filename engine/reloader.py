@@ -48,6 +48,7 @@ class Reloadable(Generic[T]):
         errors: Counter,
         version: Gauge,
         poll_s: float = 1.0,
+        on_loaded: Callable[[T], None] | None = None,
     ) -> None:
         self.path = path
         self._load = load
@@ -59,13 +60,20 @@ class Reloadable(Generic[T]):
         self.last_error: str | None = None
         self._fingerprint = directory_fingerprint(path)
         self._version.set(self.loaded_at)
+        # Told of every value that starts serving (metrics such as the rule count), at
+        # startup and after each reload, whatever triggered it.
+        self._on_loaded = on_loaded
+        if on_loaded is not None:
+            on_loaded(self.current)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     async def reload(self, reason: str) -> bool:
         """Try to load; True if the new value now serves."""
         async with self._lock:
-            self._fingerprint = directory_fingerprint(self.path)
+            # File system work off the event loop: a slow or networked disk must not
+            # stall ingest.
+            self._fingerprint = await asyncio.to_thread(directory_fingerprint, self.path)
             try:
                 value = await asyncio.to_thread(self._load, self.path)
             except Exception as exc:
@@ -79,6 +87,8 @@ class Reloadable(Generic[T]):
             self.loaded_at = time.time()
             self.last_error = None
             self._version.set(self.loaded_at)
+            if self._on_loaded is not None:
+                self._on_loaded(value)
             log.info("rules reloaded (%s) from %s", reason, self.path)
             return True
 
@@ -86,7 +96,8 @@ class Reloadable(Generic[T]):
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                if directory_fingerprint(self.path) != self._fingerprint:
+                fingerprint = await asyncio.to_thread(directory_fingerprint, self.path)
+                if fingerprint != self._fingerprint:
                     await self.reload("files changed")
             except OSError as exc:
                 log.warning("cannot read %s: %s", self.path, exc)

@@ -53,3 +53,24 @@ async def test_edits_are_picked_up_and_broken_ones_rejected(tmp_path: Path) -> N
         assert holder.current == {"x": 2, "y": 3} and holder.last_error is None
     finally:
         await holder.stop()
+
+
+async def test_whatever_triggers_a_reload_the_new_value_is_announced(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x = 1\n")
+    errors, version = _metrics()
+    seen: list[dict[str, int]] = []
+    holder = Reloadable(
+        tmp_path, _load, errors=errors, version=version, poll_s=0.05, on_loaded=seen.append
+    )
+    holder.start()
+    try:
+        (tmp_path / "a.txt").write_text("x = 1\ny = 2\n")  # picked up by the file watch
+        for _ in range(100):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.02)
+        (tmp_path / "a.txt").write_text("x = broken\n")
+        assert await holder.reload("SIGHUP") is False  # a rejected set is not announced
+        assert seen == [{"x": 1}, {"x": 1, "y": 2}]
+    finally:
+        await holder.stop()
