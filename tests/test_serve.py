@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from conftest import REPO, calc, event, now_ms
 
 from engine.embedded import EmbeddedValkey, free_port
@@ -786,3 +787,45 @@ def test_token_prints_a_verifiable_token_as_its_last_word(tmp_path: Path) -> Non
     claims = jwt.decode(run.stdout.split()[-1], secret, algorithms=["HS256"], audience="demo-bank")
     assert claims["sub"] == customer
     assert claims["exp"] > now_ms() / 1000
+
+
+async def test_a_crashed_embedded_valkey_is_restarted_and_nothing_acknowledged_is_lost(
+    tmp_path: Path, serves: list[Serve]
+) -> None:
+    serve = Serve(tmp_path, "--data-dir", str(tmp_path / "d"))
+    serves.append(serve)
+    await serve.ready()
+    m = re.search(r"embedded valkey-server on 127\.0\.0\.1:(\d+) \(pid (\d+)", serve.output())
+    assert m, serve.output()
+    valkey_port, valkey_pid = int(m.group(1)), int(m.group(2))
+
+    def batch(tag: str, n: int) -> dict[str, Any]:
+        events = [event("page_view", id=f"{tag}-{i}", page="/mortgages") for i in range(n)]
+        return {"site": "demo-bank", "anonymous_id": "anon-watchdog-1", "events": events}
+
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as s:
+        assert (await _post(s, serve.url, batch("before", 10)))[0] == 200
+        os.kill(valkey_pid, signal.SIGKILL)  # the engine's own Valkey crashes
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the snippet's retries, at most 20 s of them
+            status, body = await _post(s, serve.url, batch("during", 1))
+            statuses.append(status)
+            if status == 200:
+                break
+            assert status == 503 and body["error"]["code"] == "store_unavailable", body
+            await asyncio.sleep(0.2)
+    assert statuses[-1] == 200, (statuses, serve.output())
+    # Nobody restarted it but the engine: same port, a new process, the AOF replayed.
+    assert "embedded valkey-server exited" in serve.output()
+    m = re.search(r"restarted on 127\.0\.0\.1:(\d+) \(pid (\d+)\)", serve.output())
+    assert m and int(m.group(1)) == valkey_port and int(m.group(2)) != valkey_pid
+    assert int(m.group(2)) in _children(serve.pid)
+    client = aioredis.Redis(port=valkey_port, decode_responses=True)
+    try:
+        profile = orjson.loads(await client.get("rb:{a:demo-bank:anon-watchdog-1}:p"))
+    finally:
+        await client.aclose()
+    assert profile["n:page_view"] == 11  # the 10 acknowledged before the crash, and 1 after
+    assert await serve.stop() == 0
+    assert await _until_dead(int(m.group(2)), 5), "the restarted valkey-server outlived serve"
