@@ -109,6 +109,20 @@ class EngineClient:
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.credentials['api_token']}"}
 
+    async def agent(self) -> tuple[aiohttp.ClientSession, str]:
+        """A signed-in agent's browser session (its own cookie jar) and CSRF token;
+        the caller closes the session."""
+        session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        creds = self.credentials
+        async with session.post(
+            f"{self.url}/v1/agents/login",
+            json={"user": creds["agent_user"], "password": creds["agent_password"]},
+        ) as r:
+            assert r.status == 200, await r.text()
+            cookie = r.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            return session, (await r.json())["csrf_token"]
+
     def token(
         self,
         customer_id: str,

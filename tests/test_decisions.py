@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -385,16 +384,8 @@ async def test_no_agents_for_the_queue_holds_callbacks_back(
         )
 
     # An agent signs in and opens the queue: capacity appears, the callback goes out.
-    import aiohttp
-
-    agent = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    agent, _ = await engine.agent()
     try:
-        creds = engine.credentials
-        async with agent.post(
-            f"{engine.url}/v1/agents/login",
-            json={"user": creds["agent_user"], "password": creds["agent_password"]},
-        ) as r:
-            assert r.status == 200
         async with agent.ws_connect(f"{engine.url}/v1/triggers/ws") as ws:
             await ws.receive(timeout=5)
             assert (await monitor.refresh()).agents_online == 1
@@ -408,19 +399,13 @@ async def test_no_agents_for_the_queue_holds_callbacks_back(
         await agent.close()
 
 
-async def test_a_callback_reaches_this_workers_dashboard_once_and_with_its_context(
+async def test_a_callback_reaches_the_live_queue_once_with_its_context(
     make_engine: Any, settings: Settings, pack: Path
 ) -> None:
     engine = await _engine(make_engine, settings, pack)
     await _set_attrs(engine, "c-live", consent_call=True)
-    agent = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    creds = engine.credentials
+    agent, _ = await engine.agent()
     try:
-        async with agent.post(
-            f"{engine.url}/v1/agents/login",
-            json={"user": creds["agent_user"], "password": creds["agent_password"]},
-        ) as r:
-            assert r.status == 200
         async with agent.ws_connect(f"{engine.url}/v1/triggers/ws") as ws:
             assert orjson.loads((await ws.receive(timeout=5)).data)["kind"] == "snapshot"
             await engine.extra["app"][GATEWAY].ready.wait()

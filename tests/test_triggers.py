@@ -19,17 +19,7 @@ from engine.triggers import GATEWAY
 
 
 async def _agent(engine: EngineClient) -> tuple[aiohttp.ClientSession, str]:
-    """A signed-in agent's browser session (its own cookie jar) and CSRF token."""
-    session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    creds = engine.credentials
-    async with session.post(
-        f"{engine.url}/v1/agents/login",
-        json={"user": creds["agent_user"], "password": creds["agent_password"]},
-    ) as r:
-        assert r.status == 200, await r.text()
-        cookie = r.headers["Set-Cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-        return session, (await r.json())["csrf_token"]
+    return await engine.agent()
 
 
 async def _trigger(engine: EngineClient, customer: str = "cust-t", ttl_ms: int = 600_000) -> str:
