@@ -131,7 +131,7 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _start_engine(tmp: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+def _start_engine(tmp: Path, port: int, workers: int = 1) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = tmp / "engine.log"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     cmd = [
@@ -147,6 +147,8 @@ def _start_engine(tmp: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
         str(tmp / "data"),
         "--rules",
         str(tmp / "rules"),
+        "--workers",
+        str(workers),
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -553,6 +555,7 @@ def _report(r: dict[str, Any], args: Any, machine: str) -> str:
         ("--duration", args.duration, 20),
         ("--customers", args.customers, 2000),
         ("--expires-s", args.expires_s, 1),
+        ("--workers", args.workers, 1),
     ):
         if value != default:
             cmd += f" {flag} {value}"
@@ -599,7 +602,7 @@ def _report(r: dict[str, Any], args: Any, machine: str) -> str:
     lines = [
         "## Callbacks: event -> the agent's WebSocket at half the maximum rate",
         "",
-        f"Command: `{cmd}` (also in `make bench`). One `python -m engine serve` worker "
+        f"Command: `{cmd}` (also in `make bench`). `python -m engine serve` ({args.workers} worker) "
         "with its embedded Valkey (AOF everysec) on loopback and the benchmark's own "
         "rules (one callback rule on a mortgage `calc` event: holdout 0, cooldowns 0, "
         "24/7 calendar, capacity checked with one agent online), "
@@ -662,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--expires-s", type=int, default=1, help="callback expiry: bounds the open callbacks"
     )
+    ap.add_argument("--workers", type=int, default=1, help="engine worker processes")
     ap.add_argument("--no-write", action="store_true", help="don't update RESULTS.md")
     args = ap.parse_args(argv)
     machine = _machine()
@@ -671,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in RULES.items():
         (rules / name).write_text(text.replace("{expires_s}", str(args.expires_s)))
     port = free_port()
-    proc, log_path = _start_engine(tmp, port)
+    proc, log_path = _start_engine(tmp, port, args.workers)
     try:
         creds = orjson.loads((tmp / "data" / "demo-credentials.json").read_bytes())
         pids = {"engine": proc.pid, "valkey": _valkey_pid(log_path)}

@@ -70,15 +70,19 @@ class Store:
         self.metrics = metrics
         self._waitaof_timeout_ms = waitaof_timeout_ms
         self._max_pipeline = max_pipeline
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # A blocking pool: past 64 connections in use a pipeline waits for one to come
+        # back instead of failing with "Too many connections" (a 503 under a burst).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=1.0,
             health_check_interval=0,
             retry_on_timeout=False,
             max_connections=64,
+            timeout=socket_timeout_s,
             decode_responses=True,
         )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         # Reply parsers by command name (HGETALL -> dict, ...), as redis-py applies them.
         self._callbacks: dict[Any, Any] = dict(self.client.response_callbacks)
         self._queue: list[_Call] = []

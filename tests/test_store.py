@@ -54,3 +54,16 @@ async def test_a_pipeline_cut_off_mid_reply_does_not_poison_the_next_call(
     await store.call("RPUSH", "st:list", "x", writes=True)
     for n in range(5):
         assert await store.call("ECHO", f"n{n}") == f"n{n}"
+
+
+async def test_more_concurrent_pipelines_than_connections_wait_instead_of_failing(
+    store: Store,
+) -> None:
+    # 100 pipelines, each in its own loop tick and each holding its connection for
+    # 0.2 s on the server: more than the pool's 64 at once.
+    pending = []
+    for i in range(100):
+        pending.append(asyncio.ensure_future(store.call("BLPOP", f"st:none:{i}", 0.2)))
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert results == [None] * 100  # every one timed out server-side; none was refused
