@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,11 @@ from browser import chromium
 from conftest import RULES_DIR, EngineClient
 from playwright.async_api import Page, expect
 
+from engine import keys
+from engine.deliver import new_decision_id, write_trigger
+from engine.metrics import Metrics
 from engine.settings import Agent, Settings, hash_password
+from engine.store import Store
 
 pytestmark = pytest.mark.browser
 
@@ -171,3 +177,38 @@ async def test_dashboard_is_served_with_a_strict_csp(engine: EngineClient) -> No
         assert "unsafe-inline" not in csp
     async with engine.session.get(f"{engine.url}/dashboard/../engine/settings.py") as r:
         assert r.status == 404
+
+
+async def test_a_callback_decided_out_of_hours_shows_when_it_is_due(
+    engine: EngineClient,
+) -> None:
+    store = Store(engine.settings.redis_url or "", Metrics())
+    now = int(time.time() * 1000)
+    prefix = keys.customer_prefix("cust-night")
+    due = now + 3 * 3_600_000
+    trigger = {
+        "id": new_decision_id(now),
+        "kind": "callback",
+        "customer_id": "cust-night",
+        "prefix": prefix,
+        "rule": "mortgage_calculator_callback",
+        "reason": "Reworked the calculator at night",
+        "priority": 20,
+        "created_ms": now,
+        "scheduled_for": due,
+        "expires_ms": due + 600_000,
+    }
+    await write_trigger(store, prefix, trigger)
+    await store.close()
+    async with chromium() as browser:
+        page = await (await browser.new_context()).new_page()
+        await _sign_in(
+            page, engine, engine.credentials["agent_user"], engine.credentials["agent_password"]
+        )
+        item = page.locator(f"li[data-id='{trigger['id']}']")
+        await expect(item.locator(".sla")).to_contain_text("scheduled")
+        await expect(item).to_have_class(re.compile(r"\bscheduled\b"))
+        # The supervisor counts it as scheduled, not as a callback waiting past its SLA.
+        await expect(page.locator("#floor [data-stat=scheduled]")).to_have_text("1")
+        await expect(page.locator("#floor [data-stat=waiting]")).to_have_text("0")
+        await expect(page.locator("#floor [data-stat=late]")).to_have_text("0")

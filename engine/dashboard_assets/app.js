@@ -71,11 +71,18 @@
     };
   }
 
+  // A callback decided outside contact-center hours waits for the next opening: it is
+  // due from then on, and its SLA timer starts then.
+  const dueAt = (t) => Math.max(Number(t.created_ms) || 0, Number(t.scheduled_for) || 0);
+
   function sorted() {
-    // Most urgent first (higher priority number), then the longest waiting (SLA).
+    // Due now before scheduled for later; then most urgent first (higher priority
+    // number), then the longest waiting (SLA).
+    const now = Date.now();
     return [...state.triggers.values()].sort((a, b) =>
+      (dueAt(a) > now) - (dueAt(b) > now) ||
       (Number(b.priority) || 0) - (Number(a.priority) || 0) ||
-      (Number(a.created_ms) || 0) - (Number(b.created_ms) || 0));
+      dueAt(a) - dueAt(b));
   }
 
   function fmtAge(ms) {
@@ -123,10 +130,17 @@
     const pr = li.querySelector(".priority");
     pr.textContent = vip ? "VIP" : `priority ${t.priority ?? "-"}`;
     pr.classList.toggle("vip", vip);
-    const age = now - (Number(t.created_ms) || now);
+    const due = dueAt(t) || now;
     const sla = li.querySelector(".sla");
-    sla.textContent = fmtAge(age);
-    sla.classList.toggle("late", age > SLA_MS);
+    if (due > now) {
+      sla.textContent = `scheduled ${new Date(due).toLocaleString([], {
+        weekday: "short", hour: "2-digit", minute: "2-digit" })}`;
+      sla.classList.remove("late");
+    } else {
+      sla.textContent = fmtAge(now - due);
+      sla.classList.toggle("late", now - due > SLA_MS);
+    }
+    li.classList.toggle("scheduled", due > now);
     const online = t.online === true || t.online === "true";
     const pres = li.querySelector(".presence");
     pres.textContent = online ? "online now" : "offline";
@@ -228,10 +242,14 @@
   }
 
   // The floor at a glance, from the live queue this page already holds (every second).
-  function renderFloor(order, waiting, now) {
-    const age = (t) => now - (Number(t.created_ms) || now);
+  function renderFloor(order, allWaiting, now) {
+    let waiting = allWaiting;
+    const age = (t) => now - (dueAt(t) || now);
     const stat = (name, value) => { $(`#floor [data-stat=${name}]`).textContent = String(value); };
+    const later = waiting.filter((t) => dueAt(t) > now);
+    waiting = waiting.filter((t) => dueAt(t) <= now);
     stat("waiting", waiting.length);
+    stat("scheduled", later.length);
     stat("claimed", order.length - waiting.length);
     stat("late", waiting.filter((t) => age(t) > SLA_MS).length);
     stat("oldest", waiting.length ? fmtAge(Math.max(...waiting.map(age))) : "—");
