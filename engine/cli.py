@@ -120,7 +120,9 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extensions() -> list[tuple[str, Callable[[argparse._SubParsersAction, str], None]]]:
+def _extensions() -> list[
+    tuple[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser], str], None]]
+]:
     """Subcommands that live with the code they drive (imported lazily)."""
     from engine import attributes, simulate, webhooks
     from engine.decisions import cli as rules_cli

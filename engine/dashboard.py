@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine import keys
+from engine import keys, streams
 from engine.agents import authenticate
 from engine.appkeys import CAPACITY, STORE
 from engine.errors import Forbidden, NotFound
@@ -68,7 +68,8 @@ async def handle_funnel(request: web.Request) -> web.Response:
     rules: dict[str, dict[str, Any]] = {}
     rule_of: dict[str, str] = {}
     for shard in range(keys.TRIGGER_SHARDS):
-        for _, fields in await client.xrange(keys.trigger_stream(shard), count=20_000):
+        entries = await streams.xrange(client, keys.trigger_stream(shard), count=20_000)
+        for _, fields in entries:
             kind = fields.get("kind")
             if kind in ("callback", "notify"):
                 rule = fields.get("rule", "?")

@@ -33,8 +33,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_BEARER = [{"bearerAuth": []}]
-_AGENT = [{"agentSession": []}, {"bearerAuth": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+_AGENT: list[dict[str, list[str]]] = [{"agentSession": []}, {"bearerAuth": []}]
 _TRIGGER = {
     "name": "trigger_id",
     "in": "path",

@@ -32,7 +32,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.schema import _TYPE_OF, Event, HeartbeatEvent, PageViewEvent
+from engine.schema import (
+    _TYPE_OF,
+    CalcProps,
+    Event,
+    FormProps,
+    HeartbeatEvent,
+    HeartbeatProps,
+    InterestProps,
+    PageViewEvent,
+    PageViewProps,
+)
 
 __all__ = ["build_delta"]
 
@@ -82,7 +92,7 @@ def build_delta(
             if ev.page:
                 newest("lp_ts", ts, {"last_page": ev.page})
                 pages.append((ts, ev.page))
-            props = ev.props  # type: ignore[union-attr]
+            props: PageViewProps = ev.props  # type: ignore[assignment]  # etype narrows
             if props.utm_source or props.utm_campaign:
                 utm = {
                     k: v
@@ -96,9 +106,10 @@ def build_delta(
                 for k, v in utm.items():
                     setnx.setdefault("first_" + k, v)
         elif etype == "heartbeat":
-            inc["dwell"] = inc.get("dwell", 0) + ev.props.dwell_ms  # type: ignore[union-attr]
+            hp: HeartbeatProps = ev.props  # type: ignore[assignment]
+            inc["dwell"] = inc.get("dwell", 0) + hp.dwell_ms
         elif etype == "calc":
-            p = ev.props  # type: ignore[union-attr]
+            p: CalcProps = ev.props  # type: ignore[assignment]
             ikey = p.product
             c = "c:" + p.product + ":"
             inc[c + "n"] = inc.get(c + "n", 0) + 1
@@ -115,13 +126,13 @@ def build_delta(
                 },
             )
         elif etype == "form":
-            fp = ev.props  # type: ignore[union-attr]
+            fp: FormProps = ev.props  # type: ignore[assignment]
             key = "f:" + fp.action
             inc[key] = inc.get(key, 0) + 1
             if fp.action == "abandon":
                 newest("f:last_abandon_ts", ts, {"f:last_abandon": fp.form or fp.field})
         elif etype == "interest":
-            ip = ev.props  # type: ignore[union-attr]
+            ip: InterestProps = ev.props  # type: ignore[assignment]
             ikey = ip.product
             key = "x:" + ip.product
             if ts > mx.get(key, -1):

@@ -202,9 +202,9 @@ async def _serve_async(
             _fail(f"cannot listen on {settings.host}:{settings.port}: {reason or exc}")
             return _EXIT_USAGE
         port = settings.port
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            port = server.sockets[0].getsockname()[1]
+        sockets = getattr(site._server, "sockets", None)  # port 0: the one it picked
+        if sockets:
+            port = sockets[0].getsockname()[1]
         if announce:
             _announce(settings, port)
         if ready is not None:

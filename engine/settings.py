@@ -413,8 +413,8 @@ def load_settings(
             name: (
                 lim.get(name, bool, f.default)
                 if isinstance(f.default, bool)
-                else lim.positive_int(name, f.default)
-            )  # type: ignore[arg-type]
+                else lim.positive_int(name, int(f.default))  # type: ignore[arg-type]
+            )
             for name, f in Limits.__dataclass_fields__.items()
         }
     )

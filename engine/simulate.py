@@ -98,7 +98,7 @@ class _Visitor:
             steps.append((rng.uniform(0.5, 3), "heartbeat", page, {"dwell_ms": 15_000}))
         if interest in ("mortgage", "loans") and rng.random() < 0.7:
             product = "mortgage" if interest == "mortgage" else "loans"
-            amount = 250_000 if product == "mortgage" else 15_000
+            amount: float = 250_000 if product == "mortgage" else 15_000
             term = 300 if product == "mortgage" else 48
             for _ in range(rng.randint(2, 8)):
                 amount = max(1000, amount + rng.choice([-1, 1]) * amount * 0.1)

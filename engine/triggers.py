@@ -19,7 +19,7 @@ import msgspec
 import orjson
 from aiohttp import WSMsgType, web
 
-from engine import keys
+from engine import keys, streams
 from engine.agents import Principal, authenticate
 from engine.appkeys import METRICS, STORE
 from engine.capacity import dequeue
@@ -257,7 +257,7 @@ class Gateway:
         while not last and not self._stopping:
             try:
                 for stream in self.streams:
-                    newest = await client.xrevrange(stream, count=1)
+                    newest = await streams.xrevrange(client, stream, count=1)
                     last[stream] = newest[0][0] if newest else "0-0"
             except asyncio.CancelledError:
                 raise
@@ -273,8 +273,8 @@ class Gateway:
         self.ready.set()
         while not self._stopping:
             try:
-                reply = await client.xread(last, block=250, count=100)
-                for stream, entries in reply or []:
+                reply = await streams.xread(client, last, block_ms=250, count=100)
+                for stream, entries in reply:
                     for entry_id, fields in entries:
                         last[stream] = entry_id
                         msg = _decode(entry_id, fields)
@@ -314,7 +314,7 @@ class Gateway:
         open_: dict[str, dict[str, Any]] = {}
         now_ms = int(time.time() * 1000)
         for stream in self.streams:
-            for entry_id, fields in reversed(await client.xrevrange(stream, count=limit)):
+            for entry_id, fields in reversed(await streams.xrevrange(client, stream, count=limit)):
                 msg = _decode(entry_id, fields)
                 kind = msg.get("kind")
                 if kind in ("callback", "notify"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -40,6 +41,7 @@ from engine import keys
 from engine.deliver import decode_fields
 from engine.metrics import Metrics
 from engine.store import Store
+from engine.streams import xrange, xreadgroup
 
 __all__ = ["Dispatcher", "WebhookTarget", "sign", "webhook_body"]
 
@@ -179,20 +181,21 @@ class Dispatcher:
                     # Entries another (dead) dispatcher took but never acknowledged.
                     next_reclaim = time.monotonic() + target.reclaim_idle_s / 2
                     batch += await self._reclaim(target, streams)
-                reply = await self.client.xreadgroup(
+                reply = await xreadgroup(
+                    self.client,
                     group,
                     self.consumer,
-                    dict.fromkeys(streams, ">"),
+                    streams,
                     count=32,
-                    block=int(min(0.25, target.reclaim_idle_s / 2) * 1000),
+                    block_ms=int(min(0.25, target.reclaim_idle_s / 2) * 1000),
                 )
-                for stream, entries in reply or []:
+                for stream, entries in reply:
                     batch += [(stream, entry_id, fields) for entry_id, fields in entries]
                 for stream, entry_id, fields in batch:
                     await limit.acquire()
                     task = asyncio.create_task(self._deliver(target, stream, entry_id, fields))
                     inflight.add(task)
-                    task.add_done_callback(lambda t: (inflight.discard(t), limit.release()))
+                    task.add_done_callback(functools.partial(_finished, inflight, limit))
             except asyncio.CancelledError:
                 for task in inflight:
                     task.cancel()
@@ -241,7 +244,7 @@ class Dispatcher:
         await self.client.xadd(
             dead_letter_stream(target.name),
             {
-                **fields,
+                **fields,  # type: ignore[dict-item]  # redis-py's annotation is too narrow
                 "webhook_id": msg_id,
                 "failed_attempts": str(target.max_attempts),
                 "last_error": detail[:500],
@@ -293,17 +296,24 @@ class Dispatcher:
             return False, f"{type(exc).__name__}: {exc}"
 
 
+def _finished(
+    inflight: set[asyncio.Task[None]], limit: asyncio.Semaphore, task: asyncio.Task[None]
+) -> None:
+    inflight.discard(task)
+    limit.release()
+
+
 async def replay_dead_letters(store: Store, target: str, limit: int = 1000) -> int:
     """Move dead letters back in line for `target` (only that target receives them)."""
     client = store.client
-    entries = await client.xrange(dead_letter_stream(target), count=limit)
+    entries = await xrange(client, dead_letter_stream(target), count=limit)
     for entry_id, fields in entries:
         clean = {
             k: v
             for k, v in fields.items()
             if k not in ("webhook_id", "failed_attempts", "last_error")
         }
-        await client.xadd(replay_stream(target), clean)
+        await client.xadd(replay_stream(target), clean)  # type: ignore[arg-type]
         await client.xdel(dead_letter_stream(target), entry_id)
     return len(entries)
 
@@ -339,7 +349,7 @@ def _run_cli(args: Any) -> int:
                 n = await replay_dead_letters(store, args.target)
                 print(f"replayed {n} dead letter(s) to {args.target}")
                 return 0
-            entries = await store.client.xrange(dead_letter_stream(args.target), count=1000)
+            entries = await xrange(store.client, dead_letter_stream(args.target), count=1000)
             for entry_id, fields in entries:
                 print(orjson.dumps({"entry": entry_id, **fields}).decode())
             print(f"{len(entries)} dead letter(s) for {args.target}")

@@ -86,7 +86,7 @@ async def replay(
         try:
             s = replace(settings, rules_dir=rules_dir, redis_url=valkey.url)
             app = build_app(s, valkey.url)
-            out = []
+            out: list[tuple[str, list[dict[str, Any]], int]] = []
             async with TestClient(TestServer(app, host="127.0.0.1")) as client:
                 verifier = IdentityVerifier()
                 token = (s.demo_credentials or {}).get("api_token")

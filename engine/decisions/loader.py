@@ -361,7 +361,7 @@ def _calendar(file: str, node: yaml.Node, errs: _Collector) -> Calendar | None:
             errs.add(file, m.node("quiet_hours"), str(exc))
     country = subdiv = None
     if m.node("holidays") is not None:
-        hol = _map(file, m.node("holidays"), errs, "holidays")  # type: ignore[arg-type]
+        hol = _map(file, m.node("holidays"), errs, "holidays")
         hol.check_keys({"country", "subdiv"})
         country = hol.get("country", str, required=True)
         subdiv = hol.get("subdiv", str)
@@ -437,7 +437,7 @@ def _rule(
         try:
             expr = compile_expression(when_text, functions)
         except ExpressionError as exc:
-            line, col = _expr_error_position(when_node, exc)  # type: ignore[arg-type]
+            line, col = _expr_error_position(when_node, exc)
             errs.errors.append(RuleError(file, line, col, exc.message))
     an = m.node("action")
     action, offer, slot, channel, fallback = "offer", None, "main", "web", None
@@ -503,7 +503,7 @@ def _rule(
         errs.add(file, m.node("holdout_pct"), "holdout_pct is a percentage (0-100)")
     en_from = en_until = None
     if m.node("enabled") is not None:
-        em = _map(file, m.node("enabled"), errs, "enabled")  # type: ignore[arg-type]
+        em = _map(file, m.node("enabled"), errs, "enabled")
         em.check_keys({"from", "until"})
         en_from = em.get("from", dt.date)
         en_until = em.get("until", dt.date)
