@@ -11,14 +11,15 @@ left behind (pauses in the same run: 417 ms in all, longest 63 ms -> 102 ms, 18 
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import gc
 import time
-from collections.abc import Callable
 from typing import Any
 
 from engine.metrics import Metrics
 
-__all__ = ["freeze_startup_objects", "observe_gc_pauses"]
+__all__ = ["GcPauseRecorder", "freeze_startup_objects"]
 
 
 def freeze_startup_objects() -> None:
@@ -27,18 +28,47 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def observe_gc_pauses(metrics: Metrics) -> Callable[[], None]:
-    """Record every collection's duration; returns the function that stops recording."""
-    by_generation = [metrics.gc_pause.labels(str(g)) for g in range(3)]
-    started = [0.0]
+class GcPauseRecorder:
+    """Records every collection's duration; `flush()` moves them into the histogram.
 
-    def callback(phase: str, info: dict[str, Any]) -> None:
+    The gc callback must not touch prometheus_client itself: in multiprocess mode every
+    metric value sits behind one non-reentrant lock, and a collection can start while
+    that lock is held (creating a label child allocates), so observing from the
+    callback can deadlock the worker (found in review, reproduced). The callback only
+    appends to a deque; the event loop flushes it once a second.
+    """
+
+    def __init__(self, metrics: Metrics, flush_s: float = 1.0) -> None:
+        self._by_generation = [metrics.gc_pause.labels(str(g)) for g in range(3)]
+        self._pending: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)
+        self._started = 0.0
+        self.flush_s = flush_s
+        self._task: asyncio.Task[None] | None = None
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            self._started = time.perf_counter()
         else:
-            by_generation[min(int(info.get("generation", 2)), 2)].observe(
-                time.perf_counter() - started[0]
-            )
+            generation = min(int(info.get("generation", 2)), 2)
+            self._pending.append((generation, time.perf_counter() - self._started))
 
-    gc.callbacks.append(callback)
-    return lambda: gc.callbacks.remove(callback) if callback in gc.callbacks else None
+    def flush(self) -> None:
+        while self._pending:
+            generation, seconds = self._pending.popleft()
+            self._by_generation[generation].observe(seconds)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            self.flush()
+
+    def start(self) -> None:
+        gc.callbacks.append(self._callback)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="gc-pauses")
+
+    def stop(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+        if self._task is not None:
+            self._task.cancel()
+        self.flush()

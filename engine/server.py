@@ -31,7 +31,7 @@ from aiohttp import web
 
 from engine.embedded import DataDirInUse, EmbeddedValkey, Watchdog, die_with_parent, free_port
 from engine.errors import ConfigError
-from engine.runtime import freeze_startup_objects, observe_gc_pauses
+from engine.runtime import GcPauseRecorder, freeze_startup_objects
 from engine.settings import Settings
 
 __all__ = ["serve"]
@@ -88,7 +88,16 @@ def serve(settings: Settings) -> int:
             f"(pid {embedded.pid}, AOF in {embedded.data_dir})"
         )
         watchdog = Watchdog(embedded, say=_print)
-        watchdog.start()
+        # Threads inherit the signal mask: started with these blocked, the watchdog never
+        # takes a process-wide SIGHUP/SIGINT/SIGTERM (whose default would end the engine
+        # before its handlers exist); the kernel hands them to the main thread.
+        old_mask = signal.pthread_sigmask(
+            signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
+        )
+        try:
+            watchdog.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     try:
         if settings.workers <= 1:
             return _run_worker(settings, url, reuse_port=False, announce=True)
@@ -188,7 +197,8 @@ async def _serve_async(
     )
     # From the app's startup on its background tasks run: whatever happens, clean them up,
     # or the event loop's shutdown waits on them forever (seen: a busy port hung `serve`).
-    stop_gc_metrics = observe_gc_pauses(app[METRICS])
+    gc_pauses = GcPauseRecorder(app[METRICS])
+    gc_pauses.start()
     try:
         await runner.setup()
         freeze_startup_objects()  # after startup: what exists now lives as long as we do
@@ -221,7 +231,7 @@ async def _serve_async(
             )
     finally:
         await runner.cleanup()
-        stop_gc_metrics()
+        gc_pauses.stop()
     return 0
 
 

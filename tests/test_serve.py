@@ -425,6 +425,7 @@ async def test_two_workers_both_serve_and_metrics_add_up_across_them(
         assert sum(held.values()) >= 30 and all(held.values()), held
 
     # Whichever worker answers /metrics, it reports the pool's totals.
+    await asyncio.sleep(1.2)  # GC pauses reach the histogram once a second
     texts = []
     for _ in range(8):
         async with (
@@ -437,6 +438,7 @@ async def test_two_workers_both_serve_and_metrics_add_up_across_them(
         assert _metric(text, "ringback_events_total", '{type="page_view"}') == n
         assert _metric(text, "ringback_batches_total", '{result="accepted"}') == n
         assert _metric(text, "ringback_ingest_seconds_count") == n
+        assert _metric(text, "ringback_gc_pause_seconds_count", '{generation="0"}') > 0
     _promtool(texts[-1])  # two workers
 
     assert await pool.stop() == 0, pool.output()
@@ -703,6 +705,25 @@ async def test_sighup_without_a_rules_dir_is_logged_not_fatal(
         assert serve.proc.poll() is None, f"SIGHUP killed the engine:\n{serve.output()}"
         assert time.monotonic() < deadline, serve.output()
         await asyncio.sleep(0.05)
+    assert (await _get(serve.url, "/readyz"))[0] == 200
+    assert await serve.stop() == 0, serve.output()
+
+
+async def test_sighup_while_booting_with_the_embedded_valkey_is_not_fatal(
+    tmp_path: Path, serves: list[Serve]
+) -> None:
+    """A rules deploy's `kill -HUP` may land while the engine boots: the embedded
+    Valkey's watchdog thread must not be the one to take it (its default: terminate)."""
+    serve = Serve(tmp_path, "--data-dir", str(tmp_path / "d"))
+    serves.append(serve)
+    deadline = time.monotonic() + 20
+    while "embedded valkey-server on" not in serve.output():
+        assert serve.proc.poll() is None and time.monotonic() < deadline, serve.output()
+        await asyncio.sleep(0.01)
+    for _ in range(5):  # several, spread over the rest of the boot
+        serve.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.05)
+    await serve.ready()
     assert (await _get(serve.url, "/readyz"))[0] == 200
     assert await serve.stop() == 0, serve.output()
 
