@@ -7,6 +7,7 @@ worker process and `ringback rules test` all build the very same app.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,6 +106,18 @@ INFLIGHT = web.AppKey("inflight", InFlight)
 RULES = web.AppKey("rules", Reloadable)
 
 
+def offer_decision_key(settings: Settings) -> bytes:
+    """The key of page-offer decision ids, the same in every worker and across restarts:
+    derived from the config's secrets (API token hashes, per-site identity secrets)."""
+    h = hashlib.blake2b(digest_size=16, person=b"rb-offer-ids")
+    for token in sorted(t.sha256 for t in settings.api_tokens):
+        h.update(token.encode() + b"\0")
+    for key in sorted(settings.sites):
+        site = settings.sites[key]
+        h.update(key.encode() + b"\0" + (site.identity_secret or "").encode() + b"\0")
+    return h.digest()
+
+
 def load_rule_holder(path: Path, metrics: Metrics) -> Reloadable[RuleSet]:
     """Load the rule set now (a broken set at startup is a config error), reload later."""
     try:
@@ -192,6 +205,7 @@ def build_app(
                 metrics,
                 app[PROFILES].classifier.category,
                 capacity=lambda: monitor.current,
+                offer_key=offer_decision_key(settings),
             )
             holder.start()
         dispatcher = None

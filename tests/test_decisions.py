@@ -172,7 +172,14 @@ async def test_browsing_under_the_same_offer_is_one_decision_with_one_audit_reco
     status, audit = await engine.get_json(f"/v1/decisions/{ids[0]}", headers=engine.api_headers)
     # Written once: the record of the first decision, not rewritten by every batch.
     assert status == 200 and audit == first_audit and audit["offer"]["id"] == "dear"
-    # Another visitor under the same offer is another decision.
+    # Another worker of the same deployment (same config) decides the same id...
+    second = await _engine(make_engine, settings, pack)
+    _, again, _ = await second.post_events(
+        second.batch([event("page_view", page="/cards")], anonymous_id=anon)
+    )
+    assert [d["id"] for d in again["decisions"] if d["action"] == "offer"] == ids[:1]
+    assert len([k async for k in redis.scan_iter("rb:{d:*")]) == 1
+    # ...and another visitor under the same offer is another decision.
     _, other, _ = await engine.post_events(engine.batch([event("page_view", page="/")]))
     assert [d["id"] for d in other["decisions"] if d["action"] == "offer"] != ids[:1]
 

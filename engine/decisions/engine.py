@@ -102,7 +102,7 @@ def _event_dict(inp: DecisionInput, classify: Callable[[str | None], str]) -> di
 # audit record: 23 % of ingest throughput at 10-event batches (benchmarks/RESULTS.md).
 OFFER_DECISION_WINDOW_MS = 10 * 60_000
 # Offer decisions this worker has audited (id -> None), oldest first; a cache only:
-# another worker, or this one after eviction, writes the same record again.
+# another worker (same key, same id), or this one after eviction, writes it again.
 _AUDITED_MAX = 50_000
 
 
@@ -136,6 +136,7 @@ class RulesDecider:
         metrics: Metrics,
         classify: Callable[[str | None], str],
         capacity: Callable[[], Capacity] = Capacity,
+        offer_key: bytes | None = None,
     ) -> None:
         self._rules = rules
         self.capacity = capacity
@@ -143,7 +144,10 @@ class RulesDecider:
         self.metrics = metrics
         self.classify = classify
         self._hit_counters: dict[str, Any] = {}  # .labels() costs ~1 us: bind once per rule
-        self._offer_key = os.urandom(16)
+        # Keys the page-offer decision ids: every worker of a deployment needs the same
+        # one (the app derives it from the config's secrets) so the same visitor gets
+        # the same decision, and one audit record, from whichever worker answers.
+        self._offer_key = offer_key if offer_key is not None else os.urandom(16)
         self._audited: OrderedDict[str, None] = OrderedDict()
 
     async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
