@@ -254,6 +254,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/outcomes", triggers.handle_outcome)
     r.add_get("/v1/customers/{customer_id}/context", context.handle_context)
     r.add_get("/v1/supervisor/funnel", dashboard.handle_funnel)
+    dashboard.add_state(app)
     r.add_get("/dashboard", dashboard.handle_dashboard)
     r.add_get("/dashboard/{asset}", dashboard.handle_asset)
     r.add_post("/v1/admin/rules/reload", handle_rules_reload)

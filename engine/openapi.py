@@ -358,8 +358,17 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/supervisor/funnel": {
                 "get": {
-                    "summary": "Per-rule funnel: fired -> claimed -> outcomes (supervisors)",
+                    "summary": "Per-rule funnel: fired -> claimed -> outcomes (supervisors); "
+                    "cached per worker for 5 s unless fresh=1",
                     "security": _AGENT,
+                    "parameters": [
+                        {
+                            "name": "fresh",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["1"]},
+                        }
+                    ],
                     "responses": {"200": _json(plain), "403": _error("Supervisors only")},
                 }
             },

@@ -277,3 +277,18 @@ async def test_expired_callbacks_stop_being_watched_even_with_no_agent_online(
         await asyncio.sleep(0.1)
     assert 1 in seen  # the gateway saw it on the stream
     assert seen[-1] == 0  # expired: the watch does not grow forever
+
+
+async def test_the_funnel_is_cached_briefly_and_fresh_on_request(engine: EngineClient) -> None:
+    async def fired(query: str = "") -> int:
+        status, body = await engine.get_json(
+            f"/v1/supervisor/funnel{query}", headers=engine.api_headers
+        )
+        assert status == 200, body
+        return int(body["rules"].get("mortgage_callback", {}).get("fired", 0))
+
+    await _trigger(engine, "cust-funnel-1")
+    assert await fired() == 1
+    await _trigger(engine, "cust-funnel-2")
+    assert await fired() == 1  # a second tab within 5 s: the same read
+    assert await fired("?fresh=1") == 2  # the Refresh button reads now

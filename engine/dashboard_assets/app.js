@@ -256,8 +256,8 @@
     stat("online", waiting.filter((t) => t.online === true || t.online === "true").length);
   }
 
-  async function refreshFunnel() {
-    const { status, data } = await api("GET", "/v1/supervisor/funnel");
+  async function refreshFunnel(fresh) {
+    const { status, data } = await api("GET", `/v1/supervisor/funnel${fresh === true ? "?fresh=1" : ""}`);
     if (status !== 200) return;
     const agents = data.floor?.agents_online;
     $("#floor [data-stat=agents]").textContent = agents === null || agents === undefined ? "—" : String(agents);
@@ -291,7 +291,7 @@
       ev.preventDefault();
       openCustomer(new FormData(ev.target).get("customer"));
     });
-    $("#refresh-funnel").addEventListener("click", refreshFunnel);
+    $("#refresh-funnel").addEventListener("click", () => refreshFunnel(true));
     setInterval(() => { if (state.user) render(); }, 1000); // SLA timers, expiry
     // The funnel reads the streams: every 15 s is plenty (and a button for "now").
     setInterval(() => { if (state.role === "supervisor") refreshFunnel(); }, 15000);
