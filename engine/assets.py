@@ -164,6 +164,7 @@ class DemoSite:
     html: bytes
     csp: str
     site: SiteConfig
+    assets: dict[str, bytes]  # demo.js, demo.css: read once, like the page
 
 
 DEMO = web.AppKey("demo_site", DemoSite)
@@ -202,7 +203,8 @@ def build_demo(sites: dict[str, SiteConfig]) -> DemoSite | None:
         ("honor_gpc", "true" if site.honor_gpc else "false"),
     ):
         page = page.replace("{{" + name + "}}", html.escape(value))
-    return DemoSite(page.encode(), demo_csp(page), site)
+    assets = {name: _static(name) for name in DEMO_ASSETS}
+    return DemoSite(page.encode(), demo_csp(page), site, assets)
 
 
 def _demo(request: web.Request) -> DemoSite:
@@ -231,7 +233,7 @@ async def handle_demo_page(request: web.Request) -> web.Response:
     name = request.match_info.get("name", "")
     if name in DEMO_ASSETS:
         return web.Response(
-            body=_static(name),
+            body=demo.assets[name],
             content_type=DEMO_ASSETS[name],
             headers=_page_headers("default-src 'none'"),
         )

@@ -29,6 +29,7 @@ log = logging.getLogger("ringback.capacity")
 AGENTS_KEY = "rb:{cap}:agents"
 QUEUE_KEY = "rb:{cap}:queue"
 STALE_MS = 5000
+GONE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +83,15 @@ class CapacityMonitor:
         # gather: if Valkey is down every one of them fails, and each failure is taken.
         _, _, entries, queue = await asyncio.gather(report, trim, entries_f, queue_f)
         agents = 0
-        for value in (entries or {}).values():
+        gone = []
+        for worker, value in (entries or {}).items():
             count, _, ts = str(value).partition(":")
             if ts.isdigit() and now - int(ts) < STALE_MS and count.isdigit():
                 agents += int(count)
+            elif not ts.isdigit() or now - int(ts) > GONE_MS:
+                gone.append(worker)
+        if gone:  # workers that stopped (or were replaced) long ago: forget them
+            await st.call("HDEL", AGENTS_KEY, *gone, writes=True)
         self.current = Capacity(agents, int(queue), True)
         if self.metrics is not None:
             self.metrics.callback_queue.set(self.current.queue)

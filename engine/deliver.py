@@ -8,6 +8,7 @@ under its own hash tag, readable by id for 30 days (`GET /v1/decisions/{id}`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -45,14 +46,25 @@ def flat_fields(values: dict[str, Any]) -> list[Any]:
     """A stream entry's fields: nested values as JSON (decoded by `decode_fields`)."""
     out: list[Any] = []
     for k, v in values.items():
-        out += (k, orjson.dumps(v) if isinstance(v, dict | list) else str(v))
+        # JSON for nested values and booleans ("true", not Python's "True"), so every
+        # reader - Python, the dashboard's JS, a webhook receiver - gets a boolean back.
+        out += (k, orjson.dumps(v) if isinstance(v, dict | list | bool) else str(v))
     return out
 
 
 def decode_fields(fields: dict[str, str]) -> dict[str, Any]:
-    """The inverse of `flat_fields`: JSON-looking values decoded, `*_ms` as integers."""
+    """The inverse of `flat_fields`: JSON-looking values decoded, `*_ms` as integers.
+
+    >>> flat = flat_fields({"vip": True, "expires_ms": 5, "context": {"a": 1}, "r": "x"})
+    >>> decode_fields(dict(zip(flat[::2], [v.decode() if isinstance(v, bytes) else v
+    ...                                    for v in flat[1::2]])))
+    {'vip': True, 'expires_ms': 5, 'context': {'a': 1}, 'r': 'x'}
+    """
     out: dict[str, Any] = {}
     for k, v in fields.items():
+        if v in ("true", "false"):
+            out[k] = v == "true"
+            continue
         if v[:1] in ("{", "["):
             try:
                 out[k] = orjson.loads(v)
@@ -97,9 +109,8 @@ async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, An
         *fields,
         writes=True,
     )
-    await rec
-    await ttl
-    return str(await add)
+    _, _, entry_id = await asyncio.gather(rec, ttl, add)  # every failure taken, not just one
+    return str(entry_id)
 
 
 async def publish_event(store: Store, shard: int, event: dict[str, Any]) -> None:

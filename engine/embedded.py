@@ -19,6 +19,7 @@ Lifecycle rules, each learnt from a way it went wrong:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
@@ -302,6 +303,16 @@ class Watchdog:
         self.valkey.stop()
 
     def _run(self) -> None:
+        # The thread must end only through stop(): a server it restarted dies with it.
+        while not self._stop.is_set():
+            try:
+                self._watch()
+            except Exception as exc:  # keep watching, whatever happened
+                with contextlib.suppress(Exception):
+                    self.say(f"valkey watchdog: {exc!r}; still watching")
+                self._stop.wait(self.min_backoff_s)
+
+    def _watch(self) -> None:
         backoff = self.min_backoff_s
         while not self._stop.wait(self.poll_s):
             proc = self.valkey.process
@@ -312,7 +323,7 @@ class Watchdog:
             while not self._stop.is_set():
                 try:
                     self.valkey.start()
-                except (RuntimeError, DataDirInUse, OSError) as exc:
+                except (RuntimeError, DataDirInUse, OSError, subprocess.SubprocessError) as exc:
                     self.say(f"embedded valkey-server did not restart ({exc}); retrying")
                     if self._stop.wait(backoff):
                         return

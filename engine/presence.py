@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.errors import StoreUnavailable
 from engine.metrics import Metrics
 from engine.store import Store
 from engine.tasks import finish
@@ -149,9 +150,16 @@ class PresenceWatcher:
                 *(
                     self.store.fcall("rb_presence", [w.profile_key], [], writes=False)
                     for _, w in chunk
-                )
+                ),
+                return_exceptions=True,  # one broken profile must not blind the rest
             )
-            for (tid, w), (until_ms, last_ts) in zip(chunk, replies, strict=True):
+            for (tid, w), reply in zip(chunk, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    if isinstance(reply, StoreUnavailable):
+                        raise reply  # Valkey is down: the whole poll waits for the next tick
+                    log.warning("presence of trigger %s unreadable: %s", tid, reply)
+                    continue
+                until_ms, last_ts = reply
                 w.until_ms = int(until_ms)
                 online = now_ms < w.until_ms
                 if online != w.online:

@@ -18,6 +18,7 @@ from conftest import REPO, RULES_DIR, EngineClient, calc, event
 
 from engine import keys
 from engine.appkeys import CAPACITY
+from engine.capacity import AGENTS_KEY
 from engine.decisions.calendar import Calendar
 from engine.decisions.engine import holdout
 from engine.decisions.loader import RuleSetError, load_rules
@@ -126,6 +127,21 @@ async def test_consent_and_do_not_call_move_the_contact_to_the_fallback(
     )
     contacts = [d for d in resp["decisions"] if d["action"] == "callback"]
     assert [d["channel"] for d in contacts] == [channel]
+
+
+@pytest.mark.parametrize(
+    ("asked_about", "channel"), [("mortgage", "callback"), ("savings", "email")]
+)
+async def test_asking_for_a_call_is_consent_only_for_a_call_about_that(
+    make_engine: Any, settings: Settings, pack: Path, asked_about: str, channel: str
+) -> None:
+    engine = await _engine(make_engine, settings, pack)  # no CRM consent on file
+    call_me = event("interest", props={"product": asked_about, "call_me": True})
+    _, resp, _ = await engine.post_events(
+        engine.batch([call_me, *_three_calcs()], identity=engine.token(f"c-ask-{asked_about}"))
+    )
+    # The pack's mortgage callback: a call request about savings is no consent to it.
+    assert [d["channel"] for d in resp["decisions"] if d["action"] == "callback"] == [channel]
 
 
 async def test_anonymous_visitors_are_never_called(
@@ -432,3 +448,16 @@ async def test_a_callback_reaches_the_live_queue_once_with_its_context(
     assert callbacks[0]["customer_id"] == "c-live" and callbacks[0]["entry"]
     assert callbacks[0]["context"]["calc"]["mortgage"]["count"] == 3
     assert isinstance(callbacks[0]["expires_ms"], int)
+
+
+async def test_workers_that_stopped_long_ago_leave_the_capacity_count(
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
+    monitor = engine.extra["app"][CAPACITY]
+    await redis.hset(AGENTS_KEY, "old-host-123", "3:1000")  # a worker gone since 1970
+    await redis.hset(AGENTS_KEY, "broken-entry", "not a reading")
+    cap = await monitor.refresh()
+    assert cap.agents_online == 0  # neither counts...
+    assert not await redis.hexists(AGENTS_KEY, "old-host-123")  # ...nor stays behind
+    assert not await redis.hexists(AGENTS_KEY, "broken-entry")
+    assert await redis.hexists(AGENTS_KEY, monitor.worker)  # this worker's own reading

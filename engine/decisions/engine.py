@@ -54,15 +54,23 @@ _EVENT_RANK = {
 CALL_REQUEST_CONSENT_S = 3600
 
 
-def asked_for_call(profile: dict[str, Any], now_ms: int) -> bool:
-    """Whether the visitor asked to be called within the last `CALL_REQUEST_CONSENT_S`.
+def asked_for_call(profile: dict[str, Any], now_ms: int, product: str | None = None) -> bool:
+    """Whether the visitor asked to be called within the last `CALL_REQUEST_CONSENT_S`:
+    about `product` (a request about savings is no consent to a mortgage call), or
+    about anything when the rule offers no product (the "call me" rule itself).
 
-    >>> asked_for_call({"last_call_request": 1_000}, 2_000), asked_for_call({}, 2_000)
-    (True, False)
-    >>> asked_for_call({"last_call_request": 1_000}, 1_000 + CALL_REQUEST_CONSENT_S * 1000 + 1)
+    >>> p = {"last_call_request": 1_000, "call_requested": {"mortgage": 1_000}}
+    >>> asked_for_call(p, 2_000), asked_for_call(p, 2_000, "mortgage"), asked_for_call({}, 2_000)
+    (True, True, False)
+    >>> asked_for_call(p, 2_000, "cards")
+    False
+    >>> asked_for_call(p, 1_000 + CALL_REQUEST_CONSENT_S * 1000 + 1)
     False
     """
-    ts = profile.get("last_call_request")
+    if product is None:
+        ts = profile.get("last_call_request")
+    else:
+        ts = (profile.get("call_requested") or {}).get(product)
     return isinstance(ts, int) and 0 <= now_ms - ts <= CALL_REQUEST_CONSENT_S * 1000
 
 
@@ -124,6 +132,11 @@ def offer_decision_id(
     start = now_ms - now_ms % OFFER_DECISION_WINDOW_MS
     msg = f"{subject}\0{rule_id}\0{offer_id}\0{version}\0{start}".encode()
     return f"{start:012x}{hashlib.blake2b(msg, key=key, digest_size=6).hexdigest()}"
+
+
+def _offer_product(rs: RuleSet, rule: Rule) -> str | None:
+    offer = rs.offers.get(rule.offer) if rule.offer else None
+    return offer.product if offer is not None and offer.product else None
 
 
 class RulesDecider:
@@ -326,7 +339,9 @@ class RulesDecider:
                 if not rule.fallback:
                     return channel, None, "do_not_call"
                 channel = rule.fallback
-            elif c.get("consent_call") is not True and not asked_for_call(inp.profile, now):
+            elif c.get("consent_call") is not True and not asked_for_call(
+                inp.profile, now, _offer_product(rs, rule)
+            ):
                 if not rule.fallback:
                     return channel, None, "no_consent"
                 channel = rule.fallback
