@@ -58,6 +58,10 @@ def _fail(msg: str) -> None:
 
 def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; return the exit code."""
+    # SIGHUP's default action is to terminate, and a rules deploy may send it while we
+    # boot: it stays pending (blocked, in this thread and every thread and child started
+    # from here) until a handler is in place (the worker's loop, or the supervisor's).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     if settings.workers > 1:
         # Check what every worker would trip over once, here, before starting anything:
         # one clear line instead of one traceback per worker.
@@ -315,6 +319,7 @@ def _supervise(settings: Settings, url: str) -> int:
     signal.signal(signal.SIGHUP, reload_rules)
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked since serve()
     try:
         for w in workers:
             if stopping:

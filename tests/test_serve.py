@@ -720,9 +720,13 @@ async def test_sighup_while_booting_with_the_embedded_valkey_is_not_fatal(
     while "embedded valkey-server on" not in serve.output():
         assert serve.proc.poll() is None and time.monotonic() < deadline, serve.output()
         await asyncio.sleep(0.01)
-    for _ in range(5):  # several, spread over the rest of the boot
+    sent = 0
+    while "Ringback serving on" not in serve.output():  # all through the rest of the boot
+        assert serve.proc.poll() is None, f"SIGHUP #{sent + 1} killed it:\n{serve.output()}"
+        assert time.monotonic() < deadline, serve.output()
         serve.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.05)
+        sent += 1
+        await asyncio.sleep(0.02)
     await serve.ready()
     assert (await _get(serve.url, "/readyz"))[0] == 200
     assert await serve.stop() == 0, serve.output()
