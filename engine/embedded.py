@@ -87,18 +87,24 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """`die_with_parent` as a preexec_fn: everything it needs is resolved here, in the
-    parent, so between fork and exec the child only makes the system call."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
+def _child_hook(die_with_parent: bool) -> Callable[[], None]:
+    """The preexec_fn: everything it needs is resolved here, in the parent, so between
+    fork and exec the child only makes system calls.
+
+    It clears the signal mask first: a child inherits the mask of the thread that forks
+    it, and the engine blocks SIGHUP (while booting) and, in the watchdog thread,
+    SIGTERM too; a valkey-server with SIGTERM blocked would ignore our stop and be
+    killed after the timeout instead of flushing its AOF (seen: a 10 s stop).
+    """
+    prctl = _prctl() if die_with_parent else None
     parent = os.getpid()
 
     def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
 
     return hook
 
@@ -209,7 +215,7 @@ class EmbeddedValkey:
                 stderr=stderr,
                 pass_fds=(lock_fd,),
                 start_new_session=True,  # Ctrl-C is the engine's to handle, not Valkey's
-                preexec_fn=_die_with_parent_hook() if self.die_with_parent else None,
+                preexec_fn=_child_hook(self.die_with_parent),
             )
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, f"{self.process.pid}\n".encode(), 0)
