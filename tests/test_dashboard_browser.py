@@ -169,6 +169,33 @@ async def test_a_visitor_on_the_demo_reaches_exactly_one_of_two_agents(
     ]
 
 
+async def test_a_visitor_who_asks_for_a_call_is_on_the_queue_at_once(
+    make_engine: Any, settings: Settings, tmp_path: Path
+) -> None:
+    engine: EngineClient = await make_engine(settings, rules_dir=_rules_for_any_hour(tmp_path))
+    async with chromium() as browser:
+        agent = await (await browser.new_context()).new_page()
+        await _sign_in(
+            agent, engine, engine.credentials["agent_user"], engine.credentials["agent_password"]
+        )
+        visitor = await (await browser.new_context()).new_page()
+        await visitor.goto(f"{engine.url}/demo/mortgages")
+        await visitor.click("#login-button")
+        await visitor.select_option("#login-form select[name=user]", "sam")  # no CRM consent
+        await visitor.fill("#login-form input[name=password]", "demo")
+        await visitor.click("#login-form button[type=submit]")
+        await expect(visitor.locator("#greeting")).to_have_text("Hi Sam")
+        await visitor.click("[data-call-me=mortgage]")
+        await expect(visitor.locator("[data-call-me-done=mortgage]")).to_be_visible()
+
+        # Sam asked: that is consent for this call, and the call_me pack puts it first.
+        item = agent.locator("#queue li[data-id]")
+        await expect(item).to_have_count(1, timeout=5000)
+        await expect(item.locator(".customer")).to_have_text("demo-sam")
+        await expect(item.locator(".reason")).to_contain_text("Asked for a call on the site")
+        await expect(item.locator(".presence")).to_have_text("online now")
+
+
 async def test_dashboard_is_served_with_a_strict_csp(engine: EngineClient) -> None:
     async with engine.session.get(f"{engine.url}/dashboard") as r:
         assert r.status == 200

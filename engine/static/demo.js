@@ -10,8 +10,10 @@ const PAGE_TITLES = {
   cards: 'Credit cards - Northbridge Bank',
   savings: 'Savings - Northbridge Bank',
 };
-// Offer call-to-action URLs from the rule files, mapped onto this demo's pages.
+// Offer call-to-action URLs from the rule files, mapped onto this demo's pages; the
+// ones that ask for a call are this bank's "call me" for that product.
 const CTA_PAGES = { mortgages: 'mortgages', 'personal-loan': 'loans', cards: 'cards', savings: 'savings' };
+const CTA_CALLS = { '/mortgages/advice': 'mortgage' };
 const CONSENT_KEY = 'demo-consent'; // the bank's consent manager keeps its own record
 const SESSION_KEY = 'demo-session';
 
@@ -47,6 +49,8 @@ document.addEventListener('click', (e) => {
     // An offer's call to action: take the visitor to the matching demo page.
     e.preventDefault();
     navigate(CTA_PAGES[url.pathname.split('/')[1]] || '');
+    const product = CTA_CALLS[url.pathname];
+    if (product) requestCall(product);
   } else if (url.origin === location.origin && url.pathname.startsWith('/demo')) {
     e.preventDefault();
     navigate(pageOf(url.pathname));
@@ -82,12 +86,13 @@ function wireCalculator(prefix) {
 wireCalculator('mortgage');
 wireCalculator('loan');
 
+function requestCall(product) {
+  ringback('interest', product, true);
+  for (const button of document.querySelectorAll(`[data-call-me="${product}"]`)) button.hidden = true;
+  for (const note of document.querySelectorAll(`[data-call-me-done="${product}"]`)) note.hidden = false;
+}
 for (const button of document.querySelectorAll('[data-call-me]')) {
-  button.addEventListener('click', () => {
-    ringback('interest', button.dataset.callMe, true);
-    button.hidden = true;
-    document.querySelector(`[data-call-me-done="${button.dataset.callMe}"]`).hidden = false;
-  });
+  button.addEventListener('click', () => requestCall(button.dataset.callMe));
 }
 for (const button of document.querySelectorAll('[data-interest]')) {
   button.addEventListener('click', () => {
