@@ -134,6 +134,12 @@ def offer_decision_id(
     return f"{start:012x}{hashlib.blake2b(msg, key=key, digest_size=6).hexdigest()}"
 
 
+def _rank(factors: dict[str, Any], rule: Rule) -> float:
+    """Propensity x value x lever, with the rule's priority as the tie-breaker on top."""
+    score = factors["propensity"] * max(factors["value"], 0.01) * factors["lever"]
+    return float(score) + rule.priority
+
+
 def _offer_product(rs: RuleSet, rule: Rule) -> str | None:
     offer = rs.offers.get(rule.offer) if rule.offer else None
     return offer.product if offer is not None and offer.product else None
@@ -206,7 +212,9 @@ class RulesDecider:
             trace[rule.id] = {"rule": rule.id, "result": "matched", "channel": channel}
             eligible.append((rule, channel, scheduled))
 
-        ranked = sorted(eligible, key=lambda c: -self._rank(c[0], rs, variables))
+        # Factors once per candidate: ranking and the decision record both use them.
+        scored = [(self._factors(rule, rs, variables), rule, ch, sch) for rule, ch, sch in eligible]
+        scored.sort(key=lambda c: -_rank(c[0], c[1]))
         decisions: list[dict[str, Any]] = []
         deliveries: list[Awaitable[Any]] = []
         fired: list[tuple[str, str]] = []  # (rule, channel) of the triggers written
@@ -217,29 +225,26 @@ class RulesDecider:
             if inp.customer_id
             else keys.anonymous_prefix(inp.site, inp.anonymous_id)
         )
-        for rule, channel, scheduled in ranked:
+        for factors, rule, channel, scheduled in scored:
+            if rule.action == "offer" and rule.slot in slots:
+                self._note(trace, rule, "suppressed", "slot_taken")
+                continue
             offer = rs.offers.get(rule.offer) if rule.offer else None
-            factors = {
-                "propensity": self._propensity(rule, variables),
-                "value": rule.value or (offer.value if offer else 0.0),
-                "lever": rs.levers.get(offer.product if offer else "", 1.0),
-            }
             if rule.action == "offer":
-                if rule.slot in slots:
-                    self._note(trace, rule, "suppressed", "slot_taken")
-                    continue
                 slots.add(rule.slot)
-                decision = self._decision(rule, "offer", channel, offer, factors, now)
-                decision["id"] = offer_decision_id(
+                decision_id = offer_decision_id(
                     self._offer_key, subject, rule.id, offer.id if offer else "", rs.version, now
                 )
+                decision = self._decision(rule, "offer", channel, offer, factors, decision_id)
             else:
                 if contacted:  # one contact per batch: the best-ranked one
                     self._note(trace, rule, "suppressed", "lower_ranked_contact")
                     continue
                 if not inp.events:
                     continue  # screen-pops and page loads show offers, they don't call
-                decision = self._decision(rule, rule.action, channel, offer, factors, now)
+                decision = self._decision(
+                    rule, rule.action, channel, offer, factors, new_decision_id(now)
+                )
                 day = ""
                 if rule.policy.calendar and rule.policy.calendar in rs.calendars:
                     day = rs.calendars[rule.policy.calendar].day_key(now)
@@ -367,11 +372,13 @@ class RulesDecider:
         value = scores.get(rule.id) if isinstance(scores, dict) else None
         return float(value) if isinstance(value, int | float) else 1.0
 
-    def _rank(self, rule: Rule, rs: RuleSet, variables: dict[str, Any]) -> float:
+    def _factors(self, rule: Rule, rs: RuleSet, variables: dict[str, Any]) -> dict[str, Any]:
         offer = rs.offers.get(rule.offer) if rule.offer else None
-        value = rule.value or (offer.value if offer else 0.0)
-        lever = rs.levers.get(offer.product if offer else "", 1.0)
-        return self._propensity(rule, variables) * max(value, 0.01) * lever + rule.priority
+        return {
+            "propensity": self._propensity(rule, variables),
+            "value": rule.value or (offer.value if offer else 0.0),
+            "lever": rs.levers.get(offer.product if offer else "", 1.0),
+        }
 
     @staticmethod
     def _note(trace: dict[str, dict[str, Any]], rule: Rule, result: str, why: str) -> None:
@@ -379,10 +386,10 @@ class RulesDecider:
 
     @staticmethod
     def _decision(
-        rule: Rule, action: str, channel: str, offer: Any, factors: dict[str, Any], now: int
+        rule: Rule, action: str, channel: str, offer: Any, factors: dict[str, Any], decision_id: str
     ) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "id": new_decision_id(now),
+            "id": decision_id,
             "action": action,
             "rule": rule.id,
             "channel": channel,
