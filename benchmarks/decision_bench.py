@@ -12,6 +12,7 @@ run: the same conditions as hand-written Python lambdas.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import tempfile
@@ -139,6 +140,9 @@ def measure(n_rules: int, rounds: int = 2000) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--no-write", action="store_true", help="don't update RESULTS.md")
+    args = ap.parse_args(argv)
     rows = []
     for n in (10, 50, 200):
         cost, base = measure(n)
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     for n, cost, base in rows:
         target = "<= 25 µs" if n == 50 else ""
         lines.append(f"| {n} | {cost:.1f} | {base:.1f} | {target} |")
-    write_section("decisions", "\n".join(lines))
+    if not args.no_write:
+        write_section("decisions", "\n".join(lines))
     return 0
 
 
