@@ -602,7 +602,8 @@ def _report(r: dict[str, Any], args: Any, machine: str) -> str:
     lines = [
         "## Callbacks: event -> the agent's WebSocket at half the maximum rate",
         "",
-        f"Command: `{cmd}` (also in `make bench`). `python -m engine serve` ({args.workers} worker) "
+        f"Command: `{cmd}` (also in `make bench`). `python -m engine serve` "
+        f"({args.workers} worker) "
         "with its embedded Valkey (AOF everysec) on loopback and the benchmark's own "
         "rules (one callback rule on a mortgage `calc` event: holdout 0, cooldowns 0, "
         "24/7 calendar, capacity checked with one agent online), "
