@@ -402,9 +402,10 @@ async def test_one_data_dir_one_valkey_even_after_the_engine_is_killed(
 # -- 2. workers --------------------------------------------------------------------------
 
 
-async def test_two_workers_both_serve_and_metrics_add_up_across_them(
-    valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve]
-) -> None:
+async def _two_worker_pool(
+    valkey: EmbeddedValkey, tmp_path: Path, serves: list[Serve]
+) -> tuple[Serve, list[int]]:
+    """`serve --workers 2` on a shared valkey, ready, and its two worker pids."""
     pool = Serve(
         tmp_path, "--workers", "2", "--redis", valkey.url, "--data-dir", str(tmp_path / "d")
     )
@@ -412,6 +413,13 @@ async def test_two_workers_both_serve_and_metrics_add_up_across_them(
     await pool.ready()
     workers = _workers(pool.pid)
     assert len(workers) == 2, workers
+    return pool, workers
+
+
+async def test_two_workers_both_serve_and_metrics_add_up_across_them(
+    valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve]
+) -> None:
+    pool, workers = await _two_worker_pool(valkey, tmp_path, serves)
     metrics_dirs = {_environ(w).get("PROMETHEUS_MULTIPROC_DIR") for w in workers}
     assert len(metrics_dirs) == 1 and None not in metrics_dirs
 
@@ -451,13 +459,7 @@ async def test_two_workers_both_serve_and_metrics_add_up_across_them(
 async def test_a_killed_worker_is_replaced_and_the_pool_keeps_its_counts(
     valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve]
 ) -> None:
-    pool = Serve(
-        tmp_path, "--workers", "2", "--redis", valkey.url, "--data-dir", str(tmp_path / "d")
-    )
-    serves.append(pool)
-    await pool.ready()
-    workers = _workers(pool.pid)
-    assert len(workers) == 2
+    pool, workers = await _two_worker_pool(valkey, tmp_path, serves)
     batches = _page_views(60, "rep")
     async with aiohttp.ClientSession() as s:
         assert [
