@@ -92,9 +92,9 @@ def _child_hook(die_with_parent: bool) -> Callable[[], None]:
     fork and exec the child only makes system calls.
 
     It clears the signal mask first: a child inherits the mask of the thread that forks
-    it, and the engine blocks SIGHUP (while booting) and, in the watchdog thread,
-    SIGTERM too; a valkey-server with SIGTERM blocked would ignore our stop and be
-    killed after the timeout instead of flushing its AOF (seen: a 10 s stop).
+    it, and the engine keeps SIGHUP blocked (its main thread while booting, the
+    watchdog thread for good); a valkey-server must get the signals it expects (a
+    blocked SIGTERM once made our stop wait 10 s and then kill it).
     """
     prctl = _prctl() if die_with_parent else None
     parent = os.getpid()

@@ -92,16 +92,7 @@ def serve(settings: Settings) -> int:
             f"(pid {embedded.pid}, AOF in {embedded.data_dir})"
         )
         watchdog = Watchdog(embedded, say=_print)
-        # Threads inherit the signal mask: started with these blocked, the watchdog never
-        # takes a process-wide SIGHUP/SIGINT/SIGTERM (whose default would end the engine
-        # before its handlers exist); the kernel hands them to the main thread.
-        old_mask = signal.pthread_sigmask(
-            signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
-        )
-        try:
-            watchdog.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        watchdog.start()  # inherits SIGHUP blocked: the kernel hands it to this thread
     try:
         if settings.workers <= 1:
             return _run_worker(settings, url, reuse_port=False, announce=True)
@@ -161,10 +152,8 @@ def _run_worker(
 ) -> int:
     import uvloop
 
-    # SIGHUP's default action is to terminate: a `kill -HUP` (a rules deploy) that comes
-    # while we boot stays pending until the loop's handler is in place (a pool's worker
-    # starts with it blocked already: see `_Worker.start`).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # SIGHUP arrives blocked (by `serve`, or for a pool's worker by `_Worker.start`) and
+    # is unblocked once the loop's handler is in place.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(
             _serve_async(settings, url, reuse_port=reuse_port, announce=announce, ready=ready)

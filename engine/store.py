@@ -66,7 +66,6 @@ class Store:
     ) -> None:
         self.url = url
         self.fsync = fsync
-        self._metrics = metrics
         self.metrics = metrics
         self._waitaof_timeout_ms = waitaof_timeout_ms
         self._max_pipeline = max_pipeline
@@ -150,7 +149,7 @@ class Store:
                 commands.append(("WAITAOF", 1, 0, self._waitaof_timeout_ms))
             results = await self._pipeline(commands)
         except _UNAVAILABLE as exc:
-            self._metrics.valkey_errors.inc()
+            self.metrics.valkey_errors.inc()
             # After a Valkey restart every pooled connection is stale and would fail once;
             # drop them all so only this burst fails and the next calls connect afresh.
             await self.client.connection_pool.disconnect(inuse_connections=False)
@@ -166,13 +165,13 @@ class Store:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        self._metrics.valkey_seconds.observe(time.perf_counter() - started)
-        self._metrics.valkey_pipeline_calls.observe(len(calls))
+        self.metrics.valkey_seconds.observe(time.perf_counter() - started)
+        self.metrics.valkey_pipeline_calls.observe(len(calls))
         if wait_aof:
             fsync_ok = _waitaof_ok(results[-1])
             results = results[:-1]
             if not fsync_ok:
-                self._metrics.valkey_errors.inc()
+                self.metrics.valkey_errors.inc()
                 err = StoreUnavailable("Valkey did not confirm the fsync in time")
                 for c in calls:
                     if c.writes and not c.future.done():

@@ -90,6 +90,17 @@ def custom_named(bodies: list[str], name: str) -> list[dict[str, Any]]:
     return [e for e in events_in(bodies) if e["type"] == "custom" and e["props"]["name"] == name]
 
 
+async def stored_queues(page: Page, min_events: int, timeout_s: float = 10.0) -> list[Any]:
+    """The outboxes in localStorage, once they hold `min_events` events in all."""
+
+    async def probe() -> list[Any] | None:
+        stored = await rb_storage(page)
+        queues = [json.loads(v) for k, v in stored.items() if k.startswith("rb_q.")]
+        return queues if sum(len(q["e"]) for q in queues) >= min_events else None
+
+    return await wait_for(probe, timeout_s, f"{min_events} events in the outbox")  # type: ignore[no-any-return]
+
+
 async def rb_storage(page: Page) -> dict[str, str]:
     """Everything Ringback keeps in this origin's localStorage."""
     return await page.evaluate(  # type: ignore[no-any-return]
@@ -369,9 +380,8 @@ async def test_events_survive_an_engine_outage_and_a_reload_exactly_once(
         await live_engine.stop()
         for n in range(3):
             await page.evaluate(f"ringback.track('during_outage', {{n: {n}}})")
-        await page.wait_for_timeout(1500)  # a send has failed by now
-        stored = await rb_storage(page)
-        assert sum(len(json.loads(v)["e"]) for k, v in stored.items() if k.startswith("rb_q.")) == 3
+        queues = await stored_queues(page, 3)  # saved before the send, which fails
+        assert sum(len(q["e"]) for q in queues) == 3
 
         await page.reload()  # the queue survives the page
         await loaded(page)
@@ -394,9 +404,7 @@ async def test_the_offline_queue_is_bounded_and_reports_what_it_dropped(
         bodies = capture(page, live_engine.url)
         await loaded(page)
         await page.evaluate("for (let n = 0; n < 520; n++) ringback.track('burst', {n})")
-        await page.wait_for_timeout(1200)
-        stored = await rb_storage(page)
-        (queue,) = [json.loads(v) for k, v in stored.items() if k.startswith("rb_q.")]
+        (queue,) = await stored_queues(page, 500)
         # 521 events (the page view and 520 bursts) for 500 places: the oldest 21 go.
         assert len(queue["e"]) == 500 and queue["d"] == 21
         assert queue["e"][0]["props"]["data"]["n"] == 20

@@ -432,16 +432,22 @@ async def test_two_workers_both_serve_and_metrics_add_up_across_them(
         held = {w: len(_socket_inodes(w) & accepted) for w in workers}
         assert sum(held.values()) >= 30 and all(held.values()), held
 
-    # Whichever worker answers /metrics, it reports the pool's totals.
-    await asyncio.sleep(1.2)  # GC pauses reach the histogram once a second
-    texts = []
-    for _ in range(8):
+    async def scrape() -> str:
         async with (
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
             s.get(f"{pool.url}/metrics") as r,
         ):
             assert r.status == 200
-            texts.append(await r.text())
+            return await r.text()
+
+    # GC pauses reach the histogram within a second of happening: wait for the first.
+    gc_count = re.compile(r'^ringback_gc_pause_seconds_count\{generation="0"\} [1-9]', re.M)
+    deadline = time.monotonic() + 10
+    while not gc_count.search(await scrape()):
+        assert time.monotonic() < deadline, "no GC pause ever reached /metrics"
+        await asyncio.sleep(0.1)
+    # Whichever worker answers /metrics, it reports the pool's totals.
+    texts = [await scrape() for _ in range(8)]
     for text in texts:
         assert _metric(text, "ringback_events_total", '{type="page_view"}') == n
         assert _metric(text, "ringback_batches_total", '{result="accepted"}') == n

@@ -282,13 +282,13 @@ class RulesDecider:
                 fired.append((rule.id, channel))
             decisions.append(decision)
 
-        audited: list[str] = []
-        offer_ids = {d["id"] for d in decisions if d["action"] == "offer"}
+        new_offers: list[str] = []  # offer decisions to remember once their record is out
         for d in decisions:
-            if d["action"] == "offer" and d["id"] in self._audited:
-                self._audited.move_to_end(d["id"])
-                continue
-            audited.append(d["id"])
+            if d["action"] == "offer":
+                if d["id"] in self._audited:
+                    self._audited.move_to_end(d["id"])
+                    continue
+                new_offers.append(d["id"])
             deliveries.append(
                 write_audit(
                     self.store,
@@ -321,11 +321,10 @@ class RulesDecider:
             self.metrics.event_to_trigger_seconds.observe(max(0.0, time.time() - now / 1000))
             self.metrics.triggers.labels(channel).inc()
             self.metrics.rule_triggers.labels(rule_id).inc()
-        for decision_id in audited:  # remembered once written, not before
-            if decision_id in offer_ids:
-                self._audited[decision_id] = None
-                if len(self._audited) > _AUDITED_MAX:
-                    self._audited.popitem(last=False)
+        for decision_id in new_offers:  # remembered once written, not before
+            self._audited[decision_id] = None
+            if len(self._audited) > _AUDITED_MAX:
+                self._audited.popitem(last=False)
         return decisions
 
     # -- steps ---------------------------------------------------------------------------
