@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -363,7 +364,11 @@ def compile_expression(
     if len(source) > MAX_LENGTH:
         raise ExpressionError(f"expressions are limited to {MAX_LENGTH} characters")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        # `1x` is a SyntaxWarning before it is an error: keep `rules check` output to
+        # our own file:line:col messages.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(
             f"syntax error: {exc.msg}", exc.lineno or 1, exc.offset or 1

@@ -4,12 +4,20 @@ Files may hold any of the top-level keys `offers`, `rules`, `calendars`, `levers
 Every problem is reported as `file:line:col: message` (positions from PyYAML's node
 marks; expression errors point inside the `when` text), all problems at once, and
 a set with any problem is rejected whole: hot reload keeps the previous set.
+
+Rule files come from analysts and deploy pipelines, so the loader assumes nothing
+about their size or shape before it has checked them: a file over `MAX_FILE_BYTES`
+(256 KB; the largest shipped pack is a few KB) is refused before it is read, and
+YAML anchors and aliases are refused before anything is built from the document (a
+1 KB "billion laughs" file expands into gigabytes wherever a value is copied or
+printed), as is nesting deeper than `MAX_DEPTH`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable
@@ -23,12 +31,23 @@ import yaml
 from engine.decisions.calendar import DAYS, Calendar
 from engine.decisions.expr import Expression, ExpressionError, compile_expression
 
-__all__ = ["Offer", "Rule", "RuleError", "RuleSet", "RuleSetError", "load_rules"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "Offer",
+    "Rule",
+    "RuleError",
+    "RuleSet",
+    "RuleSetError",
+    "load_rules",
+]
 
 ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ACTIONS = ("offer", "callback", "notify")
 CHANNELS = ("web", "callback", "email", "sms")
 OUTSIDE_HOURS = ("schedule", "fallback", "drop")
+MAX_FILE_BYTES = 256 * 1024  # per rules file; checked before the file is read
+MAX_DEPTH = 32  # nested mappings/lists; real packs use 5
 
 
 class RuleError(Exception):
@@ -158,7 +177,11 @@ class _Map:
             if required:
                 self.errs.add(self.file, self.node_self(), f"missing required key {key!r}")
             return default
-        value = yaml.safe_load(yaml.serialize(n))
+        try:
+            value = yaml.safe_load(yaml.serialize(n))
+        except yaml.YAMLError as exc:  # e.g. a !!python/... tag: not plain data
+            self.errs.add(self.file, n, f"{key}: {getattr(exc, 'problem', None) or exc}")
+            return default
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
@@ -223,10 +246,13 @@ def load_rules(
     digest = hashlib.sha256()
     docs: list[tuple[str, _Map]] = []
     for f in files:
-        text = f.read_text()
+        text = _read_capped(f, errs)
+        if text is None:
+            continue
         digest.update(f.name.encode() + b"\0" + text.encode())
         try:
-            node = yaml.compose(text)
+            problem = _unsafe_structure(text)
+            node = None if problem else yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             errs.errors.append(
@@ -237,6 +263,10 @@ def load_rules(
                     f"YAML syntax: {getattr(exc, 'problem', exc)}",
                 )
             )
+            continue
+        if problem:
+            mark, message = problem
+            errs.errors.append(RuleError(str(f), mark.line + 1, mark.column + 1, message))
             continue
         if node is None:
             continue
@@ -285,6 +315,51 @@ def load_rules(
         calendars=calendars,
         levers=levers,
     )
+
+
+def _read_capped(f: Path, errs: _Collector) -> str | None:
+    """The file's text, or None (and an error) if it is too big or not UTF-8.
+
+    The size is checked on the open file before reading, so a huge (or growing)
+    file costs one stat and at most `MAX_FILE_BYTES` + 1 bytes of memory."""
+    with f.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        raw = fh.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else b""
+    if size > MAX_FILE_BYTES or len(raw) > MAX_FILE_BYTES:
+        errs.errors.append(
+            RuleError(
+                str(f),
+                1,
+                1,
+                f"file is {max(size, len(raw))} bytes; a rules file may be at most "
+                f"{MAX_FILE_BYTES} bytes (split it into several files)",
+            )
+        )
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        errs.errors.append(RuleError(str(f), 1, 1, f"not UTF-8 text (byte {exc.start})"))
+        return None
+
+
+def _unsafe_structure(text: str) -> tuple[yaml.Mark, str] | None:
+    """The first anchor, alias or too-deep collection in `text`, from the event stream.
+
+    Parsing events builds nothing: an alias is one event however much it would
+    expand to, so this is linear in the file's size. Raises yaml.YAMLError on
+    syntax errors (reported like the composer's)."""
+    depth = 0
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
+            return ev.start_mark, "anchors and aliases are not allowed"
+        if isinstance(ev, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return ev.start_mark, f"nested more than {MAX_DEPTH} levels deep"
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
 
 
 def default_functions(calendars: dict[str, Calendar]) -> dict[str, Callable[..., Any]]:
