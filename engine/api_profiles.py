@@ -1,7 +1,9 @@
 """Authenticated profile API: read and erase everything about a customer.
 
 Erase is the GDPR path: it deletes every key of the customer and of every anonymous
-id ever merged into it (their keys live in other slots, found through `links`).
+id ever merged into it (their keys live in other slots, found through `links`), and
+everything their indexes point at (audit and trigger records, stream entries; see
+engine/refs.py), withdraws open callbacks and writes a receipt without the id.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from engine.deliver import read_audit
 from engine.errors import BadRequest, NotFound
 from engine.http_errors import json_response
 from engine.identity import customer_id_from_path
-from engine.profile import decode_profile
+from engine.profile import decode_profile, write_erasure_receipt
 from engine.schema import AnonymousIdPattern
 from engine.security import check_origin, cors_headers, require_api_token
 
@@ -64,10 +66,24 @@ async def handle_profile_get(request: web.Request) -> web.Response:
 
 
 async def handle_profile_delete(request: web.Request) -> web.Response:
-    require_api_token(request.app[SETTINGS], request)
+    """`DELETE /v1/profiles/{id}`: erase the customer everywhere (engine/refs.py says
+    where "everywhere" is) and keep a receipt without personal data."""
+    settings = request.app[SETTINGS]
+    by = require_api_token(settings, request)
     customer_id = _customer_id(request)
-    deleted = await request.app[PROFILES].erase_customer(customer_id)
-    return json_response({"customer_id": customer_id, "erased": True, "keys_deleted": deleted})
+    erasure = await request.app[PROFILES].erase_customer(customer_id)
+    receipt = await write_erasure_receipt(request.app[STORE], settings, customer_id, by, erasure)
+    return json_response(
+        {
+            "customer_id": customer_id,
+            "erased": True,
+            "keys_deleted": erasure.keys_deleted,
+            "stream_entries_deleted": erasure.stream_entries_deleted,
+            "triggers_withdrawn": erasure.triggers_withdrawn,
+            "anonymous_profiles": erasure.anonymous_profiles,
+            "receipt": receipt,
+        }
+    )
 
 
 async def handle_decision_audit(request: web.Request) -> web.Response:

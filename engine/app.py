@@ -39,15 +39,18 @@ from engine.appkeys import (
     VERIFIER,
 )
 from engine.capacity import CapacityMonitor
+from engine.cors import cors_middleware
 from engine.decide import Decider, NoDecisions
 from engine.decisions.engine import RulesDecider
 from engine.decisions.loader import RuleSet, RuleSetError, load_rules
 from engine.errors import ConfigError, NotFound, StoreUnavailable
 from engine.http_errors import json_response, make_error_middleware
 from engine.identity import IdentityVerifier
+from engine.login_throttle import LOGIN_THROTTLE, LoginThrottle
 from engine.metrics import Metrics
 from engine.profile import ProfileStore
 from engine.reloader import Reloadable
+from engine.route_limits import RouteLimits
 from engine.security import IpRateLimiter, require_api_token
 from engine.settings import Settings, WebhookConfig
 from engine.store import Store
@@ -164,7 +167,9 @@ def build_app(
     app = web.Application(
         middlewares=[
             inflight.middleware,
+            cors_middleware,  # outside the error middleware: error answers get CORS too
             make_error_middleware(lambda code: metrics.rejected.labels(code).inc()),
+            RouteLimits(settings).middleware,  # inside: its 429s become JSON answers
         ],
         client_max_size=max(settings.limits.max_body_bytes, 1024 * 1024),
     )
@@ -175,6 +180,13 @@ def build_app(
     app[DECIDER] = decider or NoDecisions()
     if settings.rules_dir is not None:
         app[RULES] = load_rule_holder(settings.rules_dir, metrics)
+    app[LOGIN_THROTTLE] = LoginThrottle(
+        trusted_proxies=settings.trusted_proxies,
+        user_attempts=settings.limits.login_attempts_per_user,
+        user_window_s=settings.limits.login_user_window_s,
+        address_attempts=settings.limits.login_attempts_per_address,
+        address_window_s=settings.limits.login_address_window_s,
+    )
     app[IP_LIMITER] = IpRateLimiter(
         settings.limits.batches_per_minute_per_ip,
         settings.trusted_proxies,

@@ -32,6 +32,7 @@ from aiohttp import web
 from engine import keys
 from engine.appkeys import PROFILES, SETTINGS, STORE
 from engine.attributes import CustomerAttributes, store_attributes
+from engine.bodies import read_json_body
 from engine.errors import BadRequest, NotFound
 from engine.http_errors import json_response
 from engine.identity import mint_token
@@ -256,7 +257,9 @@ async def handle_demo_login(request: web.Request) -> web.Response:
     if demo is None or secret is None:
         raise NotFound("not_found", "demo login exists only for demo sites")
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(
+            await read_json_body(request, request.app[SETTINGS].limits.max_body_bytes)
+        )
         user = str(body["user"]).lower()
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise BadRequest("invalid_json", 'send {"user": "alex"}', "$.user") from exc

@@ -20,6 +20,7 @@ from msgspec import Meta, Struct
 
 from engine import keys
 from engine.appkeys import SETTINGS, STORE
+from engine.bodies import read_json_body
 from engine.errors import BadRequest, UnsupportedMedia
 from engine.http_errors import json_response
 from engine.identity import CUSTOMER_ID_RE, customer_id_from_path
@@ -77,7 +78,7 @@ async def handle_attributes_put(request: web.Request) -> web.Response:
     customer_id = customer_id_from_path(request)
     if request.content_type != "application/json":
         raise UnsupportedMedia("unsupported_media_type", "send application/json")
-    body = await request.read()
+    body = await read_json_body(request, request.app[SETTINGS].limits.max_body_bytes)
     try:
         attrs = _attrs_decoder.decode(body)
     except msgspec.ValidationError as exc:

@@ -16,13 +16,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from engine.metrics import Metrics
 from engine.store import Store
 
-__all__ = ["AGENTS_KEY", "QUEUE_KEY", "Capacity", "CapacityMonitor"]
+__all__ = ["AGENTS_KEY", "QUEUE_KEY", "Capacity", "CapacityMonitor", "is_phone_work"]
 
 log = logging.getLogger("ringback.capacity")
 
@@ -30,6 +31,21 @@ AGENTS_KEY = "rb:{cap}:agents"
 QUEUE_KEY = "rb:{cap}:queue"
 STALE_MS = 5000
 GONE_MS = 60_000
+
+
+def is_phone_work(trigger: Mapping[str, Any]) -> bool:
+    """Whether a trigger is agents' work: a phone callback. Only these go on the queue,
+    to the dashboards and to claim; an e-mail or SMS fallback (a do-not-call customer's
+    "call me", say) is a notification for webhooks, and an agent must never phone it.
+    Checks the channel too, so an older entry that said `kind: callback` with an e-mail
+    channel is still kept off the floor.
+
+    >>> is_phone_work({"kind": "callback", "channel": "callback"})
+    True
+    >>> is_phone_work({"kind": "callback", "channel": "email"}), is_phone_work({"kind": "notify"})
+    (False, False)
+    """
+    return trigger.get("kind") == "callback" and trigger.get("channel", "callback") == "callback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +126,7 @@ class CapacityMonitor:
 
 
 async def enqueue(store: Store, trigger_id: str, expires_ms: int) -> None:
+    """Put a phone callback on the floor's queue (callers check `is_phone_work`)."""
     await store.call("ZADD", QUEUE_KEY, expires_ms, trigger_id, writes=True)
 
 

@@ -1,7 +1,7 @@
 """The `ringback` command line (also `python -m engine`).
 
-    ringback serve [--host] [--port] [--workers N] [--rules DIR] [--redis URL]
-                   [--data-dir DIR] [--config FILE] [--durability aof|fsync]
+    ringback serve [--host] [--port] [--public-url URL] [--workers N] [--rules DIR]
+                   [--redis URL] [--data-dir DIR] [--config FILE] [--durability aof|fsync]
     ringback token --site SITE --customer ID [--data-dir DIR] [--config FILE]
     ringback rules check PATH | rules test PATH --events FILE.jsonl [--against PATH]
     ringback simulate --url URL [--rate N] [--duration S] [--speed X]
@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    p.add_argument(
+        "--public-url",
+        help="the engine's public origin, what 'self' in allowed_origins means "
+        "(default from config; else the address a connection reached)",
+    )
     p.add_argument("--workers", type=int, help="worker processes sharing the port")
     p.add_argument("--rules", help="rules directory (hot-reloaded)")
     p.add_argument("--redis", help="Valkey/Redis URL (default: REDIS_URL or embedded)")
@@ -80,6 +85,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         args,
         host=args.host,
         port=args.port,
+        public_url=args.public_url,
         workers=args.workers,
         rules_dir=args.rules,
         redis_url=args.redis,
@@ -111,6 +117,13 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if not CUSTOMER_ID_RE.match(args.customer):
         print(
             "ringback: customer ids are 1-128 letters, digits, '_', '.', ':' or '-'",
+            file=sys.stderr,
+        )
+        return 2
+    if not 0 < args.ttl <= site.identity.max_lifetime_s:
+        print(
+            f"ringback: --ttl must be 1-{site.identity.max_lifetime_s} s: site {site.key!r} "
+            "refuses longer-lived tokens (identity.max_lifetime_s)",
             file=sys.stderr,
         )
         return 2

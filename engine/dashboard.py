@@ -127,11 +127,15 @@ async def handle_funnel(request: web.Request) -> web.Response:
             cache.at = time.monotonic()
     rules = cache.rules
     monitor = request.app.get(CAPACITY)
-    cap = monitor.current if monitor is not None else None
+    # Read now, not the monitor's last-second reading: the dashboard asks right after
+    # its WebSocket opened, and the older reading said "Agents online 0" to a signed-in
+    # supervisor (who is this worker's connected agent). One pipelined round trip.
+    cap = await monitor.refresh() if monitor is not None else None
     return json_response(
         {
             "rules": rules,
-            # Across all workers, as of the last second's reading.
+            # Across all workers: this worker's count as of now, the others' as of
+            # their last report (at most a second old). Connected dashboards, of any role.
             "floor": {
                 "agents_online": cap.agents_online if cap else None,
                 "callbacks_waiting": cap.queue if cap else None,

@@ -4,6 +4,13 @@ Triggers (callbacks, notifications) go to `rb:{t:<shard>}:triggers`, sharded by 
 customer so one customer's triggers stay in order and a cluster spreads the load;
 consumers read them with consumer groups. Every decision also gets an audit record
 under its own hash tag, readable by id for 30 days (`GET /v1/decisions/{id}`).
+
+Each of these writes lands outside the profile's slot, so each also records where it
+went in the profile's index (engine/refs.py), which `DELETE /v1/profiles/{id}` follows:
+the index write is queued with the data's own writes (same pipeline, no round trip);
+a stream entry's id exists only once XADD answers, so its reference follows it, still
+before the caller answers. The triggers stream is trimmed by age as well as length, so
+a reference can say when its entry is gone.
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ from typing import Any
 
 import orjson
 
-from engine import keys
+from engine import keys, refs
 from engine.store import Store
 
 __all__ = [
     "AUDIT_TTL_S",
     "TRIGGERS_MAXLEN",
+    "TRIGGER_RECORD_KEEP_MS",
+    "index_entry",
     "new_decision_id",
     "publish_event",
     "read_audit",
@@ -30,6 +39,7 @@ __all__ = [
 
 AUDIT_TTL_S = 30 * 86400
 TRIGGERS_MAXLEN = 100_000
+TRIGGER_RECORD_KEEP_MS = 2 * 86_400_000  # a trigger's record lives this long past expiry
 
 
 def new_decision_id(now_ms: int | None = None) -> str:
@@ -79,12 +89,18 @@ async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, An
     """Publish a trigger: its record (claim state) and its entry on the customer's shard.
 
     `trigger` needs `id`, `kind` and `expires_ms`; the record lives two days past expiry.
-    Both writes are queued in the same loop tick, so they share one pipeline.
+    The record, the stream entry, the stream's age trim and the record's reference in
+    the profile's index are queued in the same loop tick, so they share one pipeline:
+    the gateway can read the entry as soon as that pipeline lands. The entry's own
+    reference needs its id, so it goes right after.
     """
+    now_ms = int(time.time() * 1000)
     shard = keys.trigger_shard(profile_prefix)
+    stream = keys.trigger_stream(shard)
     fields = flat_fields(trigger)
-    record = keys.trigger_record(str(trigger["id"]))
-    expires_ms = int(trigger.get("expires_ms") or int(time.time() * 1000) + 600_000)
+    trigger_id = str(trigger["id"])
+    record = keys.trigger_record(trigger_id)
+    expires_ms = int(trigger.get("expires_ms") or now_ms + 600_000)
     rec = store.call(
         "HSET",
         record,
@@ -98,41 +114,52 @@ async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, An
         shard,
         writes=True,
     )
-    ttl = store.call("PEXPIREAT", record, expires_ms + 2 * 86_400_000, writes=True)
-    add = store.call(
-        "XADD",
-        keys.trigger_stream(shard),
-        "MAXLEN",
-        "~",
-        TRIGGERS_MAXLEN,
-        "*",
-        *fields,
-        writes=True,
+    record_until_ms = expires_ms + TRIGGER_RECORD_KEEP_MS
+    ttl = store.call("PEXPIREAT", record, record_until_ms, writes=True)
+    add = store.call("XADD", stream, "MAXLEN", "~", TRIGGERS_MAXLEN, "*", *fields, writes=True)
+    trim = refs.stream_trim(store, stream, now_ms)
+    index = refs.add(
+        store, profile_prefix, [(refs.trigger_ref(trigger_id), record_until_ms)], now_ms
     )
-    _, _, entry_id = await asyncio.gather(rec, ttl, add)  # every failure taken, not just one
+    # gather: every failure taken, not just one
+    _, _, entry_id, _, _ = await asyncio.gather(rec, ttl, add, trim, index)
+    await refs.add(
+        store,
+        profile_prefix,
+        [(refs.entry_ref(stream, str(entry_id)), refs.stream_until_ms(now_ms))],
+        now_ms,
+    )
     return str(entry_id)
 
 
-async def publish_event(store: Store, shard: int, event: dict[str, Any]) -> None:
+async def publish_event(store: Store, shard: int, event: dict[str, Any]) -> str:
     """A state change (claimed, completed, withdrawn) on the trigger's shard stream, so
-    every gateway shows it at once; webhook targets skip kinds they don't subscribe to."""
+    every gateway shows it at once; webhook targets skip kinds they don't subscribe to.
+    Returns the entry's id (for the profile's index: `index_entry`)."""
     fields = flat_fields(event)
-    await store.call(
-        "XADD",
-        keys.trigger_stream(shard),
-        "MAXLEN",
-        "~",
-        TRIGGERS_MAXLEN,
-        "*",
-        *fields,
-        writes=True,
-    )
+    stream = keys.trigger_stream(shard)
+    add = store.call("XADD", stream, "MAXLEN", "~", TRIGGERS_MAXLEN, "*", *fields, writes=True)
+    entry_id, _ = await asyncio.gather(add, refs.stream_trim(store, stream))
+    return str(entry_id)
+
+
+async def index_entry(store: Store, prefix: str, stream: str, entry_id: str) -> None:
+    """Record a shared stream's entry in the profile's index (erased with it)."""
+    if prefix:
+        await refs.add(store, prefix, [(refs.entry_ref(stream, entry_id), refs.stream_until_ms())])
 
 
 async def write_audit(store: Store, decision_id: str, record: dict[str, Any]) -> None:
-    await store.call(
-        "SET", keys.decision_key(decision_id), orjson.dumps(record), "EX", AUDIT_TTL_S, writes=True
-    )
+    """The decision's audit record; indexed under `record["prefix"]` when it names one
+    (every engine decision does), in the same pipeline."""
+    key = keys.decision_key(decision_id)
+    put = store.call("SET", key, orjson.dumps(record), "EX", AUDIT_TTL_S, writes=True)
+    prefix = record.get("prefix")
+    if not isinstance(prefix, str) or not prefix:
+        await put
+        return
+    until_ms = int(time.time() * 1000) + AUDIT_TTL_S * 1000 + refs.SLACK_MS
+    await asyncio.gather(put, refs.add(store, prefix, [(refs.key_ref(key), until_ms)]))
 
 
 async def read_audit(store: Store, decision_id: str) -> dict[str, Any] | None:

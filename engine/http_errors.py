@@ -43,6 +43,32 @@ def error_response(
     return json_response(body, status=status, headers=headers)
 
 
+class _ClosingResponse(web.Response):
+    """A response after which the connection is closed at once, without lingering.
+
+    aiohttp normally reads (and discards) the rest of an unread request body for up
+    to 10 s after answering; for a body we refused as a decompression bomb that is
+    pointless work, so once this response is written the connection is force-closed
+    (which is what makes aiohttp skip its lingering read).
+    """
+
+    def __init__(self, request: web.BaseRequest, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._closing_request = request
+        self.force_close()  # `Connection: close`: the client knows not to reuse it
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        self._closing_request.protocol.force_close()
+
+
+def _closing_error_response(request: web.BaseRequest, exc: ClientError) -> web.Response:
+    body = {"error": {"code": exc.code, "message": exc.message, "path": exc.path}}
+    return _ClosingResponse(
+        request, body=orjson.dumps(body), status=exc.status, content_type="application/json"
+    )
+
+
 _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -69,7 +95,22 @@ def make_error_middleware(on_reject: Callable[[str], None]) -> Any:
             )
         except ClientError as exc:
             on_reject(exc.code)
+            if getattr(exc, "close_connection", False):
+                return _closing_error_response(request, exc)
             return error_response(exc.status, exc.code, exc.message, exc.path)
+        except web.RequestPayloadError as exc:
+            # aiohttp could not read the body (broken chunked encoding, short body):
+            # the client's fault, whichever handler was reading.
+            on_reject("invalid_body")
+            return error_response(400, "invalid_body", f"the request body is malformed: {exc}", "$")
+        except ConnectionResetError:
+            raise  # the client went away mid-request: nobody to answer, nothing to log
+        except RecursionError:
+            # A JSON decoder met a body nested ~1000 deep on a route that does not read
+            # it through engine.bodies.read_json_body: the client's fault, not a 500.
+            log.warning("too deeply nested body on %s %s", request.method, request.path)
+            on_reject("too_deeply_nested")
+            return error_response(400, "too_deeply_nested", "the JSON nests too deeply", "$")
         except StoreUnavailable as exc:
             on_reject("store_unavailable")
             log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)

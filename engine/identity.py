@@ -4,8 +4,11 @@ The bank's backend mints a JWT (`sub` = customer id, `aud` = site, `exp`, `iat`)
 its private key (ES256/RS256: the engine only holds public keys) or, for the demo, an
 HS256 per-site secret. We verify with PyJWT against the site's algorithm allow-list,
 so an unsigned (`alg: none`), expired, other-site or forged token never links a
-profile. Verified tokens are cached until they expire: the snippet sends the same
-token with every batch and an ES256 verification costs ~100 µs.
+profile. A token may also not claim a longer life than the site allows
+(`identity.max_lifetime_s`, default 24 h, checked as `exp - iat` and as `exp - now`):
+a leaked token valid for a century would otherwise link whoever holds it for ever.
+Verified tokens are cached until they expire: the snippet sends the same token with
+every batch and an ES256 verification costs ~100 µs.
 
 >>> tok = mint_token("s3cret-s3cret-s3cret-s3cret-s3cret", "demo-bank", "c-42", ttl_s=60)
 >>> isinstance(tok, str)
@@ -68,13 +71,13 @@ class IdentityVerifier:
                 self._cache.move_to_end(key)
                 return customer_id
             del self._cache[key]
-        customer_id, exp = self._decode(site, token)
+        customer_id, exp = self._decode(site, token, now_s)
         self._cache[key] = (customer_id, exp)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return customer_id
 
-    def _decode(self, site: SiteConfig, token: str) -> tuple[str, float]:
+    def _decode(self, site: SiteConfig, token: str, now_s: float) -> tuple[str, float]:
         algorithms = list(site.identity.algorithms)
         try:
             header = jwt.get_unverified_header(token)
@@ -115,6 +118,7 @@ class IdentityVerifier:
             raise Unauthorized(
                 "invalid_identity", f"identity token rejected: {exc}", "$.identity"
             ) from exc
+        _check_lifetime(site, claims, now_s)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not CUSTOMER_ID_RE.match(sub):
             raise Unauthorized(
@@ -124,3 +128,17 @@ class IdentityVerifier:
                 "$.identity",
             )
         return sub, float(claims["exp"])
+
+
+def _check_lifetime(site: SiteConfig, claims: dict[str, Any], now_s: float) -> None:
+    """Refuse tokens that claim more life than the site allows (PyJWT checked the types)."""
+    max_s = site.identity.max_lifetime_s
+    exp = float(claims["exp"])
+    lifetime_s = max(exp - float(claims["iat"]), exp - now_s - _LEEWAY_S)
+    if lifetime_s > max_s:
+        raise Unauthorized(
+            "invalid_identity",
+            f"identity token lifetime of {int(lifetime_s)} s exceeds this site's maximum "
+            f"of {max_s} s (identity.max_lifetime_s); mint shorter-lived tokens",
+            "$.identity",
+        )

@@ -1,8 +1,8 @@
 """`POST /v1/events`: the hot path, read top to bottom like the data path.
 
-    guard (IP limit, media type, size) -> parse (msgspec) -> check (site, origin,
-    timestamps, identity) -> update profile (ONE Valkey round trip) -> [merge, rare]
-    -> decide -> respond
+    guard (IP limit, media type, encoding, size) -> parse (msgspec, nesting)
+    -> check (site, origin, timestamps, identity) -> update profile (ONE Valkey
+    round trip) -> [merge, rare] -> decide -> respond
 
 Nothing is written before every check has passed, so a refused batch leaves no
 trace; the profile update itself is one atomic server-side function.
@@ -18,8 +18,9 @@ from aiohttp import web
 
 from engine import keys
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, VERIFIER
+from engine.bodies import MAX_JSON_DEPTH, nesting_overflow, read_body, too_deeply_nested
 from engine.decide import DecisionInput
-from engine.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMedia
+from engine.errors import BadRequest, NotFound, UnsupportedMedia
 from engine.http_errors import json_response
 from engine.profile import customer_attributes, decode_profile
 from engine.schema import Batch, decode_batch, event_type
@@ -133,24 +134,7 @@ async def _read_body(request: web.Request, max_bytes: int) -> bytes:
             "unsupported_media_type",
             f"send application/json or text/plain, not {media or 'nothing'}",
         )
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge("payload_too_large", f"batches are limited to {max_bytes} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    try:
-        while chunk := await request.content.read(65536):
-            total += len(chunk)
-            if total > max_bytes:
-                raise PayloadTooLarge(
-                    "payload_too_large", f"batches are limited to {max_bytes} bytes"
-                )
-            chunks.append(chunk)
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(
-            "payload_too_large", f"batches are limited to {max_bytes} bytes"
-        ) from exc
-    body = b"".join(chunks)
-    return body
+    return await read_body(request, max_bytes)
 
 
 def parse_batch(
@@ -159,11 +143,16 @@ def parse_batch(
     """Decode, validate and sanity-check a batch; every error names its JSON path."""
     try:
         batch = decode_batch(body)
+    except RecursionError as exc:  # msgspec skips unknown fields recursively: ~1000 deep
+        raise too_deeply_nested(nesting_overflow(body) or "$") from exc
     except msgspec.ValidationError as exc:
+        _check_nesting(body, 0)  # too deep is the answer for a body that is also invalid
         message, path = _split_msgspec_error(str(exc))
         raise BadRequest("invalid_event", message, path) from exc
     except msgspec.DecodeError as exc:
+        _check_nesting(body, 0)
         raise BadRequest("invalid_json", f"body is not valid JSON: {exc}", "$") from exc
+    _check_nesting(body, len(batch.events))
     if len(batch.events) > max_events:
         raise BadRequest("too_many_events", f"at most {max_events} events per batch", "$.events")
     oldest = now_ms - max_age_s * 1000
@@ -177,6 +166,21 @@ def parse_batch(
                 f"$.events[{i}].ts",
             )
     return batch
+
+
+def _check_nesting(body: bytes, n_events: int) -> None:
+    """Refuse a decoded batch nested deeper than `MAX_JSON_DEPTH` (unknown fields can).
+
+    Cheap for ordinary batches: the batch, its events list and each event are
+    containers at depths 1-3, and every other container nests below those, so a
+    body with `openers` brackets is at most `3 + openers - 2 - n_events` deep. Only
+    when that bound passes the cap (about 30+ events with props) is the body scanned.
+    """
+    openers = body.count(b"{") + body.count(b"[")
+    if openers - n_events + 1 > MAX_JSON_DEPTH:
+        path = nesting_overflow(body, MAX_JSON_DEPTH)
+        if path is not None:
+            raise too_deeply_nested(path, MAX_JSON_DEPTH)
 
 
 def _split_msgspec_error(text: str) -> tuple[str, str]:

@@ -90,7 +90,7 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     plain = {"type": "object", "additionalProperties": True}
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "Ringback",
@@ -311,7 +311,9 @@ def openapi_document() -> dict[str, Any]:
                     "security": _AGENT,
                     "responses": {
                         "101": {"description": "Switching protocols"},
+                        "400": {"description": "Not a WebSocket handshake"},
                         "401": _error("Not signed in"),
+                        "403": _error("Not the dashboard's own origin"),
                     },
                 }
             },
@@ -389,7 +391,10 @@ def openapi_document() -> dict[str, Any]:
                             "schema": {"type": "string"},
                         }
                     ],
-                    "responses": {"200": {"description": "Asset"}, "404": _error("No such asset")},
+                    "responses": {
+                        "200": {"description": "Asset"},
+                        "404": _error("No such asset"),
+                    },
                 }
             },
             "/v1/admin/rules/reload": {
@@ -470,13 +475,27 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "summary": "Readiness (Valkey reachable)",
-                    "responses": {"200": _json(plain), "503": _json(plain, "Valkey unreachable")},
+                    "responses": {
+                        "200": _json(plain),
+                        "503": _json(plain, "Valkey unreachable"),
+                    },
                 }
             },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics (text format 0.0.4)",
-                    "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
+                    "description": (
+                        "With `metrics.token` set, a Bearer token is required; with "
+                        "`metrics.port` set, served only on that listener (404 here). "
+                        "With neither, open only while the engine binds loopback "
+                        "(403 `metrics_closed` otherwise)."
+                    ),
+                    "security": [{}, {"bearerAuth": []}],
+                    "responses": {
+                        "200": {"description": "OK", "content": {"text/plain": {}}},
+                        "401": _error("metrics.token is set and was not presented"),
+                        "403": _error("Non-loopback bind and no metrics.token"),
+                    },
                 }
             },
             "/openapi.json": {
@@ -484,6 +503,34 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+    return _with_common_errors(doc)
+
+
+def _with_common_errors(doc: dict[str, Any]) -> dict[str, Any]:
+    """Add the refusals every operation of a kind can give, so the document lists each
+    status a client can meet (schemathesis checks answers against it): every route has
+    a per-address budget (429); path parameters are validated (400) and looked up (404);
+    request bodies can be malformed (400), too large (413), or of a media type or
+    encoding we refuse (415); secured operations need credentials (401)."""
+    for ops in doc["paths"].values():
+        for method, op in ops.items():
+            if method == "options":
+                continue
+            responses = op.setdefault("responses", {})
+            extra = {"429": "Rate limited (Retry-After)"}
+            if any(p.get("in") == "path" for p in op.get("parameters", ())):
+                extra |= {"400": "Invalid path parameter", "404": "Not found"}
+            if method in ("post", "put", "patch"):
+                extra |= {
+                    "400": "Invalid body (code + JSON path)",
+                    "413": "Body too large",
+                    "415": "Unsupported media type or content encoding",
+                }
+            if op.get("security") and {} not in op["security"]:
+                extra["401"] = "Missing or invalid credentials"
+            for status, description in extra.items():
+                responses.setdefault(status, _error(description))
+    return doc
 
 
 async def handle_openapi(request: web.Request) -> web.Response:

@@ -18,9 +18,10 @@ import orjson
 from engine import keys
 from engine.store import Store
 
-__all__ = ["HISTORY_MAX", "Reservation", "append_history", "reserve"]
+__all__ = ["ANONYMOUS_HISTORY_TTL_S", "HISTORY_MAX", "Reservation", "append_history", "reserve"]
 
 HISTORY_MAX = 200  # entries per customer (approximate: MAXLEN ~)
+ANONYMOUS_HISTORY_TTL_S = 30 * 86400  # the default anonymous profile TTL
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +56,24 @@ async def reserve(
         "history_max": HISTORY_MAX,
     }
     res = await store.fcall("rb_reserve", keys.profile_keys(prefix), [orjson.dumps(arg)])
-    return None if res[0] == "ok" else str(res[1])
+    if res[0] != "ok":
+        return str(res[1])
+    await _expire_anonymous_history(store, prefix)
+    return None
 
 
 async def append_history(store: Store, prefix: str, entry: dict[str, Any]) -> str:
     """Append to the contact history without a policy check (offers shown, outcomes)."""
     arg = {"entry": entry, "max": HISTORY_MAX}
-    return str(await store.fcall("rb_history", keys.profile_keys(prefix), [orjson.dumps(arg)]))
+    entry_id = await store.fcall("rb_history", keys.profile_keys(prefix), [orjson.dumps(arg)])
+    await _expire_anonymous_history(store, prefix)
+    return str(entry_id)
+
+
+async def _expire_anonymous_history(store: Store, prefix: str) -> None:
+    """An anonymous visitor's history goes with its profile, not for ever: the profile
+    expires after a month without visits, and so, from its last entry, does this.
+    (Only anonymous contacts pay this extra call; a customer's history stays.)"""
+    if keys.is_anonymous(prefix):
+        hist = keys.profile_keys(prefix)[4]
+        await store.call("EXPIRE", hist, ANONYMOUS_HISTORY_TTL_S, writes=True)

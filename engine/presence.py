@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.capacity import is_phone_work
 from engine.errors import StoreUnavailable
 from engine.metrics import Metrics
 from engine.store import Store
@@ -84,7 +85,7 @@ class PresenceWatcher:
     def observe(self, msg: dict[str, Any]) -> None:
         """A triggers-stream message: callbacks open a watch, completion ends it."""
         kind = msg.get("kind")
-        if kind in ("callback", "notify") and msg.get("prefix"):
+        if is_phone_work(msg) and msg.get("prefix"):  # notifications are no agent's work
             online = msg.get("online")
             until = str(msg.get("online_until") or "0")  # stream fields arrive as text
             self._open[str(msg.get("id"))] = _Watched(

@@ -9,26 +9,45 @@ Anonymous -> known merges are the one cross-slot operation. They are rare (the f
 identified batch of a visitor), explicit, and idempotent: the customer's `links` set
 is checked and updated atomically inside `rb_merge_apply`, so a retried or
 concurrent merge never double-counts.
+
+Erasure (`erase_customer`) deletes the profiles' own keys and follows each profile's
+index (`refs`, engine/refs.py) to its data in other slots: audit and trigger records,
+entries of the shared streams; open callbacks are withdrawn from the floor.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from engine import keys
+from engine import keys, refs
+from engine.capacity import dequeue
+from engine.deliver import publish_event
 from engine.errors import RateLimited, StoreUnavailable
 from engine.profile_delta import build_delta
 from engine.schema import Event
 from engine.settings import Settings
 from engine.store import Store
 
-__all__ = ["BatchResult", "PageClassifier", "ProfileStore", "decode_profile"]
+__all__ = [
+    "BatchResult",
+    "Erased",
+    "Erasure",
+    "PageClassifier",
+    "ProfileStore",
+    "decode_profile",
+    "erasure_subject",
+    "follow_refs",
+    "write_erasure_receipt",
+]
 
 
 class PageClassifier:
@@ -193,19 +212,147 @@ class ProfileStore:
             [history_entry(entry_id, flat) for entry_id, flat in hist],
         )
 
-    async def erase_customer(self, customer_id: str) -> int:
-        """Delete every key of the customer and of each anonymous id linked to it."""
-        deleted, links = await self.store.fcall(
-            "rb_erase", keys.profile_keys(keys.customer_prefix(customer_id)), []
+    async def erase_customer(self, customer_id: str) -> Erasure:
+        """Erase the customer, every anonymous id ever merged into it, and everything
+        their indexes point at in other slots (audit and trigger records, stream
+        entries), withdrawing open callbacks.
+
+        Linked anonymous profiles go first and the customer (who holds the links) last,
+        so an erasure cut short and retried still finds everything. Each profile is
+        erased by `_erase_profile`.
+        """
+        customer = keys.customer_prefix(customer_id)
+        out = Erased()
+        done: set[str] = set()
+        links = await self.store.call("SMEMBERS", keys.profile_keys(customer)[2])
+        for member in sorted(links):
+            await self._erase_profile(_anonymous_prefix(member), out)
+            done.add(member)
+        # A merge racing with the erasure may have added a link meanwhile: take it too.
+        for member in sorted(set(await self._erase_profile(customer, out)) - done):
+            await self._erase_profile(_anonymous_prefix(member), out)
+            done.add(member)
+        return Erasure(
+            keys_deleted=out.keys,
+            stream_entries_deleted=out.entries,
+            triggers_withdrawn=out.withdrawn,
+            anonymous_profiles=len(done),
         )
-        total = int(deleted)
-        for member in links:
-            site, anonymous_id = keys.parse_link_member(member)
-            more, _ = await self.store.fcall(
-                "rb_erase", keys.profile_keys(keys.anonymous_prefix(site, anonymous_id)), []
-            )
-            total += int(more)
-        return total
+
+    async def _erase_profile(self, prefix: str, out: Erased) -> list[str]:
+        """Follow the profile's index, then delete the profile (index included) in one
+        atomic step, then follow what was indexed in between. Returns its links."""
+        first = await self.store.call("ZRANGE", keys.profile_refs(prefix), 0, -1)
+        await follow_refs(self.store, first, out)
+        deleted, links, last = await self.store.fcall("rb_erase", keys.profile_keys(prefix), [])
+        out.keys += int(deleted)
+        await follow_refs(self.store, sorted(set(last) - set(first)), out)
+        return list(links)
+
+
+def _anonymous_prefix(link: str) -> str:
+    return keys.anonymous_prefix(*keys.parse_link_member(link))
+
+
+@dataclass(slots=True)
+class Erased:
+    """Running totals of an erasure."""
+
+    keys: int = 0
+    entries: int = 0
+    withdrawn: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What `DELETE /v1/profiles/{id}` erased: counts only, never the data."""
+
+    keys_deleted: int
+    stream_entries_deleted: int
+    triggers_withdrawn: int
+    anonymous_profiles: int
+
+
+ERASURES_MAX = 1_000_000  # receipts kept (~150 bytes each, no personal data)
+
+
+def erasure_key(settings: Settings) -> bytes:
+    """The key of receipt subjects, derived from the config's secrets (per-site identity
+    secrets, API token hashes): the same in every worker and across restarts, and
+    unknown to anyone holding only a copy of Valkey, who therefore cannot test a list
+    of customer ids against the receipts. Rotating those secrets starts a new key;
+    each receipt names its key (`key_id`) so a DPO knows which config to use."""
+    h = hashlib.blake2b(digest_size=32, person=b"rb-erasures")
+    for key in sorted(settings.sites):
+        h.update(key.encode() + b"\0" + (settings.sites[key].identity_secret or "").encode())
+        h.update(b"\0")
+    for token in sorted(t.sha256 for t in settings.api_tokens):
+        h.update(token.encode() + b"\0")
+    return h.digest()
+
+
+def erasure_subject(key: bytes, customer_id: str) -> str:
+    """A keyed hash of the customer id: proves an id was erased without storing it.
+
+    >>> erasure_subject(b"k", "cust-1") == erasure_subject(b"k", "cust-1")
+    True
+    >>> erasure_subject(b"k", "cust-1") == erasure_subject(b"other", "cust-1")
+    False
+    """
+    return hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()
+
+
+async def write_erasure_receipt(
+    store: Store, settings: Settings, customer_id: str, by: str, erasure: Erasure
+) -> str:
+    """Who erased, when and how much, in a capped stream; the customer only as a keyed
+    hash. Returns the receipt's id."""
+    key = erasure_key(settings)
+    receipt = {
+        "at_ms": int(time.time() * 1000),
+        "by": by,
+        "subject": erasure_subject(key, customer_id),
+        "key_id": hashlib.blake2b(key, digest_size=4).hexdigest(),
+        "keys_deleted": erasure.keys_deleted,
+        "stream_entries_deleted": erasure.stream_entries_deleted,
+        "triggers_withdrawn": erasure.triggers_withdrawn,
+        "anonymous_profiles": erasure.anonymous_profiles,
+    }
+    flat = [x for k, v in receipt.items() for x in (k, str(v))]
+    entry_id = await store.call(
+        "XADD", keys.erasures_stream(), "MAXLEN", "~", ERASURES_MAX, "*", *flat, writes=True
+    )
+    return str(entry_id)
+
+
+async def follow_refs(store: Store, references: Sequence[str], out: Erased) -> None:
+    """Delete everything index references point at; withdraw open triggers.
+
+    A trigger's record is deleted, so claiming or completing it answers 404 and writes
+    nothing; one still open also leaves the callback queue, and every dashboard hears
+    `withdrawn` on its shard. Idempotent: following the same references again deletes
+    nothing more and withdraws nothing twice.
+    """
+    if not references:
+        return
+    dels, triggers, entries = refs.parse(references)
+    states = await asyncio.gather(
+        *[store.call("HMGET", keys.trigger_record(t), "shard", "outcome") for t in triggers]
+    )
+    deletes = [store.call("DEL", k, writes=True) for k in dels]
+    deletes += [store.call("DEL", keys.trigger_record(t), writes=True) for t in triggers]
+    xdels = [store.call("XDEL", s, *ids, writes=True) for s, ids in entries.items()]
+    others: list[Awaitable[Any]] = [dequeue(store, t) for t in triggers]
+    for trigger_id, (shard, outcome) in zip(triggers, states, strict=True):
+        if shard is not None and outcome is None:  # still open: take it off the floor
+            event = {"kind": "withdrawn", "trigger_id": trigger_id, "reason": "erased"}
+            others.append(publish_event(store, int(shard), event))
+            out.withdrawn += 1
+    n_deletes, n_xdels, *_ = await asyncio.gather(
+        asyncio.gather(*deletes), asyncio.gather(*xdels), *others
+    )
+    out.keys += sum(int(n) for n in n_deletes)
+    out.entries += sum(int(n) for n in n_xdels)
 
 
 def _f(h: dict[str, Any], k: str) -> float:

@@ -18,6 +18,12 @@ Delta keys (see `engine/lua/ringback.lua`):
     sess    [[start, end, pages, dwell_ms, events]]  session segments, in time order
     pages   ["ts path", ...]      oldest first
 
+Bounded size: every string the client chooses is clipped here to a budget of
+JSON-encoded bytes (as Valkey's cjson writes it: `/` and `"` cost 2 bytes, a control
+character 6), so `rb_ingest` can promise a worst-case profile size; the key spaces
+(products, intent keys, categories) are capped in Lua, where the whole profile is
+known. Classification sees the full path, so clipping never changes a category.
+
 >>> from engine.schema import PageViewEvent
 >>> d = build_delta([PageViewEvent(id="e1", ts=1000, page="/loans")],
 ...                 classify=lambda p: "loans", weights={"page_view": 1.0},
@@ -44,7 +50,57 @@ from engine.schema import (
     PageViewProps,
 )
 
-__all__ = ["build_delta"]
+__all__ = [
+    "CAMPAIGN_MAX_BYTES",
+    "FORM_NAME_MAX_BYTES",
+    "LAST_PAGE_MAX_BYTES",
+    "PAGE_ENTRY_MAX_BYTES",
+    "build_delta",
+    "clip_json",
+]
+
+# Encoded-byte budgets of client-chosen strings kept in a profile (ringback.lua's header
+# adds them up to the worst-case profile size; change both together).
+LAST_PAGE_MAX_BYTES = 256  # last_page
+PAGE_ENTRY_MAX_BYTES = 96  # the path of each of the 20 "ts path" entries in `pages`
+CAMPAIGN_MAX_BYTES = 128  # utm_source, utm_campaign and their first_* copies
+FORM_NAME_MAX_BYTES = 128  # f:last_abandon
+
+_ESCAPED_2 = frozenset('"\\/')
+
+
+def _json_cost(ch: str) -> int:
+    """Bytes one character takes in cjson's output (control characters as \\u00XX)."""
+    if ch in _ESCAPED_2:
+        return 2
+    o = ord(ch)
+    if o < 0x20 or o == 0x7F:
+        return 6
+    if o < 0x80:
+        return 1
+    return 2 if o < 0x800 else 3 if o < 0x10000 else 4
+
+
+def clip_json(text: str, max_bytes: int) -> str:
+    """The longest prefix of `text` whose JSON encoding (without quotes) fits `max_bytes`.
+
+    Fast paths first: this runs for every page view, and real paths are short ASCII.
+
+    >>> clip_json("/loans/personal", 12), clip_json("ab", 12), clip_json("\\x00ab", 7)
+    ('/loans/per', 'ab', '\\x00a')
+    """
+    if len(text) * 6 <= max_bytes:
+        return text
+    if text.isascii() and text.isprintable():
+        cost = len(text) + text.count("/") + text.count('"') + text.count("\\")
+        if cost <= max_bytes:
+            return text
+    total = 0
+    for i, ch in enumerate(text):
+        total += _json_cost(ch)
+        if total > max_bytes:
+            return text[:i]
+    return text
 
 
 def build_delta(
@@ -90,12 +146,12 @@ def build_delta(
                 key = "cat:" + cat
                 inc[key] = inc.get(key, 0) + 1
             if ev.page:
-                newest("lp_ts", ts, {"last_page": ev.page})
-                pages.append((ts, ev.page))
+                newest("lp_ts", ts, {"last_page": clip_json(ev.page, LAST_PAGE_MAX_BYTES)})
+                pages.append((ts, clip_json(ev.page, PAGE_ENTRY_MAX_BYTES)))
             props: PageViewProps = ev.props  # type: ignore[assignment]  # etype narrows
             if props.utm_source or props.utm_campaign:
                 utm = {
-                    k: v
+                    k: clip_json(v, CAMPAIGN_MAX_BYTES)
                     for k, v in (
                         ("utm_source", props.utm_source),
                         ("utm_campaign", props.utm_campaign),
@@ -130,7 +186,11 @@ def build_delta(
             key = "f:" + fp.action
             inc[key] = inc.get(key, 0) + 1
             if fp.action == "abandon":
-                newest("f:last_abandon_ts", ts, {"f:last_abandon": fp.form or fp.field})
+                newest(
+                    "f:last_abandon_ts",
+                    ts,
+                    {"f:last_abandon": clip_json(fp.form or fp.field, FORM_NAME_MAX_BYTES)},
+                )
         elif etype == "interest":
             ip: InterestProps = ev.props  # type: ignore[assignment]
             ikey = ip.product

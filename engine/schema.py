@@ -9,6 +9,11 @@ Each event type carries its own typed `props`, selected by the `type` tag, so
 a `calc` event cannot arrive without a numeric amount and a `form` event has
 nowhere to put a field's value.
 
+Unknown fields are ignored (a newer snippet may send more), but a body may nest
+at most `engine.bodies.MAX_JSON_DEPTH` (32) levels of objects and arrays; deeper
+is `400 too_deeply_nested` at the path where the cap is passed. A batch itself
+needs five: batch, events, event, props, custom data.
+
 >>> batch = decode_batch(b'{"site":"demo-bank","anonymous_id":"a1234567",'
 ...     b'"events":[{"id":"e1","type":"page_view","ts":1700000000000,"page":"/loans"}]}')
 >>> batch.events[0].page

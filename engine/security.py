@@ -2,7 +2,10 @@
 
 Origins: a browser always sends `Origin` on a cross-origin POST; if it names an
 origin the site did not allow, the batch is refused (403). `self` in a site's
-allowed origins stands for the engine's own origin (the built-in /demo page).
+allowed origins stands for the engine's own origin (the built-in /demo page): the
+configured `server.public_url`, or else the address the connection reached. Never
+the `Host` header: a DNS-rebinding page (evil.example resolving to the engine's IP)
+sends `Host: evil.example:8080` and `Origin: http://evil.example:8080`, which match.
 Requests without `Origin` (server-to-server) are accepted: origin checks protect
 against other web pages, and identity is proven by signed tokens, not by headers.
 
@@ -12,6 +15,7 @@ trusted proxy; otherwise a client could pick its own IP and dodge its limit.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import time
 
@@ -25,19 +29,60 @@ __all__ = [
     "check_origin",
     "client_ip",
     "cors_headers",
+    "is_loopback_host",
+    "is_own_origin",
     "require_api_token",
+    "require_bearer",
+    "self_origins",
 ]
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def own_origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
+def self_origins(settings: Settings, request: web.Request) -> tuple[str, ...]:
+    """The origins `self` stands for: `public_url`, or else the address this connection
+    reached (`http://<local ip>:<port>`, plus `http://localhost:<port>` on loopback).
+
+    The local address is the engine's own socket, which no client can choose; with a
+    DNS name, a TLS proxy or a port map in front, set `server.public_url`.
+    """
+    if settings.public_url:
+        return (settings.public_url,)
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname or not isinstance(sockname, tuple):
+        return ()
+    ip, port = str(sockname[0]), int(sockname[1])
+    try:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return ()
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    scheme = request.scheme
+    suffix = "" if port == (443 if scheme == "https" else 80) else f":{port}"
+    host = f"[{addr}]" if addr.version == 6 else str(addr)
+    origins = [f"{scheme}://{host}{suffix}"]
+    if addr.is_loopback:
+        origins.append(f"{scheme}://localhost{suffix}")
+    return tuple(origins)
+
+
+def is_own_origin(settings: Settings, origin: str, request: web.Request) -> bool:
+    """Is `origin` the engine's own (same-origin pages: /demo, the dashboard's socket)?"""
+    return origin in self_origins(settings, request)
+
+
+def _settings(request: web.Request) -> Settings:
+    from engine.appkeys import SETTINGS  # appkeys imports this module
+
+    return request.app[SETTINGS]
 
 
 def origin_allowed(site: SiteConfig, origin: str, request: web.Request) -> bool:
     for allowed in site.allowed_origins:
-        if allowed == origin or (allowed == "self" and origin == own_origin(request)):
+        if allowed == origin:
+            return True
+        if allowed == "self" and is_own_origin(_settings(request), origin, request):
             return True
     return False
 
@@ -73,6 +118,25 @@ def preflight_origin_allowed(settings: Settings, request: web.Request) -> str | 
         if origin_allowed(site, origin, request):
             return origin
     return None
+
+
+def require_bearer(request: web.Request, secret: str, what: str) -> None:
+    """Check `Authorization: Bearer <secret>` in constant time (401 otherwise)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized(
+            "missing_credentials", f"{what} needs a token (Authorization: Bearer <token>)"
+        )
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("invalid_credentials", "use Authorization: Bearer <token>")
+    if not hmac.compare_digest(token.strip().encode(), secret.encode()):
+        raise Unauthorized("invalid_credentials", f"token not recognised for {what}")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Does binding `host` keep the port on this machine (127.0.0.0/8, ::1, localhost)?"""
+    return host == "localhost" or is_loopback(host)
 
 
 def require_api_token(settings: Settings, request: web.Request) -> str:

@@ -32,7 +32,7 @@ from aiohttp import web
 from engine.embedded import DataDirInUse, EmbeddedValkey, Watchdog, die_with_parent, free_port
 from engine.errors import ConfigError
 from engine.runtime import GcPauseRecorder, freeze_startup_objects
-from engine.settings import Settings
+from engine.settings import DEMO_CREDENTIALS_FILE, Settings
 
 __all__ = ["serve"]
 
@@ -69,6 +69,8 @@ def serve(settings: Settings) -> int:
         if settings.port == 0:
             settings = replace(settings, port=free_port(settings.host))
         problem = _port_problem(settings.host, settings.port)
+        if problem is None and settings.metrics.port is not None:
+            problem = _port_problem(settings.metrics.host, settings.metrics.port)
         if problem:
             _fail(problem)
             return _EXIT_USAGE
@@ -138,13 +140,19 @@ def _announce(settings: Settings, port: int) -> None:
         ("/metrics", "metrics"),
         ("/openapi.json", "API description"),
     ):
+        if path == "/metrics" and settings.metrics.port is not None:
+            metrics_host = settings.metrics.host
+            if ":" in metrics_host:
+                metrics_host = f"[{metrics_host}]"
+            _print(f"  {what:<26} http://{metrics_host}:{settings.metrics.port}{path}")
+            continue
         _print(f"  {what:<26} {base}{path}")
-    creds = settings.demo_credentials
-    if creds:
-        _print(f"demo credentials ({settings.data_dir / 'demo-credentials.json'}):")
-        _print(f"  api_token       {creds['api_token']}")
-        _print(f"  agent login     {creds['agent_user']} / {creds['agent_password']}")
-        _print(f"  identity_secret {creds['identity_secret']}")
+    if settings.demo_credentials:
+        # Only where they are: stdout ends up in log shippers, secrets must not.
+        _print(
+            "demo credentials (admin API token, agent login, identity secret): "
+            f"{settings.data_dir / DEMO_CREDENTIALS_FILE} (mode 0600)"
+        )
 
 
 def _run_worker(
@@ -165,6 +173,7 @@ async def _serve_async(
 ) -> int:
     from engine.app import INFLIGHT, RULES, build_app
     from engine.appkeys import METRICS
+    from engine.ops import build_metrics_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -186,12 +195,17 @@ async def _serve_async(
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_LATE)
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        auto_decompress=False,  # engine.bodies inflates request bodies, capped and in steps
     )
     # From the app's startup on its background tasks run: whatever happens, clean them up,
     # or the event loop's shutdown waits on them forever (seen: a busy port hung `serve`).
     gc_pauses = GcPauseRecorder(app[METRICS])
     gc_pauses.start()
+    metrics_runner: web.AppRunner | None = None
     try:
         await runner.setup()
         freeze_startup_objects()  # after startup: what exists now lives as long as we do
@@ -204,6 +218,31 @@ async def _serve_async(
             reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             _fail(f"cannot listen on {settings.host}:{settings.port}: {reason or exc}")
             return _EXIT_USAGE
+        if settings.metrics.port is not None:
+            # /metrics on its own listener, in every worker like the main port: the
+            # numbers are aggregated across workers, so any worker answers for the pool.
+            metrics_runner = web.AppRunner(
+                build_metrics_app(settings, app[METRICS]),
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=settings.shutdown_timeout_s,
+            )
+            await metrics_runner.setup()
+            metrics_site = web.TCPSite(
+                metrics_runner,
+                settings.metrics.host,
+                settings.metrics.port,
+                reuse_port=reuse_port,
+            )
+            try:
+                await metrics_site.start()
+            except OSError as exc:
+                reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                _fail(
+                    f"cannot listen on {settings.metrics.host}:{settings.metrics.port} "
+                    f"(metrics): {reason or exc}"
+                )
+                return _EXIT_USAGE
         port = settings.port
         sockets = getattr(site._server, "sockets", None)  # port 0: the one it picked
         if sockets:
@@ -223,6 +262,8 @@ async def _serve_async(
                 settings.shutdown_timeout_s,
             )
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
         gc_pauses.stop()
     return 0

@@ -7,6 +7,10 @@ the file and the key, so an operator never has to guess which line is wrong.
 With the built-in demo config, secrets are generated on first start into
 `<data-dir>/demo-credentials.json` (mode 0600) and reused afterwards; nothing
 secret is hard-coded anywhere.
+
+Secrets never print: every config object that holds one shows `'***'` in its repr
+(a `Settings` dumped into a log or a traceback leaks nothing), and `serve` prints
+where the credentials file is, not what it holds.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import os
 import re
 import secrets
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from fnmatch import translate
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -31,6 +37,7 @@ __all__ = [
     "DEMO_CREDENTIALS_FILE",
     "ApiToken",
     "Limits",
+    "MetricsConfig",
     "ProfileTuning",
     "Secret",
     "Settings",
@@ -40,6 +47,10 @@ __all__ = [
 
 DEMO_CREDENTIALS_FILE = "demo-credentials.json"
 SITE_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MASK = "'***'"
+# An identity token older-to-newer than this is refused unless the site allows more:
+# a leaked long-lived token would link a profile for as long as it claims to be valid.
+DEFAULT_MAX_TOKEN_LIFETIME_S = 86400
 
 
 class Secret:
@@ -54,7 +65,7 @@ class Secret:
         return self._value
 
     def __repr__(self) -> str:
-        return "Secret('**********')"
+        return MASK
 
     __str__ = __repr__
 
@@ -65,6 +76,34 @@ class Secret:
         return hash(self._value)
 
 
+def _redacted_repr(obj: Any, redact: dict[str, Callable[[Any], str]]) -> str:
+    """A dataclass repr with some fields shown through `redact` (by field name)."""
+    parts = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        shown = redact[f.name](value) if f.name in redact else repr(value)
+        parts.append(f"{f.name}={shown}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+def _mask(_value: Any) -> str:
+    return MASK
+
+
+def _url_without_password(url: str) -> str:
+    """`redis://user:pw@host` -> `redis://user:***@host` (a store URL may carry a password)."""
+    return repr(re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url))
+
+
+class Credentials(dict[str, str]):
+    """The demo's generated credentials: a plain dict whose repr shows only the user."""
+
+    def __repr__(self) -> str:
+        return repr({k: (v if k == "agent_user" else "***") for k, v in self.items()})
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True, slots=True)
 class IdentityConfig:
     """How a site's identity tokens are verified: an algorithm allow-list and its keys."""
@@ -72,6 +111,8 @@ class IdentityConfig:
     algorithms: tuple[str, ...]
     secret: Secret | None = None  # HS256 (demo, or banks that prefer shared secrets)
     public_key: str | None = None  # PEM, for ES256/RS256: the engine never holds the private key
+    # Longest lifetime a token may claim (exp - iat, and exp - now): longer ones are refused.
+    max_lifetime_s: int = DEFAULT_MAX_TOKEN_LIFETIME_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +137,9 @@ class ApiToken:
     name: str
     sha256: str
 
+    def __repr__(self) -> str:
+        return _redacted_repr(self, {"sha256": _mask})
+
     def matches(self, presented: str) -> bool:
         digest = hashlib.sha256(presented.encode()).hexdigest()
         return hmac.compare_digest(digest, self.sha256)
@@ -106,6 +150,9 @@ class Agent:
     user: str
     password_hash: str  # scrypt$<salt hex>$<hash hex>
     role: Literal["agent", "supervisor"] = "agent"
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, {"password_hash": _mask})
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +168,21 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Who may read /metrics, and where.
+
+    `token`: when set, every /metrics answer needs `Authorization: Bearer <token>`.
+    `port`: when set, /metrics is served only on `host:port` (an internal interface),
+    no longer on the main port. Without either, /metrics is open only while the engine
+    binds a loopback address; on any other bind it is refused (403 `metrics_closed`).
+    """
+
+    token: Secret | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 65536
     max_events_per_batch: int = 100
@@ -129,6 +191,11 @@ class Limits:
     batches_per_minute_per_visitor: int = 240
     batches_per_minute_per_ip: int = 1200
     limit_loopback: bool = False
+    # Agent sign-in, counted in Valkey before any password is hashed (login_throttle.py).
+    login_attempts_per_user: int = 10
+    login_user_window_s: int = 900
+    login_attempts_per_address: int = 30
+    login_address_window_s: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +215,10 @@ class Settings:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 8080
+    # The origin `self` means in a site's allowed_origins (scheme://host[:port]). Empty:
+    # the address the connection reached (see engine.security.self_origins), never the
+    # Host header, which any client (or a DNS-rebinding page) picks.
+    public_url: str = ""
     workers: int = 1
     trusted_proxies: tuple[str, ...] = ()
     shutdown_timeout_s: float = 10.0
@@ -164,6 +235,12 @@ class Settings:
     categories: tuple[tuple[str, re.Pattern[str]], ...] = ()
     demo_credentials: dict[str, str] | None = None
     webhooks: tuple[WebhookConfig, ...] = ()
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __repr__(self) -> str:
+        # demo_credentials is a Credentials (masked repr); secrets in sites/webhooks are
+        # Secret; a store URL may carry a password.
+        return _redacted_repr(self, {"redis_url": _url_without_password})
 
     @property
     def embedded_store(self) -> bool:
@@ -257,7 +334,7 @@ def _demo_credentials(data_dir: Path) -> dict[str, str]:
         needed = {"identity_secret", "api_token", "agent_user", "agent_password"}
         if not isinstance(creds, dict) or not needed <= set(creds):
             raise ConfigError(str(path), "(file)", f"must hold {sorted(needed)}")
-        return {k: str(v) for k, v in creds.items()}
+        return Credentials({k: str(v) for k, v in creds.items()})
     data_dir.mkdir(parents=True, exist_ok=True)
     creds = {
         "identity_secret": secrets.token_urlsafe(32),
@@ -268,7 +345,7 @@ def _demo_credentials(data_dir: Path) -> dict[str, str]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(orjson.dumps(creds, option=orjson.OPT_INDENT_2))
-    return creds
+    return Credentials(creds)
 
 
 def _secret(r: _Reader, name: str) -> Secret | None:
@@ -309,7 +386,15 @@ def _site(r: _Reader, demo_creds: dict[str, str] | None) -> SiteConfig:
     demo = r.get("demo", bool, False)
     ir = r.sub("identity")
     ir.check_known(
-        {"algorithms", "secret", "secret_env", "secret_file", "public_key", "public_key_file"}
+        {
+            "algorithms",
+            "secret",
+            "secret_env",
+            "secret_file",
+            "public_key",
+            "public_key_file",
+            "max_lifetime_s",
+        }
     )
     algorithms = tuple(ir.get("algorithms", list, ["HS256"]))
     for i, alg in enumerate(algorithms):
@@ -336,9 +421,43 @@ def _site(r: _Reader, demo_creds: dict[str, str] | None) -> SiteConfig:
         allowed_origins=tuple(origins),
         consent=consent,
         honor_gpc=r.get("honor_gpc", bool, True),
-        identity=IdentityConfig(algorithms=algorithms, secret=secret, public_key=public_key),
+        identity=IdentityConfig(
+            algorithms=algorithms,
+            secret=secret,
+            public_key=public_key,
+            max_lifetime_s=ir.positive_int("max_lifetime_s", DEFAULT_MAX_TOKEN_LIFETIME_S),
+        ),
         demo=demo,
     )
+
+
+def public_origin(url: str) -> str | None:
+    """`https://Bank.example:443/` -> `https://bank.example`: the form browsers send as
+    Origin (lowercase, no default port, no path). None if `url` is not such a URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def _metrics(r: _Reader) -> MetricsConfig:
+    r.check_known({"token", "token_env", "token_file", "host", "port"})
+    port = r.get("port", int, None)
+    if port is not None and not 1 <= port <= 65535:
+        raise r.fail("port", "must be a port number (1-65535)")
+    if "host" in r.table and port is None:
+        raise r.fail("host", "needs metrics.port too (the address to serve /metrics on)")
+    return MetricsConfig(token=_secret(r, "token"), host=r.get("host", str, "127.0.0.1"), port=port)
 
 
 def _categories(r: _Reader) -> tuple[tuple[str, re.Pattern[str]], ...]:
@@ -361,7 +480,7 @@ def load_settings(
 ) -> Settings:
     """Read the config file (or the built-in demo) and apply CLI overrides.
 
-    `overrides` keys: host, port, workers, redis_url, rules_dir, durability.
+    `overrides` keys: host, port, public_url, workers, redis_url, rules_dir, durability.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if config_file is None:
@@ -393,13 +512,25 @@ def load_settings(
             "agents",
             "rules",
             "webhooks",
+            "metrics",
         }
     )
     ddir = Path(data_dir).resolve()
     demo_creds = _demo_credentials(ddir) if root.get("demo_credentials", bool, False) else None
 
     server = root.sub("server")
-    server.check_known({"host", "port", "workers", "trusted_proxies", "shutdown_timeout_s"})
+    server.check_known(
+        {"host", "port", "public_url", "workers", "trusted_proxies", "shutdown_timeout_s"}
+    )
+    public_url = ""
+    raw_public_url = overrides.get("public_url") or server.get("public_url", str, "")
+    if raw_public_url:
+        origin = public_origin(raw_public_url)
+        if origin is None:
+            raise server.fail(
+                "public_url", "must be an http(s) URL without a path, e.g. https://bank.example"
+            )
+        public_url = origin
     store = root.sub("store")
     store.check_known({"redis_url", "durability"})
     durability = overrides.get("durability") or store.get("durability", str, "aof")
@@ -515,6 +646,7 @@ def load_settings(
         data_dir=ddir,
         host=overrides.get("host") or server.get("host", str, "127.0.0.1"),
         port=int(overrides["port"]) if "port" in overrides else server.get("port", int, 8080),
+        public_url=public_url,
         workers=workers,
         trusted_proxies=tuple(server.get("trusted_proxies", list, [])),
         shutdown_timeout_s=float(server.get("shutdown_timeout_s", float, 10.0)),
@@ -530,4 +662,5 @@ def load_settings(
         categories=_categories(root.sub("categories")),
         demo_credentials=demo_creds,
         webhooks=tuple(webhooks),
+        metrics=_metrics(root.sub("metrics")),
     )

@@ -19,16 +19,18 @@ import msgspec
 import orjson
 from aiohttp import WSMsgType, web
 
-from engine import keys, streams
+from engine import keys, refs, streams
 from engine.agents import Principal, authenticate
-from engine.appkeys import METRICS, STORE
-from engine.capacity import dequeue
-from engine.deliver import decode_fields, publish_event, read_audit
+from engine.appkeys import METRICS, SETTINGS, STORE
+from engine.bodies import read_json_body
+from engine.capacity import dequeue, is_phone_work
+from engine.deliver import decode_fields, index_entry, publish_event, read_audit
 from engine.errors import BadRequest, ClientError, Forbidden, NotFound
 from engine.http_errors import json_response
 from engine.metrics import Metrics
 from engine.policy import append_history
 from engine.presence import PresenceWatcher
+from engine.security import is_own_origin
 from engine.store import Store
 from engine.tasks import finish
 
@@ -39,6 +41,7 @@ log = logging.getLogger("ringback.triggers")
 T = TypeVar("T")
 
 OUTCOMES = ("connected", "no_answer", "converted", "not_interested")
+OUTCOMES_MAXLEN = 1_000_000  # and trimmed by age (refs.STREAM_KEEP_MS)
 TRIGGER_ID_RE = r"^[0-9a-f]{24}$"
 
 
@@ -64,6 +67,11 @@ class CompleteBody(msgspec.Struct, forbid_unknown_fields=True):
     note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
+async def _read_json(request: web.Request) -> bytes:
+    """The body, inflated if compressed, size- and depth-capped (engine.bodies)."""
+    return await read_json_body(request, request.app[SETTINGS].limits.max_body_bytes)
+
+
 def _decode_body(raw: bytes, kind: type[T]) -> T:
     """Typed JSON body; errors carry the JSON path, like event batches."""
     try:
@@ -87,6 +95,11 @@ async def handle_claim(request: web.Request) -> web.Response:
     trigger_id = _trigger_id(request)
     store = request.app[STORE]
     now_ms = int(time.time() * 1000)
+    # Only phone work is claimable: an e-mail/SMS notification (a do-not-call
+    # customer's "call me") must never reach an agent's phone.
+    created = await store.call("HGET", keys.trigger_record(trigger_id), "data")
+    if created is not None and not is_phone_work(orjson.loads(created)):
+        raise Conflict("not_claimable", "this is an e-mail/SMS notification, not a callback")
     res = await store.fcall("rb_claim", [keys.trigger_record(trigger_id)], [principal.name, now_ms])
     if res[0] == "unknown":
         raise NotFound("not_found", "no such trigger")
@@ -96,7 +109,6 @@ async def handle_claim(request: web.Request) -> web.Response:
         raise Conflict("already_claimed", f"already claimed by {res[1]}")
     shard = int(await store.call("HGET", keys.trigger_record(trigger_id), "shard") or 0)
     await dequeue(store, trigger_id)
-    created = await store.call("HGET", keys.trigger_record(trigger_id), "data")
     with contextlib.suppress(ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
         created_ms = int(orjson.loads(created).get("created_ms") or 0)
         if created_ms:
@@ -114,7 +126,7 @@ async def handle_claim(request: web.Request) -> web.Response:
 async def handle_complete(request: web.Request) -> web.Response:
     principal = await authenticate(request, state_changing=True)
     trigger_id = _trigger_id(request)
-    body = _decode_body(await request.read(), CompleteBody)
+    body = _decode_body(await _read_json(request), CompleteBody)
     store = request.app[STORE]
     now_ms = int(time.time() * 1000)
     override = "1" if principal.role in ("supervisor", "system") else "0"
@@ -132,8 +144,12 @@ async def handle_complete(request: web.Request) -> web.Response:
     if res[0] == "done":
         raise Conflict("already_completed", f"already completed: {res[1]}")
     trigger = orjson.loads(res[1])
-    await record_outcome(store, trigger, body.outcome, body.value, principal, now_ms)
-    shard = int(await store.call("HGET", keys.trigger_record(trigger_id), "shard") or 0)
+    shard_s, prefix = await store.call("HMGET", keys.trigger_record(trigger_id), "shard", "prefix")
+    trigger.setdefault("prefix", prefix or "")  # the record knows whose it is
+    await record_outcome(
+        store, trigger, body.outcome, body.value, principal, now_ms, note=body.note
+    )
+    shard = int(shard_s or 0)
     await publish_event(
         store,
         shard,
@@ -155,10 +171,16 @@ async def record_outcome(
     value: float | None,
     principal: Principal,
     now_ms: int,
+    *,
+    note: str | None = None,
 ) -> None:
-    """Outcomes stream (learning) + the customer's contact history (context)."""
+    """Outcomes stream (learning) + the customer's contact history (context).
+
+    The agent's note goes to both, so the next agent reads it and erasure removes it
+    with the customer: the outcome entry is recorded in the profile's index.
+    """
     prefix = str(trigger.get("prefix") or "")
-    entry = {
+    entry: dict[str, Any] = {
         "kind": "outcome",
         "decision_id": trigger.get("id", ""),
         "rule": trigger.get("rule", ""),
@@ -169,19 +191,25 @@ async def record_outcome(
     }
     if value is not None:
         entry["value"] = value
-    shard = keys.trigger_shard(prefix or str(trigger.get("id")))
-    await store.call(
+    if note:
+        entry["note"] = note
+    stream = keys.outcome_stream(keys.trigger_shard(prefix or str(trigger.get("id"))))
+    add = store.call(
         "XADD",
-        keys.outcome_stream(shard),
+        stream,
         "MAXLEN",
         "~",
-        1_000_000,
+        OUTCOMES_MAXLEN,
         "*",
         *[x for kv in entry.items() for x in (kv[0], str(kv[1]))],
         writes=True,
     )
+    entry_id, _ = await asyncio.gather(add, refs.stream_trim(store, stream, now_ms))
     if prefix:
-        await append_history(store, prefix, entry)
+        await asyncio.gather(
+            index_entry(store, prefix, stream, str(entry_id)),
+            append_history(store, prefix, entry),
+        )
 
 
 async def handle_outcome(request: web.Request) -> web.Response:
@@ -190,7 +218,7 @@ async def handle_outcome(request: web.Request) -> web.Response:
     from engine.security import require_api_token
 
     name = require_api_token(request.app[SETTINGS], request)
-    body = _decode_body(await request.read(), OutcomeBody)
+    body = _decode_body(await _read_json(request), OutcomeBody)
     store = request.app[STORE]
     audit = await read_audit(store, body.decision_id)
     if audit is None:
@@ -278,6 +306,8 @@ class Gateway:
                     for entry_id, fields in entries:
                         last[stream] = entry_id
                         msg = _decode(entry_id, fields)
+                        if not _for_agents(msg):
+                            continue  # an e-mail/SMS notification: webhooks' work, not agents'
                         self.presence.observe(msg)
                         await self.broadcast(msg)
             except asyncio.CancelledError:
@@ -318,12 +348,19 @@ class Gateway:
                 msg = _decode(entry_id, fields)
                 kind = msg.get("kind")
                 if kind in ("callback", "notify"):
-                    open_[str(msg.get("id"))] = msg
+                    if is_phone_work(msg):  # only phone work is claimable
+                        open_[str(msg.get("id"))] = msg
                 elif kind == "claimed" and msg.get("trigger_id") in open_:
                     open_[msg["trigger_id"]]["claimed_by"] = msg.get("by")
                 elif kind in ("completed", "withdrawn"):
                     open_.pop(str(msg.get("trigger_id")), None)
         return [t for t in open_.values() if int(t.get("expires_ms") or 0) > now_ms]
+
+
+def _for_agents(msg: dict[str, Any]) -> bool:
+    """Stream entries the dashboards get: phone callbacks and state changes, never an
+    e-mail/SMS notification (a do-not-call customer's "call me" must not be claimable)."""
+    return msg.get("kind") not in ("callback", "notify") or is_phone_work(msg)
 
 
 def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -336,7 +373,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 async def handle_ws(request: web.Request) -> web.WebSocketResponse:
     """`GET /v1/triggers/ws`: the live queue. Cookie or token; same-origin pages only."""
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if origin is not None and not is_own_origin(request.app[SETTINGS], origin, request):
         raise Forbidden("origin_not_allowed", "the dashboard connects from its own origin")
     principal = await authenticate(request)
     ws = web.WebSocketResponse(heartbeat=20)

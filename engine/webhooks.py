@@ -16,6 +16,11 @@ A failed attempt is retried with exponential backoff and jitter; after
 `ringback webhooks replay` puts it back in line. If a dispatcher dies mid-delivery
 the entry stays pending in the group and another dispatcher claims it
 (XAUTOCLAIM) once it has been idle for `reclaim_idle_s`.
+
+Erasure reaches webhooks too: a trigger whose record is gone (its customer erased) is
+acknowledged, not sent, before every attempt and before dead-lettering; an entry
+deleted from its stream comes back from the group with no fields and is acknowledged.
+Copies in the dead-letter and replay streams are recorded in the profile's index.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ import aiohttp
 import orjson
 from redis.exceptions import ResponseError
 
-from engine import keys
-from engine.deliver import decode_fields
+from engine import keys, refs
+from engine.deliver import decode_fields, index_entry
 from engine.metrics import Metrics
 from engine.store import Store
 from engine.streams import xrange, xreadgroup
@@ -94,11 +99,22 @@ def webhook_body(trigger: dict[str, Any]) -> bytes:
 
 
 def dead_letter_stream(target: str) -> str:
-    return f"rb:{{wh:{target}}}:dead"
+    return keys.webhook_dead_letters(target)
 
 
 def replay_stream(target: str) -> str:
-    return f"rb:{{wh:{target}}}:replay"
+    return keys.webhook_replay(target)
+
+
+DEAD_LETTERS_MAXLEN = 100_000  # per target; and trimmed by age (refs.STREAM_KEEP_MS)
+
+
+async def _index(store: Store, fields: dict[str, str], stream: str, entry_id: str) -> None:
+    """A copy of a trigger in a webhook stream is the customer's data too: recorded in
+    the profile's index, so erasure deletes it."""
+    prefix = fields.get("prefix", "")
+    if prefix:
+        await index_entry(store, prefix, stream, entry_id)
 
 
 def group_name(target: str) -> str:
@@ -217,11 +233,23 @@ class Dispatcher:
             out += [(stream, entry_id, fields) for entry_id, fields in claimed if fields]
         return out
 
+    async def _withdrawn(self, trigger: dict[str, Any]) -> bool:
+        """Whether the trigger is gone (its customer erased, or long expired): its
+        record no longer exists, so it must not be sent, retried or dead-lettered."""
+        trigger_id = trigger.get("id")
+        if not trigger_id:
+            return False
+        exists = await self.store.call("EXISTS", keys.trigger_record(str(trigger_id)))
+        return int(exists) == 0
+
     async def _deliver(
-        self, target: WebhookTarget, stream: str, entry_id: str, fields: dict[str, str]
+        self, target: WebhookTarget, stream: str, entry_id: str, fields: dict[str, str] | None
     ) -> None:
-        trigger = decode_fields(fields)
         group = group_name(target.name)
+        if not fields:  # deleted (erased) after it was read: nothing left to send
+            await self.client.xack(stream, group, entry_id)
+            return
+        trigger = decode_fields(fields)
         if trigger.get("kind") not in target.kinds:
             await self.client.xack(stream, group, entry_id)
             return
@@ -229,6 +257,10 @@ class Dispatcher:
         body = webhook_body(trigger)
         assert self._session is not None
         for attempt in range(1, target.max_attempts + 1):
+            if await self._withdrawn(trigger):  # checked before every attempt
+                self.metrics.webhook_deliveries.labels(target.name, "withdrawn").inc()
+                await self.client.xack(stream, group, entry_id)
+                return
             ok, detail = await self._post(target, msg_id, body)
             if ok:
                 self.metrics.webhook_deliveries.labels(target.name, "delivered").inc()
@@ -241,16 +273,24 @@ class Dispatcher:
                 await self._wait_holding(
                     target, stream, entry_id, backoff * random.uniform(0.5, 1.0)
                 )
-        await self.client.xadd(
-            dead_letter_stream(target.name),
+        if await self._withdrawn(trigger):
+            self.metrics.webhook_deliveries.labels(target.name, "withdrawn").inc()
+            await self.client.xack(stream, group, entry_id)
+            return
+        dead = dead_letter_stream(target.name)
+        dead_id = await self.client.xadd(
+            dead,
             {
                 **fields,  # type: ignore[dict-item]  # redis-py's annotation is too narrow
                 "webhook_id": msg_id,
                 "failed_attempts": str(target.max_attempts),
                 "last_error": detail[:500],
             },
-            maxlen=100_000,
+            maxlen=DEAD_LETTERS_MAXLEN,
             approximate=True,
+        )
+        await asyncio.gather(
+            _index(self.store, fields, dead, str(dead_id)), refs.stream_trim(self.store, dead)
         )
         await self.client.xack(stream, group, entry_id)
         self.metrics.webhook_dead_letters.labels(target.name).inc()
@@ -313,7 +353,16 @@ async def replay_dead_letters(store: Store, target: str, limit: int = 1000) -> i
             for k, v in fields.items()
             if k not in ("webhook_id", "failed_attempts", "last_error")
         }
-        await client.xadd(replay_stream(target), clean)  # type: ignore[arg-type]
+        replay = replay_stream(target)
+        replay_id = await client.xadd(
+            replay,
+            clean,  # type: ignore[arg-type]
+            maxlen=DEAD_LETTERS_MAXLEN,
+            approximate=True,
+        )
+        await asyncio.gather(
+            _index(store, clean, replay, str(replay_id)), refs.stream_trim(store, replay)
+        )
         await client.xdel(dead_letter_stream(target), entry_id)
     return len(entries)
 

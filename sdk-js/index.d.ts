@@ -149,7 +149,8 @@ export interface FormProps {
 /**
  * Custom events. The snippet itself sends:
  *   offer_impression / offer_click  {decision_id, offer_id}
- *   rb_dropped                      {count}: events the bounded offline queue dropped
+ *   rb_dropped                      {count}: events dropped by the bounded offline queue
+ *                                   or refused for good by the engine (4xx, see below)
  */
 export interface CustomProps {
   name: string; // 1-64
@@ -171,9 +172,12 @@ export interface Decision {
 }
 
 /**
- * Error response (4xx/5xx). 429 and 5xx carry Retry-After (seconds) and are retried
- * with backoff; other 4xx are permanent and the batch is dropped (a refused identity:
- * the events are resent without it).
+ * Error response (4xx/5xx), with the same CORS headers as a 200 (Retry-After exposed),
+ * so the snippet reads it from the bank's origin. 429 and 5xx carry Retry-After
+ * (seconds) and are retried with backoff, never sooner; a refused identity
+ * (`invalid_identity`, `identity_expired`, `identity_site_mismatch`) is forgotten and
+ * the events are resent anonymously; other 4xx are permanent: the batch is dropped and
+ * counted in the next `rb_dropped` event.
  */
 export interface ErrorResponse {
   error: { code: string; message: string; path?: string };

@@ -5,6 +5,8 @@
 - `engine`: the engine app served by aiohttp on 127.0.0.1 (in this process).
 - `live_engine`: the engine as a separate `python -m engine serve` process, which a
   test can stop and start again on the same port (browser and restart tests).
+- `loop_guard`: fails a test in which the in-process engine blocks its event loop
+  for more than 50 ms, naming the code (started by `make_engine`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from loop_guard import LoopBlockedWarning, LoopBlockGuard, SlowCallback
 
 from engine.app import build_app
 from engine.embedded import EmbeddedValkey, free_port
@@ -175,11 +178,64 @@ class EngineClient:
         return body  # type: ignore[no-any-return]
 
 
+_LOOP_GUARD = pytest.StashKey[LoopBlockGuard]()
+
+
+def _blocking_failure(blocks: list[SlowCallback], limit_s: float) -> str:
+    return f"the engine blocked the event loop for more than {limit_s * 1000:.0f} ms:\n" + (
+        "\n".join(b.describe() for b in blocks)
+    )
+
+
+def _report_loop_blocks(item: pytest.Item, guard: LoopBlockGuard) -> None:
+    """Fail for the engine's slow callbacks, warn for anyone else's."""
+    new = guard.take_new()
+    for block in new:
+        if block.culprit != "engine":
+            item.warn(LoopBlockedWarning(f"loop blocked (not by the engine): {block.describe()}"))
+    engine_blocks = [b for b in new if b.culprit == "engine"]
+    if engine_blocks and item.get_closest_marker("allow_loop_blocking") is None:
+        pytest.fail(_blocking_failure(engine_blocks, guard.limit_s), pytrace=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_loop_blocking: the in-process engine may block its event loop"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Fail the test itself (not its teardown) when the engine blocked the loop in it."""
+    result = yield
+    guard = item.stash.get(_LOOP_GUARD, None)
+    if guard is not None:
+        _report_loop_blocks(item, guard)
+    return result
+
+
+@pytest.fixture
+async def loop_guard(request: pytest.FixtureRequest) -> AsyncIterator[LoopBlockGuard]:
+    """The loop-blocking guard of this test; `make_engine` starts it once serving."""
+    guard = LoopBlockGuard(asyncio.get_running_loop())
+    request.node.stash[_LOOP_GUARD] = guard
+    yield guard
+    guard.stop()
+    _report_loop_blocks(request.node, guard)
+
+
 @pytest.fixture
 async def make_engine(
-    aiohttp_server: Any, valkey: EmbeddedValkey, tmp_path: Path, redis: aioredis.Redis
+    aiohttp_server: Any,
+    valkey: EmbeddedValkey,
+    tmp_path: Path,
+    redis: aioredis.Redis,
+    loop_guard: LoopBlockGuard,
 ) -> AsyncIterator[Any]:
-    """Factory: start the engine app (optionally with changed settings) on a real socket."""
+    """Factory: start the engine app (optionally with changed settings) on a real socket.
+
+    From the first start until teardown the loop guard runs: the test fails if the
+    engine blocks the event loop for more than 50 ms."""
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(settings: Settings | None = None, **changes: Any) -> EngineClient:
@@ -191,9 +247,10 @@ async def make_engine(
             s = replace(s, **changes)
         metrics = Metrics()
         app = build_app(s, s.redis_url or valkey.url, metrics=metrics)
-        server = await aiohttp_server(app, host="127.0.0.1")
+        server = await aiohttp_server(app, host="127.0.0.1", auto_decompress=False)  # as serve
         session = aiohttp.ClientSession()
         sessions.append(session)
+        loop_guard.start()
         return EngineClient(
             url=str(server.make_url("")).rstrip("/"),
             settings=s,
@@ -205,6 +262,7 @@ async def make_engine(
     yield start
     for session in sessions:
         await session.close()
+    loop_guard.stop()  # before the servers shut down: only serving is guarded
 
 
 @pytest.fixture

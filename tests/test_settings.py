@@ -67,6 +67,20 @@ def test_a_config_file_is_read_into_settings(tmp_path: Path) -> None:
             "api_tokens[1].token_env",
         ),
         ("[server\n", "(syntax)"),
+        (
+            GOOD.replace(
+                'identity = { algorithms = ["HS256"], ', "identity = { max_lifetime_s = 0, "
+            ),
+            "sites[0].identity.max_lifetime_s",
+        ),
+        (GOOD.replace("port = 9000", "port = 9000\npublic_url = 'ftp://x'"), "server.public_url"),
+        (
+            GOOD.replace("port = 9000", "port = 9000\npublic_url = 'https://b.example/app'"),
+            "server.public_url",
+        ),
+        (GOOD + "\n[metrics]\nport = 70000\n", "metrics.port"),
+        (GOOD + "\n[metrics]\nhost = '10.0.0.5'\n", "metrics.host"),
+        (GOOD + "\n[metrics]\ntokn = 'x'\n", "metrics.tokn"),
     ],
 )
 def test_config_errors_name_the_file_and_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -98,6 +112,57 @@ def test_secrets_do_not_print_themselves() -> None:
     secret = Secret("hunter2-hunter2")
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
     assert "hunter2" not in repr(load_settings.__doc__)
+
+
+SECRETS = {
+    "identity": "0123456789abcdef0123456789abcdef",
+    "api token": "crm-token-123",
+    "webhook": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "metrics token": "metrics-token-456",
+    "store password": "valkey-pass-789",
+}
+
+
+def test_no_secret_shows_in_the_repr_of_settings_or_anything_in_them(tmp_path: Path) -> None:
+    text = (
+        GOOD
+        + '\n[store]\nredis_url = "redis://rb:valkey-pass-789@10.0.0.9:6379/0"\n'
+        + '\n[metrics]\ntoken = "metrics-token-456"\n'
+        + '\n[[webhooks]]\nname = "cti"\nurl = "http://127.0.0.1:9/hook"\n'
+        + 'secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]\n'
+    )
+    s = load_settings(_write(tmp_path, text), data_dir=tmp_path)
+    assert s.metrics.token is not None and s.metrics.token.reveal() == "metrics-token-456"
+    digest = s.api_tokens[0].sha256  # not a secret, but it lets a weak token be guessed
+    objects = [s, s.sites["acme-bank"], s.sites["acme-bank"].identity, s.metrics]
+    for obj in [*objects, *s.webhooks, *s.api_tokens]:
+        for shown in (repr(obj), str(obj), f"{obj}"):
+            for what, secret in SECRETS.items():
+                assert secret not in shown, (what, shown)
+            assert digest not in shown
+    assert "'***'" in repr(s)
+    assert "10.0.0.9:6379" in repr(s)  # the rest of the store URL still helps debugging
+
+    demo = load_settings(None, data_dir=tmp_path / "demo")
+    assert demo.demo_credentials is not None
+    shown = repr(demo) + str(demo.demo_credentials) + repr(demo.agents)
+    for key in ("identity_secret", "api_token", "agent_password"):
+        assert demo.demo_credentials[key] not in shown, key
+    assert demo.agents[0].password_hash not in shown
+    assert "'agent_user': 'agent'" in shown
+
+
+def test_public_url_is_kept_as_the_origin_a_browser_sends(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "port = 9000", "port = 9000\npublic_url = 'HTTPS://Ringback.Bank.example:443/'"
+    )
+    s = load_settings(_write(tmp_path, text), data_dir=tmp_path)
+    assert s.public_url == "https://ringback.bank.example"
+    s = load_settings(
+        _write(tmp_path, GOOD), data_dir=tmp_path, overrides={"public_url": "http://h.example:8080"}
+    )
+    assert s.public_url == "http://h.example:8080"
+    assert load_settings(_write(tmp_path, GOOD), data_dir=tmp_path).public_url == ""
 
 
 def test_cli_overrides_win_over_the_file(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from engine import keys
 from engine.deliver import new_decision_id, write_trigger
-from engine.embedded import EmbeddedValkey
+from engine.embedded import EmbeddedValkey, free_port
 from engine.metrics import Metrics
 from engine.store import Store
 from engine.webhooks import Dispatcher, WebhookTarget, dead_letter_stream, replay_dead_letters
@@ -129,22 +129,55 @@ async def test_deliveries_verify_with_the_standard_library(
         Webhook(SECRET).verify(body, stale)
 
 
-async def test_receiver_down_for_a_while_gets_it_once_it_returns(
-    store: Store, receiver: Receiver
-) -> None:
-    async def down_twice(n: int) -> int:
-        return 503 if n <= 2 else 200
+@pytest.mark.slow  # a real minute of outage
+async def test_receiver_down_for_a_while_gets_it_once_it_returns(store: Store) -> None:
+    """The bank's system fails (503), then is off the network for 60 s (a deploy, a
+    partition): every trigger raised meanwhile arrives once it is back, and each
+    webhook-id is delivered (answered 2xx) exactly once."""
+    rec = Receiver()
+    answers: list[tuple[str, int]] = []  # (webhook-id, status), in arrival order
+    port = free_port()
+    rec.url = f"http://127.0.0.1:{port}/hook"
 
-    receiver.behaviour = down_twice
-    d = Dispatcher(store, [target(receiver.url)], Metrics())
+    async def handle(request: web.Request) -> web.Response:
+        rec.requests.append((dict(request.headers), await request.read()))
+        status = 503 if len(answers) < 2 else 204
+        answers.append((request.headers["webhook-id"], status))
+        return web.Response(status=status)
+
+    async def up() -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/hook", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    runner = await up()
+    # Backoff capped at 5 s: the outage needs ~20 attempts, far below max_attempts.
+    d = Dispatcher(
+        store, [target(rec.url, backoff_base_s=0.5, backoff_max_s=5.0, max_attempts=60)], Metrics()
+    )
     await d.start()
     try:
-        trigger_id = await fire(store)
-        await until(lambda: len(receiver.requests) >= 3)
-        await asyncio.sleep(0.3)  # nothing more may arrive after the success
+        first = await fire(store)
+        await until(lambda: len(answers) == 2)  # 503, 503
+        await runner.cleanup()  # gone: connections refused
+        down_at = time.monotonic()
+        during = [await fire(store, customer=f"cust-{i}") for i in range(2, 7)]
+        await asyncio.sleep(60 - (time.monotonic() - down_at))
+        assert len(answers) == 2  # nothing got through while it was away
+        runner = await up()
+        everything = {first, *during}
+        await until(lambda: {i for i, s in answers if s == 204} == everything, timeout_s=30)
+        await asyncio.sleep(0.5)  # nothing more may arrive after the successes
     finally:
         await d.stop()
-    assert receiver.verified_ids() == [trigger_id] * 3  # one idempotency key for all attempts
+        await runner.cleanup()
+    assert rec.verified_ids()[:2] == [first, first]  # one idempotency key for all attempts
+    assert sorted(i for i, s in answers if s == 204) == sorted(everything)  # once each
+    assert len(answers) == 2 + len(everything)
+    assert await store.client.xlen(dead_letter_stream("cti")) == 0
 
 
 async def test_a_dispatcher_killed_mid_delivery_is_replaced(

@@ -7,6 +7,10 @@
   const $ = (sel) => document.querySelector(sel);
   const state = { user: null, role: null, csrf: null, triggers: new Map(), ws: null };
   const SLA_MS = 5 * 60 * 1000; // a callback waiting longer than this is late
+  // Only phone callbacks are agents' work. An e-mail/SMS fallback (a do-not-call
+  // customer's "call me") is a notification for webhooks: never listed, never claimable.
+  // The gateway already keeps them off this page; this is the page's own guard.
+  const isPhoneWork = (t) => t && t.kind === "callback" && (t.channel ?? "callback") === "callback";
 
   async function api(method, path, body) {
     const headers = { "Content-Type": "application/json" };
@@ -55,8 +59,9 @@
       const msg = JSON.parse(ev.data);
       if (msg.kind === "snapshot") {
         state.triggers.clear();
-        for (const t of msg.triggers) state.triggers.set(t.id, t);
-      } else if (msg.kind === "callback" || msg.kind === "notify") {
+        for (const t of msg.triggers) if (isPhoneWork(t)) state.triggers.set(t.id, t);
+        if (state.role === "supervisor") refreshFunnel(); // this agent now counts online
+      } else if (isPhoneWork(msg)) {
         state.triggers.set(msg.id, msg);
       } else if (msg.kind === "claimed") {
         const t = state.triggers.get(msg.trigger_id);
@@ -164,9 +169,11 @@
       if (Number(t.expires_ms) && Number(t.expires_ms) < now) state.triggers.delete(id);
     }
     const order = sorted();
-    const waiting = order.filter((t) => !t.claimed_by);
-    $("#queue-depth").textContent = `(${waiting.length} waiting)`;
-    if (state.role === "supervisor") renderFloor(order, waiting, now);
+    const floor = floorModel(order, now);
+    $("#queue-depth").textContent = floor.scheduled.length
+      ? `(${floor.waiting.length} waiting, ${floor.scheduled.length} scheduled)`
+      : `(${floor.waiting.length} waiting)`;
+    if (state.role === "supervisor") renderFloor(floor, now);
     for (const [id, li] of items) {
       if (!state.triggers.has(id)) { li.remove(); items.delete(id); }
     }
@@ -241,16 +248,27 @@
     ]), histTitle, hist);
   }
 
+  // One model of the queue for the headline and the supervisor's floor, so they agree:
+  // every open callback is exactly one of in progress (claimed, not completed: completed
+  // ones leave the queue), waiting (unclaimed and due) or scheduled (unclaimed, due later).
+  function floorModel(order, now) {
+    const inProgress = order.filter((t) => Boolean(t.claimed_by));
+    const unclaimed = order.filter((t) => !t.claimed_by);
+    return {
+      inProgress,
+      waiting: unclaimed.filter((t) => dueAt(t) <= now),
+      scheduled: unclaimed.filter((t) => dueAt(t) > now),
+    };
+  }
+
   // The floor at a glance, from the live queue this page already holds (every second).
-  function renderFloor(order, allWaiting, now) {
-    let waiting = allWaiting;
+  function renderFloor(floor, now) {
+    const { waiting } = floor;
     const age = (t) => now - (dueAt(t) || now);
     const stat = (name, value) => { $(`#floor [data-stat=${name}]`).textContent = String(value); };
-    const later = waiting.filter((t) => dueAt(t) > now);
-    waiting = waiting.filter((t) => dueAt(t) <= now);
     stat("waiting", waiting.length);
-    stat("scheduled", later.length);
-    stat("claimed", order.length - waiting.length);
+    stat("scheduled", floor.scheduled.length);
+    stat("claimed", floor.inProgress.length);
     stat("late", waiting.filter((t) => age(t) > SLA_MS).length);
     stat("oldest", waiting.length ? fmtAge(Math.max(...waiting.map(age))) : "—");
     stat("online", waiting.filter((t) => t.online === true || t.online === "true").length);
@@ -293,8 +311,9 @@
     });
     $("#refresh-funnel").addEventListener("click", () => refreshFunnel(true));
     setInterval(() => { if (state.user) render(); }, 1000); // SLA timers, expiry
-    // The funnel reads the streams: every 15 s is plenty (and a button for "now").
-    setInterval(() => { if (state.role === "supervisor") refreshFunnel(); }, 15000);
+    // Agents online comes with the funnel: every 5 s (the server caches the funnel's
+    // stream read for 5 s and reads agents online fresh), and a button for "now".
+    setInterval(() => { if (state.role === "supervisor") refreshFunnel(); }, 5000);
     const { status, data } = await api("GET", "/v1/agents/me");
     if (status === 200) signedIn(data); else signedOut();
   });

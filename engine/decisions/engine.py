@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine import keys
-from engine.capacity import Capacity, enqueue
+from engine.capacity import Capacity, enqueue, is_phone_work
 from engine.decide import DecisionInput
 from engine.decisions.expr import UNKNOWN
 from engine.decisions.loader import Rule, RuleSet
@@ -34,7 +34,13 @@ from engine.policy import Reservation, reserve
 from engine.schema import event_type
 from engine.store import Store
 
-__all__ = ["CALL_REQUEST_CONSENT_S", "RulesDecider", "asked_for_call", "holdout"]
+__all__ = [
+    "CALL_REQUEST_CONSENT_S",
+    "RulesDecider",
+    "asked_for_call",
+    "holdout",
+    "trigger_kind",
+]
 
 # Which event of a batch a rule sees as `event`: the most intent-revealing one.
 _EVENT_RANK = {
@@ -72,6 +78,21 @@ def asked_for_call(profile: dict[str, Any], now_ms: int, product: str | None = N
     else:
         ts = (profile.get("call_requested") or {}).get(product)
     return isinstance(ts, int) and 0 <= now_ms - ts <= CALL_REQUEST_CONSENT_S * 1000
+
+
+def trigger_kind(action: str, channel: str) -> str:
+    """What a fired contact is, from the channel eligibility actually chose: only a
+    phone callback is agents' work ("callback": on the capacity queue, claimable on the
+    dashboard); a callback that fell back to e-mail or SMS (do-not-call, no consent,
+    outside hours) is a notification, for webhooks only. An agent must never be able
+    to claim, and phone, a do-not-call customer.
+
+    >>> trigger_kind("callback", "callback"), trigger_kind("callback", "email")
+    ('callback', 'notify')
+    >>> trigger_kind("notify", "sms")
+    'notify'
+    """
+    return "callback" if action == "callback" and channel == "callback" else "notify"
 
 
 def holdout(subject: str, rule_id: str, pct: float) -> bool:
@@ -277,7 +298,7 @@ class RulesDecider:
                 contacted = True
                 trigger = self._trigger(decision, rule, channel, offer, inp, prefix, now, scheduled)
                 deliveries.append(write_trigger(self.store, prefix, trigger))
-                if trigger["kind"] == "callback":
+                if is_phone_work(trigger):  # phone work only: never an e-mail fallback
                     deliveries.append(enqueue(self.store, trigger["id"], trigger["expires_ms"]))
                 fired.append((rule.id, channel))
             decisions.append(decision)
@@ -416,7 +437,7 @@ class RulesDecider:
         pages = [str(x).partition(" ")[2] for x in (p.get("pages") or [])][:5]
         return {
             "id": decision["id"],
-            "kind": "callback" if rule.action == "callback" else "notify",
+            "kind": trigger_kind(rule.action, channel),
             "channel": channel,
             "rule": rule.id,
             "reason": rule.description or rule.id,

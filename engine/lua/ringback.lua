@@ -4,7 +4,7 @@ Ringback's Valkey function library (FUNCTION LOAD REPLACE at startup; persisted 
 the AOF, reloaded by the engine if a fresh server lacks it).
 
 Every function here touches the keys of ONE profile (one hash tag, one cluster
-slot). KEYS are always the six profile keys in engine/keys.py order:
+slot). KEYS are always the seven profile keys in engine/keys.py order:
   KEYS[1] p      string  the profile: one JSON object (fields below)
   KEYS[2] seen   zset    event ids in the dedupe window (score = receive ms)
   KEYS[3] links  set     "<site>:<anonymous_id>" merged into this customer
@@ -12,6 +12,8 @@ slot). KEYS are always the six profile keys in engine/keys.py order:
   KEYS[5] hist   stream  contact history (decisions, outcomes), capped
   KEYS[6] pol    hash    contact policy: r:<rule> / c:<channel> cooldown-until ms,
                          d:<channel>:<day> contacts that day
+  KEYS[7] refs   zset    where the profile's data lives in other slots (reference ->
+                         ms it is gone for sure); written by rb_refs, read by rb_erase
 
 The profile is one JSON value rather than a hash: measured here, an HSET of ~30 fields
 into a listpack hash cost ~33 µs of Valkey time, a GET + cjson decode/encode + SET ~15.
@@ -30,6 +32,23 @@ Profile fields:
   attrs                                      (customers) CRM attributes, set by the bank
   last_page lp_ts utm_source utm_campaign utm_ts first_utm_source first_utm_campaign site
   merged_into                                (anonymous only) the customer it merged into
+
+Bounded size. A client chooses product names, pages and campaign values, so each key
+space it can grow is capped here (rb_ingest when a batch adds a field, rb_merge_apply
+always; the least recent go first) and each string it sends is clipped to a budget of
+cjson-encoded bytes in engine/profile_delta.py (`/` and `"` count 2, control chars 6):
+  c:<product>:*      10 products, newest by c:<product>:ts             <= 4470 B
+  x:<product>[:call] 10 products, newest by x:<product>                <= 1230 B
+  i:<key> it:<key>   16 keys (categories, products), newest by it:<key> <= 1904 B
+  cat:<category>     16 categories, most viewed (names from config)     <=  976 B
+  pages              20 entries, path <= 96 B each                      <= 2311 B
+  last_page 256 B; utm_source, utm_campaign, first_*, f:last_abandon 128 B each;
+  site 64 B; merged_into 128 B                                          <= 1230 B
+  28 fixed numeric fields (n:<type> for 8 types, f:<action> for 3, ...)  <=  911 B
+So a profile is at most 13,034 bytes (every name at its longest, every number 21
+characters), under the 16 KB (MAX_PROFILE_BYTES) that tests/test_profile_caps.py
+asserts; `attrs`, which the bank writes (PUT .../attributes), comes on top. A profile
+stored before the caps (over MAX_PROFILE_BYTES) is trimmed by its next batch.
 ]]
 
 -- Read the whole profile into a table once; mutate in Lua; write it back once.
@@ -103,6 +122,74 @@ local function recent_pages(old, new)
   return keep
 end
 
+-- Caps on the key spaces a client chooses (header: "Bounded size"). Change with the
+-- worst-case size there and tests/test_profile_caps.py.
+local MAX_CALC = 10       -- c:<product>:*      newest by c:<product>:ts
+local MAX_INTEREST = 10   -- x:<product>[:call]  newest by x:<product>
+local MAX_INTENT = 16     -- i:<key> it:<key>    newest by it:<key>
+local MAX_CATEGORIES = 16 -- cat:<category>      most viewed (names come from config)
+local MAX_PROFILE_BYTES = 16384  -- the documented worst case (without `attrs`)
+
+-- Keep the `max` entries of {name -> rank} with the highest rank (ties: smaller name);
+-- returns the set of names to drop, or nil when nothing is over.
+local function over_cap(ranks, count, max)
+  if count <= max then return nil end
+  local names = {}
+  for name in pairs(ranks) do names[#names + 1] = name end
+  table.sort(names, function(x, y)
+    if ranks[x] ~= ranks[y] then return ranks[x] > ranks[y] end
+    return x < y
+  end)
+  local drop = {}
+  for i = max + 1, #names do drop[names[i]] = true end
+  return drop
+end
+
+-- Enforce the caps on h: one pass to rank, one more only if something must go.
+-- Returns true if it dropped fields. Called when a batch or merge added a field.
+local function cap_profile(h)
+  local calc, interest, intent, cats = {}, {}, {}, {}
+  local nc, nx, ni, ncat = 0, 0, 0, 0
+  for k, v in pairs(h) do
+    local p2 = k:sub(1, 2)
+    if p2 == 'c:' then
+      local prod, f = k:match('^c:([^:]*):(.*)$')
+      if prod then
+        if calc[prod] == nil then nc = nc + 1; calc[prod] = 0 end
+        if f == 'ts' then calc[prod] = tonumber(v) or 0 end
+      end
+    elseif p2 == 'x:' then
+      local prod = k:match('^x:([^:]*)')
+      if interest[prod] == nil then nx = nx + 1; interest[prod] = 0 end
+      if not k:find(':', 3, true) then interest[prod] = tonumber(v) or 0 end
+    elseif p2 == 'i:' or k:sub(1, 3) == 'it:' then
+      local key = p2 == 'i:' and k:sub(3) or k:sub(4)
+      if intent[key] == nil then ni = ni + 1; intent[key] = 0 end
+      if p2 ~= 'i:' then intent[key] = tonumber(v) or 0 end
+    elseif k:sub(1, 4) == 'cat:' then
+      ncat = ncat + 1
+      cats[k:sub(5)] = tonumber(v) or 0
+    end
+  end
+  local dc = over_cap(calc, nc, MAX_CALC)
+  local dx = over_cap(interest, nx, MAX_INTEREST)
+  local di = over_cap(intent, ni, MAX_INTENT)
+  local dcat = over_cap(cats, ncat, MAX_CATEGORIES)
+  if not (dc or dx or di or dcat) then return false end
+  -- Clearing fields while traversing with pairs is allowed in Lua.
+  for k in pairs(h) do
+    local p2 = k:sub(1, 2)
+    if (dc and p2 == 'c:' and dc[k:match('^c:([^:]*)')])
+        or (dx and p2 == 'x:' and dx[k:match('^x:([^:]*)')])
+        or (di and p2 == 'i:' and di[k:sub(3)])
+        or (di and k:sub(1, 3) == 'it:' and di[k:sub(4)])
+        or (dcat and k:sub(1, 4) == 'cat:' and dcat[k:sub(5)]) then
+      h[k] = nil
+    end
+  end
+  return true
+end
+
 --[[
 rb_ingest: apply one batch to one profile, exactly once per event id.
 ARGV[1]: JSON {now, ttl (s, 0 = keep forever), win (dedupe window ms), hl (half-life ms),
@@ -146,7 +233,8 @@ local function ingest(keys, args)
   local accepted = #fresh / 2
   if accepted == 0 then return {'ok', 0, #ids, 0, '{}', flagstr} end
 
-  local h = load_hash(P)
+  local raw0 = redis.call('GET', P)
+  local h = raw0 and cjson.decode(raw0) or {}
   local dirty = {}
   if a.rlmax > 0 then
     if now - num(h, 'rl_w') >= a.rlwin then
@@ -169,8 +257,16 @@ local function ingest(keys, args)
   end
 
   local d = a.delta
-  for k, v in pairs(d.inc) do incr(h, dirty, k, v) end
-  for k, v in pairs(d.max) do max_field(h, dirty, k, v) end
+  -- A new field may be a new product, intent key or category: only then check the caps.
+  local grew = false
+  for k, v in pairs(d.inc) do
+    if h[k] == nil then grew = true end
+    incr(h, dirty, k, v)
+  end
+  for k, v in pairs(d.max) do
+    if h[k] == nil then grew = true end
+    max_field(h, dirty, k, v)
+  end
   for k, v in pairs(d.min) do
     if h[k] == nil or v < num(h, k) then set(h, dirty, k, v) end
   end
@@ -180,11 +276,15 @@ local function ingest(keys, args)
   for _, group in ipairs(d.latest) do
     local ts_field, ts, fields = group[1], group[2], group[3]
     if h[ts_field] == nil or ts >= num(h, ts_field) then
+      if h[ts_field] == nil then grew = true end
       set(h, dirty, ts_field, ts)
       for k, v in pairs(fields) do set(h, dirty, k, v) end
     end
   end
-  for key, tv in pairs(d.decay) do decay_add(h, dirty, key, tv[1], tv[2], a.hl) end
+  for key, tv in pairs(d.decay) do
+    if h['it:' .. key] == nil then grew = true end
+    decay_add(h, dirty, key, tv[1], tv[2], a.hl)
+  end
   for i, seg in ipairs(d.sess) do
     local s_last = tonumber(h['s_last'])
     if i > 1 or s_last == nil or seg[1] - s_last > a.gap then
@@ -203,6 +303,8 @@ local function ingest(keys, args)
   end
   if #d.pages > 0 then h['pages'] = recent_pages(h['pages'], d.pages) end
   if h['site'] == nil then h['site'] = a.site end
+  -- Also when the stored profile is over the worst case: one written before the caps.
+  if grew or (raw0 and #raw0 > MAX_PROFILE_BYTES) then cap_profile(h) end
 
   local raw = cjson.encode(h)
   if a.ttl > 0 then
@@ -293,6 +395,8 @@ local function merge_apply(keys, args)
       set(h, dirty, k, v)
     end
   end
+  -- Each side was within the caps; their union may not be.
+  if cap_profile(h) then dirty.caps = true end
   flush(P, h, dirty)
 
   local ns = tonumber(args[pos]); pos = pos + 1
@@ -304,13 +408,41 @@ local function merge_apply(keys, args)
 end
 
 --[[
-rb_erase: delete every key of one profile. Returns the linked anonymous ids so the
-caller can erase those profiles too (they live in other slots).
+rb_erase: delete every key of one profile. Returns the linked anonymous ids and the
+profile's index of its data in other slots (KEYS[7] refs, engine/refs.py), read in
+the same atomic step, so the caller erases those too.
+Returns {deleted, links, refs}.
 ]]
 local function erase(keys, args)
   local links = redis.call('SMEMBERS', keys[3])
+  local refs = keys[7] and redis.call('ZRANGE', keys[7], 0, -1) or {}
   local deleted = redis.call('DEL', unpack(keys))
-  return {deleted, links}
+  return {deleted, links, refs}
+end
+
+--[[
+rb_refs: record where a profile's data lives outside its slot (engine/refs.py).
+KEYS[1]: the profile's refs key alone (like rb_presence, it needs no other key).
+ARGV: now_ms, max, then (until_ms, reference) pairs. Drops expired references, keeps
+at most `max` (the soonest-expiring go first) and lets the index expire with its last
+reference: it lives exactly as long as the data it points at.
+Returns the number of references kept.
+]]
+local function refs(keys, args)
+  local R = keys[1]
+  redis.call('ZADD', R, unpack(args, 3))
+  redis.call('ZREMRANGEBYSCORE', R, '-inf', '(' .. args[1])
+  local n = redis.call('ZCARD', R)
+  local max = tonumber(args[2])
+  if n > max then
+    redis.call('ZREMRANGEBYRANK', R, 0, n - max - 1)
+    n = max
+  end
+  local last = redis.call('ZRANGE', R, -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('PEXPIREAT', R, string.format('%d', tonumber(last[2])))
+  end
+  return n
 end
 
 --[[
@@ -431,5 +563,6 @@ redis.register_function('rb_set_attrs', set_attrs)
 redis.register_function('rb_merge_export', merge_export)
 redis.register_function('rb_merge_apply', merge_apply)
 redis.register_function('rb_erase', erase)
+redis.register_function('rb_refs', refs)
 redis.register_function{function_name = 'rb_read', callback = read, flags = {'no-writes'}}
 redis.register_function{function_name = 'rb_presence', callback = presence, flags = {'no-writes'}}

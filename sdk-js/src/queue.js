@@ -7,7 +7,8 @@
 // still open, both send the same events and the engine's dedupe drops the copies.
 //
 // Bounded: at most 500 events and 256 KB; past that the oldest are dropped and
-// counted, and the count is reported to the engine (a `rb_dropped` custom event).
+// counted, as are batches the engine refused for good (an invalid event, say), and
+// the count is reported to the engine (a `rb_dropped` custom event).
 //
 // Items are wire events; they are sent with the visitor's current ids, which is why
 // reset() (logout) sends and then clears the queue: events from before a logout never
@@ -33,6 +34,9 @@ const bound = (n = items.length - MAX_EVENTS) => n > 0 && (dropped += items.spli
 export const add = (item) => bound(items.push(item) - MAX_EVENTS);
 
 export const remove = (sent) => (items = items.filter((x) => !sent.includes(x)));
+
+// A batch the engine refused for good: removed, and counted like the oldest dropped.
+export const drop = (g, n = items.length) => (dropped += n - remove(g).length);
 
 // The number of dropped events not yet reported; reading it resets it.
 export const takeDropped = (n = dropped) => ((dropped = 0), n);

@@ -3,8 +3,10 @@
 // - Flush every second, or at once when 20 events are waiting.
 // - A string body goes as text/plain: a CORS "simple" request, no preflight.
 // - Network error, 429 or 5xx: exponential backoff with jitter, never sooner than
-//   the engine's Retry-After. Other 4xx are permanent: the batch is dropped, except
-//   that a refused identity token is forgotten and the events resent anonymously.
+//   the engine's Retry-After. Other 4xx are permanent: the batch is dropped (and
+//   reported as dropped), except that a refused identity token is forgotten and the
+//   events resent anonymously. The engine answers errors with CORS headers and
+//   exposes Retry-After, so all of this works from a bank's own origin.
 // - Page hidden or leaving: navigator.sendBeacon (fetch keepalive if it refuses),
 //   once per departure (pagehide and visibilitychange both fire when leaving). A
 //   beacon's fate is unknown, so its events stay queued: the next page load, or this
@@ -13,7 +15,7 @@
 //   backing off (the engine is known to be down then).
 
 import { doc, now } from './dom.js';
-import { items, remove, save } from './queue.js';
+import { drop, items, remove, save } from './queue.js';
 
 const BATCH_EVENTS = 20;
 const FLUSH_MS = 1000;
@@ -58,13 +60,13 @@ export async function flush() {
       remove(g);
       onAccepted(await r.json());
     } else if (s < 500 && s != 429) {
-      // Permanent. Only a refused identity token (expired, say) is worth another try:
-      // the same events, anonymously.
-      if (/"\$\.identity/.test(await r.text())) cfg.identity = 0;
-      else remove(g);
+      // Permanent. Only a refused identity token (invalid_identity, identity_expired,
+      // identity_site_mismatch) is worth another try: the same events, anonymously.
+      if (/identity/.test((await r.json()).error.code)) cfg.identity = 0;
+      else throw s;
     } else throw s;
   } catch (e) {
-    if (s < 500 && s != 429) remove(g); // a 4xx whose body could not be read
+    if (s < 500 && s != 429) drop(g); // refused for good, or a 4xx body that could not be read
     else {
       // Network error, 429 or 5xx.
       const base = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** attempt++);
