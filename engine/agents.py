@@ -98,7 +98,8 @@ async def handle_login(request: web.Request) -> web.Response:
     attempt = await throttle.begin(store, request, user)  # 429 here costs no scrypt time
     agent = next((a for a in settings.agents if a.user == user), None)
     # scrypt takes ~50-100 ms of CPU: in a thread, so other requests keep being served.
-    ok = await asyncio.to_thread(_password_matches, password, agent)
+    async with throttle.hashing_slot():
+        ok = await asyncio.to_thread(_password_matches, password, agent)
     if not ok or agent is None:
         raise Unauthorized("invalid_credentials", "wrong user or password")
     await throttle.succeeded(store, attempt)

@@ -186,6 +186,8 @@ def build_app(
         user_window_s=settings.limits.login_user_window_s,
         address_attempts=settings.limits.login_attempts_per_address,
         address_window_s=settings.limits.login_address_window_s,
+        max_hashing=settings.limits.login_concurrent_checks,
+        max_waiting=settings.limits.login_queue,
     )
     app[IP_LIMITER] = IpRateLimiter(
         settings.limits.batches_per_minute_per_ip,

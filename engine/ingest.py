@@ -172,12 +172,17 @@ def _check_nesting(body: bytes, n_events: int) -> None:
     """Refuse a decoded batch nested deeper than `MAX_JSON_DEPTH` (unknown fields can).
 
     Cheap for ordinary batches: the batch, its events list and each event are
-    containers at depths 1-3, and every other container nests below those, so a
-    body with `openers` brackets is at most `3 + openers - 2 - n_events` deep. Only
-    when that bound passes the cap (about 30+ events with props) is the body scanned.
+    containers at depths 1-3, and only what nests inside ONE event adds depth; every
+    other event's `props` and `data` (at most two per event on the deepest chain) sit
+    beside it. So a body is at most `openers + 1 - n_events - max(0, keys - 2)` deep,
+    where `keys` counts `"props"` and `"data"`; only past the cap is it scanned. A hostile body can
+    fake those keys inside strings to slip under the estimate: it then decodes
+    (msgspec skips what it does not know) or ends in msgspec's RecursionError, which
+    `parse_batch` answers with the same 400.
     """
     openers = body.count(b"{") + body.count(b"[")
-    if openers - n_events + 1 > MAX_JSON_DEPTH:
+    siblings = body.count(b'"props"') + body.count(b'"data"')
+    if openers + 1 - n_events - max(0, siblings - 2) > MAX_JSON_DEPTH:
         path = nesting_overflow(body, MAX_JSON_DEPTH)
         if path is not None:
             raise too_deeply_nested(path, MAX_JSON_DEPTH)

@@ -19,13 +19,22 @@ a burst of concurrent guesses cannot all slip past the check before the first on
 finishes hashing. Loopback is NOT exempt (unlike the ingest flood guard): behind a
 local proxy every caller is loopback, and exempting it would exempt everyone. The
 address is the one `engine.security.client_ip` trusts (X-Forwarded-For only from
-a configured trusted proxy).
+a configured trusted proxy); IPv6 addresses count per /64, the block one
+subscriber gets, so rotating through it buys nothing.
+
+Hashing itself is bounded too: at most `max_hashing` scrypt runs at once per worker
+(each in a thread, never on the loop), and past `max_waiting` callers queued for one,
+the answer is 429 at once: a flood of distinct user names from distinct addresses
+costs us a bounded amount of CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -61,6 +70,8 @@ class LoginThrottle:
         user_window_s        the user window [900, 15 min]
         address_attempts     attempts per client address per address window [30]
         address_window_s     the address window [60]
+        max_hashing          password checks running at once in this worker [2]
+        max_waiting          callers queued for one before 429 [32]
     """
 
     def __init__(
@@ -71,8 +82,13 @@ class LoginThrottle:
         user_window_s: int = 900,
         address_attempts: int = 30,
         address_window_s: int = 60,
+        max_hashing: int = 2,
+        max_waiting: int = 32,
     ) -> None:
         self.trusted = TrustedProxies(trusted_proxies)
+        self._hashing = asyncio.Semaphore(max_hashing)
+        self._waiting = 0
+        self._max_waiting = max_waiting
         self.user_attempts = user_attempts
         self.user_window_s = user_window_s
         self.address_attempts = address_attempts
@@ -112,8 +128,47 @@ class LoginThrottle:
         await store.call("DEL", attempt.user_key, writes=True)
         await store.call("EVAL", _GIVE_BACK, 1, attempt.address_key, writes=True)
 
+    @property
+    def waiting(self) -> int:
+        """Sign-ins queued for a password-check slot right now."""
+        return self._waiting
+
+    @contextlib.asynccontextmanager
+    async def hashing_slot(self) -> AsyncIterator[None]:
+        """Hold one of the worker's password-check slots; 429 if too many wait."""
+        if self._hashing.locked() and self._waiting >= self._max_waiting:
+            raise RateLimited("sign-in is busy; try again shortly", retry_after_s=1)
+        self._waiting += 1
+        try:
+            await self._hashing.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._hashing.release()
+
     def _address(self, request: web.Request) -> str:
-        return client_ip(request, self.trusted) or "unknown"
+        return address_group(client_ip(request, self.trusted) or "unknown")
+
+
+def address_group(ip: str) -> str:
+    """What one caller controls: an IPv4 address, or an IPv6 /64.
+
+    >>> address_group("203.0.113.9"), address_group("2001:db8:1:2:aaaa::1")
+    ('203.0.113.9', '2001:db8:1:2::/64')
+    >>> address_group("::ffff:203.0.113.9"), address_group("unknown")
+    ('203.0.113.9', 'unknown')
+    """
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return ip
 
 
 def _ttl_or(ttl_ms: int, window_s: int) -> int:

@@ -487,8 +487,9 @@ def openapi_document() -> dict[str, Any]:
                     "description": (
                         "With `metrics.token` set, a Bearer token is required; with "
                         "`metrics.port` set, served only on that listener (404 here). "
-                        "With neither, open only while the engine binds loopback "
-                        "(403 `metrics_closed` otherwise)."
+                        "With neither, open only while the engine binds loopback and "
+                        "the scrape did not come through a proxy (403 `metrics_closed` "
+                        "otherwise)."
                     ),
                     "security": [{}, {"bearerAuth": []}],
                     "responses": {

@@ -53,6 +53,18 @@ def check_metrics_access(settings: Settings, request: web.Request, *, listener: 
             "the engine binds a non-loopback address: set metrics.token, "
             "or metrics.port to serve /metrics on an internal address",
         )
+    elif not listener and any(h in request.headers for h in _PROXY_HEADERS):
+        # Bound to loopback behind a reverse proxy on the same host, "loopback" is
+        # everyone the proxy serves: a forwarded scrape needs the token.
+        raise Forbidden(
+            "metrics_closed",
+            "this request came through a proxy: set metrics.token, or metrics.port to "
+            "serve /metrics on an internal address",
+        )
+
+
+# Headers a reverse proxy adds (nginx, HAProxy, Envoy, cloud load balancers).
+_PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
 
 
 async def handle_metrics(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import time
 
 from aiohttp import web
@@ -35,6 +36,8 @@ __all__ = [
     "require_bearer",
     "self_origins",
 ]
+
+log = logging.getLogger("ringback.security")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -189,6 +192,20 @@ def is_loopback(ip: str) -> bool:
         return False
 
 
+_FORWARDED_HEADERS = frozenset({"X-Forwarded-For", "Forwarded", "X-Real-IP"})
+
+
+def _loopback(ip: str) -> bool:
+    """`is_loopback` without parsing: this runs on every request.
+
+    >>> _loopback("127.0.0.1"), _loopback("::1"), _loopback("::ffff:127.0.0.2")
+    (True, True, True)
+    >>> _loopback("10.0.0.1"), _loopback("1270::1")
+    (False, False)
+    """
+    return ip.startswith(("127.", "::ffff:127.")) or ip == "::1"
+
+
 class IpRateLimiter:
     """Fixed one-minute windows per client IP, in this worker's memory.
 
@@ -210,12 +227,28 @@ class IpRateLimiter:
         self._window = -1
         self._counts: dict[str, int] = {}
         self._max_tracked = max_tracked
+        self._warned = False
+
+    def _warn_untrusted_proxy(self, ip: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "requests from %s carry X-Forwarded-For but it is not in trusted_proxies: "
+                "per-address limits count every client behind it as one; add the proxy to "
+                "trusted_proxies",
+                ip,
+            )
 
     def check(self, request: web.Request, now_s: float | None = None) -> None:
         now_s = time.time() if now_s is None else now_s
         ip = client_ip(request, self.trusted)
-        if not self.limit_loopback and is_loopback(ip):
-            return
+        if not self.limit_loopback and _loopback(ip):
+            if not _FORWARDED_HEADERS & request.headers.keys():
+                return  # the machine itself (tests, a local tool): not a stranger
+            # A local reverse proxy that is not in trusted_proxies: every client looks
+            # like 127.0.0.1. Exempting that would exempt everyone, so they share its
+            # budget, and the operator is told how to tell them apart.
+            self._warn_untrusted_proxy(ip)
         window = int(now_s // 60)
         if window != self._window or len(self._counts) > self._max_tracked:
             self._window = window

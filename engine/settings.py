@@ -196,6 +196,8 @@ class Limits:
     login_user_window_s: int = 900
     login_attempts_per_address: int = 30
     login_address_window_s: int = 60
+    login_concurrent_checks: int = 2  # scrypt runs at once per worker (in threads)
+    login_queue: int = 32  # sign-ins waiting for one before 429
 
 
 @dataclass(frozen=True, slots=True)

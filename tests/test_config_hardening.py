@@ -165,6 +165,19 @@ async def test_metrics_are_closed_on_a_public_bind_without_a_token(make_engine: 
     assert (await _metrics(loopback.url))[0] == 200
 
 
+async def test_metrics_through_a_local_reverse_proxy_need_the_token(
+    engine: EngineClient,
+) -> None:
+    """Bound to loopback behind nginx on the same host, every peer is 127.0.0.1: the
+    proxy's forwarding headers, not the peer, say the scrape came from outside."""
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+        async with engine.session.get(
+            f"{engine.url}/metrics", headers={header: "203.0.113.9"}
+        ) as r:
+            assert r.status == 403, header
+            assert (await r.json())["error"]["code"] == "metrics_closed"
+
+
 async def test_with_a_metrics_port_the_main_port_serves_no_metrics(
     make_engine: Any, aiohttp_server: Any
 ) -> None:
@@ -250,3 +263,29 @@ async def test_the_live_queue_refuses_a_rebinding_page_with_a_forged_host(
             assert (await ws.receive_json())["kind"] == "snapshot"
     finally:
         await agent.close()
+
+
+async def test_a_local_proxy_not_in_trusted_proxies_does_not_make_everyone_loopback(
+    make_engine: Any, settings: Any
+) -> None:
+    """Loopback is exempt from the per-address limits (tests, local tools), but a
+    loopback peer that forwards for someone else is a proxy: its clients are limited
+    (together, until the operator lists it in trusted_proxies) instead of exempted."""
+    limits = replace(settings.limits, batches_per_minute_per_ip=3)
+    engine: EngineClient = await make_engine(limits=limits, trusted_proxies=())
+
+    async def statuses(headers: dict[str, str]) -> list[int]:
+        out = []
+        # 8 > 2 x 3: even if a minute boundary falls inside the loop, one window
+        # sees more than 3.
+        for _ in range(8):
+            url = f"{engine.url}/v1/events"
+            async with engine.session.post(
+                url, json=engine.batch([event("click")]), headers=headers
+            ) as r:
+                out.append(r.status)
+        return out
+
+    assert set(await statuses({})) == {200}
+    proxied = await statuses({"X-Forwarded-For": "203.0.113.50"})
+    assert 429 in proxied and set(proxied) <= {200, 429}

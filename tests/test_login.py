@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from conftest import EngineClient
 from loop_guard import LoopBlockGuard
 
 from engine import keys
-from engine.settings import Agent, hash_password
+from engine.login_throttle import LOGIN_THROTTLE
+from engine.settings import Agent, Settings, hash_password
 
 PROXY = ("127.0.0.1/32",)  # the test client is the trusted proxy; X-Forwarded-For names clients
 
@@ -99,6 +101,41 @@ async def test_one_address_guessing_many_user_names_is_throttled_across_workers(
     ]
     assert statuses == [401] * 30 + [429] * 3
     assert (await login(first, "user-0", "guess", client="198.51.100.9"))[0] == 401
+
+
+async def test_one_ipv6_subscriber_cannot_rotate_through_its_64_block(
+    make_engine: Any,
+) -> None:
+    """A home or mobile subscriber gets a whole /64: its addresses share one budget."""
+    engine: EngineClient = await make_engine(trusted_proxies=PROXY)
+    statuses = [
+        (await login(engine, f"user-{i}", "guess", client=f"2001:db8:7:9::{i + 1:x}"))[0]
+        for i in range(33)
+    ]
+    assert statuses == [401] * 30 + [429] * 3
+    # The neighbouring /64 is someone else.
+    assert (await login(engine, "user-0", "guess", client="2001:db8:7:a::1"))[0] == 401
+
+
+async def test_password_checks_queue_boundedly_and_refuse_the_overflow(
+    make_engine: Any, settings: Settings
+) -> None:
+    """Distinct names from distinct addresses pass both windows; what bounds their scrypt
+    CPU is the worker's hashing slots: past the queue, 429 at once, no hash run."""
+    limits = replace(settings.limits, login_concurrent_checks=1, login_queue=1)
+    engine: EngineClient = await make_engine(trusted_proxies=PROXY, limits=limits)
+    throttle = engine.extra["app"][LOGIN_THROTTLE]
+    async with throttle.hashing_slot():  # the only slot is busy...
+        queued = asyncio.create_task(login(engine, "first", "guess", client="198.51.100.20"))
+        async with asyncio.timeout(10):
+            while throttle.waiting < 1:  # noqa: ASYNC110 - the queue's one place taken
+                await asyncio.sleep(0.005)
+        status, body, headers = await login(engine, "second", "guess", client="198.51.100.21")
+        assert status == 429 and body["error"]["code"] == "rate_limited"
+        assert headers["Retry-After"] == "1"
+    # The queued one was served once the slot came free: wrong password, not refused.
+    status, body, _ = await queued
+    assert status == 401 and body["error"]["code"] == "invalid_credentials"
 
 
 async def test_a_successful_sign_in_clears_the_users_failures(
