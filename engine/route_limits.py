@@ -16,6 +16,7 @@ memory (checked before any round trip), exempt loopback unless
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -57,7 +58,9 @@ class RouteLimits:
         self,
         settings: Settings,
         budgets_per_minute: Mapping[tuple[str, str], int] = PUBLIC_ROUTE_BUDGETS_PER_MINUTE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock  # wall-clock seconds; the minute windows follow it (tests pin it)
         self.limiters: dict[tuple[str, str], IpRateLimiter] = {
             route: IpRateLimiter(
                 per_minute, settings.trusted_proxies, settings.limits.limit_loopback
@@ -77,5 +80,5 @@ class RouteLimits:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         limiter = self.limiter_for(request)
         if limiter is not None:
-            limiter.check(request)  # raises RateLimited -> 429 + Retry-After
+            limiter.check(request, now_s=self.clock())  # raises RateLimited -> 429 + Retry-After
         return await handler(request)

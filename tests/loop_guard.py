@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Why not plain asyncio debug mode (`slow_callback_duration`): it times wall clock,
@@ -29,12 +31,16 @@ REPO = Path(__file__).resolve().parent.parent
 # (Linux schedstat) is subtracted: what remains is time the callback ran or sat
 # blocked (sleep, synchronous I/O), i.e. time it alone kept the loop from others.
 #
-# Only callbacks whose first project frame is in engine/ fail the test: blocking in
-# test code (fixture setup, a test body hashing a password) is the test's business
-# and is reported as a warning. Opt out with @pytest.mark.allow_loop_blocking.
+# Callbacks that ran the engine's code fail the test, and so do those that ran only
+# aiohttp's: the server's socket-read callback parses (and, before engine.bodies,
+# inflated) request bodies with no engine frame on the stack, and a stall there
+# stalls the engine as surely as one in a handler. Blocking in test code (fixture
+# setup, a test body hashing a password) is the test's business and is reported as a
+# warning, as is a slow `Thread.start()`. Opt out with @pytest.mark.allow_loop_blocking.
 
 ENGINE_DIR = str(REPO / "engine") + os.sep
 TESTS_DIR = str(REPO / "tests") + os.sep
+AIOHTTP_DIR = str(Path(aiohttp.__file__).resolve().parent) + os.sep
 LOOP_BLOCK_LIMIT_S = 0.05
 
 
@@ -57,6 +63,12 @@ class SlowCallback:
     def culprit(self) -> str | None:
         """Whose code the callback ran: "engine", "tests", "thread start" or None.
 
+        The first engine or tests frame (outermost first) decides: a test body that
+        calls into the engine or aiohttp's client is the test's. With neither on the
+        stack, aiohttp's frames count as the engine's: it is the server the engine
+        runs in (the culprit is then named "engine" so every caller that fails on
+        "engine" fails on it; `describe` says it was aiohttp).
+
         "thread start": the loop thread sat in `Thread.start()` waiting for the new
         thread (e.g. `asyncio.to_thread` growing its pool) to be scheduled. On an idle
         machine that takes ~0.1 ms; past 50 ms it measures the machine's load."""
@@ -67,17 +79,30 @@ class SlowCallback:
                 return "engine"
             if frame.filename.startswith(TESTS_DIR):
                 return "tests"
+        if self.in_aiohttp:
+            return "engine"
         if ENGINE_DIR in self.callback or "RequestHandler" in self.callback:
             return "engine"
         if TESTS_DIR in self.callback:
             return "tests"
         return None
 
+    @property
+    def in_aiohttp(self) -> bool:
+        """Ran aiohttp's code and neither the engine's nor the tests'."""
+        in_project = (ENGINE_DIR, TESTS_DIR)
+        if any(f.filename.startswith(in_project) for f in self.stack):
+            return False
+        return any(f.filename.startswith(AIOHTTP_DIR) for f in self.stack) or (
+            not self.stack and AIOHTTP_DIR in self.callback
+        )
+
     def describe(self) -> str:
         frames = "".join(traceback.format_list(self.stack[-12:])) or "    (no stack sampled)\n"
+        where = " (in aiohttp, serving the engine)" if self.in_aiohttp else ""
         return (
             f"blocked {self.blocked_s * 1000:.0f} ms (wall {self.wall_s * 1000:.0f} ms, "
-            f"cpu {self.cpu_s * 1000:.0f} ms, gc {self.gc_s * 1000:.0f} ms) "
+            f"cpu {self.cpu_s * 1000:.0f} ms, gc {self.gc_s * 1000:.0f} ms){where} "
             f"in {self.callback[:400]}\n"
             f"  sampled while it ran (innermost last):\n{frames}"
         )

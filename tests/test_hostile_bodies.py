@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import time
 import zlib
 from typing import Any
 
@@ -18,6 +17,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from conftest import EngineClient, LiveEngine, event, new_anon
+from loop_guard import LoopBlockGuard
 
 from engine.bodies import MAX_JSON_DEPTH
 
@@ -126,36 +126,24 @@ async def test_inflated_body_just_over_the_cap_is_413(engine: EngineClient) -> N
 
 
 async def test_gzip_bombs_do_not_stall_the_event_loop(
-    engine: EngineClient, gzip_bomb: bytes
+    engine: EngineClient, loop_guard: LoopBlockGuard, gzip_bomb: bytes
 ) -> None:
-    """Behaviour check, not a timing of requests: how late does a 5 ms sleeper wake?
+    """The loop guard (running since `engine` started) saw no callback of the engine's
+    or aiohttp's keep the loop from others for 50 ms while five bombs were refused.
 
-    Measured before the fix (aiohttp inflating, then lingering to inflate the rest
-    after the 413): 150-180 ms of loop time per bomb, so a sleeper woke >150 ms late.
-    With capped, stepwise inflation the worst lag is a few ms; 50 ms leaves room for
-    a busy shared machine while still failing the old behaviour by 3x.
-    """
-    worst_lag_s = 0.0
-    done = asyncio.Event()
-
-    async def watch_lag() -> None:
-        nonlocal worst_lag_s
-        while not done.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(0.005)
-            worst_lag_s = max(worst_lag_s, time.perf_counter() - before - 0.005)
-
-    watcher = asyncio.create_task(watch_lag())
-    await asyncio.sleep(0.02)
-    try:
-        for _ in range(5):
-            status, resp, _ = await _post_raw(engine, gzip_bomb, {"Content-Encoding": "gzip"})
-            assert status == 413, resp
-        await asyncio.sleep(0.05)  # let any lingering work after the answers run
-    finally:
-        done.set()
-        await watcher
-    assert worst_lag_s < 0.050, f"event loop stalled for {worst_lag_s * 1000:.0f} ms"
+    Its measure leaves out time spent waiting for a CPU, so a loaded CI machine does
+    not read as a stall (a wall-clock sleeper there lags 70-280 ms for no fault of
+    ours). Before the fix aiohttp inflated each bomb in its socket-read callback, then
+    lingered to inflate the rest after the 413: 150-180 ms of the loop's time per bomb,
+    caught here as a block in aiohttp's frames."""
+    for _ in range(5):
+        status, resp, _ = await _post_raw(engine, gzip_bomb, {"Content-Encoding": "gzip"})
+        assert status == 413, resp
+    await asyncio.sleep(0.05)  # let any lingering work after the answers run (and be timed)
+    assert loop_guard.started
+    assert loop_guard.engine_blocks() == [], "\n".join(
+        b.describe() for b in loop_guard.engine_blocks()
+    )
 
 
 @pytest.mark.parametrize(

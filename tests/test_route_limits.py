@@ -7,20 +7,24 @@ limiters exempt by default, so these turn `limits.limit_loopback` on.
 
 from __future__ import annotations
 
-import asyncio
-import time
+import functools
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from conftest import EngineClient, event, new_anon
 
+from engine import app as engine_app
 from engine import route_limits
 from engine.app import build_app
 from engine.settings import Settings
 
 BUDGET = 3
 ANON = new_anon()
+# The routes' clock, pinned 10 s into a minute window: no window restarts mid-test,
+# and Retry-After is exactly the 50 s left plus the rounding second.
+PINNED_NOW_S = 1_800_000_010.0  # 1_800_000_000 s is a whole number of minutes
+RETRY_AFTER_S = 51
 
 # (method, route as registered) -> a concrete request on it: (path, JSON body or None).
 PUBLIC_REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
@@ -58,14 +62,14 @@ async def _request(engine: EngineClient, method: str, path: str, body: Any) -> t
 
 
 @pytest.fixture
-async def small_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+def small_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every public route's budget down to BUDGET, so a test can go over it quickly;
-    and a one-minute window that has time left, so it does not restart mid-test."""
+    and the route limits' clock pinned (PINNED_NOW_S), so no window restarts mid-test
+    however slow the machine, and nobody waits for a minute boundary."""
     for route in route_limits.PUBLIC_ROUTE_BUDGETS_PER_MINUTE:
         monkeypatch.setitem(route_limits.PUBLIC_ROUTE_BUDGETS_PER_MINUTE, route, BUDGET)
-    left_s = 60 - time.time() % 60
-    if left_s < 20:
-        await asyncio.sleep(left_s + 0.1)
+    pinned = functools.partial(route_limits.RouteLimits, clock=lambda: PINNED_NOW_S)
+    monkeypatch.setattr(engine_app, "RouteLimits", pinned)
 
 
 def test_every_public_route_but_event_ingest_has_a_budget(settings: Settings) -> None:
@@ -94,7 +98,7 @@ async def test_each_public_route_answers_429_with_retry_after_over_its_budget(
         status, data, headers = await _request(engine, method, path, body)
         assert status == 429, (method, path)
         assert data["error"]["code"] == "rate_limited", (method, path, data)
-        assert 1 <= int(headers["Retry-After"]) <= 61, (method, path)
+        assert int(headers["Retry-After"]) == RETRY_AFTER_S, (method, path)
     # Each route has its own budget: a spent /healthz leaves POST /v1/events alone.
     status, body, _ = await engine.post_events(engine.batch([event("page_view", page="/")]))
     assert status == 200, body
