@@ -46,6 +46,7 @@ from engine.decisions.loader import RuleSet, RuleSetError, load_rules
 from engine.errors import ConfigError, NotFound, StoreUnavailable
 from engine.http_errors import json_response, make_error_middleware
 from engine.identity import IdentityVerifier
+from engine.janitor import StreamJanitor
 from engine.login_throttle import LOGIN_THROTTLE, LoginThrottle
 from engine.metrics import Metrics
 from engine.profile import ProfileStore
@@ -211,6 +212,8 @@ def build_app(
         monitor = CapacityMonitor(store, lambda: len(gateway.sockets), metrics=metrics)
         app[CAPACITY] = monitor
         monitor.start()
+        janitor = StreamJanitor(store, [w.name for w in settings.webhooks], metrics=metrics)
+        janitor.start()
         holder = app.get(RULES)
         if holder is not None and decider is None:
             app[DECIDER] = RulesDecider(
@@ -232,7 +235,7 @@ def build_app(
                 dispatcher = None
         yield
         # Each step is bounded: a stuck stop must never keep a worker from exiting.
-        steps = [monitor.stop(), gateway.stop()]
+        steps = [janitor.stop(), monitor.stop(), gateway.stop()]
         if dispatcher is not None:
             steps.insert(0, dispatcher.stop())
         if holder is not None:

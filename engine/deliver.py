@@ -11,6 +11,12 @@ the index write is queued with the data's own writes (same pipeline, no round tr
 a stream entry's id exists only once XADD answers, so its reference follows it, still
 before the caller answers. The triggers stream is trimmed by age as well as length, so
 a reference can say when its entry is gone.
+
+A trigger's index writes check the profile's erasure marker (`rb_refs`): when the
+customer was erased while the trigger was being written, the trigger deletes itself
+(record, entry, place in the callback queue) and is withdrawn from the dashboards.
+A page-offer audit is indexed with a plain ZADD (hot path); an erasure's second sweep
+catches one in flight (engine/profile.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import orjson
 
 from engine import keys, refs
+from engine.capacity import dequeue
 from engine.store import Store
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "new_decision_id",
     "publish_event",
     "read_audit",
+    "unwrite_trigger",
     "write_audit",
     "write_trigger",
 ]
@@ -92,7 +100,8 @@ async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, An
     The record, the stream entry, the stream's age trim and the record's reference in
     the profile's index are queued in the same loop tick, so they share one pipeline:
     the gateway can read the entry as soon as that pipeline lands. The entry's own
-    reference needs its id, so it goes right after.
+    reference needs its id, so it goes right after. Returns the entry's id, or "" when
+    the customer was erased meanwhile (then nothing of the trigger is left).
     """
     now_ms = int(time.time() * 1000)
     shard = keys.trigger_shard(profile_prefix)
@@ -101,6 +110,7 @@ async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, An
     trigger_id = str(trigger["id"])
     record = keys.trigger_record(trigger_id)
     expires_ms = int(trigger.get("expires_ms") or now_ms + 600_000)
+    born_ms = int(trigger.get("created_ms") or now_ms)
     rec = store.call(
         "HSET",
         record,
@@ -119,17 +129,36 @@ async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, An
     add = store.call("XADD", stream, "MAXLEN", "~", TRIGGERS_MAXLEN, "*", *fields, writes=True)
     trim = refs.stream_trim(store, stream, now_ms)
     index = refs.add(
-        store, profile_prefix, [(refs.trigger_ref(trigger_id), record_until_ms)], now_ms
+        store, profile_prefix, [(refs.trigger_ref(trigger_id), record_until_ms)], born_ms, now_ms
     )
     # gather: every failure taken, not just one
-    _, _, entry_id, _, _ = await asyncio.gather(rec, ttl, add, trim, index)
-    await refs.add(
-        store,
-        profile_prefix,
-        [(refs.entry_ref(stream, str(entry_id)), refs.stream_until_ms(now_ms))],
-        now_ms,
-    )
+    _, _, entry_id, _, indexed = await asyncio.gather(rec, ttl, add, trim, index)
+    if indexed:
+        indexed = await refs.add(
+            store,
+            profile_prefix,
+            [(refs.entry_ref(stream, str(entry_id)), refs.stream_until_ms(now_ms))],
+            born_ms,
+            now_ms,
+        )
+    if not indexed:
+        await unwrite_trigger(store, shard, trigger_id, str(entry_id))
+        return ""
     return str(entry_id)
+
+
+async def unwrite_trigger(store: Store, shard: int, trigger_id: str, entry_id: str) -> None:
+    """Undo a trigger whose customer was erased while it was written: the erasure could
+    not see it, so it deletes itself and is withdrawn from the dashboards."""
+    stream = keys.trigger_stream(shard)
+    await asyncio.gather(
+        store.call("XDEL", stream, entry_id, writes=True),
+        store.call("DEL", keys.trigger_record(trigger_id), writes=True),
+        dequeue(store, trigger_id),
+        publish_event(
+            store, shard, {"kind": "withdrawn", "trigger_id": trigger_id, "reason": "erased"}
+        ),
+    )
 
 
 async def publish_event(store: Store, shard: int, event: dict[str, Any]) -> str:
@@ -143,15 +172,19 @@ async def publish_event(store: Store, shard: int, event: dict[str, Any]) -> str:
     return str(entry_id)
 
 
-async def index_entry(store: Store, prefix: str, stream: str, entry_id: str) -> None:
-    """Record a shared stream's entry in the profile's index (erased with it)."""
-    if prefix:
-        await refs.add(store, prefix, [(refs.entry_ref(stream, entry_id), refs.stream_until_ms())])
+async def index_entry(store: Store, prefix: str, stream: str, entry_id: str, born_ms: int) -> bool:
+    """Record a shared stream's entry in the profile's index (erased with it). False
+    when the profile was erased at or after `born_ms`: the caller deletes the entry."""
+    if not prefix:
+        return True
+    ref = [(refs.entry_ref(stream, entry_id), refs.stream_until_ms())]
+    return await refs.add(store, prefix, ref, born_ms)
 
 
 async def write_audit(store: Store, decision_id: str, record: dict[str, Any]) -> None:
     """The decision's audit record; indexed under `record["prefix"]` when it names one
-    (every engine decision does), in the same pipeline."""
+    (every engine decision does), in the same pipeline, with plain commands (most
+    batches of new visitors write one: no function call here)."""
     key = keys.decision_key(decision_id)
     put = store.call("SET", key, orjson.dumps(record), "EX", AUDIT_TTL_S, writes=True)
     prefix = record.get("prefix")
@@ -159,7 +192,7 @@ async def write_audit(store: Store, decision_id: str, record: dict[str, Any]) ->
         await put
         return
     until_ms = int(time.time() * 1000) + AUDIT_TTL_S * 1000 + refs.SLACK_MS
-    await asyncio.gather(put, refs.add(store, prefix, [(refs.key_ref(key), until_ms)]))
+    await asyncio.gather(put, *refs.add_plain(store, prefix, refs.key_ref(key), until_ms))
 
 
 async def read_audit(store: Store, decision_id: str) -> dict[str, Any] | None:

@@ -18,6 +18,11 @@ Suffixes (the same for both kinds):
             and trigger records, entries of the shared streams), scored by the ms it is
             gone for sure; what erasure follows (engine/refs.py)
 
+Not a profile key (erasure does not delete it, it writes it): the erasure marker
+(`profile_erased`), the ms of the profile's last erasure, kept ~32 days so writes that
+were in flight when it was erased are refused (`rb_refs`, `rb_history`) instead of
+re-creating its data. It is in the profile's slot but does not name the customer.
+
 Global streams are sharded by hash tag (`rb:{t:<n>}:triggers`) so a cluster spreads
 them; a decision's audit record has its own tag (`rb:{d:<decision_id>}`), so it can
 be found from the id alone. Erasure receipts (`rb:{erasures}`) hold no personal data.
@@ -33,10 +38,13 @@ __all__ = [
     "decision_key",
     "erasures_stream",
     "is_anonymous",
+    "key_slot",
     "link_member",
     "outcome_stream",
+    "profile_erased",
     "profile_keys",
     "profile_refs",
+    "slot_tag",
     "trigger_record",
     "trigger_shard",
     "trigger_stream",
@@ -77,6 +85,90 @@ def profile_refs(prefix: str) -> str:
     True
     """
     return f"{prefix}:refs"
+
+
+def profile_erased(prefix: str) -> str:
+    """The profile's erasure marker (the ms it was last erased). It must sit in the
+    profile's cluster slot, so the functions that index or record the profile's data
+    check it atomically; but it must not name the customer, whose id is the profile's
+    hash tag. So its hash tag is a short string chosen to hash to the same slot
+    (`slot_tag`), and the profile is named by a digest. Not in `PROFILE_SUFFIXES`:
+    erasure sets it, it does not delete it.
+
+    >>> m = profile_erased(customer_prefix("c1"))
+    >>> "c1" in m, key_slot(m) == key_slot(customer_prefix("c1") + ":p")
+    (False, True)
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(prefix.encode(), digest_size=16, person=b"rb-erased").hexdigest()
+    return f"rb:{{{slot_tag(key_slot(prefix))}}}:erased:{digest}"
+
+
+CLUSTER_SLOTS = 16384
+
+
+def key_slot(key: str) -> int:
+    """A key's cluster slot, by the cluster's rule (CRC16 of the hash tag if any).
+
+    >>> key_slot("123456789"), key_slot("rb:{x}:a") == key_slot("{x}")
+    (12739, True)
+    """
+    import binascii
+
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return binascii.crc_hqx(raw, 0) % CLUSTER_SLOTS
+
+
+# A hash tag of 4 characters from "@A...O" (0x40 | 4 free bits each): CRC16 is linear,
+# so the 16 free bits map linearly onto the slot's 14, and any slot is solved for.
+_TAG_BASE = b"@@@@"
+
+
+def _tag_basis() -> list[tuple[int, int, int]]:
+    """(slot bits, tag bits, pivot) rows, each free of the earlier rows' pivots."""
+    import binascii
+
+    c0 = binascii.crc_hqx(_TAG_BASE, 0)
+    rows: list[tuple[int, int, int]] = []
+    for bit in range(4 * len(_TAG_BASE)):
+        flip = bytearray(_TAG_BASE)
+        flip[bit // 4] ^= 1 << (bit % 4)
+        v = (binascii.crc_hqx(bytes(flip), 0) ^ c0) % CLUSTER_SLOTS
+        c = 1 << bit
+        for rv, rc, pivot in rows:
+            if v >> pivot & 1:
+                v, c = v ^ rv, c ^ rc
+        if v:
+            rows.append((v, c, (v & -v).bit_length() - 1))
+    return rows
+
+
+_TAG_ROWS = _tag_basis()
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag (no braces) that puts a key in `slot`.
+
+    >>> all(key_slot("{" + slot_tag(s) + "}") == s for s in (0, 1, 12739, 16383))
+    True
+    """
+    import binascii
+
+    want = (slot ^ binascii.crc_hqx(_TAG_BASE, 0)) % CLUSTER_SLOTS
+    bits = 0
+    for v, c, pivot in _TAG_ROWS:
+        if want >> pivot & 1:
+            want, bits = want ^ v, bits ^ c
+    tag = bytes(b ^ (bits >> (4 * i) & 0xF) for i, b in enumerate(_TAG_BASE)).decode()
+    if key_slot("{" + tag + "}") != slot:  # the rows span every slot: never happens
+        raise AssertionError(f"no tag for slot {slot}")
+    return tag
 
 
 TRIGGER_SHARDS = 4

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import re
 import time
 from collections.abc import Awaitable, Sequence
@@ -37,6 +38,8 @@ from engine.schema import Event
 from engine.settings import Settings
 from engine.store import Store
 
+log = logging.getLogger("ringback.profile")
+
 __all__ = [
     "BatchResult",
     "Erased",
@@ -46,6 +49,7 @@ __all__ = [
     "decode_profile",
     "erasure_subject",
     "follow_refs",
+    "second_sweep",
     "write_erasure_receipt",
 ]
 
@@ -105,6 +109,10 @@ class ProfileStore:
         self._half_life_ms = p.intent_half_life_s * 1000
         self._session_gap_ms = p.session_gap_s * 1000
         self._presence_ttl_ms = p.presence_ttl_s * 1000
+        # Erasures' second sweeps still to run (kept referenced so they are not lost).
+        self.sweeps: set[asyncio.Task[None]] = set()
+        self.second_sweep_delay_s = SECOND_SWEEP_DELAY_S
+        self.erase_skew_ms = ERASE_SKEW_MS
 
     def delta(self, events: Sequence[Event], now_ms: int) -> dict[str, Any]:
         return build_delta(
@@ -219,7 +227,8 @@ class ProfileStore:
 
         Linked anonymous profiles go first and the customer (who holds the links) last,
         so an erasure cut short and retried still finds everything. Each profile is
-        erased by `_erase_profile`.
+        erased by `_erase_profile`, which leaves an erasure marker, and swept again a
+        few seconds later (`_second_sweep`).
         """
         customer = keys.customer_prefix(customer_id)
         out = Erased()
@@ -232,6 +241,7 @@ class ProfileStore:
         for member in sorted(set(await self._erase_profile(customer, out)) - done):
             await self._erase_profile(_anonymous_prefix(member), out)
             done.add(member)
+        self._schedule_second_sweep([customer, *(_anonymous_prefix(m) for m in sorted(done))])
         return Erasure(
             keys_deleted=out.keys,
             stream_entries_deleted=out.entries,
@@ -240,14 +250,62 @@ class ProfileStore:
         )
 
     async def _erase_profile(self, prefix: str, out: Erased) -> list[str]:
-        """Follow the profile's index, then delete the profile (index included) in one
-        atomic step, then follow what was indexed in between. Returns its links."""
+        """Follow the profile's index, then delete the profile (index included) and set
+        its erasure marker in one atomic step, then follow what was indexed in between.
+        Returns its links.
+
+        The marker is the erasure's ms plus `ERASE_SKEW_MS` (workers' clocks differ),
+        so a write in flight for data made before it is refused by `rb_refs` and
+        `rb_history` instead of re-creating the index or the history."""
         first = await self.store.call("ZRANGE", keys.profile_refs(prefix), 0, -1)
         await follow_refs(self.store, first, out)
-        deleted, links, last = await self.store.fcall("rb_erase", keys.profile_keys(prefix), [])
+        marker_ms = int(time.time() * 1000) + self.erase_skew_ms
+        deleted, links, last = await self.store.fcall(
+            "rb_erase",
+            [*keys.profile_keys(prefix), keys.profile_erased(prefix)],
+            [marker_ms, refs.MARKER_TTL_MS],
+        )
         out.keys += int(deleted)
         await follow_refs(self.store, sorted(set(last) - set(first)), out)
         return list(links)
+
+    def _schedule_second_sweep(self, prefixes: list[str]) -> None:
+        """Run `second_sweep` in the background, at most `SECOND_SWEEPS_MAX` at once
+        (past that the sweep is skipped and logged: erasures come one by one from a
+        DPO, so this only bites under a flood)."""
+        if len(self.sweeps) >= SECOND_SWEEPS_MAX:
+            log.error("second erasure sweep skipped: %d already pending", len(self.sweeps))
+            return
+        task = asyncio.create_task(
+            second_sweep(self.store, prefixes, self.second_sweep_delay_s), name="erase-sweep"
+        )
+        self.sweeps.add(task)
+        task.add_done_callback(self.sweeps.discard)
+
+
+ERASE_SKEW_MS = 5_000  # data made up to this long after an erasure counts as erased
+SECOND_SWEEPS_MAX = 1_000
+SECOND_SWEEP_DELAY_S = 5.0
+
+
+async def second_sweep(store: Store, prefixes: Sequence[str], delay_s: float) -> None:
+    """The erasure again, `delay_s` later, over the profiles' indexes only: catches a
+    page-offer audit that was in flight in a pipeline when the profile was erased (its
+    plain ZADD skips the erasure marker, so it re-created the index). What is found is
+    deleted and its references removed; a reference added meanwhile stays. Failures
+    are logged, never raised (nobody awaits this)."""
+    await asyncio.sleep(delay_s)
+    out = Erased()
+    for prefix in prefixes:
+        try:
+            found = await store.call("ZRANGE", keys.profile_refs(prefix), 0, -1)
+            if found:
+                await follow_refs(store, found, out)
+                await store.call("ZREM", keys.profile_refs(prefix), *found, writes=True)
+        except Exception:
+            log.exception("second erasure sweep of a profile failed")
+    if out.keys or out.entries:
+        log.info("second erasure sweep deleted %d keys, %d entries", out.keys, out.entries)
 
 
 def _anonymous_prefix(link: str) -> str:

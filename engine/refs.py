@@ -9,11 +9,21 @@ its stream's age trim plus slack), so `DELETE /v1/profiles/{id}` follows the ind
 instead of scanning the keyspace (`follow_refs` in engine/profile.py): erasure is
 complete by construction, not by search.
 
-The index looks after itself: every write drops expired references, keeps at most
-`REFS_MAX` (the soonest-expiring go first) and lets the key expire with its last
-reference (`rb_refs` in lua/ringback.lua). Writes are queued, not awaited, so they
-join the caller's pipeline: indexing an audit or trigger record costs no round trip.
+The index looks after itself: expired references are dropped (by `rb_refs` on the
+rare writes, by `rb_ingest`'s hourly trim for the plain ZADDs of page-offer audits)
+and the key expires with its last reference. It has no cap: a cap would drop
+references to data that still exists, and erasure would miss it. Its size is bounded
+by the writes of 31 days: at most one page-offer audit per rule and 10-minute window
+(~144 a day per offer rule), plus triggers and outcomes, which the contact policy and
+the per-visitor rate limit bound.
 
+Erasure races. An erasure leaves a marker in the profile's own slot
+(`keys.profile_erased`, the erasure ms, `MARKER_TTL_MS`). `rb_refs` and `rb_history`
+take the creation ms of the data they index or record and answer 'erased' (writing
+nothing) when the profile was erased at or after it: the writer then deletes what it
+just wrote and answers as if the data never existed. Page-offer audits skip the
+function (hot path: a plain ZADD with the audit's SET); an audit in flight during an
+erasure is caught by the erasure's second sweep a few seconds later.
 References (sorted-set members):
     k|<key>                 a key to delete (an audit record)
     t|<trigger_id>          a trigger: its record, its place in the callback queue, and
@@ -34,11 +44,14 @@ from engine import keys
 from engine.store import Store
 
 __all__ = [
-    "REFS_MAX",
+    "MARKER_TTL_MS",
     "SLACK_MS",
     "STREAM_KEEP_MS",
+    "Erased",
     "add",
+    "add_plain",
     "entry_ref",
+    "erased_since",
     "key_ref",
     "parse",
     "stream_trim",
@@ -52,9 +65,15 @@ DAY_MS = 86_400_000
 STREAM_KEEP_MS = 30 * DAY_MS
 # Stream entry ids are Valkey's clock, expiries the engine's: a day covers any skew.
 SLACK_MS = DAY_MS
-# An active customer's page offers make at most ~144 audit records a day per offer rule
-# (one per 10-minute window); 50 000 is 30 days of that for 11 rules, non-stop.
-REFS_MAX = 50_000
+# An erasure's marker outlives every write that can still be in flight for data born
+# before it: a webhook dead-letters within minutes, a replay copies a dead letter
+# (which the erasure deleted), and nothing indexed lives past STREAM_KEEP_MS + SLACK_MS.
+MARKER_TTL_MS = 32 * DAY_MS
+
+
+class Erased(Exception):
+    """The profile was erased after the data being written was created: the writer
+    has deleted what it wrote, and answers as if the data never existed."""
 
 
 def key_ref(key: str) -> str:
@@ -88,9 +107,15 @@ def stream_trim(store: Store, stream: str, now_ms: int | None = None) -> Awaitab
 
 
 def add(
-    store: Store, prefix: str, refs: Sequence[tuple[str, int]], now_ms: int | None = None
-) -> Awaitable[None]:
-    """Record `(reference, until_ms)` pairs in the profile's index.
+    store: Store,
+    prefix: str,
+    refs: Sequence[tuple[str, int]],
+    born_ms: int,
+    now_ms: int | None = None,
+) -> Awaitable[bool]:
+    """Record `(reference, until_ms)` pairs in the profile's index, unless the profile
+    was erased at or after `born_ms` (the data's creation): then nothing is written and
+    the result is False, and the caller must delete the data it just wrote.
 
     The command is queued before this returns (it rides in the pipeline of whatever the
     caller queued in the same tick); await the result to see failures.
@@ -99,20 +124,41 @@ def add(
     flat: list[Any] = []
     for member, until_ms in refs:
         flat += (int(until_ms), member)
-    key = keys.profile_refs(prefix)
-    queued = store.call("FCALL", "rb_refs", 1, key, now_ms, REFS_MAX, *flat, writes=True)
+    index = [keys.profile_refs(prefix), keys.profile_erased(prefix)]
+    argv = [now_ms, int(born_ms), *flat]
+    queued = store.call("FCALL", "rb_refs", 2, *index, *argv, writes=True)
 
-    async def done() -> None:
+    async def done() -> bool:
         try:
-            await queued
+            res = await queued
         except ResponseError as exc:
             msg = str(exc).lower()
             if "function not found" not in msg and "no such" not in msg:
                 raise
             # A server restarted empty: `fcall` reloads the library and retries.
-            await store.fcall("rb_refs", [key], [now_ms, REFS_MAX, *flat])
+            res = await store.fcall("rb_refs", index, argv)
+        return bool(res != "erased")
 
     return done()
+
+
+def add_plain(store: Store, prefix: str, member: str, until_ms: int) -> list[Awaitable[Any]]:
+    """Index one reference with plain commands, for the hot path (page-offer audits):
+    no function call, no erasure check (the erasure's second sweep catches a write in
+    flight), no trim (`rb_ingest` drops expired references hourly). The key's TTL only
+    ever grows to the newest reference: NX sets it on a new key, GT extends it."""
+    key = keys.profile_refs(prefix)
+    return [
+        store.call("ZADD", key, int(until_ms), member, writes=True),
+        store.call("PEXPIREAT", key, int(until_ms), "NX", writes=True),
+        store.call("PEXPIREAT", key, int(until_ms), "GT", writes=True),
+    ]
+
+
+async def erased_since(store: Store, prefix: str, born_ms: int) -> bool:
+    """Whether the profile was erased at or after `born_ms` (its marker says so)."""
+    at = await store.call("GET", keys.profile_erased(prefix))
+    return at is not None and str(at).isdigit() and int(at) >= born_ms
 
 
 def parse(refs: Iterable[str]) -> tuple[list[str], list[str], dict[str, list[str]]]:

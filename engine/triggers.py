@@ -28,7 +28,7 @@ from engine.deliver import decode_fields, index_entry, publish_event, read_audit
 from engine.errors import BadRequest, ClientError, Forbidden, NotFound
 from engine.http_errors import json_response
 from engine.metrics import Metrics
-from engine.policy import append_history
+from engine.policy import ANONYMOUS_HISTORY_TTL_S, HISTORY_MAX
 from engine.presence import PresenceWatcher
 from engine.security import is_own_origin
 from engine.store import Store
@@ -145,11 +145,22 @@ async def handle_complete(request: web.Request) -> web.Response:
         raise Conflict("already_completed", f"already completed: {res[1]}")
     trigger = orjson.loads(res[1])
     shard_s, prefix = await store.call("HMGET", keys.trigger_record(trigger_id), "shard", "prefix")
-    trigger.setdefault("prefix", prefix or "")  # the record knows whose it is
-    await record_outcome(
-        store, trigger, body.outcome, body.value, principal, now_ms, note=body.note
-    )
-    shard = int(shard_s or 0)
+    prefix = prefix or str(trigger.get("prefix") or "")  # the record knows whose it is
+    trigger["prefix"] = prefix
+    shard = int(shard_s) if shard_s is not None else keys.trigger_shard(prefix or trigger_id)
+    try:
+        if shard_s is None:  # the record went right after rb_complete: erased
+            raise refs.Erased(trigger_id)
+        await record_outcome(
+            store, trigger, body.outcome, body.value, principal, now_ms, note=body.note
+        )
+    except refs.Erased:
+        # The customer was erased while this completion ran: nothing of it is kept, the
+        # dashboards drop the callback, and the agent hears it no longer exists.
+        await publish_event(
+            store, shard, {"kind": "withdrawn", "trigger_id": trigger_id, "reason": "erased"}
+        )
+        raise NotFound("not_found", "no such trigger") from None
     await publish_event(
         store,
         shard,
@@ -162,6 +173,20 @@ async def handle_complete(request: web.Request) -> web.Response:
         },
     )
     return json_response({"trigger_id": trigger_id, "outcome": body.outcome})
+
+
+def born_ms(record: dict[str, Any]) -> int:
+    """When a trigger (`created_ms`) or decision (`at_ms`) was made: what the erasure
+    marker is compared with. 0 when unknown, so an erasure always wins.
+
+    >>> born_ms({"created_ms": 5}), born_ms({"at_ms": "7"}), born_ms({})
+    (5, 7, 0)
+    """
+    for name in ("created_ms", "at_ms"):
+        value = record.get(name)
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            return int(value)
+    return 0
 
 
 async def record_outcome(
@@ -177,9 +202,13 @@ async def record_outcome(
     """Outcomes stream (learning) + the customer's contact history (context).
 
     The agent's note goes to both, so the next agent reads it and erasure removes it
-    with the customer: the outcome entry is recorded in the profile's index.
+    with the customer: the outcome entry is recorded in the profile's index. Raises
+    `refs.Erased` (having deleted what it wrote) when the customer was erased after
+    the trigger or decision was made: an erasure running alongside cannot see this
+    write, so the write checks the erasure marker itself (`rb_refs`, `rb_history`).
     """
     prefix = str(trigger.get("prefix") or "")
+    born = born_ms(trigger)
     entry: dict[str, Any] = {
         "kind": "outcome",
         "decision_id": trigger.get("id", ""),
@@ -206,10 +235,26 @@ async def record_outcome(
     )
     entry_id, _ = await asyncio.gather(add, refs.stream_trim(store, stream, now_ms))
     if prefix:
-        await asyncio.gather(
-            index_entry(store, prefix, stream, str(entry_id)),
-            append_history(store, prefix, entry),
+        indexed, kept = await asyncio.gather(
+            index_entry(store, prefix, stream, str(entry_id), born),
+            _append_history(store, prefix, entry, born),
         )
+        if not (indexed and kept):
+            await store.call("XDEL", stream, entry_id, writes=True)
+            raise refs.Erased(prefix)
+
+
+async def _append_history(store: Store, prefix: str, entry: dict[str, Any], born: int) -> bool:
+    """`policy.append_history`, refused (False, nothing written) when the profile was
+    erased at or after `born`: the function also gets the erasure marker (KEYS[8])."""
+    arg = {"entry": entry, "max": HISTORY_MAX, "born": born}
+    fn_keys = [*keys.profile_keys(prefix), keys.profile_erased(prefix)]
+    if await store.fcall("rb_history", fn_keys, [orjson.dumps(arg)]) == "erased":
+        return False
+    if keys.is_anonymous(prefix):  # as policy.append_history: it goes with the profile
+        hist = keys.profile_keys(prefix)[4]
+        await store.call("EXPIRE", hist, ANONYMOUS_HISTORY_TTL_S, writes=True)
+    return True
 
 
 async def handle_outcome(request: web.Request) -> web.Response:
@@ -225,14 +270,19 @@ async def handle_outcome(request: web.Request) -> web.Response:
         raise NotFound(
             "unknown_decision", "no decision with this id (or older than 30 days)", "$.decision_id"
         )
-    await record_outcome(
-        store,
-        audit,
-        body.outcome,
-        body.value,
-        Principal(name, "system", "token"),
-        int(time.time() * 1000),
-    )
+    try:
+        await record_outcome(
+            store,
+            audit,
+            body.outcome,
+            body.value,
+            Principal(name, "system", "token"),
+            int(time.time() * 1000),
+        )
+    except refs.Erased:  # erased while this ran: as if the decision never existed
+        raise NotFound(
+            "unknown_decision", "no decision with this id (or older than 30 days)", "$.decision_id"
+        ) from None
     return json_response({"decision_id": body.decision_id, "recorded": True})
 
 

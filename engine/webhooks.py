@@ -17,10 +17,14 @@ A failed attempt is retried with exponential backoff and jitter; after
 the entry stays pending in the group and another dispatcher claims it
 (XAUTOCLAIM) once it has been idle for `reclaim_idle_s`.
 
-Erasure reaches webhooks too: a trigger whose record is gone (its customer erased) is
-acknowledged, not sent, before every attempt and before dead-lettering; an entry
-deleted from its stream comes back from the group with no fields and is acknowledged.
-Copies in the dead-letter and replay streams are recorded in the profile's index.
+Erasure reaches webhooks too: a trigger whose customer was erased after it was made
+(the profile's erasure marker says so) is acknowledged, not sent, before every attempt
+and before dead-lettering; an entry deleted from its stream comes back from the group
+with no fields and is acknowledged. A trigger that merely expired (its record gone
+two days after expiry, during a long outage) still goes to the dead-letter stream.
+Copies in the dead-letter and replay streams are recorded in the profile's index,
+with the same erasure check: a copy written while its customer was erased deletes
+itself.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -57,7 +61,9 @@ log = logging.getLogger("ringback.webhooks")
 class WebhookTarget:
     name: str
     url: str
-    secrets: tuple[str, ...]  # "whsec_<base64>"; the first signs new deliveries too
+    # "whsec_<base64>"; the first signs new deliveries too. Never in a repr (logs,
+    # tracebacks, debuggers): anyone holding one can forge deliveries.
+    secrets: tuple[str, ...] = field(repr=False)
     kinds: tuple[str, ...] = ("callback", "notify")
     timeout_s: float = 5.0
     max_attempts: int = 8
@@ -109,12 +115,19 @@ def replay_stream(target: str) -> str:
 DEAD_LETTERS_MAXLEN = 100_000  # per target; and trimmed by age (refs.STREAM_KEEP_MS)
 
 
-async def _index(store: Store, fields: dict[str, str], stream: str, entry_id: str) -> None:
+async def _index(store: Store, fields: dict[str, str], stream: str, entry_id: str) -> bool:
     """A copy of a trigger in a webhook stream is the customer's data too: recorded in
-    the profile's index, so erasure deletes it."""
+    the profile's index, so erasure deletes it. When the customer was erased after the
+    trigger was made, the copy is deleted instead and the result is False."""
     prefix = fields.get("prefix", "")
-    if prefix:
-        await index_entry(store, prefix, stream, entry_id)
+    if not prefix:
+        return True
+    created = fields.get("created_ms", "")
+    born = int(created) if created.isdigit() else 0
+    if await index_entry(store, prefix, stream, entry_id, born):
+        return True
+    await store.call("XDEL", stream, entry_id, writes=True)
+    return False
 
 
 def group_name(target: str) -> str:
@@ -234,13 +247,16 @@ class Dispatcher:
         return out
 
     async def _withdrawn(self, trigger: dict[str, Any]) -> bool:
-        """Whether the trigger is gone (its customer erased, or long expired): its
-        record no longer exists, so it must not be sent, retried or dead-lettered."""
-        trigger_id = trigger.get("id")
-        if not trigger_id:
+        """Whether the trigger's customer was erased after it was made: then it must not
+        be sent, retried or dead-lettered. A record that is merely gone (expired two
+        days ago, during a long outage) is no such sign: that trigger is dead-lettered,
+        not dropped."""
+        prefix = str(trigger.get("prefix") or "")
+        if not prefix:
             return False
-        exists = await self.store.call("EXISTS", keys.trigger_record(str(trigger_id)))
-        return int(exists) == 0
+        created = trigger.get("created_ms")
+        born = created if isinstance(created, int) else 0
+        return await refs.erased_since(self.store, prefix, born)
 
     async def _deliver(
         self, target: WebhookTarget, stream: str, entry_id: str, fields: dict[str, str] | None
@@ -289,10 +305,13 @@ class Dispatcher:
             maxlen=DEAD_LETTERS_MAXLEN,
             approximate=True,
         )
-        await asyncio.gather(
+        kept, _ = await asyncio.gather(
             _index(self.store, fields, dead, str(dead_id)), refs.stream_trim(self.store, dead)
         )
         await self.client.xack(stream, group, entry_id)
+        if not kept:  # erased while it was being dead-lettered: the copy is gone
+            self.metrics.webhook_deliveries.labels(target.name, "withdrawn").inc()
+            return
         self.metrics.webhook_dead_letters.labels(target.name).inc()
         log.warning(
             "webhook %s to %s dead-lettered after %d attempts",

@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from conftest import EngineClient, calc, event, new_anon
 
-from engine import keys
-from engine.embedded import free_port
+from engine import keys, refs
+from engine.appkeys import PROFILES, STORE
+from engine.embedded import EmbeddedValkey, free_port
+from engine.janitor import StreamJanitor
+from engine.metrics import Metrics
 from engine.settings import Secret, Settings, WebhookConfig
+from engine.store import Store
 from engine.triggers import GATEWAY
 from engine.webhooks import dead_letter_stream
 
@@ -78,6 +83,21 @@ async def dump(redis: aioredis.Redis) -> str:
             value = kind
         out.append(f"{key} {value!r}")
     return "\n".join(out)
+
+
+async def without_markers(redis: aioredis.Redis) -> str:
+    """`dump` without the erasure markers, after checking they hold nothing but a time
+    and go by themselves: the one thing an erasure leaves (in the profile's slot, so
+    the functions that index its data can check it atomically; named by a digest)."""
+    lines = []
+    for line in (await dump(redis)).splitlines():
+        key, _, value = line.partition(" ")
+        if ":erased:" in key:
+            assert value.strip("'").isdigit(), line
+            assert 0 < await redis.pttl(key) <= refs.MARKER_TTL_MS, line
+        else:
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def needles(anon: str) -> list[str]:
@@ -188,7 +208,7 @@ async def test_erased_customer_leaves_nothing_behind_and_callbacks_are_withdrawn
             f"/v1/decisions/{decision_id}", headers=engine.api_headers
         )
         assert status == 404, decision_id
-    after = await dump(redis)
+    after = await without_markers(redis)
     leaks = [n for n in needles(anon) if n in after]
     assert leaks == [], after
     assert await redis.keys(f"*{CUSTOMER}*") == []
@@ -269,10 +289,316 @@ async def test_a_webhook_retry_for_an_erased_customer_is_dropped(
     shard = keys.trigger_shard(keys.customer_prefix(CUSTOMER))
     pending = await redis.xpending(keys.trigger_stream(shard), "wh:cti")
     assert pending["pending"] == 0
-    assert CUSTOMER not in await dump(redis)
+    assert CUSTOMER not in await without_markers(redis)
+
+
+def test_the_erasure_marker_shares_the_profile_slot_without_naming_it() -> None:
+    """In a cluster the functions that check the marker can only reach keys of the
+    profile's slot; the customer's id is that slot's hash tag, so the marker gets
+    another tag hashing to the same slot."""
+    for prefix in (keys.customer_prefix(CUSTOMER), keys.anonymous_prefix("s", "anon-1")):
+        marker = keys.profile_erased(prefix)
+        assert keys.key_slot(marker) == keys.key_slot(keys.profile_refs(prefix))
+        assert CUSTOMER not in marker and "anon-1" not in marker
+    assert keys.profile_erased(keys.customer_prefix("a")) != keys.profile_erased(
+        keys.customer_prefix("b")
+    )
 
 
 def test_the_profile_index_is_the_last_profile_key() -> None:
     """The Lua functions address profile keys by position: new ones go at the end."""
     assert keys.PROFILE_SUFFIXES[:6] == ("p", "seen", "links", "attrs", "hist", "pol")
     assert keys.profile_keys("rb:{c:x}")[-1] == keys.profile_refs("rb:{c:x}") == "rb:{c:x}:refs"
+
+
+# -- Erasure racing the writers -----------------------------------------------------
+# The engine's own code runs; only this engine's Store, in this test process, is
+# wrapped so the DELETE lands at the exact point under test.
+
+
+def erase_at(
+    engine: EngineClient, point: Callable[[tuple[Any, ...]], bool], *, before: bool = False
+) -> list[int]:
+    """Make the first store command matching `point` run with `DELETE /v1/profiles` in
+    between: right after it answers, or (`before`) right before it is sent. Returns a
+    list that gets the DELETE's status once it ran."""
+    store = engine.extra["app"][STORE]
+    original = store.call
+    statuses: list[int] = []
+
+    async def erase() -> None:
+        async with engine.session.delete(
+            f"{engine.url}/v1/profiles/{CUSTOMER}", headers=engine.api_headers
+        ) as r:
+            statuses.append(r.status)
+
+    def call(*args: Any, writes: bool = False) -> Any:
+        if getattr(call, "fired", False) or not point(args):
+            return original(*args, writes=writes)
+        call.fired = True  # type: ignore[attr-defined]
+
+        async def racing() -> Any:
+            if before:
+                await erase()
+                return await original(*args, writes=writes)
+            result = await original(*args, writes=writes)
+            await erase()
+            return result
+
+        return asyncio.ensure_future(racing())
+
+    store.call = call
+    return statuses
+
+
+async def swept(engine: EngineClient) -> None:
+    """Wait for the erasures' second sweeps (their delay set to 0 by `_racing_engine`)."""
+    profiles = engine.extra["app"][PROFILES]
+    while profiles.sweeps:
+        await asyncio.gather(*profiles.sweeps)
+
+
+async def _racing_engine(
+    make_engine: Any, settings: Settings, tmp_path: Path, **changes: Any
+) -> EngineClient:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "pack.yaml").write_text(PACK)
+    engine: EngineClient = await make_engine(replace(settings, rules_dir=rules, **changes))
+    engine.extra["app"][PROFILES].second_sweep_delay_s = 0
+    async with engine.session.put(
+        f"{engine.url}/v1/profiles/{CUSTOMER}/attributes",
+        json={"consent_call": True},
+        headers=engine.api_headers,
+    ) as r:
+        assert r.status == 200, await r.text()
+    return engine
+
+
+async def assert_nothing_left(engine: EngineClient, redis: aioredis.Redis, anon: str) -> None:
+    await swept(engine)
+    after = await without_markers(redis)
+    leaks = [n for n in needles(anon) if n in after]
+    assert leaks == [], after
+    for shard in range(keys.TRIGGER_SHARDS):
+        assert await redis.xlen(keys.outcome_stream(shard)) == 0
+    assert await redis.exists(keys.profile_refs(keys.customer_prefix(CUSTOMER))) == 0
+    assert await redis.exists(keys.profile_refs(keys.anonymous_prefix("demo-bank", anon))) == 0
+
+
+@pytest.mark.parametrize("point", ["after_rb_complete", "after_outcome_entry"])
+async def test_a_completion_racing_the_erasure_keeps_no_note_and_answers_not_found(
+    make_engine: Any, settings: Settings, tmp_path: Path, redis: aioredis.Redis, point: str
+) -> None:
+    engine = await _racing_engine(make_engine, settings, tmp_path)
+    anon = new_anon()
+    body = await _post(engine, [calc(amount=AMOUNT)], anon, identity=engine.token(CUSTOMER))
+    trigger_id = next(d["id"] for d in body["decisions"] if d["action"] == "callback")
+    agent, csrf = await engine.agent()
+    try:
+        async with agent.post(
+            f"{engine.url}/v1/triggers/{trigger_id}/claim", headers={"X-CSRF-Token": csrf}
+        ) as r:
+            assert r.status == 200, await r.text()
+        if point == "after_rb_complete":
+            erased = erase_at(engine, lambda a: a[:2] == ("FCALL", "rb_complete"))
+        else:
+            erased = erase_at(engine, lambda a: a[0] == "XADD" and a[1].startswith("rb:{o:"))
+        async with agent.post(
+            f"{engine.url}/v1/triggers/{trigger_id}/complete",
+            json={"outcome": "converted", "note": NOTE},
+            headers={"X-CSRF-Token": csrf},
+        ) as r:
+            assert r.status in (404, 410), await r.text()
+            assert (await r.json())["error"]["code"] == "not_found"
+    finally:
+        await agent.close()
+    assert erased == [200]
+    await assert_nothing_left(engine, redis, anon)
+
+
+async def test_an_outcome_racing_the_erasure_is_not_recorded(
+    make_engine: Any, settings: Settings, tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    """`POST /v1/outcomes`: the audit read, then the erasure, then the outcome."""
+    engine = await _racing_engine(make_engine, settings, tmp_path)
+    anon = new_anon()
+    body = await _post(
+        engine,
+        [event("page_view", page="/mortgages"), calc(amount=AMOUNT)],
+        anon,
+        identity=engine.token(CUSTOMER),
+    )
+    decision_id = next(d["id"] for d in body["decisions"] if d["action"] == "offer")
+    audit = keys.decision_key(decision_id)
+    erased = erase_at(engine, lambda a: a == ("GET", audit))
+    async with engine.session.post(
+        f"{engine.url}/v1/outcomes",
+        json={"decision_id": decision_id, "outcome": "applied", "value": AMOUNT},
+        headers=engine.api_headers,
+    ) as r:
+        assert r.status == 404, await r.text()
+        assert (await r.json())["error"]["code"] == "unknown_decision"
+    assert erased == [200]
+    await assert_nothing_left(engine, redis, anon)
+
+
+async def test_a_trigger_written_during_the_erasure_deletes_itself(
+    make_engine: Any, settings: Settings, tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    """The trigger's entry is on its stream, the erasure runs, then its reference is
+    written: `rb_refs` refuses it and the trigger removes its entry and record."""
+    engine = await _racing_engine(make_engine, settings, tmp_path)
+    anon = new_anon()
+    erased = erase_at(
+        engine, lambda a: a[0] == "XADD" and a[1].startswith("rb:{t:") and "callback" in a
+    )
+    body = await _post(engine, [calc(amount=AMOUNT)], anon, identity=engine.token(CUSTOMER))
+    trigger_id = next(d["id"] for d in body["decisions"] if d["action"] == "callback")
+    assert erased == [200]
+    assert await redis.exists(keys.trigger_record(trigger_id)) == 0
+    assert await redis.zscore("rb:{cap}:queue", trigger_id) is None
+    await assert_nothing_left(engine, redis, anon)
+
+
+async def test_a_dead_letter_written_during_the_erasure_deletes_itself(
+    make_engine: Any, settings: Settings, tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens: every delivery fails
+    hook = WebhookConfig(name="cti", url=down, secrets=(Secret(SECRET),), max_attempts=1)
+    engine = await _racing_engine(make_engine, settings, tmp_path, webhooks=(hook,))
+    dead = dead_letter_stream("cti")
+    erased = erase_at(
+        engine, lambda a: a[:2] == ("FCALL", "rb_refs") and dead in str(a), before=True
+    )
+    anon = new_anon()
+    await _post(engine, [calc(amount=AMOUNT)], anon, identity=engine.token(CUSTOMER))
+    metrics = engine.metrics
+    assert metrics is not None
+
+    async def withdrawn() -> bool:
+        return bool(metrics.webhook_deliveries.labels("cti", "withdrawn")._value.get() == 1)
+
+    await until(withdrawn)
+    assert erased == [200]
+    assert await redis.xlen(dead) == 0
+    assert metrics.webhook_dead_letters.labels("cti")._value.get() == 0
+    await assert_nothing_left(engine, redis, anon)
+
+
+async def test_a_page_offer_audit_in_flight_is_caught_by_the_second_sweep(
+    make_engine: Any, settings: Settings, tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    """The audit's index entry is a plain ZADD (no erasure check): one landing after
+    the erasure re-creates the index, and the second sweep erases what it points at."""
+    engine = await _racing_engine(make_engine, settings, tmp_path)
+    # The sweep must come after the late ZADD, which the wrapper sends as soon as the
+    # DELETE has answered (the engine waits SECOND_SWEEP_DELAY_S).
+    engine.extra["app"][PROFILES].second_sweep_delay_s = 0.2
+    anon = new_anon()
+    erased = erase_at(engine, lambda a: a[0] == "ZADD" and str(a[1]).endswith(":refs"), before=True)
+    body = await _post(
+        engine, [event("page_view", page="/mortgages")], anon, identity=engine.token(CUSTOMER)
+    )
+    offer_id = next(d["id"] for d in body["decisions"] if d["action"] == "offer")
+    assert erased == [200]
+    await swept(engine)
+    status, _ = await engine.get_json(f"/v1/decisions/{offer_id}", headers=engine.api_headers)
+    assert status == 404
+    await assert_nothing_left(engine, redis, anon)
+
+
+async def test_a_customer_who_comes_back_after_erasure_is_indexed_and_erasable_again(
+    make_engine: Any, settings: Settings, tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    engine = await _racing_engine(make_engine, settings, tmp_path)
+    profiles = engine.extra["app"][PROFILES]
+    profiles.erase_skew_ms = 0  # the customer comes back within the skew allowance here
+    anon = new_anon()
+    await _post(engine, [calc(amount=AMOUNT)], anon, identity=engine.token(CUSTOMER))
+    async with engine.session.delete(
+        f"{engine.url}/v1/profiles/{CUSTOMER}", headers=engine.api_headers
+    ) as r:
+        assert r.status == 200
+    await swept(engine)
+    assert await redis.get(keys.profile_erased(keys.customer_prefix(CUSTOMER))) is not None
+
+    # Back: a new visit, a new callback, completed with a note - all of it indexed.
+    async with engine.session.put(
+        f"{engine.url}/v1/profiles/{CUSTOMER}/attributes",
+        json={"consent_call": True},
+        headers=engine.api_headers,
+    ) as r:
+        assert r.status == 200
+    anon = new_anon()
+    body = await _post(
+        engine,
+        [event("page_view", page="/mortgages"), calc(amount=AMOUNT)],
+        anon,
+        identity=engine.token(CUSTOMER),
+    )
+    trigger_id = next(d["id"] for d in body["decisions"] if d["action"] == "callback")
+    assert await redis.exists(keys.trigger_record(trigger_id)) == 1
+    agent, csrf = await engine.agent()
+    try:
+        for step, payload in (
+            ("claim", None),
+            ("complete", {"outcome": "no_answer", "note": NOTE}),
+        ):
+            async with agent.post(
+                f"{engine.url}/v1/triggers/{trigger_id}/{step}",
+                json=payload,
+                headers={"X-CSRF-Token": csrf},
+            ) as r:
+                assert r.status == 200, await r.text()
+    finally:
+        await agent.close()
+    index = await redis.zrange(keys.profile_refs(keys.customer_prefix(CUSTOMER)), 0, -1)
+    assert f"t|{trigger_id}" in index
+    assert any(ref.startswith("x|rb:{o:") for ref in index)  # the outcome with the note
+    assert NOTE in await dump(redis)
+
+    async with engine.session.delete(
+        f"{engine.url}/v1/profiles/{CUSTOMER}", headers=engine.api_headers
+    ) as r:
+        assert r.status == 200
+        assert (await r.json())["stream_entries_deleted"] >= 2
+    await assert_nothing_left(engine, redis, anon)
+
+
+async def test_the_janitor_trims_a_quiet_stream(
+    valkey: EmbeddedValkey, redis: aioredis.Redis
+) -> None:
+    """A dead-letter stream nobody writes to any more still loses entries past the
+    streams' age limit (their index references have expired: erasure would miss them)."""
+    store = Store(valkey.url, Metrics())
+    try:
+        dead = dead_letter_stream("cti")
+        now_ms = int(time.time() * 1000)
+        old_id = f"{now_ms - refs.STREAM_KEEP_MS - 60_000}-0"
+        await redis.xadd(dead, {"customer_id": CUSTOMER}, id=old_id)
+        new_id = await redis.xadd(dead, {"customer_id": "still-recent"})
+        assert await StreamJanitor(store, ["cti"]).trim() == 1
+        assert [entry_id for entry_id, _ in await redis.xrange(dead)] == [new_id]
+    finally:
+        await store.close()
+
+
+async def test_ingest_drops_expired_index_references_hourly(
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
+    """Page-offer audits index with a plain ZADD; the profile's hourly trim in
+    `rb_ingest` drops references whose data is gone, and only those."""
+    anon = new_anon()
+    prefix = keys.anonymous_prefix("demo-bank", anon)
+    await _post(engine, [event("page_view", page="/cards")], anon)
+    now_ms = int(time.time() * 1000)
+    index = keys.profile_refs(prefix)
+    await redis.zadd(index, {"k|rb:{d:gone}": now_ms - 1000, "k|rb:{d:alive}": now_ms + 10**9})
+    profile = orjson.loads(await redis.get(keys.profile_keys(prefix)[0]))
+    profile["trim_ts"] = 0  # due for its hourly trim
+    await redis.set(keys.profile_keys(prefix)[0], orjson.dumps(profile))
+    await _post(engine, [event("page_view", page="/cards")], anon)
+    kept = await redis.zrange(index, 0, -1)
+    assert "k|rb:{d:gone}" not in kept and "k|rb:{d:alive}" in kept
+    assert await redis.pttl(index) > 0

@@ -13,7 +13,9 @@ slot). KEYS are always the seven profile keys in engine/keys.py order:
   KEYS[6] pol    hash    contact policy: r:<rule> / c:<channel> cooldown-until ms,
                          d:<channel>:<day> contacts that day
   KEYS[7] refs   zset    where the profile's data lives in other slots (reference ->
-                         ms it is gone for sure); written by rb_refs, read by rb_erase
+                         ms it is gone for sure); written by rb_refs (and a plain ZADD
+                         for page-offer audits), read by rb_erase, trimmed by rb_ingest
+  KEYS[8] erased string  (rb_erase, rb_history only) the erasure marker: ms erased
 
 The profile is one JSON value rather than a hash: measured here, an HSET of ~30 fields
 into a listpack hash cost ~33 µs of Valkey time, a GET + cjson decode/encode + SET ~15.
@@ -129,6 +131,10 @@ local MAX_INTEREST = 10   -- x:<product>[:call]  newest by x:<product>
 local MAX_INTENT = 16     -- i:<key> it:<key>    newest by it:<key>
 local MAX_CATEGORIES = 16 -- cat:<category>      most viewed (names come from config)
 local MAX_PROFILE_BYTES = 16384  -- the documented worst case (without `attrs`)
+-- A stored profile past this was written before the caps: trim it on its next batch.
+-- Past the worst case by the largest CRM attributes (50 held products, ~3.4 KB), so a
+-- capped customer with full attributes is never re-ranked on every batch.
+local LEGACY_TRIM_BYTES = MAX_PROFILE_BYTES + 4096
 
 -- Keep the `max` entries of {name -> rank} with the highest rank (ties: smaller name);
 -- returns the set of names to drop, or nil when nothing is over.
@@ -253,6 +259,16 @@ local function ingest(keys, args)
   if now - num(h, 'trim_ts') > 3600000 then
     redis.call('ZREMRANGEBYSCORE', SEEN, '-inf', '(' .. string.format('%d', now - a.win))
     redis.call('PEXPIRE', SEEN, a.win + 3600000)
+    -- The index of data in other slots: page-offer audits add to it with a plain ZADD
+    -- (deliver.write_audit, no function call on the hot path), so its housekeeping is
+    -- here: expired references go, and the key expires with its latest reference.
+    if keys[7] then
+      redis.call('ZREMRANGEBYSCORE', keys[7], '-inf', '(' .. string.format('%d', now))
+      local last = redis.call('ZRANGE', keys[7], -1, -1, 'WITHSCORES')
+      if last[2] then
+        redis.call('PEXPIREAT', keys[7], string.format('%d', tonumber(last[2])))
+      end
+    end
     set(h, dirty, 'trim_ts', now)
   end
 
@@ -304,7 +320,7 @@ local function ingest(keys, args)
   if #d.pages > 0 then h['pages'] = recent_pages(h['pages'], d.pages) end
   if h['site'] == nil then h['site'] = a.site end
   -- Also when the stored profile is over the worst case: one written before the caps.
-  if grew or (raw0 and #raw0 > MAX_PROFILE_BYTES) then cap_profile(h) end
+  if grew or (raw0 and #raw0 > LEGACY_TRIM_BYTES) then cap_profile(h) end
 
   local raw = cjson.encode(h)
   if a.ttl > 0 then
@@ -411,38 +427,51 @@ end
 rb_erase: delete every key of one profile. Returns the linked anonymous ids and the
 profile's index of its data in other slots (KEYS[7] refs, engine/refs.py), read in
 the same atomic step, so the caller erases those too.
+KEYS[8] (optional): the erasure marker (keys.profile_erased), set AFTER the delete to
+ARGV[1] (the erasure ms plus a clock-skew allowance) for ARGV[2] ms: rb_refs and
+rb_history refuse data born before it,
+so a write in flight during the erasure cannot re-create what it deleted.
 Returns {deleted, links, refs}.
 ]]
 local function erase(keys, args)
   local links = redis.call('SMEMBERS', keys[3])
   local refs = keys[7] and redis.call('ZRANGE', keys[7], 0, -1) or {}
-  local deleted = redis.call('DEL', unpack(keys))
+  local deleted = redis.call('DEL', unpack(keys, 1, math.min(#keys, 7)))
+  if keys[8] and args[1] then
+    redis.call('SET', keys[8], args[1], 'PX', args[2])
+  end
   return {deleted, links, refs}
 end
 
+-- Whether data born at `born` ms belongs to an erased past: the profile's erasure
+-- marker says it was erased at or after that ms (a customer who came back after
+-- the erasure makes new data, which is kept).
+local function erased_since(marker, born)
+  if not marker or not born then return false end
+  local at = tonumber(redis.call('GET', marker))
+  return at ~= nil and at >= tonumber(born)
+end
+
 --[[
-rb_refs: record where a profile's data lives outside its slot (engine/refs.py).
-KEYS[1]: the profile's refs key alone (like rb_presence, it needs no other key).
-ARGV: now_ms, max, then (until_ms, reference) pairs. Drops expired references, keeps
-at most `max` (the soonest-expiring go first) and lets the index expire with its last
-reference: it lives exactly as long as the data it points at.
-Returns the number of references kept.
+rb_refs: record where a profile's data lives outside its slot (engine/refs.py), for
+the rare writers (triggers, outcomes, webhook copies). KEYS[1]: the profile's refs
+key; KEYS[2]: its erasure marker (same slot; no other profile key is needed).
+ARGV: now_ms, born_ms (when the indexed data was created), then (until_ms, reference)
+pairs. Returns 'erased' and writes nothing when the profile was erased at or after
+born_ms (the caller deletes what it just wrote); else drops expired references, lets
+the index expire with its last reference, and returns how many it holds.
+No cap: a cap would drop references to data that still exists (engine/refs.py).
 ]]
 local function refs(keys, args)
   local R = keys[1]
+  if erased_since(keys[2], args[2]) then return 'erased' end
   redis.call('ZADD', R, unpack(args, 3))
   redis.call('ZREMRANGEBYSCORE', R, '-inf', '(' .. args[1])
-  local n = redis.call('ZCARD', R)
-  local max = tonumber(args[2])
-  if n > max then
-    redis.call('ZREMRANGEBYRANK', R, 0, n - max - 1)
-    n = max
-  end
   local last = redis.call('ZRANGE', R, -1, -1, 'WITHSCORES')
   if last[2] then
     redis.call('PEXPIREAT', R, string.format('%d', tonumber(last[2])))
   end
-  return n
+  return redis.call('ZCARD', R)
 end
 
 --[[
@@ -506,10 +535,13 @@ end
 
 --[[
 rb_history: append one entry to the contact history (web offers shown, outcomes).
-ARGV[1]: JSON {entry: {field: value}, max}
+ARGV[1]: JSON {entry: {field: value}, max, born (optional: when the recorded decision
+was created)}. With KEYS[8] (the erasure marker) and born, returns 'erased' and writes
+nothing when the profile was erased at or after born; else the entry's id.
 ]]
 local function history(keys, args)
   local a = cjson.decode(args[1])
+  if erased_since(keys[8], a.born) then return 'erased' end
   return append_history(keys[5], a.entry, a.max)
 end
 
