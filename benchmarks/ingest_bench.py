@@ -131,7 +131,9 @@ def _latency_ms(text: str, pct: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
 
 
-def _wrk(port: int, batch: int, duration_s: int, connections: int, tag: str) -> str:
+def _wrk(
+    port: int, batch: int, duration_s: int, connections: int, tag: str, visitors: int = 20000
+) -> str:
     cmd = [
         "wrk",
         "-t1",
@@ -143,7 +145,7 @@ def _wrk(port: int, batch: int, duration_s: int, connections: int, tag: str) -> 
         f"http://127.0.0.1:{port}",
         "--",
         str(batch),
-        "20000",
+        str(visitors),
         tag,
     ]
     return subprocess.run(

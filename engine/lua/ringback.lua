@@ -31,13 +31,15 @@ Profile fields:
   x:<product> x:<product>:call               registered interest / asked for a call (ms)
   pages                                      recent "ts path" entries, newest first
   rl_w rl_n trim_ts                          rate-limit window, dedupe trim bookkeeping
+  kn:c kn:x kn:i kn:cat                      keys kept per capped space (see Bounded size)
   attrs                                      (customers) CRM attributes, set by the bank
   last_page lp_ts utm_source utm_campaign utm_ts first_utm_source first_utm_campaign site
   merged_into                                (anonymous only) the customer it merged into
 
 Bounded size. A client chooses product names, pages and campaign values, so each key
-space it can grow is capped here (rb_ingest when a batch adds a field, rb_merge_apply
-always; the least recent go first) and each string it sends is clipped to a budget of
+space it can grow is capped here (rb_ingest counts new keys per space in kn:<space>
+and ranks the profile only when a count passes its cap; rb_merge_apply always ranks;
+the least recent go first) and each string it sends is clipped to a budget of
 cjson-encoded bytes in engine/profile_delta.py (`/` and `"` count 2, control chars 6):
   c:<product>:*      10 products, newest by c:<product>:ts             <= 4470 B
   x:<product>[:call] 10 products, newest by x:<product>                <= 1230 B
@@ -47,10 +49,12 @@ cjson-encoded bytes in engine/profile_delta.py (`/` and `"` count 2, control cha
   last_page 256 B; utm_source, utm_campaign, first_*, f:last_abandon 128 B each;
   site 64 B; merged_into 128 B                                          <= 1230 B
   28 fixed numeric fields (n:<type> for 8 types, f:<action> for 3, ...)  <=  911 B
-So a profile is at most 13,034 bytes (every name at its longest, every number 21
+  kn:c kn:x kn:i kn:cat (two-digit counts)                               <=   48 B
+So a profile is at most 13,082 bytes (every name at its longest, every number 21
 characters), under the 16 KB (MAX_PROFILE_BYTES) that tests/test_profile_caps.py
 asserts; `attrs`, which the bank writes (PUT .../attributes), comes on top. A profile
-stored before the caps (over MAX_PROFILE_BYTES) is trimmed by its next batch.
+stored before the caps (no kn:* counts, or over LEGACY_TRIM_BYTES) is trimmed by its
+next batch.
 ]]
 
 -- Read the whole profile into a table once; mutate in Lua; write it back once.
@@ -181,6 +185,11 @@ local function cap_profile(h)
   local dx = over_cap(interest, nx, MAX_INTEREST)
   local di = over_cap(intent, ni, MAX_INTENT)
   local dcat = over_cap(cats, ncat, MAX_CATEGORIES)
+  -- What is kept, so rb_ingest counts new keys instead of ranking on every batch.
+  h['kn:c'] = math.min(nc, MAX_CALC)
+  h['kn:x'] = math.min(nx, MAX_INTEREST)
+  h['kn:i'] = math.min(ni, MAX_INTENT)
+  h['kn:cat'] = math.min(ncat, MAX_CATEGORIES)
   if not (dc or dx or di or dcat) then return false end
   -- Clearing fields while traversing with pairs is allowed in Lua.
   for k in pairs(h) do
@@ -194,6 +203,28 @@ local function cap_profile(h)
     end
   end
   return true
+end
+
+-- Keys a capped key space has, kept in the profile (kn:<space>) by cap_profile and
+-- counted up by rb_ingest as new keys appear: ranking runs only when one goes over.
+local CAP_OF = {['kn:c'] = MAX_CALC, ['kn:x'] = MAX_INTEREST, ['kn:i'] = MAX_INTENT,
+                ['kn:cat'] = MAX_CATEGORIES}
+
+-- The capped space a NEW field opens: a calculator product (its c:<p>:n counter), an
+-- interest product (x:<p>, not x:<p>:call), a category; nil for any other field.
+local function capped_space(k)
+  local p2 = k:sub(1, 2)
+  if p2 == 'c:' then return k:sub(-2) == ':n' and 'kn:c' or nil end
+  if p2 == 'x:' then return (not k:find(':', 3, true)) and 'kn:x' or nil end
+  if k:sub(1, 4) == 'cat:' then return 'kn:cat' end
+  return nil
+end
+
+-- Count one new key of `space`; true when the space is now over its cap.
+local function opened(h, dirty, space)
+  local n = num(h, space) + 1
+  set(h, dirty, space, n)
+  return n > CAP_OF[space]
 end
 
 --[[
@@ -273,14 +304,22 @@ local function ingest(keys, args)
   end
 
   local d = a.delta
-  -- A new field may be a new product, intent key or category: only then check the caps.
-  local grew = false
+  -- A new product, interest, intent key or category is counted; the caps are enforced
+  -- (ranking the whole profile) only when a count goes over, or once for a profile
+  -- stored before the counts existed.
+  local over = raw0 ~= nil and h['kn:c'] == nil
   for k, v in pairs(d.inc) do
-    if h[k] == nil then grew = true end
+    if h[k] == nil then
+      local space = capped_space(k)
+      if space and opened(h, dirty, space) then over = true end
+    end
     incr(h, dirty, k, v)
   end
   for k, v in pairs(d.max) do
-    if h[k] == nil then grew = true end
+    if h[k] == nil then
+      local space = capped_space(k)
+      if space and opened(h, dirty, space) then over = true end
+    end
     max_field(h, dirty, k, v)
   end
   for k, v in pairs(d.min) do
@@ -292,13 +331,12 @@ local function ingest(keys, args)
   for _, group in ipairs(d.latest) do
     local ts_field, ts, fields = group[1], group[2], group[3]
     if h[ts_field] == nil or ts >= num(h, ts_field) then
-      if h[ts_field] == nil then grew = true end
       set(h, dirty, ts_field, ts)
       for k, v in pairs(fields) do set(h, dirty, k, v) end
     end
   end
   for key, tv in pairs(d.decay) do
-    if h['it:' .. key] == nil then grew = true end
+    if h['it:' .. key] == nil and opened(h, dirty, 'kn:i') then over = true end
     decay_add(h, dirty, key, tv[1], tv[2], a.hl)
   end
   for i, seg in ipairs(d.sess) do
@@ -320,7 +358,7 @@ local function ingest(keys, args)
   if #d.pages > 0 then h['pages'] = recent_pages(h['pages'], d.pages) end
   if h['site'] == nil then h['site'] = a.site end
   -- Also when the stored profile is over the worst case: one written before the caps.
-  if grew or (raw0 and #raw0 > LEGACY_TRIM_BYTES) then cap_profile(h) end
+  if over or (raw0 and #raw0 > LEGACY_TRIM_BYTES) then cap_profile(h) end
 
   local raw = cjson.encode(h)
   if a.ttl > 0 then
@@ -380,6 +418,7 @@ local function merge_apply(keys, args)
 
   for k, v in pairs(a) do
     if k == 'merged_into' or k == 'site' or k == 'trim_ts' or k == 'rl_w' or k == 'rl_n'
+        or k:sub(1, 3) == 'kn:'
         or k == 'attrs' then
       -- anonymous-only bookkeeping
     elseif k:sub(1, 2) == 'n:' or k:sub(1, 4) == 'cat:' or k == 'dwell'
@@ -412,7 +451,8 @@ local function merge_apply(keys, args)
     end
   end
   -- Each side was within the caps; their union may not be.
-  if cap_profile(h) then dirty.caps = true end
+  cap_profile(h)  -- also sets the kn:* counts of the union
+  dirty.caps = true
   flush(P, h, dirty)
 
   local ns = tonumber(args[pos]); pos = pos + 1
