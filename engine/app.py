@@ -235,7 +235,7 @@ def build_app(
                 dispatcher = None
         yield
         # Each step is bounded: a stuck stop must never keep a worker from exiting.
-        steps = [janitor.stop(), monitor.stop(), gateway.stop()]
+        steps = [janitor.stop(), monitor.stop(), gateway.stop(), app[PROFILES].close()]
         if dispatcher is not None:
             steps.insert(0, dispatcher.stop())
         if holder is not None:

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Sequence
@@ -113,6 +114,10 @@ class ProfileStore:
         self.sweeps: set[asyncio.Task[None]] = set()
         self.second_sweep_delay_s = SECOND_SWEEP_DELAY_S
         self.erase_skew_ms = ERASE_SKEW_MS
+        # Our own embedded Valkey (no redis_url): its append-only file still holds what
+        # an erasure deleted until it is rewritten, so erasures ask for a rewrite. A
+        # Valkey someone else runs is theirs to rewrite (a fork is an ops decision).
+        self.aof_rewrites = AofRewrites(store) if settings.redis_url is None else None
 
     def delta(self, events: Sequence[Event], now_ms: int) -> dict[str, Any]:
         return build_delta(
@@ -269,6 +274,15 @@ class ProfileStore:
         await follow_refs(self.store, sorted(set(last) - set(first)), out)
         return list(links)
 
+    async def close(self) -> None:
+        """Cancel erasures' pending second sweeps and AOF rewrite (on shutdown)."""
+        tasks = list(self.sweeps)
+        if self.aof_rewrites is not None and self.aof_rewrites.pending is not None:
+            tasks.append(self.aof_rewrites.pending)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _schedule_second_sweep(self, prefixes: list[str]) -> None:
         """Run `second_sweep` in the background, at most `SECOND_SWEEPS_MAX` at once
         (past that the sweep is skipped and logged: erasures come one by one from a
@@ -277,7 +291,8 @@ class ProfileStore:
             log.error("second erasure sweep skipped: %d already pending", len(self.sweeps))
             return
         task = asyncio.create_task(
-            second_sweep(self.store, prefixes, self.second_sweep_delay_s), name="erase-sweep"
+            second_sweep(self.store, prefixes, self.second_sweep_delay_s, self.aof_rewrites),
+            name="erase-sweep",
         )
         self.sweeps.add(task)
         task.add_done_callback(self.sweeps.discard)
@@ -288,7 +303,50 @@ SECOND_SWEEPS_MAX = 1_000
 SECOND_SWEEP_DELAY_S = 5.0
 
 
-async def second_sweep(store: Store, prefixes: Sequence[str], delay_s: float) -> None:
+class AofRewrites:
+    """`BGREWRITEAOF` after erasures, at most once per `min_interval_s`.
+
+    Valkey's append-only file is a log: what an erasure deleted is gone from memory at
+    once but stays on disk in the commands that wrote it until the file is rewritten
+    (by itself only when it has doubled). A rewrite forks and does not block Valkey;
+    rate-limited, a burst of erasures costs one. Failures (a rewrite already running,
+    a Valkey that refuses) are logged: the next erasure asks again."""
+
+    def __init__(self, store: Store, min_interval_s: float = 600.0) -> None:
+        self.store = store
+        self.min_interval_s = min_interval_s
+        self.done = 0  # rewrites this process asked for and Valkey accepted
+        self._last = -math.inf
+        self._pending: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> asyncio.Task[None] | None:
+        return self._pending
+
+    def request(self) -> None:
+        if self._pending is not None:
+            return  # the one already scheduled covers this erasure too
+        delay_s = max(0.0, self._last + self.min_interval_s - time.monotonic())
+        self._pending = asyncio.create_task(self._run(delay_s), name="aof-rewrite")
+
+    async def _run(self, delay_s: float) -> None:
+        try:
+            await asyncio.sleep(delay_s)
+            await self.store.call("BGREWRITEAOF")
+            self._last = time.monotonic()
+            self.done += 1
+        except Exception as exc:
+            log.warning("AOF rewrite after an erasure not started: %s", exc)
+        finally:
+            self._pending = None
+
+
+async def second_sweep(
+    store: Store,
+    prefixes: Sequence[str],
+    delay_s: float,
+    aof_rewrites: AofRewrites | None = None,
+) -> None:
     """The erasure again, `delay_s` later, over the profiles' indexes only: catches a
     page-offer audit that was in flight in a pipeline when the profile was erased (its
     plain ZADD skips the erasure marker, so it re-created the index). What is found is
@@ -306,6 +364,8 @@ async def second_sweep(store: Store, prefixes: Sequence[str], delay_s: float) ->
             log.exception("second erasure sweep of a profile failed")
     if out.keys or out.entries:
         log.info("second erasure sweep deleted %d keys, %d entries", out.keys, out.entries)
+    if aof_rewrites is not None:  # after the sweep: the rewrite leaves out what it found
+        aof_rewrites.request()
 
 
 def _anonymous_prefix(link: str) -> str:

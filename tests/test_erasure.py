@@ -22,6 +22,7 @@ from engine.appkeys import PROFILES, STORE
 from engine.embedded import EmbeddedValkey, free_port
 from engine.janitor import StreamJanitor
 from engine.metrics import Metrics
+from engine.profile import AofRewrites
 from engine.settings import Secret, Settings, WebhookConfig
 from engine.store import Store
 from engine.triggers import GATEWAY
@@ -236,6 +237,39 @@ async def test_erasure_leaves_a_receipt_without_the_customer_id(
         assert r.status == 200
     first, second = await redis.xrange(keys.erasures_stream())
     assert first[1]["subject"] == second[1]["subject"]
+
+
+async def test_erasure_rewrites_the_embedded_valkeys_append_only_file(
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
+    """The AOF still holds what was erased until it is rewritten: with its own Valkey the
+    engine asks for a rewrite after the erasure (rate-limited; once here)."""
+    profiles = engine.extra["app"][PROFILES]
+    # The test engine talks to the suite's Valkey (redis_url set): not its to rewrite...
+    assert profiles.aof_rewrites is None
+    # ...so stand in for `serve` with its embedded Valkey.
+    profiles.aof_rewrites = AofRewrites(engine.extra["app"][STORE], min_interval_s=3600)
+    profiles.second_sweep_delay_s = 0
+    before = int((await redis.info("persistence"))["aof_rewrites"])
+    await _post(
+        engine, [event("page_view", page="/cards")], new_anon(), identity=engine.token(CUSTOMER)
+    )
+    for _ in range(2):  # two erasures within the interval: one rewrite
+        async with engine.session.delete(
+            f"{engine.url}/v1/profiles/{CUSTOMER}", headers=engine.api_headers
+        ) as r:
+            assert r.status == 200
+
+    async def rewritten() -> dict[str, Any]:
+        while True:
+            info = await redis.info("persistence")
+            if info["aof_rewrites"] > before and not info["aof_rewrite_in_progress"]:
+                return info
+            await asyncio.sleep(0.05)
+
+    info = await asyncio.wait_for(rewritten(), 30)
+    assert profiles.aof_rewrites.done == 1
+    assert info["aof_last_bgrewrite_status"] == "ok"
 
 
 async def test_a_webhook_retry_for_an_erased_customer_is_dropped(
