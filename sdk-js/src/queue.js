@@ -35,8 +35,9 @@ export const add = (item) => bound(items.push(item) - MAX_EVENTS);
 
 export const remove = (sent) => (items = items.filter((x) => !sent.includes(x)));
 
-// A batch the engine refused for good: removed, and counted like the oldest dropped.
-export const drop = (g, n = items.length) => (dropped += n - remove(g).length);
+// A batch the engine refused for good: removed, and counted like the oldest dropped
+// (the count is taken as remove's ignored second argument: the fewest bytes).
+export const drop = (g) => remove(g, (dropped += g.length));
 
 // The number of dropped events not yet reported; reading it resets it.
 export const takeDropped = (n = dropped) => ((dropped = 0), n);

@@ -61,8 +61,9 @@ export async function flush() {
       onAccepted(await r.json());
     } else if (s < 500 && s != 429) {
       // Permanent. Only a refused identity token (invalid_identity, identity_expired,
-      // identity_site_mismatch) is worth another try: the same events, anonymously.
-      if (/identity/.test((await r.json()).error.code)) cfg.identity = 0;
+      // identity_site_mismatch: each names the path $.identity) is worth another try:
+      // the same events, anonymously.
+      if (/"\$\.identity/.test(await r.text())) cfg.identity = 0;
       else throw s;
     } else throw s;
   } catch (e) {
