@@ -1,0 +1,523 @@
+"""Deciding, as a pure function: rules -> eligibility -> arbitration -> a `Plan`.
+
+`decide(rules, inp, now_ms, capacity, offer_key, classify)` evaluates the rule set
+against the live profile and says what should happen, without touching Valkey, a
+clock or a metric: matching rules become candidates; candidates are filtered by
+eligibility (a callback needs a known customer who consented, in the CRM or by
+pressing "call me" within the hour, and is not on the do-not-call list; calendars
+decide business hours; a stable hash puts a share of customers in the rule's
+control group), ranked by propensity x value x lever and cut to one offer per slot.
+The time is an input, so a recording replays at its own timestamps with this code.
+
+What only Valkey can settle stays a question in the plan: contact policy (cooldowns,
+daily caps) is taken atomically by `engine.policy.reserve`, so the plan carries the
+contact candidates ranked, each with its reservation, history entry and trigger;
+delivery (`engine.decisions.engine.RulesDecider`) tries them in order and stops at
+the first one that is reserved (one contact per batch: the best-ranked one policy
+allows), then `settle` (pure too) turns the answers into the batch's decisions and
+final trace, and `audit_record` into what each audit record says: the rules that did
+not fire and what suppressed them included.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from engine import keys
+from engine.capacity import Capacity, is_phone_work
+from engine.decide import DecisionInput
+from engine.decisions.expr import UNKNOWN
+from engine.decisions.loader import Offer, Rule, RuleSet
+from engine.deliver import new_decision_id
+from engine.policy import Reservation
+from engine.schema import event_type
+
+__all__ = [
+    "CALL_REQUEST_CONSENT_S",
+    "OFFER_DECISION_WINDOW_MS",
+    "Contact",
+    "Outcome",
+    "Plan",
+    "asked_for_call",
+    "audit_record",
+    "decide",
+    "holdout",
+    "offer_decision_id",
+    "rule_inputs",
+    "settle",
+    "trigger_kind",
+]
+
+# Which event of a batch a rule sees as `event`: the most intent-revealing one.
+_EVENT_RANK = {
+    "interest": 6,
+    "calc": 5,
+    "form": 4,
+    "page_view": 3,
+    "click": 2,
+    "scroll": 1,
+    "heartbeat": 0,
+    "custom": 0,
+}
+
+# A visitor who pressed "call me" consented to that call: for this long the request
+# stands in for the CRM's consent_call (do-not-call still wins; it is the bank's list).
+CALL_REQUEST_CONSENT_S = 3600
+
+# The same page offer for the same visitor, rule and rule set within this window is
+# one decision: one id, one audit record (written the first time, with the inputs that
+# led to it). Without it every batch of a visitor browsing under an offer wrote a fresh
+# audit record: 23 % of ingest throughput at 10-event batches (benchmarks/RESULTS.md).
+OFFER_DECISION_WINDOW_MS = 10 * 60_000
+
+
+class Contact(msgspec.Struct, frozen=True):
+    """A contact (callback or notification) the rules chose, if policy allows it:
+    everything the reservation and the trigger need. `decision` is what the batch
+    answers when this contact is the one reserved."""
+
+    rule: str
+    channel: str
+    decision: dict[str, Any]
+    reservation: Reservation
+    history: dict[str, Any]  # the contact-history entry the reservation appends
+    trigger: dict[str, Any]
+
+    @property
+    def phone_work(self) -> bool:
+        """Whether the trigger also goes on the floor's callback queue."""
+        return is_phone_work(self.trigger)
+
+
+class Plan(msgspec.Struct, frozen=True):
+    """What the batch should do, best-ranked first.
+
+    `ranked` holds the offer decisions (final: offers reserve nothing) and the contact
+    candidates in rank order; `contacts` the candidates alone, for delivery to try in
+    order. `trace` is per rule that matched or could not be evaluated, before the
+    reservations; `hits` the rules whose condition held, `suppressions` the (rule,
+    reason) pairs that eligibility and holdout suppressed (for the metrics).
+    """
+
+    now_ms: int
+    site: str
+    customer_id: str | None
+    anonymous_id: str
+    prefix: str
+    rule_set: RuleSet
+    ranked: list[dict[str, Any] | Contact]
+    contacts: list[Contact]
+    trace: dict[str, dict[str, Any]]
+    hits: list[str]
+    suppressions: list[tuple[str, str]]
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """The plan once contact policy answered: the batch's decisions, the contact that
+    fired (None when none did), the final trace (what suppressed each rule)."""
+
+    decisions: list[dict[str, Any]]
+    fired: Contact | None
+    trace: dict[str, dict[str, Any]]
+
+
+def asked_for_call(profile: dict[str, Any], now_ms: int, product: str | None = None) -> bool:
+    """Whether the visitor asked to be called within the last `CALL_REQUEST_CONSENT_S`:
+    about `product` (a request about savings is no consent to a mortgage call), or
+    about anything when the rule offers no product (the "call me" rule itself).
+
+    >>> p = {"last_call_request": 1_000, "call_requested": {"mortgage": 1_000}}
+    >>> asked_for_call(p, 2_000), asked_for_call(p, 2_000, "mortgage"), asked_for_call({}, 2_000)
+    (True, True, False)
+    >>> asked_for_call(p, 2_000, "cards")
+    False
+    >>> asked_for_call(p, 1_000 + CALL_REQUEST_CONSENT_S * 1000 + 1)
+    False
+    """
+    if product is None:
+        ts = profile.get("last_call_request")
+    else:
+        ts = (profile.get("call_requested") or {}).get(product)
+    return isinstance(ts, int) and 0 <= now_ms - ts <= CALL_REQUEST_CONSENT_S * 1000
+
+
+def trigger_kind(action: str, channel: str) -> str:
+    """What a fired contact is, from the channel eligibility actually chose: only a
+    phone callback is agents' work ("callback": on the capacity queue, claimable on the
+    dashboard); a callback that fell back to e-mail or SMS (do-not-call, no consent,
+    outside hours) is a notification, for webhooks only. An agent must never be able
+    to claim, and phone, a do-not-call customer.
+
+    >>> trigger_kind("callback", "callback"), trigger_kind("callback", "email")
+    ('callback', 'notify')
+    >>> trigger_kind("notify", "sms")
+    'notify'
+    """
+    return "callback" if action == "callback" and channel == "callback" else "notify"
+
+
+def holdout(subject: str, rule_id: str, pct: float) -> bool:
+    """Stable control-group membership: same customer and rule, same answer, always.
+
+    >>> holdout("cust-1", "r", 0), holdout("cust-1", "r", 100)
+    (False, True)
+    >>> round(sum(holdout(f"c{i}", "r", 10) for i in range(10_000)) / 100)  # ~10 %
+    10
+    """
+    if pct <= 0:
+        return False
+    h = hashlib.blake2b(f"{rule_id}\0{subject}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") % 10_000 < pct * 100
+
+
+def offer_decision_id(
+    key: bytes, subject: str, rule_id: str, offer_id: str, version: str, now_ms: int
+) -> str:
+    """A page offer's decision id: stable within its window, unguessable without `key`.
+
+    Time-ordered like `new_decision_id` (12 hex of the window's start, then 12 hex).
+
+    >>> a = offer_decision_id(b"k", "cust-1", "r", "o", "v1", 1_000)
+    >>> a == offer_decision_id(b"k", "cust-1", "r", "o", "v1", 2_000), len(a)
+    (True, 24)
+    >>> a == offer_decision_id(b"k", "cust-2", "r", "o", "v1", 1_000)
+    False
+    >>> a == offer_decision_id(b"k", "cust-1", "r", "o", "v1", 1_000 + OFFER_DECISION_WINDOW_MS)
+    False
+    """
+    start = now_ms - now_ms % OFFER_DECISION_WINDOW_MS
+    msg = f"{subject}\0{rule_id}\0{offer_id}\0{version}\0{start}".encode()
+    return f"{start:012x}{hashlib.blake2b(msg, key=key, digest_size=6).hexdigest()}"
+
+
+def rule_inputs(rs: RuleSet, rule_id: str) -> set[str]:
+    """The variable paths a rule's condition reads (what its audit record names)."""
+    for r in rs.rules:
+        if r.id == rule_id:
+            return set(r.when.names)
+    return set()
+
+
+def decide(
+    rules: RuleSet,
+    inp: DecisionInput,
+    now_ms: int,
+    capacity: Capacity,
+    offer_key: bytes,
+    classify: Callable[[str | None], str],
+    new_id: Callable[[int], str] = new_decision_id,
+) -> Plan:
+    """The plan for one batch, page load or screen-pop at `now_ms`: no I/O, no clock.
+
+    `capacity` is the contact center's last reading, `offer_key` keys the page-offer
+    ids, `new_id` makes a contact's decision id from the time (random by default).
+    """
+    rs = rules
+    now = now_ms
+    subject = inp.customer_id or f"{inp.site}:{inp.anonymous_id}"
+    variables = {
+        "event": _event_dict(inp, classify),
+        "profile": inp.profile,
+        "session": inp.profile.get("session", {}),
+        "customer": inp.customer,
+        "now": now,
+        "score": inp.profile.get("scores", {}),
+    }
+    trace: dict[str, dict[str, Any]] = {}
+    hits: list[str] = []
+    suppressions: list[tuple[str, str]] = []
+    eligible: list[tuple[Rule, str, int | None]] = []
+    today = None
+    for rule in rs.rules:
+        if rule.enabled_from is not None or rule.enabled_until is not None:
+            today = today or dt.datetime.fromtimestamp(now / 1000, tz=dt.UTC).date()
+            if not rule.enabled_on(today):
+                continue
+        result = rule.when._fn(variables)  # the compiled closure, no method hop
+        if result is not True:
+            if result is UNKNOWN:
+                trace[rule.id] = {
+                    "rule": rule.id,
+                    "result": "unknown",
+                    "why": "a value it needs is missing",
+                }
+            continue
+        hits.append(rule.id)
+        channel, scheduled, why_not = _eligibility(rule, inp, rs, now, capacity)
+        if why_not is None and holdout(subject, rule.id, rule.holdout_pct):
+            why_not = "holdout"
+        if why_not is not None:
+            suppressions.append((rule.id, why_not))
+            trace[rule.id] = {"rule": rule.id, "result": "suppressed", "why": why_not}
+            continue
+        trace[rule.id] = {"rule": rule.id, "result": "matched", "channel": channel}
+        eligible.append((rule, channel, scheduled))
+
+    prefix = (
+        keys.customer_prefix(inp.customer_id)
+        if inp.customer_id
+        else keys.anonymous_prefix(inp.site, inp.anonymous_id)
+    )
+    ranked: list[dict[str, Any] | Contact] = []
+    contacts: list[Contact] = []
+    if eligible:
+        # Factors once per candidate: ranking and the decision record both use them.
+        scored = [(_factors(rule, rs, variables), rule, ch, sch) for rule, ch, sch in eligible]
+        scored.sort(key=lambda c: -_rank(c[0], c[1]))
+        slots: set[str] = set()
+        for factors, rule, channel, scheduled in scored:
+            offer = rs.offers.get(rule.offer) if rule.offer else None
+            if rule.action == "offer":
+                if rule.slot in slots:
+                    trace[rule.id].update(result="suppressed", why="slot_taken")
+                    continue
+                slots.add(rule.slot)
+                decision_id = offer_decision_id(
+                    offer_key, subject, rule.id, offer.id if offer else "", rs.version, now
+                )
+                ranked.append(_decision(rule, "offer", channel, offer, factors, decision_id))
+                continue
+            if not inp.events:
+                continue  # screen-pops and page loads show offers, they don't call
+            decision = _decision(rule, rule.action, channel, offer, factors, new_id(now))
+            contact = _contact(decision, rule, channel, offer, inp, rs, prefix, now, scheduled)
+            ranked.append(contact)
+            contacts.append(contact)
+    return Plan(
+        now_ms=now,
+        site=inp.site,
+        customer_id=inp.customer_id,
+        anonymous_id=inp.anonymous_id,
+        prefix=prefix,
+        rule_set=rs,
+        ranked=ranked,
+        contacts=contacts,
+        trace=trace,
+        hits=hits,
+        suppressions=suppressions,
+    )
+
+
+def settle(plan: Plan, refused: list[tuple[Contact, str]], taken: Contact | None) -> Outcome:
+    """The batch's decisions once policy answered: `refused` are the contacts tried in
+    rank order and refused (with the reason), `taken` the one reserved, if any. Every
+    contact ranked below the taken one is suppressed: one contact per batch.
+
+    >>> p = Plan(0, "s", None, "a", "p", None, [{"id": "o"}], [], {}, [], [])
+    >>> settle(p, [], None).decisions
+    [{'id': 'o'}]
+    """
+    if not plan.contacts:
+        return Outcome(plan.ranked, None, plan.trace)  # type: ignore[arg-type]
+    trace = dict(plan.trace)
+    for contact, why in refused:
+        trace[contact.rule] = {**trace[contact.rule], "result": "suppressed", "why": why}
+    decisions: list[dict[str, Any]] = []
+    below = False
+    for item in plan.ranked:
+        if isinstance(item, Contact):
+            if item is taken:
+                below = True
+                decisions.append(item.decision)
+            elif below:
+                trace[item.rule] = {
+                    **trace[item.rule],
+                    "result": "suppressed",
+                    "why": "lower_ranked_contact",
+                }
+        else:
+            decisions.append(item)
+    return Outcome(decisions, taken, trace)
+
+
+def audit_record(
+    plan: Plan, decision: dict[str, Any], trace: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What a decision's audit record says: who, what, why, and the whole trace."""
+    return {
+        "id": decision["id"],
+        "at_ms": plan.now_ms,
+        "site": plan.site,
+        "customer_id": plan.customer_id,
+        "anonymous_id": plan.anonymous_id,
+        "prefix": plan.prefix,
+        "rule": decision["rule"],
+        "action": decision["action"],
+        "channel": decision["channel"],
+        "offer": decision.get("offer"),
+        "rule_set": plan.rule_set.version,
+        "model_version": None,
+        "factors": decision["factors"],
+        "inputs": sorted(rule_inputs(plan.rule_set, decision["rule"])),
+        "trace": trace,
+    }
+
+
+# -- steps -------------------------------------------------------------------------------
+
+
+def _event_dict(inp: DecisionInput, classify: Callable[[str | None], str]) -> dict[str, Any] | None:
+    if not inp.events:
+        return None
+    ev = max(inp.events, key=lambda e: (_EVENT_RANK.get(event_type(e), 0), e.ts))
+    props = getattr(ev, "props", None)
+    return {
+        "type": event_type(ev),
+        "page": ev.page,
+        "category": classify(ev.page),
+        "ts": ev.ts,
+        "props": {f: getattr(props, f) for f in props.__struct_fields__}
+        if props is not None
+        else {},
+    }
+
+
+def _rank(factors: dict[str, Any], rule: Rule) -> float:
+    """Propensity x value x lever, with the rule's priority as the tie-breaker on top."""
+    score = factors["propensity"] * max(factors["value"], 0.01) * factors["lever"]
+    return float(score) + rule.priority
+
+
+def _offer_product(rs: RuleSet, rule: Rule) -> str | None:
+    offer = rs.offers.get(rule.offer) if rule.offer else None
+    return offer.product if offer is not None and offer.product else None
+
+
+def _eligibility(
+    rule: Rule, inp: DecisionInput, rs: RuleSet, now: int, capacity: Capacity
+) -> tuple[str, int | None, str | None]:
+    """(channel, scheduled_for, why_not)."""
+    channel = rule.channel
+    scheduled = None
+    if rule.action == "callback":
+        c = inp.customer
+        if not inp.customer_id:
+            return channel, None, "anonymous"
+        if c.get("do_not_call") is True:
+            if not rule.fallback:
+                return channel, None, "do_not_call"
+            channel = rule.fallback
+        elif c.get("consent_call") is not True and not asked_for_call(
+            inp.profile, now, _offer_product(rs, rule)
+        ):
+            if not rule.fallback:
+                return channel, None, "no_consent"
+            channel = rule.fallback
+    if rule.policy.calendar and channel == "callback":
+        cal = rs.calendars[rule.policy.calendar]
+        if not cal.is_open(now):
+            if rule.policy.outside_hours == "schedule":
+                scheduled = cal.next_open(now)
+            elif rule.policy.outside_hours == "fallback" and rule.fallback:
+                channel = rule.fallback
+            else:
+                return channel, None, "outside_hours"
+    if channel == "callback" and capacity.overloaded(rule.policy.max_queue_per_agent):
+        # The floor cannot answer in time: same choices as outside business hours.
+        if rule.policy.outside_hours == "fallback" and rule.fallback:
+            channel = rule.fallback
+        else:
+            return channel, None, "no_capacity"
+    return channel, scheduled, None
+
+
+def _factors(rule: Rule, rs: RuleSet, variables: dict[str, Any]) -> dict[str, Any]:
+    offer = rs.offers.get(rule.offer) if rule.offer else None
+    scores = variables.get("score") or {}
+    value = scores.get(rule.id) if isinstance(scores, dict) else None
+    return {
+        "propensity": float(value) if isinstance(value, int | float) else 1.0,
+        "value": rule.value or (offer.value if offer else 0.0),
+        "lever": rs.levers.get(offer.product if offer else "", 1.0),
+    }
+
+
+def _decision(
+    rule: Rule,
+    action: str,
+    channel: str,
+    offer: Offer | None,
+    factors: dict[str, Any],
+    decision_id: str,
+) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "id": decision_id,
+        "action": action,
+        "rule": rule.id,
+        "channel": channel,
+        "factors": factors,
+    }
+    if action == "offer":
+        d["slot"] = rule.slot
+    if offer is not None:
+        d["offer"] = offer.public()
+    return d
+
+
+def _contact(
+    decision: dict[str, Any],
+    rule: Rule,
+    channel: str,
+    offer: Offer | None,
+    inp: DecisionInput,
+    rs: RuleSet,
+    prefix: str,
+    now: int,
+    scheduled: int | None,
+) -> Contact:
+    """A contact candidate: its reservation, its history entry and its trigger."""
+    day = ""
+    if rule.policy.calendar and rule.policy.calendar in rs.calendars:
+        day = rs.calendars[rule.policy.calendar].day_key(now)
+    reservation = Reservation(
+        rule.id,
+        channel,
+        rule.policy.cooldown_s,
+        rule.policy.channel_cooldown_s,
+        rule.policy.max_per_day,
+        day,
+    )
+    history = {
+        "kind": "decision",
+        "decision_id": decision["id"],
+        "rule": rule.id,
+        "action": rule.action,
+        "channel": channel,
+        "offer": offer.id if offer else "",
+        "ts": now,
+    }
+    p = inp.profile
+    vip = inp.customer.get("value_tier") in ("vip", "private")
+    pages = [str(x).partition(" ")[2] for x in (p.get("pages") or [])][:5]
+    trigger = {
+        "id": decision["id"],
+        "kind": trigger_kind(rule.action, channel),
+        "channel": channel,
+        "rule": rule.id,
+        "reason": rule.description or rule.id,
+        "customer_id": inp.customer_id or "",
+        "anonymous_id": inp.anonymous_id,
+        "site": inp.site,
+        "prefix": prefix,
+        "priority": rule.priority + (100 if vip else 0),
+        "vip": vip,
+        "online": bool(p.get("online")),
+        "online_until": p.get("online_until") or 0,  # presence needs no read until then
+        "created_ms": now,
+        "expires_ms": (scheduled or now) + rule.policy.expires_s * 1000,
+        "scheduled_for": scheduled or "",
+        "context": {
+            "calc": p.get("calc", {}),
+            "intent": p.get("intent", {}),
+            "pages": pages,
+            "last_page": p.get("last_page"),
+            "offer": offer.public() if offer else None,
+            "language": inp.customer.get("language"),
+        },
+    }
+    return Contact(rule.id, channel, decision, reservation, history, trigger)
