@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test bench lint fmt install system-deps clean typecheck
+.PHONY: run test test-fast bench lint fmt install system-deps clean typecheck
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ run: install
 
 test: install system-deps
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The inner loop: everything but real Chromium (`browser`) and engine processes or real
+# minutes of waiting (`slow`); tests/conftest.py marks tests by what they use.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not browser and not slow" $(ARGS)
 
 bench: install system-deps
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -202,6 +204,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "allow_loop_blocking: the in-process engine may block its event loop"
     )
+
+
+# Where the cost comes from, so a new test cannot forget its marker (`make test-fast`
+# runs `-m "not browser and not slow"`): fixtures that start an engine process, and
+# browser.chromium(), which a test calls itself.
+_ENGINE_PROCESS_FIXTURES = frozenset({"live_engine"})
+
+
+def _names_used(code: types.CodeType) -> set[str]:
+    """Global names a function's code (and the code nested in it) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_used(const)
+    return names
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _ENGINE_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        code = getattr(inspect.unwrap(getattr(item, "obj", None)), "__code__", None)
+        if isinstance(code, types.CodeType) and "chromium" in _names_used(code):
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.hookimpl(wrapper=True)
