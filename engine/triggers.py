@@ -351,7 +351,7 @@ class Gateway:
         self.ready.set()
         while not self._stopping:
             try:
-                reply = await streams.xread(client, last, block_ms=250, count=100)
+                reply = await streams.xread(client, last, block_ms=_READ_BLOCK_MS, count=100)
                 for stream, entries in reply:
                     for entry_id, fields in entries:
                         last[stream] = entry_id
@@ -411,6 +411,12 @@ def _for_agents(msg: dict[str, Any]) -> bool:
     """Stream entries the dashboards get: phone callbacks and state changes, never an
     e-mail/SMS notification (a do-not-call customer's "call me" must not be claimable)."""
     return msg.get("kind") not in ("callback", "notify") or is_phone_work(msg)
+
+
+# How long one XREAD waits for new triggers. Stopping waits for the read in flight to
+# end (cancelling redis-py inside XREAD BLOCK could hang shutdown), so this bounds how
+# long a worker's stop takes; an idle worker pays 10 cheap reads a second for it.
+_READ_BLOCK_MS = 100
 
 
 def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
