@@ -67,6 +67,7 @@ def webhook_target(w: WebhookConfig) -> WebhookTarget:
         url=w.url,
         secrets=tuple(s.reveal() for s in w.secrets),
         kinds=w.kinds,
+        channels=w.channels,
         timeout_s=w.timeout_s,
         max_attempts=w.max_attempts,
     )

@@ -163,6 +163,7 @@ class WebhookConfig:
     url: str
     secrets: tuple[Secret, ...]
     kinds: tuple[str, ...] = ("callback", "notify")
+    channels: tuple[str, ...] = ()  # empty: every channel
     timeout_s: float = 5.0
     max_attempts: int = 8
 
@@ -474,6 +475,17 @@ def _categories(r: _Reader) -> tuple[tuple[str, re.Pattern[str]], ...]:
     return tuple(out)
 
 
+WEBHOOK_CHANNELS = ("callback", "email", "sms")  # web offers go in the HTTP answer
+
+
+def _channels(wr: _Reader) -> tuple[str, ...]:
+    channels = wr.get("channels", list, [])
+    for j, c in enumerate(channels):
+        if c not in WEBHOOK_CHANNELS:
+            raise wr.fail(f"channels[{j}]", f"one of {', '.join(WEBHOOK_CHANNELS)}")
+    return tuple(channels)
+
+
 def load_settings(
     config_file: str | Path | None = None,
     *,
@@ -610,7 +622,16 @@ def load_settings(
     for i, table in enumerate(root.get("webhooks", list, [])):
         wr = _Reader(source, table, f"webhooks[{i}].")
         wr.check_known(
-            {"name", "url", "secrets", "secrets_env", "kinds", "timeout_s", "max_attempts"}
+            {
+                "name",
+                "url",
+                "secrets",
+                "secrets_env",
+                "kinds",
+                "channels",
+                "timeout_s",
+                "max_attempts",
+            }
         )
         name = wr.get("name", str, None)
         if not name or not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", name):
@@ -633,6 +654,7 @@ def load_settings(
                 url=url,
                 secrets=tuple(Secret(x) for x in raw_secrets),
                 kinds=tuple(wr.get("kinds", list, ["callback", "notify"])),
+                channels=_channels(wr),
                 timeout_s=float(wr.get("timeout_s", float, 5.0)),
                 max_attempts=wr.positive_int("max_attempts", 8),
             )

@@ -65,6 +65,8 @@ class WebhookTarget:
     # tracebacks, debuggers): anyone holding one can forge deliveries.
     secrets: tuple[str, ...] = field(repr=False)
     kinds: tuple[str, ...] = ("callback", "notify")
+    # The channels this target serves (an e-mail gateway: ("email",)); empty: every one.
+    channels: tuple[str, ...] = ()
     timeout_s: float = 5.0
     max_attempts: int = 8
     backoff_base_s: float = 1.0
@@ -102,6 +104,20 @@ def webhook_body(trigger: dict[str, Any]) -> bytes:
             "data": trigger,
         }
     )
+
+
+def _serves(target: WebhookTarget, trigger: dict[str, Any]) -> bool:
+    """Whether `target` handles the trigger's channel: an e-mail fallback goes to the
+    e-mail gateway, not to the CTI that dials phones. A trigger without a channel is a
+    phone callback (older entries).
+
+    >>> t = WebhookTarget("mail", "https://x", (), channels=("email",))
+    >>> _serves(t, {"channel": "email"}), _serves(t, {"channel": "callback"}), _serves(t, {})
+    (True, False, False)
+    """
+    if not target.channels:
+        return True
+    return str(trigger.get("channel") or "callback") in target.channels
 
 
 def dead_letter_stream(target: str) -> str:
@@ -266,7 +282,7 @@ class Dispatcher:
             await self.client.xack(stream, group, entry_id)
             return
         trigger = decode_fields(fields)
-        if trigger.get("kind") not in target.kinds:
+        if trigger.get("kind") not in target.kinds or not _serves(target, trigger):
             await self.client.xack(stream, group, entry_id)
             return
         msg_id = str(trigger.get("id") or entry_id)

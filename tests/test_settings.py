@@ -185,3 +185,11 @@ def test_webhook_targets_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(_write(tmp_path, bad), data_dir=tmp_path)
     assert info.value.key == "webhooks[0].secrets[0]"
+    assert s.webhooks[0].channels == ()  # every channel
+    mail = ok + 'channels = ["email"]\n'
+    assert load_settings(_write(tmp_path, mail), data_dir=tmp_path).webhooks[0].channels == (
+        "email",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, ok + 'channels = ["fax"]\n'), data_dir=tmp_path)
+    assert info.value.key == "webhooks[0].channels[0]"

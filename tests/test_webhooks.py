@@ -50,6 +50,10 @@ class Receiver:
 
 @pytest.fixture
 async def receiver(aiohttp_server: Any) -> Receiver:
+    return await start_receiver(aiohttp_server)
+
+
+async def start_receiver(aiohttp_server: Any) -> Receiver:
     rec = Receiver()
 
     async def handle(request: web.Request) -> web.Response:
@@ -86,7 +90,9 @@ def target(url: str, **kw: Any) -> WebhookTarget:
     )
 
 
-async def fire(store: Store, customer: str = "cust-1", kind: str = "callback") -> str:
+async def fire(
+    store: Store, customer: str = "cust-1", kind: str = "callback", channel: str = "callback"
+) -> str:
     trigger_id = new_decision_id()
     await write_trigger(
         store,
@@ -94,6 +100,7 @@ async def fire(store: Store, customer: str = "cust-1", kind: str = "callback") -
         {
             "id": trigger_id,
             "kind": kind,
+            "channel": channel,
             "customer_id": customer,
             "rule": "mortgage_callback",
             "reason": "Mortgage calculator used 6 times for 320 000",
@@ -339,6 +346,35 @@ async def test_targets_only_get_the_kinds_they_subscribe_to(
     finally:
         await d.stop()
     assert receiver.verified_ids() == [notify_id]
+
+
+async def test_each_channel_reaches_the_targets_that_serve_it(
+    store: Store, aiohttp_server: Any
+) -> None:
+    """The e-mail gateway gets e-mail, the SMS gateway SMS, the CTI phone callbacks: a
+    callback that fell back to e-mail must not make the CTI dial the customer."""
+    receivers = {name: await start_receiver(aiohttp_server) for name in ("cti", "mail", "sms")}
+    d = Dispatcher(
+        store,
+        [
+            target(receivers["cti"].url, name="cti", channels=("callback",)),
+            target(receivers["mail"].url, name="mail", channels=("email",)),
+            target(receivers["sms"].url, name="sms", channels=("sms",)),
+        ],
+        Metrics(),
+    )
+    await d.start()
+    try:
+        call = await fire(store, kind="callback", channel="callback")
+        mail = await fire(store, kind="notify", channel="email")
+        text = await fire(store, kind="notify", channel="sms")
+        await until(lambda: all(len(r.requests) >= 1 for r in receivers.values()))
+        await asyncio.sleep(0.2)  # what else would arrive has had its chance
+    finally:
+        await d.stop()
+    assert receivers["cti"].verified_ids() == [call]
+    assert receivers["mail"].verified_ids() == [mail]
+    assert receivers["sms"].verified_ids() == [text]
 
 
 def test_dead_letters_cli_lists_and_replays(valkey: EmbeddedValkey, tmp_path: Any) -> None:
