@@ -227,6 +227,13 @@ local function opened(h, dirty, space)
   return n > CAP_OF[space]
 end
 
+-- Count `k` if it is a new key of a capped space; true when that space is now over.
+local function opens_over(h, dirty, k)
+  if h[k] ~= nil then return false end
+  local space = capped_space(k)
+  return space ~= nil and opened(h, dirty, space)
+end
+
 --[[
 rb_ingest: apply one batch to one profile, exactly once per event id.
 ARGV[1]: JSON {now, ttl (s, 0 = keep forever), win (dedupe window ms), hl (half-life ms),
@@ -309,17 +316,11 @@ local function ingest(keys, args)
   -- stored before the counts existed.
   local over = raw0 ~= nil and h['kn:c'] == nil
   for k, v in pairs(d.inc) do
-    if h[k] == nil then
-      local space = capped_space(k)
-      if space and opened(h, dirty, space) then over = true end
-    end
+    if opens_over(h, dirty, k) then over = true end
     incr(h, dirty, k, v)
   end
   for k, v in pairs(d.max) do
-    if h[k] == nil then
-      local space = capped_space(k)
-      if space and opened(h, dirty, space) then over = true end
-    end
+    if opens_over(h, dirty, k) then over = true end
     max_field(h, dirty, k, v)
   end
   for k, v in pairs(d.min) do
