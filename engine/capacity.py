@@ -11,8 +11,6 @@ time (falling back or scheduling like outside business hours).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import os
 import socket
 import time
@@ -22,10 +20,10 @@ from typing import Any
 
 from engine.metrics import Metrics
 from engine.store import Store
+from engine.tasks import Periodic
 
 __all__ = ["AGENTS_KEY", "QUEUE_KEY", "Capacity", "CapacityMonitor", "is_phone_work"]
 
-log = logging.getLogger("ringback.capacity")
 
 AGENTS_KEY = "rb:{cap}:agents"
 QUEUE_KEY = "rb:{cap}:queue"
@@ -60,7 +58,12 @@ class Capacity:
         return self.queue >= self.agents_online * max_queue_per_agent
 
 
-class CapacityMonitor:
+class CapacityMonitor(Periodic):
+    """Reports this worker's agents and reads the floor's every `interval_s`. Stopping
+    does no I/O: this worker's entry goes stale by itself."""
+
+    name = "capacity"
+
     def __init__(
         self,
         store: Store,
@@ -68,23 +71,14 @@ class CapacityMonitor:
         interval_s: float = 1.0,
         metrics: Metrics | None = None,
     ) -> None:
+        super().__init__(interval_s, metrics)
         self.store = store
-        self.metrics = metrics
         self.local_agents = local_agents
-        self.interval_s = interval_s
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
         self.current = Capacity()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="capacity")
-
-    async def stop(self) -> None:
-        """Stop reading; our entry goes stale by itself (no I/O during shutdown)."""
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def tick(self) -> None:
+        await self.refresh()
 
     async def refresh(self) -> Capacity:
         """One pipelined round trip (coalesced store calls, safe to cancel)."""
@@ -113,16 +107,6 @@ class CapacityMonitor:
             self.metrics.callback_queue.set(self.current.queue)
             self.metrics.agents_online.set(self.current.agents_online)
         return self.current
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Valkey down: keep the last reading, say so once
-                log.warning("capacity refresh failed: %s", exc)
-            await asyncio.sleep(self.interval_s)
 
 
 async def enqueue(store: Store, trigger_id: str, expires_ms: int) -> None:

@@ -11,18 +11,15 @@ nothing due costs one cheap call per stream, in one pipeline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 from collections.abc import Sequence
 
 from engine import keys, refs
 from engine.metrics import Metrics
 from engine.store import Store
+from engine.tasks import Periodic
 
 __all__ = ["StreamJanitor", "shared_streams"]
-
-log = logging.getLogger("ringback.janitor")
 
 
 def shared_streams(webhook_targets: Sequence[str], shards: int = keys.TRIGGER_SHARDS) -> list[str]:
@@ -38,9 +35,10 @@ def shared_streams(webhook_targets: Sequence[str], shards: int = keys.TRIGGER_SH
     return out
 
 
-class StreamJanitor:
-    """Runs `trim` every `interval_s` in the background; failures are logged, counted
-    and retried at the next interval."""
+class StreamJanitor(Periodic):
+    """Runs `trim` every `interval_s` (first after one interval) in the background."""
+
+    name = "stream_janitor"
 
     def __init__(
         self,
@@ -49,20 +47,12 @@ class StreamJanitor:
         interval_s: float = 60.0,
         metrics: Metrics | None = None,
     ) -> None:
+        super().__init__(interval_s, metrics, first_delay_s=interval_s)
         self.store = store
         self.streams = shared_streams(webhook_targets)
-        self.interval_s = interval_s
-        self.metrics = metrics
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="stream-janitor")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def tick(self) -> None:
+        await self.trim()
 
     async def trim(self, now_ms: int | None = None) -> int:
         """Trim every shared stream to `refs.STREAM_KEEP_MS`; returns entries removed."""
@@ -71,15 +61,3 @@ class StreamJanitor:
             *[refs.stream_trim(self.store, stream, now_ms) for stream in self.streams]
         )
         return sum(int(n) for n in trimmed)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.trim()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Valkey down: the next minute tries again
-                log.warning("stream janitor trim failed: %s", exc)
-                if self.metrics is not None:
-                    self.metrics.background_failures.labels("stream_janitor").inc()
