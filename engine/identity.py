@@ -104,12 +104,10 @@ class IdentityVerifier:
                 algorithms=algorithms,
                 audience=site.key,
                 leeway=_LEEWAY_S,
-                options={"require": ["exp", "iat", "sub", "aud"]},
+                # Expiry is checked below against `now_s`, not PyJWT's own clock, so
+                # `rules test` can verify a recording's tokens at the recorded time.
+                options={"require": ["exp", "iat", "sub", "aud"], "verify_exp": False},
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise Unauthorized(
-                "identity_expired", "identity token has expired", "$.identity"
-            ) from exc
         except jwt.InvalidAudienceError as exc:
             raise Forbidden(
                 "identity_site_mismatch", "identity token was issued for another site", "$.identity"
@@ -118,6 +116,7 @@ class IdentityVerifier:
             raise Unauthorized(
                 "invalid_identity", f"identity token rejected: {exc}", "$.identity"
             ) from exc
+        _check_expiry(claims, now_s)
         _check_lifetime(site, claims, now_s)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not CUSTOMER_ID_RE.match(sub):
@@ -128,6 +127,20 @@ class IdentityVerifier:
                 "$.identity",
             )
         return sub, float(claims["exp"])
+
+
+def _check_expiry(claims: dict[str, Any], now_s: float) -> None:
+    """PyJWT's expiry check (integer `exp`, expired once `exp <= now - leeway`) at `now_s`."""
+    try:
+        exp = int(claims["exp"])
+    except (TypeError, ValueError) as exc:
+        raise Unauthorized(
+            "invalid_identity",
+            "identity token rejected: Expiration Time claim (exp) must be an integer.",
+            "$.identity",
+        ) from exc
+    if exp <= now_s - _LEEWAY_S:
+        raise Unauthorized("identity_expired", "identity token has expired", "$.identity")
 
 
 def _check_lifetime(site: SiteConfig, claims: dict[str, Any], now_s: float) -> None:
