@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from engine import keys
 from engine.appkeys import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, VERIFIER
 from engine.bodies import MAX_JSON_DEPTH, nesting_overflow, read_body, too_deeply_nested
 from engine.decide import DecisionInput
@@ -55,24 +54,11 @@ async def handle_events(request: web.Request) -> web.Response:
     if batch.identity is not None:
         customer_id = app[VERIFIER].verify(site, batch.identity)
 
-    profiles = app[PROFILES]
-    if customer_id is not None:
-        prefix = keys.customer_prefix(customer_id)
-        link = keys.link_member(site.key, batch.anonymous_id)
-    else:
-        prefix = keys.anonymous_prefix(site.key, batch.anonymous_id)
-        link = ""
-    result = await profiles.apply_batch(
-        prefix, site.key, batch.events, anonymous=customer_id is None, link=link, now_ms=now_ms
+    result, merged = await app[PROFILES].ingest(
+        site.key, batch.anonymous_id, customer_id, batch.events, now_ms
     )
-    if result.needs_merge and customer_id is not None:
-        # Rare: this visitor's first identified batch. Merge, then apply the batch to the
-        # merged profile (without the link check, which a conflict would never satisfy).
-        outcome = await profiles.merge(site.key, batch.anonymous_id, customer_id)
-        metrics.merges.labels(outcome).inc()
-        result = await profiles.apply_batch(
-            prefix, site.key, batch.events, anonymous=False, now_ms=now_ms
-        )
+    if merged is not None:
+        metrics.merges.labels(merged).inc()
     fields = result.fields
 
     for ev, flag in zip(batch.events, result.accepted_flags, strict=False):

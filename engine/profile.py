@@ -189,6 +189,39 @@ class ProfileStore:
             accepted_flags=res[5],
         )
 
+    async def ingest(
+        self,
+        site: str,
+        anonymous_id: str,
+        customer_id: str | None,
+        events: Sequence[Event],
+        now_ms: int,
+    ) -> tuple[BatchResult, str | None]:
+        """A batch into the visitor's profile - the customer's when identified - merging
+        the anonymous history first on the visitor's first identified batch.
+
+        Returns the result and the merge's outcome ('merged', 'already', 'conflict'; None
+        when no merge was needed). The merge-then-retry lives here once, so the ingest
+        handler and `rules test` replay read profile -> decide -> deliver.
+        """
+        if customer_id is not None:
+            prefix = keys.customer_prefix(customer_id)
+            link = keys.link_member(site, anonymous_id)
+        else:
+            prefix = keys.anonymous_prefix(site, anonymous_id)
+            link = ""
+        anonymous = customer_id is None
+        result = await self.apply_batch(
+            prefix, site, events, anonymous=anonymous, link=link, now_ms=now_ms
+        )
+        if not (result.needs_merge and customer_id is not None):
+            return result, None
+        # Rare: this visitor's first identified batch. Merge, then apply the batch to the
+        # merged profile (without the link check, which a conflict would never satisfy).
+        outcome = await self.merge(site, anonymous_id, customer_id)
+        result = await self.apply_batch(prefix, site, events, anonymous=False, now_ms=now_ms)
+        return result, outcome
+
     async def merge(self, site: str, anonymous_id: str, customer_id: str) -> str:
         """Fold an anonymous profile into a customer's; 'merged', 'already' or 'conflict'."""
         anon_keys = keys.profile_keys(keys.anonymous_prefix(site, anonymous_id))

@@ -127,7 +127,6 @@ async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) ->
     """
     import msgspec
 
-    from engine import keys
     from engine.app import offer_decision_key
     from engine.attributes import ImportLine, store_attributes
     from engine.capacity import Capacity
@@ -193,25 +192,9 @@ async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) ->
                     if batch.identity is not None:
                         customer_id = verifier.verify(site, batch.identity, now_ms / 1000)
                         who = f"customer {customer_id}"
-                    if customer_id is not None:
-                        prefix = keys.customer_prefix(customer_id)
-                        link = keys.link_member(site.key, batch.anonymous_id)
-                    else:
-                        prefix = keys.anonymous_prefix(site.key, batch.anonymous_id)
-                        link = ""
-                    result = await profiles.apply_batch(
-                        prefix,
-                        site.key,
-                        batch.events,
-                        anonymous=customer_id is None,
-                        link=link,
-                        now_ms=now_ms,
+                    result, _ = await profiles.ingest(
+                        site.key, batch.anonymous_id, customer_id, batch.events, now_ms
                     )
-                    if result.needs_merge and customer_id is not None:
-                        await profiles.merge(site.key, batch.anonymous_id, customer_id)
-                        result = await profiles.apply_batch(
-                            prefix, site.key, batch.events, anonymous=False, now_ms=now_ms
-                        )
                 except ClientError as exc:
                     err = {"code": exc.code, "message": exc.message, "path": exc.path or "$"}
                     out.append(Replayed(who, [{"error": err}], exc.status, [], now_ms))
