@@ -164,6 +164,30 @@ async def undelivered(store: Store, target_name: str = "cti") -> int:
     return total
 
 
+async def settled(store: Store, target_name: str) -> bool:
+    """The target's group has read every trigger entry and acknowledged each one:
+    delivered, or skipped as not its kind or channel. Nothing more can arrive."""
+    for i in range(keys.TRIGGER_SHARDS):
+        stream = keys.trigger_stream(i)
+        if not await store.client.exists(stream):
+            continue
+        last = (await store.client.xinfo_stream(stream))["last-generated-id"]
+        for group in await store.client.xinfo_groups(stream):
+            if group["name"] == group_name(target_name) and (
+                group["last-delivered-id"] != last or group["pending"]
+            ):
+                return False
+    return True
+
+
+async def until_settled(store: Store, *target_names: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all([await settled(store, name) for name in target_names]):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{target_names} did not settle in time")
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.slow  # a real minute of outage
 async def test_receiver_down_for_a_while_gets_it_once_it_returns(store: Store) -> None:
     """The bank's system fails (503), then is off the network for 60 s (a deploy, a
@@ -342,7 +366,7 @@ async def test_targets_only_get_the_kinds_they_subscribe_to(
         await fire(store, kind="callback")
         notify_id = await fire(store, kind="notify")
         await until(lambda: len(receiver.requests) == 1)
-        await asyncio.sleep(0.2)
+        await until_settled(store, "cti")
     finally:
         await d.stop()
     assert receiver.verified_ids() == [notify_id]
@@ -369,7 +393,7 @@ async def test_each_channel_reaches_the_targets_that_serve_it(
         mail = await fire(store, kind="notify", channel="email")
         text = await fire(store, kind="notify", channel="sms")
         await until(lambda: all(len(r.requests) >= 1 for r in receivers.values()))
-        await asyncio.sleep(0.2)  # what else would arrive has had its chance
+        await until_settled(store, "cti", "mail", "sms")
     finally:
         await d.stop()
     assert receivers["cti"].verified_ids() == [call]
