@@ -27,7 +27,7 @@ import redis
 from benchmarks.cpu_bench import _cpu_s
 from benchmarks.ingest_bench import _latency_ms, _stop, _wait_port, _wrk
 from benchmarks.results import write_section
-from engine.embedded import EmbeddedValkey, free_port
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -39,7 +39,7 @@ _BOOT = (
     "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
     "if 'editable' not in getattr(f, '__module__', '')]; sys.path.insert(0, {tree!r}); "
     "import engine; assert engine.__file__.startswith({tree!r}), engine.__file__; "
-    "from engine.cli import main; sys.argv[0] = 'ringback'; sys.exit(main())"
+    "from engine.cli.main import main; sys.argv[0] = 'ringback'; sys.exit(main())"
 )
 
 

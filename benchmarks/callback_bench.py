@@ -50,8 +50,8 @@ import orjson
 import uvloop
 
 from benchmarks.results import write_section
-from engine.embedded import free_port
-from engine.identity import mint_token
+from engine.ingest.identity import mint_token
+from engine.valkey.embedded import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

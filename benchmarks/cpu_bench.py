@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks import ingest_bench as ib
-from engine.embedded import EmbeddedValkey, free_port
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 
 def _cpu_s(pid: int) -> float:

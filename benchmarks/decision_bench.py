@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.results import write_section
-from engine.decide import DecisionInput
-from engine.decisions.engine import RulesDecider
+from engine.core.metrics import Metrics
+from engine.decisions.inputs import DecisionInput
 from engine.decisions.loader import load_rules
-from engine.metrics import Metrics
-from engine.schema import CalcEvent, CalcProps, PageViewEvent
+from engine.delivery.executor import RulesDecider
+from engine.ingest.schema import CalcEvent, CalcProps, PageViewEvent
 
 CONDITIONS = [
     (

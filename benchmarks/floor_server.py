@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
-from engine.schema import decode_batch
+from engine.ingest.schema import decode_batch
 
 SCRIPT = """
 redis.call('HINCRBY', KEYS[1], 'events', ARGV[1])

@@ -26,7 +26,7 @@ from pathlib import Path
 import redis
 
 from benchmarks.results import write_section
-from engine.embedded import EmbeddedValkey, free_port
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

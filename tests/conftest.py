@@ -31,11 +31,11 @@ import pytest
 import redis.asyncio as aioredis
 from loop_guard import LoopBlockedWarning, LoopBlockGuard, SlowCallback
 
-from engine.app import build_app
-from engine.embedded import EmbeddedValkey, free_port
-from engine.identity import mint_token
-from engine.metrics import Metrics
-from engine.settings import Settings, load_settings
+from engine.core.metrics import Metrics
+from engine.core.settings import Settings, load_settings
+from engine.http.app import build_app
+from engine.ingest.identity import mint_token
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO / "rules"

@@ -18,10 +18,10 @@ import jwt
 import pytest
 from conftest import REPO, EngineClient, event
 
-from engine.embedded import EmbeddedValkey, free_port
-from engine.metrics import Metrics
-from engine.ops import build_metrics_app
-from engine.settings import MetricsConfig, Secret
+from engine.core.metrics import Metrics
+from engine.core.settings import MetricsConfig, Secret
+from engine.http.ops import build_metrics_app
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 # -- "self" comes from config, not from the Host header ------------------------------
 

@@ -15,11 +15,12 @@ from browser import chromium
 from conftest import RULES_DIR, EngineClient
 from playwright.async_api import Page, expect
 
-from engine import keys
-from engine.deliver import new_decision_id, write_trigger
-from engine.metrics import Metrics
-from engine.settings import Agent, Settings, hash_password
-from engine.store import Store
+from engine.core.ids import new_decision_id
+from engine.core.metrics import Metrics
+from engine.core.settings import Agent, Settings, hash_password
+from engine.delivery.records import write_trigger
+from engine.valkey import keys
+from engine.valkey.store import Store
 
 pytestmark = pytest.mark.browser
 

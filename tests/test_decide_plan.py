@@ -17,12 +17,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine import keys
-from engine.capacity import Capacity
-from engine.decide import DecisionInput
+from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import RuleSet, load_rules
 from engine.decisions.plan import Plan, audit_record, decide, settle
-from engine.schema import CalcEvent, CalcProps, PageViewEvent
+from engine.ingest.schema import CalcEvent, CalcProps, PageViewEvent
+from engine.valkey import keys
 
 LONDON = ZoneInfo("Europe/London")
 WEEKDAYS = "{" + ", ".join(f'{d}: "09:00-17:00"' for d in ("mon", "tue", "wed", "thu", "fri")) + "}"

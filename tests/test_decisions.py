@@ -16,14 +16,13 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import REPO, RULES_DIR, EngineClient, calc, event
 
-from engine import keys
-from engine.appkeys import CAPACITY
-from engine.capacity import AGENTS_KEY
+from engine.core.settings import Settings
 from engine.decisions.calendar import Calendar
-from engine.decisions.engine import holdout
 from engine.decisions.loader import RuleSetError, load_rules
-from engine.settings import Settings
-from engine.triggers import GATEWAY
+from engine.decisions.plan import holdout
+from engine.http.state import CAPACITY, GATEWAY
+from engine.valkey import keys
+from engine.valkey.keys import CAPACITY_AGENTS as AGENTS_KEY
 
 ALWAYS = (
     '{mon: "00:00-24:00", tue: "00:00-24:00", wed: "00:00-24:00", '

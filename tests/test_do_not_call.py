@@ -17,11 +17,11 @@ import orjson
 from aiohttp import web
 from conftest import RULES_DIR, EngineClient, event
 
-from engine.capacity import QUEUE_KEY
-from engine.metrics import Metrics
-from engine.settings import Secret, Settings, WebhookConfig
-from engine.store import Store
-from engine.triggers import GATEWAY
+from engine.core.metrics import Metrics
+from engine.core.settings import Secret, Settings, WebhookConfig
+from engine.http.state import GATEWAY
+from engine.valkey.keys import CALLBACK_QUEUE as QUEUE_KEY
+from engine.valkey.store import Store
 
 SECRET = "whsec_cmluZ2JhY2stdGVzdC1zZWNyZXQtMzItYnl0ZXMhISE="
 ALWAYS = ", ".join(f'{d}: "00:00-24:00"' for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))

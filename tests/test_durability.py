@@ -21,8 +21,8 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import EngineClient, event
 
-from engine.embedded import EmbeddedValkey, free_port
-from engine.settings import Settings
+from engine.core.settings import Settings
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,16 +17,15 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import EngineClient, calc, event, new_anon
 
-from engine import keys, refs
-from engine.appkeys import PROFILES, STORE
-from engine.embedded import EmbeddedValkey, free_port
-from engine.janitor import StreamJanitor
-from engine.metrics import Metrics
-from engine.profile import AofRewrites
-from engine.settings import Secret, Settings, WebhookConfig
-from engine.store import Store
-from engine.triggers import GATEWAY
-from engine.webhooks import dead_letter_stream
+from engine.core.metrics import Metrics
+from engine.core.settings import Secret, Settings, WebhookConfig
+from engine.delivery.webhooks import dead_letter_stream
+from engine.http.state import ERASER, GATEWAY, STORE
+from engine.privacy.erasure import AofRewrites
+from engine.valkey import keys, refs
+from engine.valkey.embedded import EmbeddedValkey, free_port
+from engine.valkey.janitor import StreamJanitor
+from engine.valkey.store import Store
 
 SECRET = "whsec_" + base64.b64encode(b"ringback-test-secret-32-bytes!!!").decode()
 CUSTOMER = "cust-erase-4711"
@@ -244,7 +243,7 @@ async def test_erasure_rewrites_the_embedded_valkeys_append_only_file(
 ) -> None:
     """The AOF still holds what was erased until it is rewritten: with its own Valkey the
     engine asks for a rewrite after the erasure (rate-limited; once here)."""
-    profiles = engine.extra["app"][PROFILES]
+    profiles = engine.extra["app"][ERASER]
     # The test engine talks to the suite's Valkey (redis_url set): not its to rewrite...
     assert profiles.aof_rewrites is None
     # ...so stand in for `serve` with its embedded Valkey.
@@ -387,7 +386,7 @@ def erase_at(
 
 async def swept(engine: EngineClient) -> None:
     """Wait for the erasures' second sweeps (their delay set to 0 by `_racing_engine`)."""
-    profiles = engine.extra["app"][PROFILES]
+    profiles = engine.extra["app"][ERASER]
     while profiles.sweeps:
         await asyncio.gather(*profiles.sweeps)
 
@@ -399,7 +398,7 @@ async def _racing_engine(
     rules.mkdir()
     (rules / "pack.yaml").write_text(PACK)
     engine: EngineClient = await make_engine(replace(settings, rules_dir=rules, **changes))
-    engine.extra["app"][PROFILES].second_sweep_delay_s = 0
+    engine.extra["app"][ERASER].second_sweep_delay_s = 0
     async with engine.session.put(
         f"{engine.url}/v1/profiles/{CUSTOMER}/attributes",
         json={"consent_call": True},
@@ -528,7 +527,7 @@ async def test_a_page_offer_audit_in_flight_is_caught_by_the_second_sweep(
     engine = await _racing_engine(make_engine, settings, tmp_path)
     # The sweep must come after the late ZADD, which the wrapper sends as soon as the
     # DELETE has answered (the engine waits SECOND_SWEEP_DELAY_S).
-    engine.extra["app"][PROFILES].second_sweep_delay_s = 0.2
+    engine.extra["app"][ERASER].second_sweep_delay_s = 0.2
     anon = new_anon()
     erased = erase_at(engine, lambda a: a[0] == "ZADD" and str(a[1]).endswith(":refs"), before=True)
     body = await _post(
@@ -546,7 +545,7 @@ async def test_a_customer_who_comes_back_after_erasure_is_indexed_and_erasable_a
     make_engine: Any, settings: Settings, tmp_path: Path, redis: aioredis.Redis
 ) -> None:
     engine = await _racing_engine(make_engine, settings, tmp_path)
-    profiles = engine.extra["app"][PROFILES]
+    profiles = engine.extra["app"][ERASER]
     profiles.erase_skew_ms = 0  # the customer comes back within the skew allowance here
     anon = new_anon()
     await _post(engine, [calc(amount=AMOUNT)], anon, identity=engine.token(CUSTOMER))

@@ -30,9 +30,9 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import REPO, event, now_ms
 
-from engine import keys
-from engine.embedded import EmbeddedValkey, free_port
-from engine.identity import mint_token
+from engine.ingest.identity import mint_token
+from engine.valkey import keys
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 pytestmark = pytest.mark.slow
 

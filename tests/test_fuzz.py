@@ -36,11 +36,11 @@ from conftest import LiveEngine
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from engine.core.errors import BadRequest
 from engine.decisions.expr import VARIABLES, ExpressionError, compile_expression
 from engine.decisions.loader import default_functions
-from engine.errors import BadRequest
-from engine.ingest import parse_batch
-from engine.schema import EVENT_TYPES, decode_batch, event_type
+from engine.http.ingest import parse_batch
+from engine.ingest.schema import EVENT_TYPES, decode_batch, event_type
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 DEFAULT_FUZZ_SEED = 90_210_009  # any fixed number; change it only on purpose

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from conftest import EngineClient, LiveEngine, event, new_anon
 from loop_guard import LoopBlockGuard
 
-from engine.bodies import MAX_JSON_DEPTH
+from engine.ingest.bodies import MAX_JSON_DEPTH
 
 
 def _batch(events: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:

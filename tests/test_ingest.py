@@ -11,7 +11,7 @@ from typing import Any
 
 from conftest import EngineClient, calc, event, new_anon, now_ms
 
-from engine.settings import load_settings
+from engine.core.settings import load_settings
 
 
 async def test_batch_updates_the_customer_profile(engine: EngineClient) -> None:

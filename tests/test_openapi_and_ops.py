@@ -9,13 +9,13 @@ import subprocess
 from aiohttp import web
 from conftest import EngineClient, event
 
-from engine.openapi import openapi_document
+from engine.http.openapi import openapi_document
 
 
 async def test_openapi_describes_every_route(engine: EngineClient) -> None:
     status, doc = await engine.get_json("/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
-    from engine.app import add_routes
+    from engine.http.app import add_routes
 
     app = web.Application()
     add_routes(app)
@@ -94,7 +94,7 @@ PUBLIC = {
 
 
 async def test_every_non_public_route_needs_credentials(engine: EngineClient) -> None:
-    from engine.app import add_routes
+    from engine.http.app import add_routes
 
     app = web.Application()
     add_routes(app)

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from engine import keys
-from engine.embedded import EmbeddedValkey
-from engine.metrics import Metrics
-from engine.policy import Reservation, reserve
-from engine.store import Store
+from engine.core.metrics import Metrics
+from engine.profile.contact_history import Reservation, reserve
+from engine.valkey import keys
+from engine.valkey.embedded import EmbeddedValkey
+from engine.valkey.store import Store
 
 PREFIX = keys.customer_prefix("cust-policy")
 T0 = 1_795_000_000_000

@@ -17,8 +17,8 @@ import orjson
 import redis.asyncio as aioredis
 from conftest import EngineClient, calc, event, new_anon, now_ms
 
-from engine import keys
-from engine.settings import Settings
+from engine.core.settings import Settings
+from engine.valkey import keys
 
 MAX_PROFILE_BYTES = 16 * 1024
 KEPT_CALC_PRODUCTS = 10

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from engine.reloader import Reloadable
+from engine.core.reloader import Reloadable
 
 
 def _load(path: Path) -> dict[str, int]:

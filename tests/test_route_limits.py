@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from conftest import EngineClient, event, new_anon
 
-from engine import app as engine_app
-from engine import route_limits
-from engine.app import build_app
-from engine.settings import Settings
+from engine.core.settings import Settings
+from engine.http import app as engine_app
+from engine.http import route_limits
+from engine.http.app import build_app
 
 BUDGET = 3
 ANON = new_anon()

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from conftest import REPO, RULES_DIR
 
-from engine.decisions.cli import replay
+from engine.cli.rules import replay
+from engine.core.settings import Settings, load_settings
 from engine.decisions.loader import load_rules
-from engine.identity import mint_token
-from engine.settings import Settings, load_settings
+from engine.ingest.identity import mint_token
 
 HOUR = 3_600_000
 

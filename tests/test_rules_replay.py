@@ -14,9 +14,9 @@ import jwt
 import orjson
 from conftest import REPO, RULES_DIR
 
-from engine.decisions.cli import replay_traced
+from engine.cli.rules import replay_traced
+from engine.core.settings import Settings, load_settings
 from engine.decisions.loader import load_rules
-from engine.settings import Settings, load_settings
 
 MINUTE_MS = 60_000
 LONDON = ZoneInfo("Europe/London")

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from conftest import REPO, EngineClient, event
 
+from engine.core.settings import Settings
 from engine.decisions.loader import MAX_DEPTH, MAX_FILE_BYTES, RuleSetError, load_rules
-from engine.settings import Settings
 
 PACK = """\
 offers:

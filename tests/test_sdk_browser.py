@@ -21,9 +21,9 @@ from browser import chromium
 from conftest import LiveEngine
 from playwright.async_api import BrowserContext, Page, expect
 
-from engine import keys
-from engine.embedded import EmbeddedValkey
-from engine.settings import load_settings
+from engine.core.settings import load_settings
+from engine.valkey import keys
+from engine.valkey.embedded import EmbeddedValkey
 
 pytestmark = pytest.mark.browser
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine import schema
+from engine.ingest import schema
 
 SDK = Path(__file__).resolve().parent.parent / "sdk-js"
 DIST = SDK / "dist" / "ringback.min.js"

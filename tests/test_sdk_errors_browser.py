@@ -25,12 +25,12 @@ from browser import chromium
 from conftest import EngineClient, event, new_anon, now_ms
 from test_sdk_browser import STUB, anon_id, rb_storage, wait_for
 
-from engine import keys
-from engine.app import build_app
-from engine.embedded import EmbeddedValkey, free_port
-from engine.identity import mint_token
-from engine.metrics import Metrics
-from engine.settings import Settings
+from engine.core.metrics import Metrics
+from engine.core.settings import Settings
+from engine.http.app import build_app
+from engine.ingest.identity import mint_token
+from engine.valkey import keys
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 SITE = "demo-bank"
 ALLOWED = "http://localhost:8080"  # allowed by the demo site's config

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from conftest import EngineClient
 
-from engine.appkeys import SETTINGS
-from engine.assets import add_asset_routes
-from engine.http_errors import make_error_middleware
-from engine.identity import IdentityVerifier
-from engine.settings import Settings, load_settings
+from engine.core.settings import Settings, load_settings
+from engine.http.assets import add_asset_routes
+from engine.http.errors import make_error_middleware
+from engine.http.state import SETTINGS
+from engine.ingest.identity import IdentityVerifier
 
 DIST = Path(__file__).resolve().parent.parent / "sdk-js" / "dist" / "ringback.min.js"
 

@@ -30,8 +30,8 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import REPO, calc, event, now_ms
 
-from engine.embedded import EmbeddedValkey, free_port
-from engine.identity import mint_token
+from engine.ingest.identity import mint_token
+from engine.valkey.embedded import EmbeddedValkey, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.settings import DEMO_CREDENTIALS_FILE, Secret, load_settings
+from engine.core.errors import ConfigError
+from engine.core.settings import DEMO_CREDENTIALS_FILE, Secret, load_settings
 
 GOOD = """
 [server]

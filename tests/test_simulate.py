@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from conftest import EngineClient
 
-from engine.simulate import simulate
+from engine.cli.simulate import simulate
 
 
 async def test_simulated_visitors_build_profiles(

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from redis.exceptions import ResponseError
 
-from engine.embedded import EmbeddedValkey
-from engine.metrics import Metrics
-from engine.store import Store
+from engine.core.metrics import Metrics
+from engine.valkey.embedded import EmbeddedValkey
+from engine.valkey.store import Store
 
 
 @pytest.fixture

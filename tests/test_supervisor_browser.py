@@ -12,7 +12,7 @@ from browser import chromium
 from conftest import RULES_DIR, EngineClient, event
 from playwright.async_api import Page, expect
 
-from engine.settings import Settings
+from engine.core.settings import Settings
 
 pytestmark = pytest.mark.browser
 

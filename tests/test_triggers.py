@@ -11,11 +11,12 @@ import aiohttp
 import orjson
 from conftest import EngineClient, event
 
-from engine import keys
-from engine.deliver import new_decision_id, write_audit, write_trigger
-from engine.metrics import Metrics
-from engine.store import Store
-from engine.triggers import GATEWAY
+from engine.core.ids import new_decision_id
+from engine.core.metrics import Metrics
+from engine.delivery.records import write_audit, write_trigger
+from engine.http.state import GATEWAY
+from engine.valkey import keys
+from engine.valkey.store import Store
 
 
 async def _agent(engine: EngineClient) -> tuple[aiohttp.ClientSession, str]:

@@ -14,12 +14,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from engine import keys
-from engine.deliver import new_decision_id, write_trigger
-from engine.embedded import EmbeddedValkey
-from engine.metrics import Metrics
-from engine.store import Store
-from engine.webhooks import (
+from engine.core.ids import new_decision_id
+from engine.core.metrics import Metrics
+from engine.delivery.records import write_trigger
+from engine.delivery.webhooks import (
     Dispatcher,
     WebhookTarget,
     dead_letter_stream,
@@ -27,6 +25,9 @@ from engine.webhooks import (
     replay_dead_letters,
     replay_stream,
 )
+from engine.valkey import keys
+from engine.valkey.embedded import EmbeddedValkey
+from engine.valkey.store import Store
 
 SECRET = "whsec_" + base64.b64encode(b"ringback-test-secret-32-bytes!!!").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"the-previous-secret-in-rotation").decode()
@@ -438,7 +439,7 @@ def test_dead_letters_cli_lists_and_replays(valkey: EmbeddedValkey, tmp_path: An
 async def test_the_engine_runs_a_dispatcher_for_configured_targets(
     make_engine: Any, settings: Any, receiver: Receiver, store: Store
 ) -> None:
-    from engine.settings import Secret, WebhookConfig
+    from engine.core.settings import Secret, WebhookConfig
 
     await make_engine(
         settings, webhooks=(WebhookConfig(name="cti", url=receiver.url, secrets=(Secret(SECRET),)),)

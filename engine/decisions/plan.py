@@ -10,9 +10,9 @@ control group), ranked by propensity x value x lever and cut to one offer per sl
 The time is an input, so a recording replays at its own timestamps with this code.
 
 What only Valkey can settle stays a question in the plan: contact policy (cooldowns,
-daily caps) is taken atomically by `engine.policy.reserve`, so the plan carries the
+daily caps) is taken atomically by `engine.profile.contact_history.reserve`, so the plan carries the
 contact candidates ranked, each with its reservation, history entry and trigger;
-delivery (`engine.decisions.engine.RulesDecider`) tries them in order and stops at
+delivery (`engine.delivery.executor.RulesDecider`) tries them in order and stops at
 the first one that is reserved (one contact per batch: the best-ranked one policy
 allows), then `settle` (pure too) turns the answers into the batch's decisions and
 final trace, and `audit_record` into what each audit record says: the rules that did
@@ -28,14 +28,14 @@ from typing import Any
 
 import msgspec
 
-from engine import keys
-from engine.capacity import Capacity, is_phone_work
-from engine.decide import DecisionInput
+from engine.core.ids import new_decision_id
+from engine.core.vocabulary import is_phone_work, trigger_kind
 from engine.decisions.expr import UNKNOWN
+from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import Offer, Rule, RuleSet
-from engine.deliver import new_decision_id
-from engine.policy import Reservation
-from engine.schema import event_type
+from engine.ingest.schema import event_type
+from engine.profile.contact_history import Reservation
+from engine.valkey import keys
 
 __all__ = [
     "CALL_REQUEST_CONSENT_S",
@@ -50,7 +50,6 @@ __all__ = [
     "offer_decision_id",
     "rule_inputs",
     "settle",
-    "trigger_kind",
 ]
 
 # Which event of a batch a rule sees as `event`: the most intent-revealing one.
@@ -144,21 +143,6 @@ def asked_for_call(profile: dict[str, Any], now_ms: int, product: str | None = N
     else:
         ts = (profile.get("call_requested") or {}).get(product)
     return isinstance(ts, int) and 0 <= now_ms - ts <= CALL_REQUEST_CONSENT_S * 1000
-
-
-def trigger_kind(action: str, channel: str) -> str:
-    """What a fired contact is, from the channel eligibility actually chose: only a
-    phone callback is agents' work ("callback": on the capacity queue, claimable on the
-    dashboard); a callback that fell back to e-mail or SMS (do-not-call, no consent,
-    outside hours) is a notification, for webhooks only. An agent must never be able
-    to claim, and phone, a do-not-call customer.
-
-    >>> trigger_kind("callback", "callback"), trigger_kind("callback", "email")
-    ('callback', 'notify')
-    >>> trigger_kind("notify", "sms")
-    'notify'
-    """
-    return "callback" if action == "callback" and channel == "callback" else "notify"
 
 
 def holdout(subject: str, rule_id: str, pct: float) -> bool:

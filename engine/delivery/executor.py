@@ -1,0 +1,132 @@
+"""The decision step: decide (pure) -> contact policy -> delivery -> metrics.
+
+For each batch (and each page load or screen-pop) `engine.decisions.plan.decide`
+evaluates the current rule set against the live profile and returns a `Plan`: the
+offers, one per slot, and the contact candidates, ranked, with the full trace. This
+module carries the plan out: it reserves the contacts atomically in Valkey in rank
+order (cooldowns, daily caps; two workers racing on one customer fire once), stopping
+at the first one policy allows (one contact per batch), then writes that contact's
+trigger, queues phone work, writes the audit records, and counts what happened.
+Every decision gets an id and an audit record saying why, including the rules that
+did not fire and what suppressed them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from engine.core.metrics import Metrics
+from engine.decisions.inputs import Capacity, DecisionInput
+from engine.decisions.loader import RuleSet
+from engine.decisions.plan import (
+    Contact,
+    audit_record,
+    decide,
+    settle,
+)
+from engine.delivery.queue import enqueue
+from engine.delivery.records import write_audit, write_trigger
+from engine.profile.contact_history import reserve
+from engine.valkey.store import Store
+
+__all__ = ["RulesDecider"]
+
+# Offer decisions this worker has audited (id -> None), oldest first; a cache only:
+# another worker (same key, same id), or this one after eviction, writes it again.
+_AUDITED_MAX = 50_000
+
+
+_UNMEASURED = Capacity()  # frozen: one for every call (building one costs ~0.5 us)
+
+
+def _unmeasured() -> Capacity:
+    """No capacity monitor: the floor is never reported overloaded."""
+    return _UNMEASURED
+
+
+class RulesDecider:
+    """Implements `engine.decisions.inputs.Decider` over a hot-reloadable rule set."""
+
+    def __init__(
+        self,
+        rules: Callable[[], RuleSet],
+        store: Store,
+        metrics: Metrics,
+        classify: Callable[[str | None], str],
+        capacity: Callable[[], Capacity] = _unmeasured,
+        offer_key: bytes | None = None,
+    ) -> None:
+        self._rules = rules
+        self.capacity = capacity
+        self.store = store
+        self.metrics = metrics
+        self.classify = classify
+        self._hit_counters: dict[str, Any] = {}  # .labels() costs ~1 us: bind once per rule
+        # Keys the page-offer decision ids: every worker of a deployment needs the same
+        # one (the app derives it from the config's secrets) so the same visitor gets
+        # the same decision, and one audit record, from whichever worker answers.
+        self._offer_key = offer_key if offer_key is not None else os.urandom(16)
+        self._audited: OrderedDict[str, None] = OrderedDict()
+
+    async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
+        now = inp.now_ms or int(time.time() * 1000)
+        plan = decide(self._rules(), inp, now, self.capacity(), self._offer_key, self.classify)
+        for rule_id in plan.hits:
+            hits = self._hit_counters.get(rule_id)
+            if hits is None:
+                hits = self._hit_counters[rule_id] = self.metrics.rule_hits.labels(rule_id)
+            hits.inc()
+        suppressed = self.metrics.rule_suppressed
+        for rule_id, reason in plan.suppressions:
+            suppressed.labels(rule_id, reason).inc()
+
+        # Contact policy first, atomically, best-ranked first: the first contact it
+        # allows is the batch's one contact.
+        refused: list[tuple[Contact, str]] = []
+        taken: Contact | None = None
+        for contact in plan.contacts:
+            why = await reserve(self.store, plan.prefix, contact.reservation, contact.history, now)
+            if why is None:
+                taken = contact
+                break
+            suppressed.labels(contact.rule, why).inc()
+            refused.append((contact, why))
+        outcome = settle(plan, refused, taken)
+
+        deliveries: list[Awaitable[Any]] = []
+        if taken is not None:
+            deliveries.append(write_trigger(self.store, plan.prefix, taken.trigger))
+            if taken.phone_work:  # phone work only: never an e-mail fallback
+                deliveries.append(
+                    enqueue(self.store, taken.trigger["id"], taken.trigger["expires_ms"])
+                )
+        new_offers: list[str] = []  # offer decisions to remember once their record is out
+        trace: list[dict[str, Any]] | None = None
+        for d in outcome.decisions:
+            if d["action"] == "offer":
+                if d["id"] in self._audited:
+                    self._audited.move_to_end(d["id"])
+                    continue
+                new_offers.append(d["id"])
+            if trace is None:
+                trace = list(outcome.trace.values())
+            deliveries.append(write_audit(self.store, d["id"], audit_record(plan, d, trace)))
+        # Trigger, callback queue and audit records go out together: started in one
+        # loop tick, the store sends them as one pipeline (one round trip after the
+        # reservation, not one per write).
+        if deliveries:
+            await asyncio.gather(*deliveries)
+        if taken is not None:
+            self.metrics.event_to_trigger_seconds.observe(max(0.0, time.time() - now / 1000))
+            self.metrics.triggers.labels(taken.channel).inc()
+            self.metrics.rule_triggers.labels(taken.rule).inc()
+        for decision_id in new_offers:  # remembered once written, not before
+            self._audited[decision_id] = None
+            if len(self._audited) > _AUDITED_MAX:
+                self._audited.popitem(last=False)
+        return outcome.decisions

@@ -1,0 +1,155 @@
+"""Delivery writes: the triggers stream for the contact center, audit records.
+
+Triggers (callbacks, notifications) go to `rb:{t:<shard>}:triggers`, sharded by the
+customer so one customer's triggers stay in order and a cluster spreads the load;
+consumers read them with consumer groups. Every decision also gets an audit record
+under its own hash tag, readable by id for 30 days (`GET /v1/decisions/{id}`).
+
+Each of these writes lands outside the profile's slot, so each also records where it
+went in the profile's index (engine/refs.py), which `DELETE /v1/profiles/{id}` follows:
+the index write is queued with the data's own writes (same pipeline, no round trip);
+a stream entry's id exists only once XADD answers, so its reference follows it, still
+before the caller answers. The triggers stream is trimmed by age as well as length, so
+a reference can say when its entry is gone.
+
+A trigger's index writes check the profile's erasure marker (`rb_refs`): when the
+customer was erased while the trigger was being written, the trigger deletes itself
+(record, entry, place in the callback queue) and is withdrawn from the dashboards.
+A page-offer audit is indexed with a plain ZADD (hot path); an erasure's second sweep
+catches one in flight (engine/profile.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from engine.delivery.queue import dequeue
+from engine.valkey import keys, refs, streams
+from engine.valkey.store import Store
+
+__all__ = [
+    "AUDIT_TTL_S",
+    "TRIGGERS_MAXLEN",
+    "TRIGGER_RECORD_KEEP_MS",
+    "index_entry",
+    "publish_event",
+    "read_audit",
+    "unwrite_trigger",
+    "write_audit",
+    "write_trigger",
+]
+
+AUDIT_TTL_S = 30 * 86400
+TRIGGERS_MAXLEN = 100_000
+TRIGGER_RECORD_KEEP_MS = 2 * 86_400_000  # a trigger's record lives this long past expiry
+
+
+async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, Any]) -> str:
+    """Publish a trigger: its record (claim state) and its entry on the customer's shard.
+
+    `trigger` needs `id`, `kind` and `expires_ms`; the record lives two days past expiry.
+    The record, the stream entry, the stream's age trim and the record's reference in
+    the profile's index are queued in the same loop tick, so they share one pipeline:
+    the gateway can read the entry as soon as that pipeline lands. The entry's own
+    reference needs its id, so it goes right after. Returns the entry's id, or "" when
+    the customer was erased meanwhile (then nothing of the trigger is left).
+    """
+    now_ms = int(time.time() * 1000)
+    shard = keys.trigger_shard(profile_prefix)
+    stream = keys.trigger_stream(shard)
+    fields = streams.encode_fields(trigger)
+    trigger_id = str(trigger["id"])
+    record = keys.trigger_record(trigger_id)
+    expires_ms = int(trigger.get("expires_ms") or now_ms + 600_000)
+    born_ms = int(trigger.get("created_ms") or now_ms)
+    rec = store.call(
+        "HSET",
+        record,
+        "data",
+        orjson.dumps(trigger),
+        "expires_ms",
+        expires_ms,
+        "prefix",
+        profile_prefix,
+        "shard",
+        shard,
+        writes=True,
+    )
+    record_until_ms = expires_ms + TRIGGER_RECORD_KEEP_MS
+    ttl = store.call("PEXPIREAT", record, record_until_ms, writes=True)
+    add = store.call("XADD", stream, "MAXLEN", "~", TRIGGERS_MAXLEN, "*", *fields, writes=True)
+    trim = refs.stream_trim(store, stream, now_ms)
+    index = refs.add(
+        store, profile_prefix, [(refs.trigger_ref(trigger_id), record_until_ms)], born_ms, now_ms
+    )
+    # gather: every failure taken, not just one
+    _, _, entry_id, _, indexed = await asyncio.gather(rec, ttl, add, trim, index)
+    if indexed:
+        indexed = await refs.add(
+            store,
+            profile_prefix,
+            [(refs.entry_ref(stream, str(entry_id)), refs.stream_until_ms(now_ms))],
+            born_ms,
+            now_ms,
+        )
+    if not indexed:
+        await unwrite_trigger(store, shard, trigger_id, str(entry_id))
+        return ""
+    return str(entry_id)
+
+
+async def unwrite_trigger(store: Store, shard: int, trigger_id: str, entry_id: str) -> None:
+    """Undo a trigger whose customer was erased while it was written: the erasure could
+    not see it, so it deletes itself and is withdrawn from the dashboards."""
+    stream = keys.trigger_stream(shard)
+    await asyncio.gather(
+        store.call("XDEL", stream, entry_id, writes=True),
+        store.call("DEL", keys.trigger_record(trigger_id), writes=True),
+        dequeue(store, trigger_id),
+        publish_event(
+            store, shard, {"kind": "withdrawn", "trigger_id": trigger_id, "reason": "erased"}
+        ),
+    )
+
+
+async def publish_event(store: Store, shard: int, event: dict[str, Any]) -> str:
+    """A state change (claimed, completed, withdrawn) on the trigger's shard stream, so
+    every gateway shows it at once; webhook targets skip kinds they don't subscribe to.
+    Returns the entry's id (for the profile's index: `index_entry`)."""
+    fields = streams.encode_fields(event)
+    stream = keys.trigger_stream(shard)
+    add = store.call("XADD", stream, "MAXLEN", "~", TRIGGERS_MAXLEN, "*", *fields, writes=True)
+    entry_id, _ = await asyncio.gather(add, refs.stream_trim(store, stream))
+    return str(entry_id)
+
+
+async def index_entry(store: Store, prefix: str, stream: str, entry_id: str, born_ms: int) -> bool:
+    """Record a shared stream's entry in the profile's index (erased with it). False
+    when the profile was erased at or after `born_ms`: the caller deletes the entry."""
+    if not prefix:
+        return True
+    ref = [(refs.entry_ref(stream, entry_id), refs.stream_until_ms())]
+    return await refs.add(store, prefix, ref, born_ms)
+
+
+async def write_audit(store: Store, decision_id: str, record: dict[str, Any]) -> None:
+    """The decision's audit record; indexed under `record["prefix"]` when it names one
+    (every engine decision does), in the same pipeline, with plain commands (most
+    batches of new visitors write one: no function call here)."""
+    key = keys.decision_key(decision_id)
+    put = store.call("SET", key, orjson.dumps(record), "EX", AUDIT_TTL_S, writes=True)
+    prefix = record.get("prefix")
+    if not isinstance(prefix, str) or not prefix:
+        await put
+        return
+    until_ms = int(time.time() * 1000) + AUDIT_TTL_S * 1000 + refs.SLACK_MS
+    await asyncio.gather(put, *refs.add_plain(store, prefix, refs.key_ref(key), until_ms))
+
+
+async def read_audit(store: Store, decision_id: str) -> dict[str, Any] | None:
+    raw = await store.call("GET", keys.decision_key(decision_id))
+    return None if raw is None else orjson.loads(raw)

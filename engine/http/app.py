@@ -1,0 +1,287 @@
+"""Assemble the aiohttp application: state, routes, middleware, lifecycle.
+
+Connections and background work start and stop in `cleanup_ctx`, so a test, a
+worker process and `ringback rules test` all build the very same app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from engine.contact_center.capacity import CapacityMonitor
+from engine.contact_center.gateway import Gateway
+from engine.core.errors import ConfigError, NotFound, StoreUnavailable
+from engine.core.metrics import Metrics
+from engine.core.reloader import Reloadable
+from engine.core.settings import Settings, WebhookConfig
+from engine.decisions.inputs import Decider, NoDecisions
+from engine.decisions.loader import RuleSet, RuleSetError, load_rules
+from engine.delivery.executor import RulesDecider
+from engine.delivery.webhooks import Dispatcher, WebhookTarget
+from engine.http import (
+    agents,
+    assets,
+    attributes,
+    context,
+    dashboard,
+    ingest,
+    openapi,
+    ops,
+    triggers,
+)
+from engine.http import profiles as api_profiles
+from engine.http.cors import cors_middleware
+from engine.http.errors import json_response, make_error_middleware
+from engine.http.login_throttle import LOGIN_THROTTLE, LoginThrottle
+from engine.http.route_limits import RouteLimits
+from engine.http.security import IpRateLimiter, require_api_token
+from engine.http.state import (
+    CAPACITY,
+    DECIDER,
+    ERASER,
+    GATEWAY,
+    IP_LIMITER,
+    METRICS,
+    PROFILES,
+    SETTINGS,
+    STORE,
+    VERIFIER,
+)
+from engine.ingest.identity import IdentityVerifier
+from engine.privacy.erasure import Eraser
+from engine.profile.profiles import ProfileStore
+from engine.valkey.janitor import StreamJanitor
+from engine.valkey.store import Store
+
+__all__ = ["build_app", "webhook_target"]
+
+
+def webhook_target(w: WebhookConfig) -> WebhookTarget:
+    return WebhookTarget(
+        name=w.name,
+        url=w.url,
+        secrets=tuple(s.reveal() for s in w.secrets),
+        kinds=w.kinds,
+        channels=w.channels,
+        timeout_s=w.timeout_s,
+        max_attempts=w.max_attempts,
+    )
+
+
+log = logging.getLogger("ringback.app")
+
+
+class InFlight:
+    """Requests being handled right now, so shutdown can wait for them to finish.
+
+    aiohttp's own graceful shutdown cut off requests whose body was still arriving
+    (measured: 20 of 20 slow uploads reset on SIGTERM), so draining is explicit.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+
+INFLIGHT = web.AppKey("inflight", InFlight)
+RULES = web.AppKey("rules", Reloadable)
+
+
+def offer_decision_key(settings: Settings) -> bytes:
+    """The key of page-offer decision ids, the same in every worker and across restarts:
+    derived from the config's secrets (API token hashes, per-site identity secrets)."""
+    h = hashlib.blake2b(digest_size=16, person=b"rb-offer-ids")
+    for token in sorted(t.sha256 for t in settings.api_tokens):
+        h.update(token.encode() + b"\0")
+    for key in sorted(settings.sites):
+        site = settings.sites[key]
+        h.update(key.encode() + b"\0" + (site.identity_secret or "").encode() + b"\0")
+    return h.digest()
+
+
+def load_rule_holder(path: Path, metrics: Metrics) -> Reloadable[RuleSet]:
+    """Load the rule set now (a broken set at startup is a config error), reload later."""
+    try:
+        holder: Reloadable[RuleSet] = Reloadable(
+            path,
+            load_rules,
+            errors=metrics.rules_load_errors,
+            version=metrics.rule_set_loaded_at,
+            on_loaded=lambda rs: metrics.rules_loaded.set(len(rs.rules)),
+        )
+    except RuleSetError as exc:
+        raise ConfigError(str(path), "rules", f"rule set rejected:\n{exc}") from exc
+    except OSError as exc:
+        raise ConfigError(str(path), "rules", f"cannot read: {exc}") from exc
+    return holder
+
+
+async def handle_rules_reload(request: web.Request) -> web.Response:
+    """`POST /v1/admin/rules/reload` (API token): reload now, say whether it took."""
+    require_api_token(request.app[SETTINGS], request)
+    holder = request.app.get(RULES)
+    if holder is None:
+        raise NotFound("no_rules", "this engine runs without a rules directory")
+    ok = await holder.reload("admin API")
+    body = {
+        "reloaded": ok,
+        "version": holder.current.version,
+        "rules": len(holder.current.rules),
+        "error": holder.last_error,
+    }
+    return json_response(body, status=200 if ok else 422)
+
+
+def build_app(
+    settings: Settings,
+    store_url: str,
+    *,
+    metrics: Metrics | None = None,
+    decider: Decider | None = None,
+) -> web.Application:
+    """Build the engine's web app for `settings`, talking to Valkey at `store_url`."""
+    metrics = metrics or Metrics()
+    inflight = InFlight()
+    app = web.Application(
+        middlewares=[
+            inflight.middleware,
+            cors_middleware,  # outside the error middleware: error answers get CORS too
+            make_error_middleware(lambda code: metrics.rejected.labels(code).inc()),
+            RouteLimits(settings).middleware,  # inside: its 429s become JSON answers
+        ],
+        client_max_size=max(settings.limits.max_body_bytes, 1024 * 1024),
+    )
+    app[INFLIGHT] = inflight
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[VERIFIER] = IdentityVerifier()
+    app[DECIDER] = decider or NoDecisions()
+    if settings.rules_dir is not None:
+        app[RULES] = load_rule_holder(settings.rules_dir, metrics)
+    app[LOGIN_THROTTLE] = LoginThrottle(
+        trusted_proxies=settings.trusted_proxies,
+        user_attempts=settings.limits.login_attempts_per_user,
+        user_window_s=settings.limits.login_user_window_s,
+        address_attempts=settings.limits.login_attempts_per_address,
+        address_window_s=settings.limits.login_address_window_s,
+        max_hashing=settings.limits.login_concurrent_checks,
+        max_waiting=settings.limits.login_queue,
+    )
+    app[IP_LIMITER] = IpRateLimiter(
+        settings.limits.batches_per_minute_per_ip,
+        settings.trusted_proxies,
+        settings.limits.limit_loopback,
+    )
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(store_url, metrics, fsync=settings.durability == "fsync")
+        try:
+            await store.load_library()
+        except StoreUnavailable as exc:
+            # Serve anyway: ingest answers 503 until Valkey is back, then the library
+            # is loaded on the first call that misses it.
+            log.warning("Valkey unavailable at startup (%s); serving 503 until it returns", exc)
+        app[STORE] = store
+        app[PROFILES] = ProfileStore(store, settings)
+        app[ERASER] = Eraser(store, settings)
+        gateway = Gateway(store, metrics=metrics)
+        app[GATEWAY] = gateway
+        await gateway.start()
+        monitor = CapacityMonitor(store, lambda: len(gateway.sockets), metrics=metrics)
+        app[CAPACITY] = monitor
+        monitor.start()
+        janitor = StreamJanitor(store, [w.name for w in settings.webhooks], metrics=metrics)
+        janitor.start()
+        holder = app.get(RULES)
+        if holder is not None and decider is None:
+            app[DECIDER] = RulesDecider(
+                lambda: holder.current,
+                store,
+                metrics,
+                app[PROFILES].classifier.category,
+                capacity=lambda: monitor.current,
+                offer_key=offer_decision_key(settings),
+            )
+            holder.start()
+        dispatcher = None
+        if settings.webhooks:
+            dispatcher = Dispatcher(store, [webhook_target(w) for w in settings.webhooks], metrics)
+            try:
+                await dispatcher.start()
+            except (StoreUnavailable, RedisError, OSError):
+                log.warning("webhook dispatcher not started: Valkey unavailable")
+                dispatcher = None
+        yield
+        # Each step is bounded: a stuck stop must never keep a worker from exiting.
+        steps = [janitor.stop(), monitor.stop(), gateway.stop(), app[ERASER].close()]
+        if dispatcher is not None:
+            steps.insert(0, dispatcher.stop())
+        if holder is not None:
+            steps.append(holder.stop())
+        steps.append(store.close())
+        for step in steps:
+            try:
+                await asyncio.wait_for(step, 5.0)
+            except TimeoutError:
+                log.error("shutdown step %s took over 5 s; moving on", step)
+
+    app.cleanup_ctx.append(store_ctx)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/events", ingest.handle_events)
+    r.add_route("OPTIONS", "/v1/events", ingest.handle_events_preflight)
+    r.add_get("/v1/decisions", api_profiles.handle_decisions_get)
+    r.add_get("/v1/decisions/{decision_id}", api_profiles.handle_decision_audit)
+    r.add_route("OPTIONS", "/v1/decisions", ingest.handle_events_preflight)
+    r.add_get("/v1/profiles/{customer_id}", api_profiles.handle_profile_get)
+    r.add_delete("/v1/profiles/{customer_id}", api_profiles.handle_profile_delete)
+    r.add_put("/v1/profiles/{customer_id}/attributes", attributes.handle_attributes_put)
+    r.add_post("/v1/agents/login", agents.handle_login)
+    r.add_post("/v1/agents/logout", agents.handle_logout)
+    r.add_get("/v1/agents/me", agents.handle_me)
+    r.add_post("/v1/triggers/{trigger_id}/claim", triggers.handle_claim)
+    r.add_post("/v1/triggers/{trigger_id}/complete", triggers.handle_complete)
+    r.add_get("/v1/triggers/ws", triggers.handle_ws)
+    r.add_post("/v1/outcomes", triggers.handle_outcome)
+    r.add_get("/v1/customers/{customer_id}/context", context.handle_context)
+    r.add_get("/v1/supervisor/funnel", dashboard.handle_funnel)
+    dashboard.add_state(app)
+    r.add_get("/dashboard", dashboard.handle_dashboard)
+    r.add_get("/dashboard/{asset}", dashboard.handle_asset)
+    r.add_post("/v1/admin/rules/reload", handle_rules_reload)
+    r.add_get("/healthz", ops.handle_healthz)
+    r.add_get("/readyz", ops.handle_readyz)
+    r.add_get("/metrics", ops.handle_metrics)
+    r.add_get("/openapi.json", openapi.handle_openapi)
+    assets.add_asset_routes(app)

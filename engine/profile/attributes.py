@@ -1,0 +1,116 @@
+"""CRM attributes of known customers: what the bank knows, for rules to read as `customer.*`.
+
+Set one customer at a time with `PUT /v1/profiles/{id}/attributes`
+(engine/http/attributes.py) or in bulk with `ringback import FILE.jsonl`
+(engine/cli/imports.py). PUT replaces the whole set (the CRM is the source of truth).
+Attributes live inside the profile value, so ingest reads them for free.
+Only what decisions need: no names, no contact details, no balances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from engine.core.errors import BadRequest
+from engine.ingest.identity import CUSTOMER_ID_RE
+from engine.valkey import keys
+from engine.valkey.store import Store
+
+__all__ = [
+    "CustomerAttributes",
+    "ImportLine",
+    "attributes_doc",
+    "decode_attributes",
+    "import_file",
+    "store_attributes",
+    "validate_import",
+]
+
+Code = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class CustomerAttributes(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The attributes rules may use; unknown keys are refused (data minimisation)."""
+
+    products_held: Annotated[list[Code], Meta(max_length=50)] = []
+    value_tier: Literal["standard", "vip", "private"] = "standard"
+    segment: Code | None = None
+    consent_call: bool = False  # a callback needs this to be true
+    do_not_call: bool = False
+    branch: Code | None = None
+    language: Annotated[str, Meta(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] | None = None
+
+
+class ImportLine(Struct, forbid_unknown_fields=True):
+    customer_id: Annotated[str, Meta(pattern=CUSTOMER_ID_RE.pattern)]
+    attributes: CustomerAttributes
+
+
+_attrs_decoder = msgspec.json.Decoder(CustomerAttributes)
+_line_decoder = msgspec.json.Decoder(ImportLine)
+
+
+def _path_of(exc: msgspec.ValidationError) -> tuple[str, str]:
+    message, sep, where = str(exc).rpartition(" - at `")
+    return (message, where.rstrip("`")) if sep else (str(exc), "$")
+
+
+def attributes_doc(attrs: CustomerAttributes) -> dict[str, Any]:
+    """All fields, defaults included: rules see `consent_call: false`, not unknown."""
+    return msgspec.structs.asdict(attrs)
+
+
+async def store_attributes(store: Store, customer_id: str, attrs: CustomerAttributes) -> bool:
+    """Write attributes; True if the customer's profile already existed."""
+    created = await store.fcall(
+        "rb_set_attrs",
+        keys.profile_keys(keys.customer_prefix(customer_id)),
+        [msgspec.json.encode(attributes_doc(attrs))],
+    )
+    return bool(int(created))
+
+
+def decode_attributes(body: bytes) -> CustomerAttributes:
+    """A PUT body, validated: 400 `invalid_attributes` with the JSON path at fault."""
+    try:
+        return _attrs_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message, path = _path_of(exc)
+        raise BadRequest("invalid_attributes", message, path) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest("invalid_json", f"body is not valid JSON: {exc}", "$") from exc
+
+
+def validate_import(path: Path) -> tuple[list[ImportLine], list[str]]:
+    """Every line checked before anything is written: `file:line: message at path`."""
+    good: list[ImportLine] = []
+    errors: list[str] = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                good.append(_line_decoder.decode(raw))
+            except msgspec.ValidationError as exc:
+                message, where = _path_of(exc)
+                errors.append(f"{path}:{lineno}: {message} at {where}")
+            except msgspec.DecodeError as exc:
+                errors.append(f"{path}:{lineno}: not valid JSON: {exc}")
+    return good, errors
+
+
+async def import_file(store: Store, lines: list[ImportLine], concurrency: int = 256) -> int:
+    """Write validated lines; concurrent calls coalesce into pipelines."""
+    done = 0
+    for start in range(0, len(lines), concurrency):
+        chunk = lines[start : start + concurrency]
+        await asyncio.gather(
+            *(store_attributes(store, ln.customer_id, ln.attributes) for ln in chunk)
+        )
+        done += len(chunk)
+    return done

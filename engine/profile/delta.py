@@ -1,0 +1,243 @@
+"""Fold a batch of events into one profile delta, before it goes to Valkey.
+
+Measured: with one ARGV entry per event field, redis-py spent a third of the
+engine's CPU packing arguments, and Valkey's Lua spent ~5 µs per event on string
+work. So the engine aggregates the batch here (plain dict work) and sends ONE
+JSON argument; `rb_ingest` decodes it with cjson and applies it in a few steps.
+Dedupe still happens in Valkey, atomically: the delta is built for the events we
+expect to be new, and the function refuses (writes nothing) if Valkey disagrees,
+in which case the caller rebuilds the delta for the events that really are new.
+
+Delta keys (see `engine/lua/ringback.lua`):
+    inc     {field: n}            counters (per type, per category, dwell, forms, calcs)
+    max     {field: v}            last_ts, seen_ms, online_until, calc max, interest ts
+    min     {field: v}            first_ts
+    setnx   {field: v}            first campaign, site
+    latest  [[ts_field, ts, {field: v}]]   values that only a newer event may replace
+    decay   {key: [t, v]}         intent contributions, pre-decayed to time t
+    sess    [[start, end, pages, dwell_ms, events]]  session segments, in time order
+    pages   ["ts path", ...]      oldest first
+
+Bounded size: every string the client chooses is clipped here to a budget of
+JSON-encoded bytes (as Valkey's cjson writes it: `/` and `"` cost 2 bytes, a control
+character 6), so `rb_ingest` can promise a worst-case profile size; the key spaces
+(products, intent keys, categories) are capped in Lua, where the whole profile is
+known. Classification sees the full path, so clipping never changes a category.
+
+>>> from engine.ingest.schema import PageViewEvent
+>>> d = build_delta([PageViewEvent(id="e1", ts=1000, page="/loans")],
+...                 classify=lambda p: "loans", weights={"page_view": 1.0},
+...                 half_life_ms=1000, session_gap_ms=60_000, presence_ttl_ms=30_000,
+...                 now_ms=1000)
+>>> d["inc"], d["decay"]
+({'n:page_view': 1, 'cat:loans': 1}, {'loans': [1000, 1.0]})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.ingest.schema import (
+    _TYPE_OF,
+    CalcProps,
+    Event,
+    FormProps,
+    HeartbeatEvent,
+    HeartbeatProps,
+    InterestProps,
+    PageViewEvent,
+    PageViewProps,
+)
+
+__all__ = [
+    "CAMPAIGN_MAX_BYTES",
+    "FORM_NAME_MAX_BYTES",
+    "LAST_PAGE_MAX_BYTES",
+    "PAGE_ENTRY_MAX_BYTES",
+    "build_delta",
+    "clip_json",
+]
+
+# Encoded-byte budgets of client-chosen strings kept in a profile (ringback.lua's header
+# adds them up to the worst-case profile size; change both together).
+LAST_PAGE_MAX_BYTES = 256  # last_page
+PAGE_ENTRY_MAX_BYTES = 96  # the path of each of the 20 "ts path" entries in `pages`
+CAMPAIGN_MAX_BYTES = 128  # utm_source, utm_campaign and their first_* copies
+FORM_NAME_MAX_BYTES = 128  # f:last_abandon
+
+_ESCAPED_2 = frozenset('"\\/')
+
+
+def _json_cost(ch: str) -> int:
+    """Bytes one character takes in cjson's output (control characters as \\u00XX)."""
+    if ch in _ESCAPED_2:
+        return 2
+    o = ord(ch)
+    if o < 0x20 or o == 0x7F:
+        return 6
+    if o < 0x80:
+        return 1
+    return 2 if o < 0x800 else 3 if o < 0x10000 else 4
+
+
+def clip_json(text: str, max_bytes: int) -> str:
+    """The longest prefix of `text` whose JSON encoding (without quotes) fits `max_bytes`.
+
+    Fast paths first: this runs for every page view, and real paths are short ASCII.
+
+    >>> clip_json("/loans/personal", 12), clip_json("ab", 12), clip_json("\\x00ab", 7)
+    ('/loans/per', 'ab', '\\x00a')
+    """
+    if len(text) * 6 <= max_bytes:
+        return text
+    if text.isascii() and text.isprintable():
+        cost = len(text) + text.count("/") + text.count('"') + text.count("\\")
+        if cost <= max_bytes:
+            return text
+    total = 0
+    for i, ch in enumerate(text):
+        total += _json_cost(ch)
+        if total > max_bytes:
+            return text[:i]
+    return text
+
+
+def build_delta(
+    events: Sequence[Event],
+    *,
+    classify: Callable[[str | None], str],
+    weights: dict[str, float],
+    half_life_ms: float,
+    session_gap_ms: int,
+    presence_ttl_ms: int,
+    now_ms: int,
+) -> dict[str, Any]:
+    """Aggregate `events` (all assumed new) into the delta `rb_ingest` applies."""
+    inc: dict[str, float] = {}
+    mx: dict[str, float] = {}
+    setnx: dict[str, Any] = {}
+    latest: dict[str, list[Any]] = {}  # ts_field -> [ts_field, ts, fields]
+    contributions: dict[str, list[tuple[int, float]]] = {}
+    pages: list[tuple[int, str]] = []
+    first_ts = 1 << 62
+    last_ts = -1
+
+    def newest(ts_field: str, ts: int, fields: dict[str, Any]) -> None:
+        cur = latest.get(ts_field)
+        if cur is None or ts >= cur[1]:
+            latest[ts_field] = [ts_field, ts, fields]
+
+    # Hot loop: helpers are inlined and common fields folded once per batch (measured:
+    # the closure-per-field version was ~20% of the engine's CPU at 10-event batches).
+    for ev in events:
+        etype = _TYPE_OF[type(ev)]
+        ts = ev.ts
+        if ts < first_ts:
+            first_ts = ts
+        if ts > last_ts:
+            last_ts = ts
+        key = "n:" + etype
+        inc[key] = inc.get(key, 0) + 1
+        cat = classify(ev.page) if ev.page else ""
+        ikey = cat
+        if etype == "page_view":
+            if cat:
+                key = "cat:" + cat
+                inc[key] = inc.get(key, 0) + 1
+            if ev.page:
+                newest("lp_ts", ts, {"last_page": clip_json(ev.page, LAST_PAGE_MAX_BYTES)})
+                pages.append((ts, clip_json(ev.page, PAGE_ENTRY_MAX_BYTES)))
+            props: PageViewProps = ev.props  # type: ignore[assignment]  # etype narrows
+            if props.utm_source or props.utm_campaign:
+                utm = {
+                    k: clip_json(v, CAMPAIGN_MAX_BYTES)
+                    for k, v in (
+                        ("utm_source", props.utm_source),
+                        ("utm_campaign", props.utm_campaign),
+                    )
+                    if v
+                }
+                newest("utm_ts", ts, utm)
+                for k, v in utm.items():
+                    setnx.setdefault("first_" + k, v)
+        elif etype == "heartbeat":
+            hp: HeartbeatProps = ev.props  # type: ignore[assignment]
+            inc["dwell"] = inc.get("dwell", 0) + hp.dwell_ms
+        elif etype == "calc":
+            p: CalcProps = ev.props  # type: ignore[assignment]
+            ikey = p.product
+            c = "c:" + p.product + ":"
+            inc[c + "n"] = inc.get(c + "n", 0) + 1
+            if p.amount > mx.get(c + "max", -1.0):
+                mx[c + "max"] = p.amount
+            newest(
+                c + "ts",
+                ts,
+                {
+                    c + "amount": p.amount,
+                    c + "term": p.term_months,
+                    c + "rate": "" if p.rate is None else p.rate,
+                    c + "monthly": "" if p.monthly_payment is None else p.monthly_payment,
+                },
+            )
+        elif etype == "form":
+            fp: FormProps = ev.props  # type: ignore[assignment]
+            key = "f:" + fp.action
+            inc[key] = inc.get(key, 0) + 1
+            if fp.action == "abandon":
+                newest(
+                    "f:last_abandon_ts",
+                    ts,
+                    {"f:last_abandon": clip_json(fp.form or fp.field, FORM_NAME_MAX_BYTES)},
+                )
+        elif etype == "interest":
+            ip: InterestProps = ev.props  # type: ignore[assignment]
+            ikey = ip.product
+            key = "x:" + ip.product
+            if ts > mx.get(key, -1):
+                mx[key] = ts
+            if ip.call_me and ts > mx.get(key + ":call", -1):
+                mx[key + ":call"] = ts
+
+        w = weights.get(etype, 0.0)
+        if ikey and w > 0:
+            contributions.setdefault(ikey, []).append((ts if ts < now_ms else now_ms, w))
+
+    if events:
+        seen_ms = min(last_ts, now_ms)  # a client clock ahead of ours must not extend presence
+        mx["last_ts"] = last_ts
+        mx["seen_ms"] = seen_ms
+        mx["online_until"] = seen_ms + presence_ttl_ms
+
+    decay: dict[str, list[float]] = {}
+    for key, items in contributions.items():
+        t = max(ts for ts, _ in items)
+        decay[key] = [t, sum(w * 2 ** (-(t - ts) / half_life_ms) for ts, w in items)]
+
+    return {
+        "inc": inc,
+        "max": mx,
+        "min": {"first_ts": first_ts} if events else {},
+        "setnx": setnx,
+        "latest": list(latest.values()),
+        "decay": decay,
+        "sess": _sessions(events, session_gap_ms),
+        "pages": [f"{ts} {page}" for ts, page in sorted(pages)],
+    }
+
+
+def _sessions(events: Sequence[Event], gap_ms: int) -> list[list[int]]:
+    """Split the batch into session segments: [start, end, pages, dwell_ms, events]."""
+    segments: list[list[int]] = []
+    for ev in sorted(events, key=lambda e: e.ts):
+        if not segments or ev.ts - segments[-1][1] > gap_ms:
+            segments.append([ev.ts, ev.ts, 0, 0, 0])
+        seg = segments[-1]
+        seg[1] = ev.ts
+        seg[4] += 1
+        if isinstance(ev, PageViewEvent):
+            seg[2] += 1
+        elif isinstance(ev, HeartbeatEvent):
+            seg[3] += ev.props.dwell_ms
+    return segments

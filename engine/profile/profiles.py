@@ -1,0 +1,355 @@
+"""Live visitor profiles in Valkey: update, merge, read, erase.
+
+The hot path is `ProfileStore.apply_batch`: ONE `FCALL rb_ingest` per batch, which
+dedupes event ids, updates counters, decayed intent, session, presence and
+calculator state, and returns the whole profile hash for the decision step. The
+Lua side lives in `engine/valkey/lua/ringback.lua`; its header documents every field.
+
+Anonymous -> known merges are the one cross-slot operation. They are rare (the first
+identified batch of a visitor), explicit, and idempotent: the customer's `links` set
+is checked and updated atomically inside `rb_merge_apply`, so a retried or
+concurrent merge never double-counts.
+
+Erasure lives a stage up (engine/privacy/erasure.py): it reaches beyond profiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.core.errors import RateLimited, StoreUnavailable
+from engine.core.settings import Settings
+from engine.ingest.schema import Event
+from engine.profile.delta import build_delta
+from engine.valkey import keys
+from engine.valkey.store import Store
+
+log = logging.getLogger("ringback.profile")
+
+__all__ = ["BatchResult", "PageClassifier", "ProfileStore", "decode_profile"]
+
+
+class PageClassifier:
+    """URL path -> page category from config patterns, memoised (paths repeat a lot).
+
+    >>> import re
+    >>> c = PageClassifier(((("mortgage"), re.compile(r"/mortgage.*")),))
+    >>> c.category("/mortgage/rates"), c.category("/about")
+    ('mortgage', '')
+    """
+
+    def __init__(
+        self, categories: Sequence[tuple[str, re.Pattern[str]]], cache_size: int = 4096
+    ) -> None:
+        self._categories = tuple(categories)
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
+
+    def category(self, path: str | None) -> str:
+        if not path:
+            return ""
+        hit = self._cache.get(path)
+        if hit is not None:
+            return hit
+        found = ""
+        for name, pattern in self._categories:
+            if pattern.fullmatch(path):
+                found = name
+                break
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[path] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    accepted: int
+    duplicates: int
+    needs_merge: bool
+    fields: dict[str, Any]
+    accepted_flags: str = ""  # '1'/'0' per event in batch order
+
+
+class ProfileStore:
+    """Profile operations over a coalescing `Store`."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.classifier = PageClassifier(settings.categories)
+        self._weights = settings.intent_weights
+        p = settings.profile
+        self._dedupe_window_ms = p.dedupe_window_s * 1000
+        self._half_life_ms = p.intent_half_life_s * 1000
+        self._session_gap_ms = p.session_gap_s * 1000
+        self._presence_ttl_ms = p.presence_ttl_s * 1000
+
+    def delta(self, events: Sequence[Event], now_ms: int) -> dict[str, Any]:
+        return build_delta(
+            events,
+            classify=self.classifier.category,
+            weights=self._weights,
+            half_life_ms=self._half_life_ms,
+            session_gap_ms=self._session_gap_ms,
+            presence_ttl_ms=self._presence_ttl_ms,
+            now_ms=now_ms,
+        )
+
+    async def apply_batch(
+        self,
+        prefix: str,
+        site: str,
+        events: Sequence[Event],
+        *,
+        anonymous: bool,
+        link: str = "",
+        now_ms: int | None = None,
+    ) -> BatchResult:
+        """Apply a batch to one profile in one round trip; raise RateLimited if over.
+
+        The delta is built optimistically for "every event is new" (the common case);
+        if Valkey has seen some ids, it writes nothing and says which, and we rebuild
+        the delta for the new ones only (a retry overlapping a first send).
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        limits = self.settings.limits
+        ids = [ev.id for ev in events]
+        expect = "1" * len(ids)
+        header = {
+            "now": now_ms,
+            "ttl": self.settings.profile.anonymous_ttl_s if anonymous else 0,
+            "win": self._dedupe_window_ms,
+            "hl": self._half_life_ms,
+            "gap": self._session_gap_ms,
+            "rlmax": limits.batches_per_minute_per_visitor,
+            "rlwin": 60_000,
+            "link": link,
+            "site": site,
+            "ids": ids,
+        }
+        fresh: Sequence[Event] = events
+        for _ in range(4):
+            header["expect"] = expect
+            header["delta"] = self.delta(fresh, now_ms)
+            res = await self.store.fcall(
+                "rb_ingest", keys.profile_keys(prefix), [orjson.dumps(header)]
+            )
+            if res[0] != "retry":
+                break
+            expect = res[1]
+            fresh = [ev for ev, flag in zip(events, expect, strict=True) if flag == "1"]
+        else:
+            raise StoreUnavailable("profile kept changing under concurrent retries")
+        if res[0] == "needs_merge":
+            return BatchResult(accepted=0, duplicates=0, needs_merge=True, fields={})
+        if res[0] == "rate_limited":
+            raise RateLimited(
+                "too many batches for this visitor", retry_after_s=int(res[1]) // 1000 + 1
+            )
+        return BatchResult(
+            accepted=int(res[1]),
+            duplicates=int(res[2]),
+            needs_merge=False,
+            fields=orjson.loads(res[4]),
+            accepted_flags=res[5],
+        )
+
+    async def ingest(
+        self,
+        site: str,
+        anonymous_id: str,
+        customer_id: str | None,
+        events: Sequence[Event],
+        now_ms: int,
+    ) -> tuple[BatchResult, str | None]:
+        """A batch into the visitor's profile - the customer's when identified - merging
+        the anonymous history first on the visitor's first identified batch.
+
+        Returns the result and the merge's outcome ('merged', 'already', 'conflict'; None
+        when no merge was needed). The merge-then-retry lives here once, so the ingest
+        handler and `rules test` replay read profile -> decide -> deliver.
+        """
+        if customer_id is not None:
+            prefix = keys.customer_prefix(customer_id)
+            link = keys.link_member(site, anonymous_id)
+        else:
+            prefix = keys.anonymous_prefix(site, anonymous_id)
+            link = ""
+        anonymous = customer_id is None
+        result = await self.apply_batch(
+            prefix, site, events, anonymous=anonymous, link=link, now_ms=now_ms
+        )
+        if not (result.needs_merge and customer_id is not None):
+            return result, None
+        # Rare: this visitor's first identified batch. Merge, then apply the batch to the
+        # merged profile (without the link check, which a conflict would never satisfy).
+        outcome = await self.merge(site, anonymous_id, customer_id)
+        result = await self.apply_batch(prefix, site, events, anonymous=False, now_ms=now_ms)
+        return result, outcome
+
+    async def merge(self, site: str, anonymous_id: str, customer_id: str) -> str:
+        """Fold an anonymous profile into a customer's; 'merged', 'already' or 'conflict'."""
+        anon_keys = keys.profile_keys(keys.anonymous_prefix(site, anonymous_id))
+        exported = await self.store.fcall("rb_merge_export", anon_keys, [customer_id])
+        if exported[0] == "conflict":
+            return "conflict"
+        fields, seen = exported[1], exported[2]
+        args: list[Any] = [
+            keys.link_member(site, anonymous_id),
+            self._half_life_ms,
+            self._dedupe_window_ms,
+            fields,
+            len(seen),
+            *seen,
+        ]
+        applied = await self.store.fcall(
+            "rb_merge_apply", keys.profile_keys(keys.customer_prefix(customer_id)), args
+        )
+        return "merged" if int(applied) == 1 else "already"
+
+    async def read(
+        self, prefix: str
+    ) -> tuple[dict[str, Any], list[str], list[str], list[dict[str, Any]]]:
+        """(profile fields, recent pages, linked anonymous ids, contact history, newest first)."""
+        raw, links, hist = await self.store.fcall(
+            "rb_read", keys.profile_keys(prefix), [], writes=False
+        )
+        fields = orjson.loads(raw)
+        pages = fields.get("pages")
+        return (
+            fields,
+            pages if isinstance(pages, list) else [],
+            sorted(links),
+            [history_entry(entry_id, flat) for entry_id, flat in hist],
+        )
+
+
+def _f(h: dict[str, Any], k: str) -> float:
+    try:
+        return float(h[k])
+    except (KeyError, ValueError):
+        return 0.0
+
+
+def _i(h: dict[str, Any], k: str) -> int:
+    return int(_f(h, k))
+
+
+def decode_profile(
+    h: dict[str, Any], now_ms: int, half_life_s: float, *, known: bool = False
+) -> dict[str, Any]:
+    """The profile hash as the plain dict that rules, scores and APIs read.
+
+    Intent is decayed to `now_ms` here, so a stored value is never stale when read.
+
+    >>> p = decode_profile({"n:page_view": "3", "i:mortgage": "4", "it:mortgage": "0"},
+    ...                    now_ms=86_400_000, half_life_s=86_400)
+    >>> p["counts"]["page_view"], p["intent"]["mortgage"]
+    (3, 2.0)
+    """
+    counts: dict[str, int] = {}
+    categories: dict[str, int] = {}
+    intent: dict[str, float] = {}
+    calc: dict[str, dict[str, Any]] = {}
+    interest: dict[str, int] = {}
+    call_requested: dict[str, int] = {}
+    half_life_ms = half_life_s * 1000
+    for k, v in h.items():
+        if k.startswith("n:"):
+            counts[k[2:]] = int(v)
+        elif k.startswith("cat:"):
+            categories[k[4:]] = int(v)
+        elif k.startswith("i:"):
+            key = k[2:]
+            age = max(0.0, now_ms - _f(h, "it:" + key))
+            intent[key] = round(float(v) * 2 ** (-age / half_life_ms), 6)
+        elif k.startswith("c:"):
+            _, prod, field = k.split(":", 2)
+            c = calc.setdefault(prod, {})
+            name = {
+                "amount": "amount",
+                "term": "term_months",
+                "rate": "rate",
+                "monthly": "monthly_payment",
+                "n": "count",
+                "max": "max_amount",
+                "ts": "ts",
+            }.get(field)
+            if name:
+                c[name] = float(v) if v not in ("",) else None
+                if name in ("term_months", "count", "ts") and c[name] is not None:
+                    c[name] = int(c[name])
+        elif k.startswith("x:"):
+            parts = k.split(":")
+            if len(parts) == 3 and parts[2] == "call":
+                call_requested[parts[1]] = int(float(v))
+            elif len(parts) == 2:
+                interest[parts[1]] = int(float(v))
+    return {
+        "known": known,
+        "counts": counts,
+        "categories": categories,
+        "intent": intent,
+        "calc": calc,
+        "forms": {
+            "focused": _i(h, "f:focus"),
+            "abandoned": _i(h, "f:abandon"),
+            "submitted": _i(h, "f:submit"),
+            "last_abandoned_form": h.get("f:last_abandon"),
+            "last_abandoned_ts": _i(h, "f:last_abandon_ts") or None,
+        },
+        "interest": interest,
+        "call_requested": call_requested,
+        # The newest "call me" of any product: a visitor's own request for a call.
+        "last_call_request": max(call_requested.values(), default=None),
+        "session": {
+            "number": _i(h, "s_n"),
+            "start": _i(h, "s_start") or None,
+            "last_seen": _i(h, "s_last") or None,
+            "pages": _i(h, "s_pages"),
+            "dwell_ms": _i(h, "s_dwell"),
+            "events": _i(h, "s_events"),
+        },
+        "first_seen": _i(h, "first_ts") or None,
+        "last_seen": _i(h, "last_ts") or None,
+        "online": now_ms < _f(h, "online_until"),
+        "online_until": _i(h, "online_until") or None,
+        "dwell_ms": _i(h, "dwell"),
+        "last_page": h.get("last_page"),
+        "pages": h.get("pages") if isinstance(h.get("pages"), list) else [],
+        "campaign": {
+            k: h[k]
+            for k in ("utm_source", "utm_campaign", "first_utm_source", "first_utm_campaign")
+            if k in h
+        },
+        "merged_into": h.get("merged_into"),
+    }
+
+
+def history_entry(entry_id: str, flat: list[str] | dict[str, str]) -> dict[str, Any]:
+    """A contact-history stream entry as a dict; JSON-looking values are decoded."""
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    entry: dict[str, Any] = {"id": entry_id}
+    for k, v in pairs:
+        if v[:1] in ("{", "["):
+            try:
+                entry[k] = orjson.loads(v)
+                continue
+            except orjson.JSONDecodeError:
+                pass
+        entry[k] = v
+    return entry
+
+
+def customer_attributes(h: dict[str, Any]) -> dict[str, Any]:
+    """The CRM attributes stored with a known customer's profile ({} if none)."""
+    attrs = h.get("attrs")
+    return attrs if isinstance(attrs, dict) else {}

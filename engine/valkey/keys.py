@@ -1,0 +1,240 @@
+"""Every Valkey key name Ringback uses, built here and nowhere else.
+
+All keys of one profile share a hash tag, so a server-side function that updates a
+profile touches one cluster slot:
+
+    rb:{a:<site>:<anonymous_id>}:<suffix>   an anonymous visitor
+    rb:{c:<customer_id>}:<suffix>           a known customer
+
+Suffixes (the same for both kinds):
+    p       string: the profile as one JSON object (counters, decayed intent, session,
+            presence, calculator state, recent pages, rate-limit window)
+    seen    sorted set: event ids seen in the dedupe window (score = receive ms)
+    links   set (customers only): "<site>:<anonymous_id>" merged into this customer
+    attrs   (unused; CRM attributes live in the profile value)
+    hist    stream: contact history (decisions, outcomes), capped
+    pol     hash: contact-policy state (cooldowns per rule and channel, daily counts)
+    refs    sorted set: where this profile's personal data lives OUTSIDE its slot (audit
+            and trigger records, entries of the shared streams), scored by the ms it is
+            gone for sure; what erasure follows (engine/refs.py)
+
+Not a profile key (erasure does not delete it, it writes it): the erasure marker
+(`profile_erased`), the ms of the profile's last erasure, kept ~32 days so writes that
+were in flight when it was erased are refused (`rb_refs`, `rb_history`) instead of
+re-creating its data. It is in the profile's slot but does not name the customer.
+
+Global streams are sharded by hash tag (`rb:{t:<n>}:triggers`) so a cluster spreads
+them; a decision's audit record has its own tag (`rb:{d:<decision_id>}`), so it can
+be found from the id alone. Erasure receipts (`rb:{erasures}`) hold no personal data.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PROFILE_SUFFIXES",
+    "TRIGGER_SHARDS",
+    "anonymous_prefix",
+    "customer_prefix",
+    "decision_key",
+    "erasures_stream",
+    "is_anonymous",
+    "key_slot",
+    "link_member",
+    "outcome_stream",
+    "profile_erased",
+    "profile_keys",
+    "profile_refs",
+    "slot_tag",
+    "trigger_record",
+    "trigger_shard",
+    "trigger_stream",
+    "webhook_dead_letters",
+    "webhook_replay",
+]
+
+# Append only: the Lua functions address the keys by position.
+PROFILE_SUFFIXES: tuple[str, ...] = ("p", "seen", "links", "attrs", "hist", "pol", "refs")
+
+
+def anonymous_prefix(site: str, anonymous_id: str) -> str:
+    return f"rb:{{a:{site}:{anonymous_id}}}"
+
+
+def is_anonymous(prefix: str) -> bool:
+    """Whether a profile prefix is an anonymous visitor's.
+
+    >>> is_anonymous(anonymous_prefix("s", "a")), is_anonymous(customer_prefix("c"))
+    (True, False)
+    """
+    return prefix.startswith("rb:{a:")
+
+
+def customer_prefix(customer_id: str) -> str:
+    return f"rb:{{c:{customer_id}}}"
+
+
+def profile_keys(prefix: str) -> list[str]:
+    """The keys of one profile, in `PROFILE_SUFFIXES` order (the Lua side relies on it)."""
+    return [f"{prefix}:{suffix}" for suffix in PROFILE_SUFFIXES]
+
+
+def profile_refs(prefix: str) -> str:
+    """The profile's index of its data in other slots (the last of `profile_keys`).
+
+    >>> profile_refs(customer_prefix("c1")) == profile_keys(customer_prefix("c1"))[-1]
+    True
+    """
+    return f"{prefix}:refs"
+
+
+def profile_erased(prefix: str) -> str:
+    """The profile's erasure marker (the ms it was last erased). It must sit in the
+    profile's cluster slot, so the functions that index or record the profile's data
+    check it atomically; but it must not name the customer, whose id is the profile's
+    hash tag. So its hash tag is a short string chosen to hash to the same slot
+    (`slot_tag`), and the profile is named by a digest. Not in `PROFILE_SUFFIXES`:
+    erasure sets it, it does not delete it.
+
+    >>> m = profile_erased(customer_prefix("c1"))
+    >>> "c1" in m, key_slot(m) == key_slot(customer_prefix("c1") + ":p")
+    (False, True)
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(prefix.encode(), digest_size=16, person=b"rb-erased").hexdigest()
+    return f"rb:{{{slot_tag(key_slot(prefix))}}}:erased:{digest}"
+
+
+CLUSTER_SLOTS = 16384
+
+
+def key_slot(key: str) -> int:
+    """A key's cluster slot, by the cluster's rule (CRC16 of the hash tag if any).
+
+    >>> key_slot("123456789"), key_slot("rb:{x}:a") == key_slot("{x}")
+    (12739, True)
+    """
+    import binascii
+
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return binascii.crc_hqx(raw, 0) % CLUSTER_SLOTS
+
+
+# A hash tag of 4 characters from "@A...O" (0x40 | 4 free bits each): CRC16 is linear,
+# so the 16 free bits map linearly onto the slot's 14, and any slot is solved for.
+_TAG_BASE = b"@@@@"
+
+
+def _tag_basis() -> list[tuple[int, int, int]]:
+    """(slot bits, tag bits, pivot) rows, each free of the earlier rows' pivots."""
+    import binascii
+
+    c0 = binascii.crc_hqx(_TAG_BASE, 0)
+    rows: list[tuple[int, int, int]] = []
+    for bit in range(4 * len(_TAG_BASE)):
+        flip = bytearray(_TAG_BASE)
+        flip[bit // 4] ^= 1 << (bit % 4)
+        v = (binascii.crc_hqx(bytes(flip), 0) ^ c0) % CLUSTER_SLOTS
+        c = 1 << bit
+        for rv, rc, pivot in rows:
+            if v >> pivot & 1:
+                v, c = v ^ rv, c ^ rc
+        if v:
+            rows.append((v, c, (v & -v).bit_length() - 1))
+    return rows
+
+
+_TAG_ROWS = _tag_basis()
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag (no braces) that puts a key in `slot`.
+
+    >>> all(key_slot("{" + slot_tag(s) + "}") == s for s in (0, 1, 12739, 16383))
+    True
+    """
+    import binascii
+
+    want = (slot ^ binascii.crc_hqx(_TAG_BASE, 0)) % CLUSTER_SLOTS
+    bits = 0
+    for v, c, pivot in _TAG_ROWS:
+        if want >> pivot & 1:
+            want, bits = want ^ v, bits ^ c
+    tag = bytes(b ^ (bits >> (4 * i) & 0xF) for i, b in enumerate(_TAG_BASE)).decode()
+    if key_slot("{" + tag + "}") != slot:  # the rows span every slot: never happens
+        raise AssertionError(f"no tag for slot {slot}")
+    return tag
+
+
+TRIGGER_SHARDS = 4
+
+# Contact-center capacity: agents online per worker (hash), open phone callbacks by
+# expiry (sorted set). Shared by every worker; no personal data.
+CAPACITY_AGENTS = "rb:{cap}:agents"
+CALLBACK_QUEUE = "rb:{cap}:queue"
+
+
+def trigger_stream(shard: int) -> str:
+    return f"rb:{{t:{shard}}}:triggers"
+
+
+def trigger_shard(profile_prefix: str, shards: int = TRIGGER_SHARDS) -> int:
+    """Stable shard of a profile, so one customer's triggers stay in order."""
+    import zlib
+
+    return zlib.crc32(profile_prefix.encode()) % shards
+
+
+def trigger_record(trigger_id: str) -> str:
+    """A trigger's state (data, claim, outcome), in its own slot."""
+    return f"rb:{{tr:{trigger_id}}}"
+
+
+def outcome_stream(shard: int) -> str:
+    return f"rb:{{o:{shard}}}:outcomes"
+
+
+def decision_key(decision_id: str) -> str:
+    return f"rb:{{d:{decision_id}}}"
+
+
+def erasures_stream() -> str:
+    """Erasure receipts: who, when, how much; a keyed hash instead of the id."""
+    return "rb:{erasures}"
+
+
+def webhook_dead_letters(target: str) -> str:
+    return f"rb:{{wh:{target}}}:dead"
+
+
+def webhook_replay(target: str) -> str:
+    return f"rb:{{wh:{target}}}:replay"
+
+
+def link_member(site: str, anonymous_id: str) -> str:
+    return f"{site}:{anonymous_id}"
+
+
+def parse_link_member(member: str) -> tuple[str, str]:
+    site, _, anonymous_id = member.partition(":")
+    return site, anonymous_id
+
+
+def login_user_key(user: str) -> str:
+    """Login attempts for one user name (a fixed window). The name is hashed: it is
+    whatever a caller typed, so it may be long or hold any characters. All login
+    keys share one hash tag: login is rare, and one slot keeps a cluster simple."""
+    import hashlib
+
+    digest = hashlib.sha256(user.encode()).hexdigest()[:32]
+    return f"rb:{{login}}:u:{digest}"
+
+
+def login_address_key(ip: str) -> str:
+    """Login attempts from one client address (a fixed window)."""
+    return f"rb:{{login}}:a:{ip}"
