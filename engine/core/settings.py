@@ -1,8 +1,13 @@
 """Configuration: read once, into frozen objects, passed explicitly.
 
-One TOML file holds sites, API tokens, agents, limits and profile tuning. This is
-the only module that reads environment variables (`REDIS_URL`). Every error names
-the file and the key, so an operator never has to guess which line is wrong.
+One TOML file holds sites, API tokens, agents, limits and profile tuning. Its shape is
+declared once, as the msgspec Structs under "The config file's shape" below: msgspec
+checks every type, range and pattern and refuses unknown keys, and its `$.sites[0].key`
+paths become the config's own `sites[0].key`. What follows decoding is explicit code:
+secrets read from `*_env`/`*_file`, tokens hashed, origins normalised, sections
+checked against each other. This is the only module that reads environment variables
+(`REDIS_URL`). Every error names the file and the key, so an operator never has to
+guess which line is wrong.
 
 With the built-in demo config, secrets are generated on first start into
 `<data-dir>/demo-credentials.json` (mode 0600) and reused afterwards; nothing
@@ -22,20 +27,24 @@ import re
 import secrets
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from fnmatch import translate
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import msgspec
 import orjson
+from msgspec import Meta, Struct
 
 from engine.core.errors import ConfigError
+from engine.core.vocabulary import TriggerKind
 
 __all__ = [
     "DEMO_CREDENTIALS_FILE",
     "ApiToken",
+    "ConfigFile",
     "Limits",
     "MetricsConfig",
     "ProfileTuning",
@@ -46,11 +55,25 @@ __all__ = [
 ]
 
 DEMO_CREDENTIALS_FILE = "demo-credentials.json"
-SITE_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MASK = "'***'"
 # An identity token older-to-newer than this is refused unless the site allows more:
 # a leaked long-lived token would link a profile for as long as it claims to be valid.
 DEFAULT_MAX_TOKEN_LIFETIME_S = 86400
+
+# Constrained types: msgspec checks them while decoding and names the key that fails.
+PositiveInt = Annotated[int, Meta(gt=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+SiteKey = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+TargetName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+CategoryName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+AllowedOrigin = Annotated[str, Meta(pattern=r"^(?:self$|https?://)")]
+HttpUrl = Annotated[str, Meta(pattern=r"^https?://")]
+WebhookSecret = Annotated[str, Meta(pattern=r"^whsec_")]
+Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+ScryptHash = Annotated[str, Meta(pattern=r"^scrypt\$")]
+# 'none' never is: an unsigned token would let anyone claim any customer.
+Algorithm = Literal["HS256", "HS384", "HS512", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"]
+WebhookChannel = Literal["callback", "email", "sms"]  # web offers go in the HTTP answer
 
 
 class Secret:
@@ -104,15 +127,21 @@ class Credentials(dict[str, str]):
     __str__ = __repr__
 
 
+# -- What the engine runs with ------------------------------------------------------
+# Dataclasses, not Structs: callers derive variants with `dataclasses.replace`. Their
+# defaults live in the file's shape below; only Limits and ProfileTuning, read as they
+# are, are decoded straight into (their Annotated fields carry the ranges).
+
+
 @dataclass(frozen=True, slots=True)
 class IdentityConfig:
     """How a site's identity tokens are verified: an algorithm allow-list and its keys."""
 
     algorithms: tuple[str, ...]
-    secret: Secret | None = None  # HS256 (demo, or banks that prefer shared secrets)
-    public_key: str | None = None  # PEM, for ES256/RS256: the engine never holds the private key
+    secret: Secret | None  # HS256 (demo, or banks that prefer shared secrets)
+    public_key: str | None  # PEM, for ES256/RS256: the engine never holds the private key
     # Longest lifetime a token may claim (exp - iat, and exp - now): longer ones are refused.
-    max_lifetime_s: int = DEFAULT_MAX_TOKEN_LIFETIME_S
+    max_lifetime_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +151,7 @@ class SiteConfig:
     consent: Literal["required", "implied"]
     honor_gpc: bool
     identity: IdentityConfig
-    demo: bool = False
+    demo: bool
 
     @property
     def identity_secret(self) -> str | None:
@@ -185,29 +214,29 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_body_bytes: int = 65536
-    max_events_per_batch: int = 100
-    max_event_age_s: int = 7 * 86400
-    max_event_future_s: int = 600
-    batches_per_minute_per_visitor: int = 240
-    batches_per_minute_per_ip: int = 1200
+    max_body_bytes: PositiveInt = 65536
+    max_events_per_batch: Annotated[int, Meta(gt=0, le=100)] = 100  # the wire format's cap
+    max_event_age_s: PositiveInt = 7 * 86400
+    max_event_future_s: PositiveInt = 600
+    batches_per_minute_per_visitor: PositiveInt = 240
+    batches_per_minute_per_ip: PositiveInt = 1200
     limit_loopback: bool = False
     # Agent sign-in, counted in Valkey before any password is hashed (login_throttle.py).
-    login_attempts_per_user: int = 10
-    login_user_window_s: int = 900
-    login_attempts_per_address: int = 30
-    login_address_window_s: int = 60
-    login_concurrent_checks: int = 2  # scrypt runs at once per worker (in threads)
-    login_queue: int = 32  # sign-ins waiting for one before 429
+    login_attempts_per_user: PositiveInt = 10
+    login_user_window_s: PositiveInt = 900
+    login_attempts_per_address: PositiveInt = 30
+    login_address_window_s: PositiveInt = 60
+    login_concurrent_checks: PositiveInt = 2  # scrypt runs at once per worker (in threads)
+    login_queue: PositiveInt = 32  # sign-ins waiting for one before 429
 
 
 @dataclass(frozen=True, slots=True)
 class ProfileTuning:
-    anonymous_ttl_s: int = 30 * 86400
-    dedupe_window_s: int = 25 * 3600
-    intent_half_life_s: int = 86400
-    session_gap_s: int = 1800
-    presence_ttl_s: int = 45
+    anonymous_ttl_s: PositiveInt = 30 * 86400
+    dedupe_window_s: PositiveInt = 25 * 3600
+    intent_half_life_s: PositiveInt = 86400
+    session_gap_s: PositiveInt = 1800
+    presence_ttl_s: PositiveInt = 45
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,29 +245,29 @@ class Settings:
 
     source: str
     data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str
+    port: int
     # The origin `self` means in a site's allowed_origins (scheme://host[:port]). Empty:
     # the address the connection reached (see engine.http.security.self_origins), never the
     # Host header, which any client (or a DNS-rebinding page) picks.
-    public_url: str = ""
-    workers: int = 1
-    trusted_proxies: tuple[str, ...] = ()
-    shutdown_timeout_s: float = 10.0
-    redis_url: str = ""
-    durability: Literal["aof", "fsync"] = "aof"
-    rules_dir: Path | None = None
-    sites: dict[str, SiteConfig] = field(default_factory=dict)
-    api_tokens: tuple[ApiToken, ...] = ()
-    agents: tuple[Agent, ...] = ()
-    limits: Limits = field(default_factory=Limits)
-    profile: ProfileTuning = field(default_factory=ProfileTuning)
-    intent_weights: dict[str, float] = field(default_factory=dict)
+    public_url: str
+    workers: int
+    trusted_proxies: tuple[str, ...]
+    shutdown_timeout_s: float
+    redis_url: str  # empty: the embedded valkey-server
+    durability: Literal["aof", "fsync"]
+    rules_dir: Path | None
+    sites: dict[str, SiteConfig]
+    api_tokens: tuple[ApiToken, ...]
+    agents: tuple[Agent, ...]
+    limits: Limits
+    profile: ProfileTuning
+    intent_weights: dict[str, float]
     # (category, compiled pattern) in priority order.
-    categories: tuple[tuple[str, re.Pattern[str]], ...] = ()
-    demo_credentials: dict[str, str] | None = None
-    webhooks: tuple[WebhookConfig, ...] = ()
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    categories: tuple[tuple[str, re.Pattern[str]], ...]
+    demo_credentials: dict[str, str] | None
+    webhooks: tuple[WebhookConfig, ...]
+    metrics: MetricsConfig
 
     def __repr__(self) -> str:
         # demo_credentials is a Credentials (masked repr); secrets in sites/webhooks are
@@ -268,62 +297,290 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(digest.hex(), digest_hex)
 
 
-class _Reader:
-    """Typed access to a TOML table that names the file and key in every error."""
-
-    def __init__(self, source: str, table: dict[str, Any], prefix: str = "") -> None:
-        self.source = source
-        self.table = table
-        self.prefix = prefix
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def fail(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.source, self._key(name), message)
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if name not in self.table:
-            return default
-        value = self.table[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, bool) and kind is not bool and bool not in _as_tuple(kind):
-            raise self.fail(name, f"expected {_kind_name(kind)}, got a boolean")
-        if not isinstance(value, kind):
-            raise self.fail(name, f"expected {_kind_name(kind)}, got {type(value).__name__}")
-        return value
-
-    def positive_int(self, name: str, default: int) -> int:
-        value = self.get(name, int, default)
-        if value <= 0:
-            raise self.fail(name, "must be a positive integer")
-        return int(value)
-
-    def sub(self, name: str) -> _Reader:
-        value = self.get(name, dict, {})
-        return _Reader(self.source, value, f"{self._key(name)}.")
-
-    def check_known(self, allowed: set[str]) -> None:
-        for key in self.table:
-            if key not in allowed:
-                raise self.fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+# -- The config file's shape (README "Configuration"; engine/demo_config.toml) ------------
 
 
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
+class _Table(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A TOML table: every key it may hold is declared; any other key is refused."""
 
 
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {
-        int: "integer",
-        float: "number",
-        str: "string",
-        bool: "boolean",
-        list: "array",
-        dict: "table",
-    }
-    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
+class ServerTable(_Table):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080  # 0: any free port
+    public_url: str = ""
+    workers: PositiveInt = 1
+    trusted_proxies: tuple[str, ...] = ()
+    shutdown_timeout_s: Annotated[float, Meta(ge=0)] = 10.0
+
+
+class StoreTable(_Table):
+    redis_url: str = ""  # empty: start the embedded valkey-server under --data-dir
+    durability: Literal["aof", "fsync"] = "aof"
+
+
+class RulesTable(_Table):
+    dir: str | None = None
+
+
+class MetricsTable(_Table):
+    token: str | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+    host: str | None = None
+    port: Annotated[int, Meta(ge=1, le=65535)] | None = None
+
+
+class IdentityTable(_Table):
+    algorithms: tuple[Algorithm, ...] = ("HS256",)
+    secret: str | None = None
+    secret_env: str | None = None
+    secret_file: str | None = None
+    public_key: str | None = None
+    public_key_file: str | None = None
+    max_lifetime_s: PositiveInt = DEFAULT_MAX_TOKEN_LIFETIME_S
+
+
+class SiteTable(_Table):
+    key: SiteKey
+    allowed_origins: tuple[AllowedOrigin, ...] = ()
+    consent: Literal["required", "implied"] = "implied"
+    honor_gpc: bool = True
+    demo: bool = False  # an HS* site without a secret uses the demo's generated one
+    identity: IdentityTable = msgspec.field(default_factory=IdentityTable)
+
+
+class ApiTokenTable(_Table):
+    name: str | None = None  # default: token<index>
+    sha256: Sha256Hex | None = None
+    token: str | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+
+
+class AgentTable(_Table):
+    user: Annotated[str, Meta(min_length=1)]
+    password_hash: ScryptHash
+    role: Literal["agent", "supervisor"] = "agent"
+
+
+class WebhookTable(_Table):
+    name: TargetName
+    url: HttpUrl
+    secrets: tuple[WebhookSecret, ...] = ()
+    secrets_env: str | None = None  # whitespace-separated; replaces `secrets`
+    kinds: tuple[TriggerKind, ...] = (TriggerKind.CALLBACK, TriggerKind.NOTIFY)
+    channels: tuple[WebhookChannel, ...] = ()
+    timeout_s: PositiveFloat = 5.0
+    max_attempts: PositiveInt = 8
+
+
+class ConfigFile(_Table):
+    demo_credentials: bool = False
+    server: ServerTable = msgspec.field(default_factory=ServerTable)
+    store: StoreTable = msgspec.field(default_factory=StoreTable)
+    rules: RulesTable = msgspec.field(default_factory=RulesTable)
+    metrics: MetricsTable = msgspec.field(default_factory=MetricsTable)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    profile: ProfileTuning = msgspec.field(default_factory=ProfileTuning)
+    intent_weights: dict[str, float] = {}
+    # URL path patterns (shell-style) per page category, first match wins.
+    categories: dict[CategoryName, tuple[str, ...]] = {}
+    sites: tuple[SiteTable, ...] = ()
+    api_tokens: tuple[ApiTokenTable, ...] = ()
+    agents: tuple[AgentTable, ...] = ()
+    webhooks: tuple[WebhookTable, ...] = ()
+
+
+# msgspec refuses unknown keys in Structs only; these tables decode into dataclasses.
+_DATACLASS_TABLES: dict[str, type[Any]] = {"limits": Limits, "profile": ProfileTuning}
+
+
+class _Invalid(Exception):
+    """A config problem at `key` (the config's own path); load_settings adds the file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.key = key
+        self.message = message
+
+
+def _decode(raw: dict[str, Any]) -> ConfigFile:
+    for section, shape in _DATACLASS_TABLES.items():
+        table = raw.get(section)
+        unknown = (
+            sorted(set(table) - {f.name for f in fields(shape)}) if isinstance(table, dict) else []
+        )
+        if unknown:
+            raise _Invalid(f"{section}.{unknown[0]}", "unknown key")
+    try:
+        return msgspec.convert(raw, ConfigFile)
+    except msgspec.ValidationError as exc:
+        raise _Invalid(*_where(raw, str(exc))) from None
+
+
+_FIELD_PROBLEM = re.compile(r"Object (contains unknown|missing required) field `([^`]+)`")
+_PATH_PART = re.compile(r"[^.\[\]]+|\[(\d+)\]")
+
+
+def _where(raw: dict[str, Any], error: str) -> tuple[str, str]:
+    """msgspec's `problem - at `$.sites[0].identity`` as (config key path, problem)."""
+    message, _, at = error.partition(" - at `")
+    at = at.rstrip("`")
+    if at.startswith("key` in `$"):  # a map's key is wrong, not its value
+        at = at.removeprefix("key` in `") + "[...]"
+    path = at.removeprefix("$").removeprefix(".")
+    if "[...]" in path:  # msgspec does not say which entry of a map: find it
+        section = path.partition("[...]")[0]
+        entry = _failing_entry(raw, section)
+        if entry is not None:
+            path = path.replace("[...]", f".{entry}", 1)
+    if problem := _FIELD_PROBLEM.fullmatch(message):
+        path = f"{path}.{problem[2]}" if path else problem[2]
+        message = "unknown key" if problem[1] == "contains unknown" else "required"
+    message = message.replace("`", "")
+    value = _lookup(raw, path)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if message.startswith("Expected") and "got" not in message and number:
+        message += f", got {value}"  # numbers only: a string here might be a secret
+    return path, message
+
+
+def _failing_entry(raw: dict[str, Any], section: str) -> str | None:
+    """The first entry of the top-level map `section` that fails to decode on its own."""
+    table = raw.get(section)
+    for name, value in table.items() if isinstance(table, dict) else ():
+        try:
+            msgspec.convert({section: {name: value}}, ConfigFile)
+        except msgspec.ValidationError:
+            return str(name)
+    return None
+
+
+def _lookup(raw: Any, path: str) -> Any:
+    """The raw value at `path` (`sites[0].identity.max_lifetime_s`), None if absent."""
+    for part in _PATH_PART.finditer(path):
+        index = part[1]
+        if index is not None and isinstance(raw, list) and int(index) < len(raw):
+            raw = raw[int(index)]
+        elif index is None and isinstance(raw, dict) and part[0] in raw:
+            raw = raw[part[0]]
+        else:
+            return None
+    return raw
+
+
+# -- After decoding: secrets, derived values, checks across keys -------------------------
+
+
+def _secret(table: Any, name: str, path: str) -> Secret | None:
+    """A secret given inline, by environment variable (`<name>_env`) or file (`<name>_file`)."""
+    inline: str | None = getattr(table, name)
+    env_name: str | None = getattr(table, f"{name}_env")
+    file_name: str | None = getattr(table, f"{name}_file")
+    if inline is not None:
+        return Secret(inline)
+    if env_name is not None:
+        if value := os.environ.get(env_name):
+            return Secret(value)
+        raise _Invalid(f"{path}.{name}_env", f"environment variable {env_name} is not set")
+    if file_name is not None:
+        return Secret(_read_file(file_name, f"{path}.{name}_file").strip())
+    return None
+
+
+def _read_file(name: str, key: str) -> str:
+    try:
+        return Path(name).read_text()
+    except OSError as exc:
+        raise _Invalid(key, f"cannot read {name}: {exc.strerror}") from exc
+
+
+def _site(table: SiteTable, path: str, demo_creds: dict[str, str] | None) -> SiteConfig:
+    ident, where = table.identity, f"{path}.identity"
+    secret = _secret(ident, "secret", where)
+    if secret is None and table.demo and demo_creds is not None:
+        secret = Secret(demo_creds["identity_secret"])
+    public_key = ident.public_key
+    if ident.public_key_file:
+        public_key = _read_file(ident.public_key_file, f"{where}.public_key_file")
+    if any(a.startswith("HS") for a in ident.algorithms) and secret is None:
+        raise _Invalid(
+            f"{where}.secret", "an HS* algorithm needs a secret (secret, secret_env or secret_file)"
+        )
+    if any(not a.startswith("HS") for a in ident.algorithms) and public_key is None:
+        raise _Invalid(
+            f"{where}.public_key", "ES*/RS*/PS* algorithms need public_key or public_key_file"
+        )
+    identity = IdentityConfig(ident.algorithms, secret, public_key, ident.max_lifetime_s)
+    return SiteConfig(
+        table.key, table.allowed_origins, table.consent, table.honor_gpc, identity, table.demo
+    )
+
+
+def _api_token(table: ApiTokenTable, i: int) -> ApiToken:
+    digest = table.sha256
+    if digest is None:
+        token = _secret(table, "token", f"api_tokens[{i}]")
+        if token is None:
+            raise _Invalid(f"api_tokens[{i}].sha256", "give sha256, token, token_env or token_file")
+        digest = hashlib.sha256(token.reveal().encode()).hexdigest()
+    return ApiToken(name=f"token{i}" if table.name is None else table.name, sha256=digest)
+
+
+def _webhook(table: WebhookTable, path: str) -> WebhookConfig:
+    values = table.secrets
+    if table.secrets_env:
+        values = tuple(os.environ.get(table.secrets_env, "").split())
+        for j, value in enumerate(values):
+            if not value.startswith("whsec_"):
+                raise _Invalid(
+                    f"{path}.secrets[{j}]", "Standard Webhooks secrets start with whsec_"
+                )
+    if not values:
+        raise _Invalid(f"{path}.secrets", "at least one whsec_ secret (secrets or secrets_env)")
+    return WebhookConfig(
+        name=table.name,
+        url=table.url,
+        secrets=tuple(Secret(v) for v in values),
+        kinds=table.kinds,
+        channels=table.channels,
+        timeout_s=table.timeout_s,
+        max_attempts=table.max_attempts,
+    )
+
+
+def _metrics(table: MetricsTable) -> MetricsConfig:
+    if table.host is not None and table.port is None:
+        raise _Invalid("metrics.host", "needs metrics.port too (the address to serve /metrics on)")
+    token = _secret(table, "token", "metrics")
+    host = "127.0.0.1" if table.host is None else table.host
+    return MetricsConfig(token=token, host=host, port=table.port)
+
+
+def _categories(table: dict[str, tuple[str, ...]]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple(
+        (name, re.compile("|".join(f"(?:{translate(p)})" for p in patterns) or "(?!)"))
+        for name, patterns in table.items()
+    )
+
+
+def public_origin(url: str) -> str | None:
+    """`https://Bank.example:443/` -> `https://bank.example`: the form browsers send as
+    Origin (lowercase, no default port, no path). None if `url` is not such a URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 def _demo_credentials(data_dir: Path) -> dict[str, str]:
@@ -351,141 +608,6 @@ def _demo_credentials(data_dir: Path) -> dict[str, str]:
     return Credentials(creds)
 
 
-def _secret(r: _Reader, name: str) -> Secret | None:
-    """A secret given inline, by environment variable (`<name>_env`) or file (`<name>_file`)."""
-    inline = r.get(name, str, None)
-    env_name = r.get(f"{name}_env", str, None)
-    file_name = r.get(f"{name}_file", str, None)
-    if inline is not None:
-        return Secret(inline)
-    if env_name is not None:
-        value = os.environ.get(env_name)
-        if not value:
-            raise r.fail(f"{name}_env", f"environment variable {env_name} is not set")
-        return Secret(value)
-    if file_name is not None:
-        try:
-            return Secret(Path(file_name).read_text().strip())
-        except OSError as exc:
-            raise r.fail(f"{name}_file", f"cannot read {file_name}: {exc.strerror}") from exc
-    return None
-
-
-_ALLOWED_ALGS = {"HS256", "HS384", "HS512", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"}
-
-
-def _site(r: _Reader, demo_creds: dict[str, str] | None) -> SiteConfig:
-    r.check_known({"key", "allowed_origins", "consent", "honor_gpc", "demo", "identity"})
-    key = r.get("key", str, None)
-    if key is None or not SITE_KEY_RE.match(key):
-        raise r.fail("key", "required; lowercase letters, digits, '-' or '_' (max 64)")
-    origins = r.get("allowed_origins", list, [])
-    for i, origin in enumerate(origins):
-        if not isinstance(origin, str) or not (origin == "self" or re.match(r"^https?://", origin)):
-            raise r.fail(f"allowed_origins[{i}]", "must be 'self' or an http(s) origin")
-    consent = r.get("consent", str, "implied")
-    if consent not in ("required", "implied"):
-        raise r.fail("consent", "must be 'required' or 'implied'")
-    demo = r.get("demo", bool, False)
-    ir = r.sub("identity")
-    ir.check_known(
-        {
-            "algorithms",
-            "secret",
-            "secret_env",
-            "secret_file",
-            "public_key",
-            "public_key_file",
-            "max_lifetime_s",
-        }
-    )
-    algorithms = tuple(ir.get("algorithms", list, ["HS256"]))
-    for i, alg in enumerate(algorithms):
-        if alg not in _ALLOWED_ALGS:
-            raise ir.fail(f"algorithms[{i}]", f"{alg!r} is not allowed ('none' never is)")
-    secret = _secret(ir, "secret")
-    if secret is None and demo and demo_creds is not None:
-        secret = Secret(demo_creds["identity_secret"])
-    public_key = ir.get("public_key", str, None)
-    pk_file = ir.get("public_key_file", str, None)
-    if pk_file:
-        try:
-            public_key = Path(pk_file).read_text()
-        except OSError as exc:
-            raise ir.fail("public_key_file", f"cannot read {pk_file}: {exc.strerror}") from exc
-    if any(a.startswith("HS") for a in algorithms) and secret is None:
-        raise ir.fail(
-            "secret", "an HS* algorithm needs a secret (secret, secret_env or secret_file)"
-        )
-    if any(not a.startswith("HS") for a in algorithms) and public_key is None:
-        raise ir.fail("public_key", "ES*/RS*/PS* algorithms need public_key or public_key_file")
-    return SiteConfig(
-        key=key,
-        allowed_origins=tuple(origins),
-        consent=consent,
-        honor_gpc=r.get("honor_gpc", bool, True),
-        identity=IdentityConfig(
-            algorithms=algorithms,
-            secret=secret,
-            public_key=public_key,
-            max_lifetime_s=ir.positive_int("max_lifetime_s", DEFAULT_MAX_TOKEN_LIFETIME_S),
-        ),
-        demo=demo,
-    )
-
-
-def public_origin(url: str) -> str | None:
-    """`https://Bank.example:443/` -> `https://bank.example`: the form browsers send as
-    Origin (lowercase, no default port, no path). None if `url` is not such a URL."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        return None
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
-
-
-def _metrics(r: _Reader) -> MetricsConfig:
-    r.check_known({"token", "token_env", "token_file", "host", "port"})
-    port = r.get("port", int, None)
-    if port is not None and not 1 <= port <= 65535:
-        raise r.fail("port", "must be a port number (1-65535)")
-    if "host" in r.table and port is None:
-        raise r.fail("host", "needs metrics.port too (the address to serve /metrics on)")
-    return MetricsConfig(token=_secret(r, "token"), host=r.get("host", str, "127.0.0.1"), port=port)
-
-
-def _categories(r: _Reader) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    out = []
-    for name, patterns in r.table.items():
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise r.fail(name, "must be an array of URL path patterns")
-        if not re.match(r"^[a-z][a-z0-9_]{0,31}$", name):
-            raise r.fail(name, "category names are lowercase identifiers")
-        regex = "|".join(f"(?:{translate(p)})" for p in patterns) or "(?!)"
-        out.append((name, re.compile(regex)))
-    return tuple(out)
-
-
-WEBHOOK_CHANNELS = ("callback", "email", "sms")  # web offers go in the HTTP answer
-
-
-def _channels(wr: _Reader) -> tuple[str, ...]:
-    channels = wr.get("channels", list, [])
-    for j, c in enumerate(channels):
-        if c not in WEBHOOK_CHANNELS:
-            raise wr.fail(f"channels[{j}]", f"one of {', '.join(WEBHOOK_CHANNELS)}")
-    return tuple(channels)
-
-
 def load_settings(
     config_file: str | Path | None = None,
     *,
@@ -510,102 +632,30 @@ def load_settings(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "(syntax)", str(exc)) from exc
+    try:
+        return _settings(source, _decode(raw), Path(data_dir).resolve(), overrides)
+    except _Invalid as exc:
+        raise ConfigError(source, exc.key, exc.message) from None
 
-    root = _Reader(source, raw)
-    root.check_known(
-        {
-            "demo_credentials",
-            "server",
-            "store",
-            "limits",
-            "profile",
-            "intent_weights",
-            "categories",
-            "sites",
-            "api_tokens",
-            "agents",
-            "rules",
-            "webhooks",
-            "metrics",
-        }
-    )
-    ddir = Path(data_dir).resolve()
-    demo_creds = _demo_credentials(ddir) if root.get("demo_credentials", bool, False) else None
 
-    server = root.sub("server")
-    server.check_known(
-        {"host", "port", "public_url", "workers", "trusted_proxies", "shutdown_timeout_s"}
-    )
-    public_url = ""
-    raw_public_url = overrides.get("public_url") or server.get("public_url", str, "")
-    if raw_public_url:
-        origin = public_origin(raw_public_url)
+def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str, Any]) -> Settings:
+    demo_creds = _demo_credentials(data_dir) if file.demo_credentials else None
+    public_url = overrides.get("public_url") or file.server.public_url
+    if public_url:
+        origin = public_origin(public_url)
         if origin is None:
-            raise server.fail(
-                "public_url", "must be an http(s) URL without a path, e.g. https://bank.example"
+            raise _Invalid(
+                "server.public_url",
+                "must be an http(s) URL without a path, e.g. https://bank.example",
             )
         public_url = origin
-    store = root.sub("store")
-    store.check_known({"redis_url", "durability"})
-    durability = overrides.get("durability") or store.get("durability", str, "aof")
-    if durability not in ("aof", "fsync"):
-        raise store.fail("durability", "must be 'aof' or 'fsync'")
-
-    lim = root.sub("limits")
-    lim.check_known(set(Limits.__dataclass_fields__))
-    limits = Limits(
-        **{
-            name: (
-                lim.get(name, bool, f.default)
-                if isinstance(f.default, bool)
-                else lim.positive_int(name, int(f.default))  # type: ignore[arg-type]
-            )
-            for name, f in Limits.__dataclass_fields__.items()
-        }
-    )
-    if limits.max_events_per_batch > 100:
-        raise lim.fail("max_events_per_batch", "the wire format allows at most 100")
-    prof = root.sub("profile")
-    prof.check_known(set(ProfileTuning.__dataclass_fields__))
-    tuning = ProfileTuning(
-        **{
-            name: prof.positive_int(name, f.default)  # type: ignore[arg-type]
-            for name, f in ProfileTuning.__dataclass_fields__.items()
-        }
-    )
-    weights_r = root.sub("intent_weights")
-    weights = {k: float(weights_r.get(k, float, 0.0)) for k in weights_r.table}
-
     sites: dict[str, SiteConfig] = {}
-    site_list = root.get("sites", list, [])
-    for i, table in enumerate(site_list):
-        if not isinstance(table, dict):
-            raise root.fail(f"sites[{i}]", "must be a table")
-        site = _site(_Reader(source, table, f"sites[{i}]."), demo_creds)
-        if site.key in sites:
-            raise root.fail(f"sites[{i}].key", f"duplicate site {site.key!r}")
-        sites[site.key] = site
-
-    tokens: list[ApiToken] = []
-    for i, table in enumerate(root.get("api_tokens", list, [])):
-        tr = _Reader(source, table, f"api_tokens[{i}].")
-        tr.check_known({"name", "token", "token_env", "token_file", "sha256"})
-        digest = tr.get("sha256", str, None)
-        if digest is None:
-            tok = _secret(tr, "token")
-            if tok is None:
-                raise tr.fail("sha256", "give sha256, token, token_env or token_file")
-            digest = hashlib.sha256(tok.reveal().encode()).hexdigest()
-        tokens.append(ApiToken(name=tr.get("name", str, f"token{i}"), sha256=digest))
-    agents: list[Agent] = []
-    for i, table in enumerate(root.get("agents", list, [])):
-        ar = _Reader(source, table, f"agents[{i}].")
-        ar.check_known({"user", "password_hash", "role"})
-        user = ar.get("user", str, None)
-        pw = ar.get("password_hash", str, None)
-        if not user or not pw or not pw.startswith("scrypt$"):
-            raise ar.fail("password_hash", "agents need user and an scrypt password_hash")
-        agents.append(Agent(user=user, password_hash=pw, role=ar.get("role", str, "agent")))
+    for i, table in enumerate(file.sites):
+        if table.key in sites:
+            raise _Invalid(f"sites[{i}].key", f"duplicate site {table.key!r}")
+        sites[table.key] = _site(table, f"sites[{i}]", demo_creds)
+    tokens = [_api_token(table, i) for i, table in enumerate(file.api_tokens)]
+    agents = [Agent(a.user, a.password_hash, a.role) for a in file.agents]
     if demo_creds is not None:
         tokens.append(
             ApiToken("demo-admin", hashlib.sha256(demo_creds["api_token"].encode()).hexdigest())
@@ -617,74 +667,29 @@ def load_settings(
                 role="supervisor",
             )
         )
-
-    webhooks: list[WebhookConfig] = []
-    for i, table in enumerate(root.get("webhooks", list, [])):
-        wr = _Reader(source, table, f"webhooks[{i}].")
-        wr.check_known(
-            {
-                "name",
-                "url",
-                "secrets",
-                "secrets_env",
-                "kinds",
-                "channels",
-                "timeout_s",
-                "max_attempts",
-            }
-        )
-        name = wr.get("name", str, None)
-        if not name or not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", name):
-            raise wr.fail("name", "required; lowercase letters, digits, '-' or '_'")
-        url = wr.get("url", str, None)
-        if not url or not re.match(r"^https?://", url):
-            raise wr.fail("url", "required; an http(s) URL")
-        raw_secrets = wr.get("secrets", list, [])
-        env_name = wr.get("secrets_env", str, None)
-        if env_name:
-            raw_secrets = [x for x in os.environ.get(env_name, "").split() if x]
-        if not raw_secrets:
-            raise wr.fail("secrets", "at least one whsec_ secret (secrets or secrets_env)")
-        for j, sec in enumerate(raw_secrets):
-            if not isinstance(sec, str) or not sec.startswith("whsec_"):
-                raise wr.fail(f"secrets[{j}]", "Standard Webhooks secrets start with whsec_")
-        webhooks.append(
-            WebhookConfig(
-                name=name,
-                url=url,
-                secrets=tuple(Secret(x) for x in raw_secrets),
-                kinds=tuple(wr.get("kinds", list, ["callback", "notify"])),
-                channels=_channels(wr),
-                timeout_s=float(wr.get("timeout_s", float, 5.0)),
-                max_attempts=wr.positive_int("max_attempts", 8),
-            )
-        )
-
-    redis_url = (
-        overrides.get("redis_url") or os.environ.get("REDIS_URL") or store.get("redis_url", str, "")
-    )
-    rules_dir = overrides.get("rules_dir") or root.sub("rules").get("dir", str, None)
-    workers = int(overrides.get("workers") or server.positive_int("workers", 1))
+    rules_dir = overrides.get("rules_dir") or file.rules.dir
     return Settings(
         source=source,
-        data_dir=ddir,
-        host=overrides.get("host") or server.get("host", str, "127.0.0.1"),
-        port=int(overrides["port"]) if "port" in overrides else server.get("port", int, 8080),
+        data_dir=data_dir,
+        host=overrides.get("host") or file.server.host,
+        port=int(overrides["port"]) if "port" in overrides else file.server.port,
         public_url=public_url,
-        workers=workers,
-        trusted_proxies=tuple(server.get("trusted_proxies", list, [])),
-        shutdown_timeout_s=float(server.get("shutdown_timeout_s", float, 10.0)),
-        redis_url=redis_url,
-        durability=durability,
+        workers=int(overrides.get("workers") or file.server.workers),
+        trusted_proxies=file.server.trusted_proxies,
+        shutdown_timeout_s=file.server.shutdown_timeout_s,
+        redis_url=(
+            overrides.get("redis_url") or os.environ.get("REDIS_URL") or file.store.redis_url
+        ),
+        durability=overrides.get("durability") or file.store.durability,
         rules_dir=Path(rules_dir) if rules_dir else None,
         sites=sites,
         api_tokens=tuple(tokens),
         agents=tuple(agents),
-        limits=limits,
-        profile=tuning,
-        intent_weights=weights,
-        categories=_categories(root.sub("categories")),
+        limits=file.limits,
+        profile=file.profile,
+        intent_weights=file.intent_weights,
+        categories=_categories(file.categories),
         demo_credentials=demo_creds,
-        webhooks=tuple(webhooks),
-        metrics=_metrics(root.sub("metrics")),
+        webhooks=tuple(_webhook(table, f"webhooks[{i}]") for i, table in enumerate(file.webhooks)),
+        metrics=_metrics(file.metrics),
     )
