@@ -1,9 +1,14 @@
 """Load a rules directory (YAML) into an immutable, compiled `RuleSet`.
 
-Files may hold any of the top-level keys `offers`, `rules`, `calendars`, `levers`.
-Every problem is reported as `file:line:col: message` (positions from PyYAML's node
-marks; expression errors point inside the `when` text), all problems at once, and
-a set with any problem is rejected whole: hot reload keeps the previous set.
+A file's shape is declared once, as the msgspec structs below (`RuleFile` and what it
+holds: unknown keys refused, enums from engine/core/vocabulary.py, constrained
+numbers), and decoded with `msgspec.convert` from the YAML data. What a shape cannot
+say is checked afterwards, across files: offers and calendars a rule names,
+expressions, hours, time zones, duplicate ids. Every problem is reported as
+`file:line:col: message`: msgspec's error path (`$.rules[3].action.channel`) is looked
+up in a table of YAML node positions built while the document is read (expression
+errors point inside the `when` text). A set with any problem is rejected whole: hot
+reload keeps the previous set.
 
 Rule files come from analysts and deploy pipelines, so the loader assumes nothing
 about their size or shape before it has checked them: a file over `MAX_FILE_BYTES`
@@ -22,12 +27,18 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
 import yaml
+from msgspec import Meta, Struct
+from msgspec import inspect as mi
 
+from engine.core.errors import RingbackError
+from engine.core.vocabulary import DEFAULT_CHANNEL, Action, Channel
 from engine.decisions.calendar import DAYS, Calendar
 from engine.decisions.expr import Expression, ExpressionError, compile_expression
 
@@ -35,47 +46,49 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
     "Offer",
+    "Policy",
     "Rule",
     "RuleError",
+    "RuleFile",
     "RuleSet",
     "RuleSetError",
     "load_rules",
 ]
 
-ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ACTIONS = ("offer", "callback", "notify")
-CHANNELS = ("web", "callback", "email", "sms")
-OUTSIDE_HOURS = ("schedule", "fallback", "drop")
 MAX_FILE_BYTES = 256 * 1024  # per rules file; checked before the file is read
 MAX_DEPTH = 32  # nested mappings/lists; real packs use 5
+ID_PATTERN = "^[a-z][a-z0-9_]{0,63}$"
+ID_RULE = "lowercase letters, digits, '_' (max 64, starting with a letter)"
+
+Id = Annotated[str, Meta(pattern=ID_PATTERN)]
+Count = Annotated[int, Meta(ge=0)]  # seconds, caps: never negative
 
 
-class RuleError(Exception):
-    def __init__(self, file: str, line: int, col: int, message: str) -> None:
-        super().__init__(f"{file}:{line}:{col}: {message}")
-        self.file, self.line, self.col, self.message = file, line, col, message
+class OutsideHours(StrEnum):
+    """What a callback rule does when its calendar is closed."""
+
+    SCHEDULE = "schedule"  # for the calendar's next opening
+    FALLBACK = "fallback"  # to the rule's fallback channel
+    DROP = "drop"
 
 
-class RuleSetError(Exception):
-    """Every error of a rejected rule set, one `file:line:col: message` per line."""
-
-    def __init__(self, errors: list[RuleError]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
+class _Shape(Struct, forbid_unknown_fields=True, frozen=True):
+    """A mapping in a rules file: unknown keys are refused (subclasses inherit this;
+    each repeats `frozen=True` because mypy does not see it inherited)."""
 
 
-@dataclass(frozen=True)
-class Offer:
-    id: str
+class Offer(_Shape, frozen=True):
+    id: Id
     title: str
-    text: str
-    cta_url: str
-    cta_label: str
-    product: str
-    value: float
-    channels: tuple[str, ...]
+    text: str = ""
+    cta_url: str = ""
+    cta_label: str = "Learn more"
+    product: str = ""
+    value: float = 0.0
+    channels: tuple[Channel, ...] = (Channel.WEB,)
 
     def public(self) -> dict[str, Any]:
+        """What the page and the agent see (not value or channels)."""
         return {
             "id": self.id,
             "title": self.title,
@@ -86,27 +99,88 @@ class Offer:
         }
 
 
-@dataclass(frozen=True)
-class Policy:
-    cooldown_s: int = 0
-    channel_cooldown_s: int = 0
-    max_per_day: int = 0
+class Policy(_Shape, frozen=True):
+    cooldown_s: Count = 0
+    channel_cooldown_s: Count = 0
+    max_per_day: Count = 0
     calendar: str | None = None
-    expires_s: int = 600
-    outside_hours: str = "drop"
-    max_queue_per_agent: int = 0  # 0 = don't look at contact-center capacity
+    expires_s: Count = 600
+    outside_hours: OutsideHours = OutsideHours.DROP
+    max_queue_per_agent: Count = 0  # 0 = don't look at contact-center capacity
+
+
+class ActionSpec(_Shape, frozen=True):
+    type: Action = Action.OFFER
+    offer: str | None = None
+    slot: str = "main"
+    channel: Channel | None = None  # None: the action's DEFAULT_CHANNEL
+    fallback: Channel | None = None
+
+
+class Enabled(_Shape, frozen=True):
+    from_: dt.date | None = msgspec.field(default=None, name="from")
+    until: dt.date | None = None  # exclusive
+
+
+class RuleSpec(_Shape, frozen=True):
+    id: Id
+    when: str
+    action: ActionSpec
+    description: str = ""
+    priority: int = 0
+    value: float = 0.0
+    policy: Policy = msgspec.field(default_factory=Policy)
+    holdout_pct: Annotated[float, Meta(ge=0, le=100)] = 0.0
+    enabled: Enabled = msgspec.field(default_factory=Enabled)
+
+
+class Hours(_Shape, frozen=True):
+    """Opening hours per weekday, 'HH:MM-HH:MM[, ...]' local time; absent = closed."""
+
+    mon: str | None = None
+    tue: str | None = None
+    wed: str | None = None
+    thu: str | None = None
+    fri: str | None = None
+    sat: str | None = None
+    sun: str | None = None
+
+
+class Holidays(_Shape, frozen=True):
+    country: str
+    subdiv: str | None = None
+
+
+class CalendarSpec(_Shape, frozen=True):
+    name: Id
+    timezone: str
+    hours: Hours = msgspec.field(default_factory=Hours)
+    quiet_hours: str = ""  # may wrap midnight
+    holidays: Holidays | None = None
+    closed: list[dt.date] = []
+
+
+class RuleFile(_Shape, frozen=True):
+    """One rules file; a rule set is the union of its directory's files."""
+
+    offers: list[Offer] = []
+    rules: list[RuleSpec] = []
+    calendars: list[CalendarSpec] = []
+    levers: dict[str, float] = {}  # product -> arbitration weight
 
 
 @dataclass(frozen=True)
 class Rule:
+    """A rule compiled: its condition a closure, its action's channel resolved."""
+
     id: str
     description: str
     when: Expression
-    action: str  # offer | callback | notify
+    action: Action
     offer: str | None
     slot: str
-    channel: str
-    fallback: str | None
+    channel: Channel
+    fallback: Channel | None
     priority: int
     value: float
     policy: Policy
@@ -114,9 +188,6 @@ class Rule:
     enabled_from: dt.date | None
     enabled_until: dt.date | None
     source: str  # file:line
-
-    def enabled(self, now_ms: int) -> bool:
-        return self.enabled_on(dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).date())
 
     def enabled_on(self, today: dt.date) -> bool:
         return (self.enabled_from is None or today >= self.enabled_from) and (
@@ -134,104 +205,169 @@ class RuleSet:
     levers: dict[str, float] = field(default_factory=dict)
 
 
-class _Collector:
-    def __init__(self) -> None:
-        self.errors: list[RuleError] = []
-
-    def add(self, file: str, node: yaml.Node | None, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 1
-        col = node.start_mark.column + 1 if node is not None else 1
-        self.errors.append(RuleError(file, line, col, message))
+class RuleError(RingbackError):
+    def __init__(self, file: str, line: int, col: int, message: str) -> None:
+        super().__init__(f"{file}:{line}:{col}: {message}")
+        self.file, self.line, self.col, self.message = file, line, col, message
 
 
-class _Map:
-    """A YAML mapping node with typed, position-aware access."""
+class RuleSetError(RingbackError):
+    """Every error of a rejected rule set, one `file:line:col: message` per line."""
 
-    def __init__(self, file: str, node: yaml.Node, errs: _Collector, what: str) -> None:
-        self.file, self.mapping, self.errs = file, node, errs
-        self.items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        if not isinstance(node, yaml.MappingNode):
-            errs.add(file, node, f"{what} must be a mapping")
-            return
-        for k, v in node.value:
-            key = str(k.value)
-            if key in self.items:
-                errs.add(file, k, f"duplicate key {key!r}")
-            self.items[key] = (k, v)
+    def __init__(self, errors: list[RuleError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
 
-    def check_keys(self, allowed: set[str]) -> None:
-        for key, (k, _) in self.items.items():
-            if key not in allowed:
-                self.errs.add(
-                    self.file, k, f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
-                )
 
-    def node(self, key: str) -> yaml.Node | None:
-        return self.items[key][1] if key in self.items else None
+YamlPath = tuple[str | int, ...]
+_MAP_TAG = yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
+_SEQ_TAG = yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG
+_SHAPE = mi.type_info(RuleFile)
+_TYPE_NAMES = {"object": "mapping", "array": "list"}  # msgspec's words -> YAML's
 
-    def get(
-        self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False
+
+class _Doc:
+    """A YAML document as plain data, with the node of every value and key by path."""
+
+    def __init__(self, file: str, root: yaml.Node, errors: list[RuleError]) -> None:
+        self.file, self.errors = file, errors
+        self.values: dict[YamlPath, yaml.Node] = {}
+        self.keys: dict[YamlPath, yaml.Node] = {}
+        self.removed: set[YamlPath] = set()  # keys `decode` took out (reported)
+        self.data = self._plain(root, (), yaml.constructor.SafeConstructor())
+
+    def _plain(
+        self, node: yaml.Node, path: YamlPath, ctor: yaml.constructor.SafeConstructor
     ) -> Any:
-        n = self.node(key)
-        if n is None:
-            if required:
-                self.errs.add(self.file, self.node_self(), f"missing required key {key!r}")
-            return default
-        try:
-            value = yaml.safe_load(yaml.serialize(n))
+        self.values[path] = node
+        if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
+            out: dict[str, Any] = {}
+            for k, v in node.value:
+                key = str(k.value)
+                if key in out:
+                    self.error(k, f"duplicate key {key!r}")
+                self.keys[(*path, key)] = k
+                out[key] = self._plain(v, (*path, key), ctor)
+            return out
+        if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+            return [self._plain(v, (*path, i), ctor) for i, v in enumerate(node.value)]
+        try:  # scalars, and any other tag: safe construction only
+            return ctor.construct_object(node, deep=True)
         except yaml.YAMLError as exc:  # e.g. a !!python/... tag: not plain data
-            self.errs.add(self.file, n, f"{key}: {getattr(exc, 'problem', None) or exc}")
-            return default
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            self.errs.add(self.file, n, f"{key}: expected {names}, got {type(value).__name__}")
-            return default
-        return value
+            self.error(node, f"{_name(path)}: {getattr(exc, 'problem', None) or exc}")
+            raise _Refused from exc
 
-    def node_self(self) -> yaml.Node:
-        return self.mapping
+    def error(self, node: yaml.Node | None, message: str) -> None:
+        mark = node.start_mark if node is not None else None
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        self.errors.append(RuleError(self.file, line, col, message))
 
+    def at(self, path: YamlPath, message: str) -> None:
+        """An error at the value `path` names, or the nearest enclosing one."""
+        while path and path not in self.values:
+            path = path[:-1]
+        self.error(self.values.get(path), message)
 
-def _map(file: str, node: yaml.Node, errs: _Collector, what: str) -> _Map:
-    return _Map(file, node, errs, what)
+    def decode(self) -> tuple[RuleFile, dict[str, list[int]]] | None:
+        """The file as a `RuleFile`, and each decoded item's index in the file.
 
-
-def _hours(text: str) -> list[tuple[int, int]]:
-    """'08:00-12:00, 13:00-20:00' -> minutes after midnight."""
-    out = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", part)
-        if not m:
-            raise ValueError(f"expected HH:MM-HH:MM, got {part.strip()!r}")
-        a, b = int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])
-        if not (0 <= a <= 1440 and 0 <= b <= 1440):
-            raise ValueError(f"hours out of range in {part.strip()!r}")
-        out.append((a, b))
-    return out
-
-
-def _expr_error_position(node: yaml.ScalarNode, exc: ExpressionError) -> tuple[int, int]:
-    """Map a position inside the expression onto the YAML file (1-based line, col)."""
-    start = node.start_mark
-    style = getattr(node, "style", None)
-    value_lines = str(node.value).strip().split("\n")
-    # The offending character's offset in the expression as parsed.
-    offset = sum(len(ln) + 1 for ln in value_lines[: exc.line - 1]) + exc.col - 1
-    if style in ("|", ">") and start.buffer is not None:
-        raw = start.buffer[start.index : node.end_mark.index].split("\n")[1:]
-        for i, line in enumerate(raw):
-            content = line.strip()
-            if not content:
+        msgspec stops at the first error, so each one is reported, the key it is about
+        taken out (its default applies) or, if that cannot help, its item left out, and
+        the rest decoded again: every problem is reported in one run, and the good
+        items still get the cross-file checks (unknown offer, expressions)."""
+        data, index = self.data, {}
+        if isinstance(data, dict):
+            index = {s: list(range(len(v))) for s, v in data.items() if isinstance(v, list)}
+        while True:
+            try:
+                return msgspec.convert(data, RuleFile), index
+            except msgspec.ValidationError as exc:
+                path, message = _error_path(str(exc))  # indices as decoded
+            if not (len(path) >= 2 and path[0] in index and isinstance(path[1], int)):
+                self.explain(path, message)  # the file's own shape: nothing to go on with
+                return None
+            section, item = str(path[0]), path[1]
+            at = (section, index[section][item], *path[2:])  # indices in the file
+            unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
+            missing = re.fullmatch(r"Object missing required field `(.*)`", message)
+            if not (missing and (*at, missing[1]) in self.removed):
+                self.explain(at, message)  # (a required key we took out was reported)
+            last_key = max(n for n, p in enumerate(path) if isinstance(p, str))
+            if unknown:
+                cut: YamlPath = (*path, unknown[1])
+            elif last_key >= 2 and not missing:
+                cut = path[: last_key + 1]
+            else:  # the item itself, or a required key: leave the item out
+                del data[section][item], index[section][item]
                 continue
-            if offset <= len(content):
-                indent = len(line) - len(line.lstrip())
-                return start.line + 2 + i, indent + offset + 1
-            offset -= len(content) + 1  # folded or literal: one separator per line
-        return start.line + 2, start.column + 1
-    quote = 1 if style in ("'", '"') else 0
-    return start.line + exc.line, start.column + quote + offset + 1
+            self.removed.add((section, index[section][item], *cut[2:]))
+            parent = data
+            for step in cut[:-1]:
+                parent = parent[step]
+            del parent[cut[-1]]
+
+    def explain(self, path: YamlPath, message: str) -> None:
+        """msgspec's message in the loader's words, at the YAML node it is about."""
+        name = _name(path)
+        if m := re.fullmatch(r"Object contains unknown field `(.*)`", message):
+            key = self.keys.get((*path, m[1]))
+            self.error(key, f"unknown key {m[1]!r} (allowed: {_allowed(path)})")
+        elif m := re.fullmatch(r"Object missing required field `(.*)`", message):
+            self.at(path, f"missing required key {m[1]!r}")
+        elif m := re.fullmatch(r"Invalid enum value (.*)", message):
+            self.at(path, f"{name}: {m[1]} is not one of {_allowed(path)}")
+        elif "matching regex" in message and path in self.values:
+            self.at(path, f"{name} {self.values[path].value!r}: {ID_RULE}")
+        else:
+            words = re.sub(r"`([^`]*)`", lambda w: _TYPE_NAMES.get(w[1], w[1]), message)
+            words = words[:1].lower() + words[1:]
+            self.at(path, f"{name}: {words}" if name else words)
+
+
+class _Refused(Exception):
+    """A value that is not plain data (reported): the file is not decoded."""
+
+
+def _name(path: YamlPath) -> str:
+    """The key an error is about: the last mapping key on its path."""
+    return next((p for p in reversed(path) if isinstance(p, str)), "")
+
+
+def _error_path(text: str) -> tuple[YamlPath, str]:
+    """'Expected `int`, got `str` - at `$.rules[0].priority`' -> (('rules', 0, 'priority'), ...).
+
+    A dict value's key is not in msgspec's path (`$.levers[...]`, "at `key` in `$.x`"):
+    the path then stops at the mapping."""
+    message, _, where = text.partition(" - at `")
+    where = where.removeprefix("key` in `").removesuffix("`")
+    path: list[str | int] = []
+    for name, index in re.findall(r"\.(\w+)|\[(\d+|\.\.\.)\]", where):
+        if index == "...":
+            break
+        path.append(name or int(index))
+    return tuple(path), message
+
+
+def _type_at(path: YamlPath) -> mi.Type:
+    t: mi.Type = _SHAPE
+    for step in path:
+        if isinstance(t, mi.UnionType):  # X | None: the X
+            t = next(u for u in t.types if not isinstance(u, mi.NoneType))
+        if isinstance(t, mi.StructType):
+            t = next(f.type for f in t.fields if f.encode_name == step)
+        elif isinstance(t, mi.ListType | mi.VarTupleType | mi.DictType):
+            t = t.value_type if isinstance(t, mi.DictType) else t.item_type
+    if isinstance(t, mi.UnionType):
+        t = next(u for u in t.types if not isinstance(u, mi.NoneType))
+    return t
+
+
+def _allowed(path: YamlPath) -> str:
+    """The keys of the mapping, or the values of the enum, at `path`."""
+    t = _type_at(path)
+    if isinstance(t, mi.StructType):
+        return ", ".join(sorted(f.encode_name for f in t.fields))
+    return ", ".join(str(v.value) for v in t.cls) if isinstance(t, mi.EnumType) else "?"
 
 
 def load_rules(
@@ -239,85 +375,79 @@ def load_rules(
 ) -> RuleSet:
     """Load every *.yaml under `path`; raise RuleSetError listing all problems."""
     root = Path(path)
-    errs = _Collector()
+    errors: list[RuleError] = []
     files = sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml")) if root.is_dir() else [root]
     if not files:
         raise RuleSetError([RuleError(str(root), 1, 1, "no .yaml files found")])
     digest = hashlib.sha256()
-    docs: list[tuple[str, _Map]] = []
+    decoded: list[tuple[_Doc, RuleFile, dict[str, list[int]]]] = []
     for f in files:
-        text = _read_capped(f, errs)
+        text = _read_capped(f, errors)
         if text is None:
             continue
         digest.update(f.name.encode() + b"\0" + text.encode())
-        try:
-            problem = _unsafe_structure(text)
-            node = None if problem else yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            errs.errors.append(
-                RuleError(
-                    str(f),
-                    (mark.line + 1) if mark else 1,
-                    (mark.column + 1) if mark else 1,
-                    f"YAML syntax: {getattr(exc, 'problem', exc)}",
-                )
-            )
-            continue
-        if problem:
-            mark, message = problem
-            errs.errors.append(RuleError(str(f), mark.line + 1, mark.column + 1, message))
-            continue
-        if node is None:
-            continue
-        doc = _map(str(f), node, errs, "a rules file")
-        doc.check_keys({"offers", "rules", "calendars", "levers"})
-        docs.append((str(f), doc))
+        doc = _compose(str(f), text, errors)
+        if doc is not None and (got := doc.decode()) is not None:
+            decoded.append((doc, *got))
 
     calendars: dict[str, Calendar] = {}
     offers: dict[str, Offer] = {}
     levers: dict[str, float] = {}
-    for file, doc in docs:
-        for item in _seq(file, doc.node("calendars"), errs):
-            cal = _calendar(file, item, errs)
-            if cal and cal.name in calendars:
-                errs.add(file, item, f"duplicate calendar {cal.name!r}")
-            elif cal:
-                calendars[cal.name] = cal
-        for item in _seq(file, doc.node("offers"), errs):
-            offer = _offer(file, item, errs)
-            if offer and offer.id in offers:
-                errs.add(file, item, f"duplicate offer id {offer.id!r}")
-            elif offer:
-                offers[offer.id] = offer
-        lv = doc.node("levers")
-        if lv is not None:
-            lm = _map(file, lv, errs, "levers")
-            for key in lm.items:
-                levers[key] = float(lm.get(key, float, 1.0))
+    for doc, shape, index in decoded:
+        for i, spec in zip(index.get("calendars", []), shape.calendars, strict=True):
+            if spec.name in calendars:
+                doc.at(("calendars", i), f"duplicate calendar {spec.name!r}")
+            calendars.setdefault(spec.name, _calendar(doc, ("calendars", i), spec))
+        for i, offer in zip(index.get("offers", []), shape.offers, strict=True):
+            if offer.id in offers:
+                doc.at(("offers", i), f"duplicate offer id {offer.id!r}")
+            offers.setdefault(offer.id, offer)
+        levers.update(shape.levers)
 
     functions = functions_for(calendars) if functions_for else default_functions(calendars)
-    rules: list[Rule] = []
-    for file, doc in docs:
-        for item in _seq(file, doc.node("rules"), errs):
-            rule = _rule(file, item, errs, offers, calendars, functions)
-            if rule and any(r.id == rule.id for r in rules):
-                errs.add(file, item, f"duplicate rule id {rule.id!r}")
+    rules: dict[str, Rule] = {}
+    for doc, shape, index in decoded:
+        for i, rule_spec in zip(index.get("rules", []), shape.rules, strict=True):
+            rule = _rule(doc, ("rules", i), rule_spec, offers, calendars, functions)
+            if rule and rule.id in rules:
+                doc.at(("rules", i), f"duplicate rule id {rule.id!r}")
             elif rule:
-                rules.append(rule)
-    if errs.errors:
-        raise RuleSetError(errs.errors)
+                rules[rule.id] = rule
+    if errors:
+        raise RuleSetError(sorted(errors, key=lambda e: (e.file, e.line, e.col)))
     return RuleSet(
         version=digest.hexdigest()[:12],
         loaded_at=time.time(),
-        rules=tuple(rules),
+        rules=tuple(rules.values()),
         offers=offers,
         calendars=calendars,
         levers=levers,
     )
 
 
-def _read_capped(f: Path, errs: _Collector) -> str | None:
+def _compose(file: str, text: str, errors: list[RuleError]) -> _Doc | None:
+    """The document with node positions, or None (and an error) if it is not safe data."""
+    try:
+        problem = _unsafe_structure(text)
+        node = None if problem else yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        errors.append(RuleError(file, line, col, f"YAML syntax: {getattr(exc, 'problem', exc)}"))
+        return None
+    if problem:
+        mark, message = problem
+        errors.append(RuleError(file, mark.line + 1, mark.column + 1, message))
+        return None
+    if node is None:  # an empty file (or only comments)
+        return None
+    try:
+        return _Doc(file, node, errors)
+    except _Refused:
+        return None
+
+
+def _read_capped(f: Path, errors: list[RuleError]) -> str | None:
     """The file's text, or None (and an error) if it is too big or not UTF-8.
 
     The size is checked on the open file before reading, so a huge (or growing)
@@ -326,7 +456,7 @@ def _read_capped(f: Path, errs: _Collector) -> str | None:
         size = os.fstat(fh.fileno()).st_size
         raw = fh.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else b""
     if size > MAX_FILE_BYTES or len(raw) > MAX_FILE_BYTES:
-        errs.errors.append(
+        errors.append(
             RuleError(
                 str(f),
                 1,
@@ -339,7 +469,7 @@ def _read_capped(f: Path, errs: _Collector) -> str | None:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        errs.errors.append(RuleError(str(f), 1, 1, f"not UTF-8 text (byte {exc.start})"))
+        errors.append(RuleError(str(f), 1, 1, f"not UTF-8 text (byte {exc.start})"))
         return None
 
 
@@ -387,217 +517,113 @@ def default_functions(calendars: dict[str, Calendar]) -> dict[str, Callable[...,
     }
 
 
-def _seq(file: str, node: yaml.Node | None, errs: _Collector) -> list[yaml.Node]:
-    if node is None:
-        return []
-    if not isinstance(node, yaml.SequenceNode):
-        errs.add(file, node, "expected a list")
-        return []
-    return list(node.value)
+def _hours(text: str) -> list[tuple[int, int]]:
+    """'08:00-12:00, 13:00-20:00' -> minutes after midnight."""
+    out = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", part)
+        if not m:
+            raise ValueError(f"expected HH:MM-HH:MM, got {part.strip()!r}")
+        a, b = int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])
+        if not (0 <= a <= 1440 and 0 <= b <= 1440):
+            raise ValueError(f"hours out of range in {part.strip()!r}")
+        out.append((a, b))
+    return out
 
 
-def _id(m: _Map, key: str = "id") -> str | None:
-    value = m.get(key, str, required=True)
-    if value is not None and not ID_RE.match(value):
-        m.errs.add(
-            m.file,
-            m.node(key),
-            f"{key} {value!r}: lowercase letters, digits, '_' (max 64, starting with a letter)",
-        )
-        return None
-    return value  # type: ignore[no-any-return]
+def _expr_error_position(node: yaml.ScalarNode, exc: ExpressionError) -> tuple[int, int]:
+    """Map a position inside the expression onto the YAML file (1-based line, col)."""
+    start = node.start_mark
+    style = getattr(node, "style", None)
+    value_lines = str(node.value).strip().split("\n")
+    # The offending character's offset in the expression as parsed.
+    offset = sum(len(ln) + 1 for ln in value_lines[: exc.line - 1]) + exc.col - 1
+    if style in ("|", ">") and start.buffer is not None:
+        raw = start.buffer[start.index : node.end_mark.index].split("\n")[1:]
+        for i, line in enumerate(raw):
+            content = line.strip()
+            if not content:
+                continue
+            if offset <= len(content):
+                indent = len(line) - len(line.lstrip())
+                return start.line + 2 + i, indent + offset + 1
+            offset -= len(content) + 1  # folded or literal: one separator per line
+        return start.line + 2, start.column + 1
+    quote = 1 if style in ("'", '"') else 0
+    return start.line + exc.line, start.column + quote + offset + 1
 
 
-def _calendar(file: str, node: yaml.Node, errs: _Collector) -> Calendar | None:
-    m = _map(file, node, errs, "a calendar")
-    m.check_keys({"name", "timezone", "hours", "quiet_hours", "holidays", "closed"})
-    name = _id(m, "name")
-    tz = m.get("timezone", str, required=True)
+def _calendar(doc: _Doc, at: YamlPath, spec: CalendarSpec) -> Calendar:
     try:
-        ZoneInfo(tz or "UTC")
+        ZoneInfo(spec.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        errs.add(file, m.node("timezone"), f"unknown time zone {tz!r}")
+        doc.at((*at, "timezone"), f"unknown time zone {spec.timezone!r}")
     hours: dict[int, list[tuple[int, int]]] = {}
-    hn = m.node("hours")
-    if hn is not None:
-        hm = _map(file, hn, errs, "hours")
-        hm.check_keys(set(DAYS))
-        for day, (_, vnode) in hm.items.items():
-            if day in DAYS:
-                try:
-                    hours[DAYS.index(day)] = _hours(str(vnode.value))
-                except ValueError as exc:
-                    errs.add(file, vnode, str(exc))
-    quiet: list[tuple[int, int]] = []
-    if m.node("quiet_hours") is not None:
+    for day, text in msgspec.structs.asdict(spec.hours).items():
         try:
-            quiet = _hours(str(m.get("quiet_hours", str, "")))
+            if text is not None:
+                hours[DAYS.index(day)] = _hours(text)
         except ValueError as exc:
-            errs.add(file, m.node("quiet_hours"), str(exc))
-    country = subdiv = None
-    if m.node("holidays") is not None:
-        hol = _map(file, m.node("holidays"), errs, "holidays")
-        hol.check_keys({"country", "subdiv"})
-        country = hol.get("country", str, required=True)
-        subdiv = hol.get("subdiv", str)
+            doc.at((*at, "hours", day), str(exc))
+    quiet: list[tuple[int, int]] = []
+    try:
+        quiet = _hours(spec.quiet_hours) if spec.quiet_hours else []
+    except ValueError as exc:
+        doc.at((*at, "quiet_hours"), str(exc))
+    hol = spec.holidays
+    if hol is not None:
         try:
             import holidays
 
-            holidays.country_holidays(country or "", subdiv=subdiv, years=2026)
+            holidays.country_holidays(hol.country, subdiv=hol.subdiv, years=2026)
         except (NotImplementedError, KeyError) as exc:
-            errs.add(file, hol.node("country"), f"holidays: {exc}")
-    closed = set()
-    for d in _seq(file, m.node("closed"), errs):
-        try:
-            closed.add(dt.date.fromisoformat(str(d.value)))
-        except ValueError:
-            errs.add(file, d, f"closure dates are YYYY-MM-DD, got {d.value!r}")
-    if name is None or tz is None:
-        return None
-    return Calendar(name, tz, hours, quiet, country, subdiv, frozenset(closed))
-
-
-def _offer(file: str, node: yaml.Node, errs: _Collector) -> Offer | None:
-    m = _map(file, node, errs, "an offer")
-    m.check_keys({"id", "title", "text", "cta_url", "cta_label", "product", "value", "channels"})
-    oid = _id(m)
-    channels = m.get("channels", list, ["web"])
-    for c in channels:
-        if c not in CHANNELS:
-            errs.add(
-                file, m.node("channels"), f"unknown channel {c!r} (channels: {', '.join(CHANNELS)})"
-            )
-    title = m.get("title", str, required=True)
-    if oid is None or title is None:
-        return None
-    return Offer(
-        oid,
-        title,
-        m.get("text", str, ""),
-        m.get("cta_url", str, ""),
-        m.get("cta_label", str, "Learn more"),
-        m.get("product", str, ""),
-        float(m.get("value", float, 0.0)),
-        tuple(channels),
-    )
+            doc.at((*at, "holidays", "country"), f"holidays: {exc}")
+    country, subdiv = (hol.country, hol.subdiv) if hol else (None, None)
+    return Calendar(spec.name, spec.timezone, hours, quiet, country, subdiv, frozenset(spec.closed))
 
 
 def _rule(
-    file: str,
-    node: yaml.Node,
-    errs: _Collector,
+    doc: _Doc,
+    at: YamlPath,
+    spec: RuleSpec,
     offers: dict[str, Offer],
     calendars: dict[str, Calendar],
     functions: dict[str, Any],
 ) -> Rule | None:
-    m = _map(file, node, errs, "a rule")
-    m.check_keys(
-        {
-            "id",
-            "description",
-            "when",
-            "action",
-            "priority",
-            "value",
-            "policy",
-            "holdout_pct",
-            "enabled",
-        }
-    )
-    rid = _id(m)
-    when_node = m.node("when")
-    when_text = m.get("when", str, required=True)
+    """The rule compiled, or None; problems the shape cannot see go to `doc`."""
     expr = None
-    if when_text is not None and when_node is not None:
-        try:
-            expr = compile_expression(when_text, functions)
-        except ExpressionError as exc:
-            line, col = _expr_error_position(when_node, exc)
-            errs.errors.append(RuleError(file, line, col, exc.message))
-    an = m.node("action")
-    action, offer, slot, channel, fallback = "offer", None, "main", "web", None
-    if an is None:
-        errs.add(file, node, "missing required key 'action'")
-    else:
-        am = _map(file, an, errs, "an action")
-        am.check_keys({"type", "offer", "slot", "channel", "fallback"})
-        action = am.get("type", str, "offer")
-        if action not in ACTIONS:
-            errs.add(file, am.node("type"), f"action type must be one of {', '.join(ACTIONS)}")
-        offer = am.get("offer", str)
-        if offer is not None and offer not in offers:
-            errs.add(file, am.node("offer"), f"unknown offer {offer!r}")
-        slot = am.get("slot", str, "main")
-        default_channel = {"offer": "web", "callback": "callback", "notify": "email"}.get(
-            action, "web"
-        )
-        channel = am.get("channel", str, default_channel)
-        if channel not in CHANNELS:
-            errs.add(file, am.node("channel"), f"unknown channel {channel!r}")
-        fallback = am.get("fallback", str)
-        if fallback is not None and fallback not in CHANNELS:
-            errs.add(file, am.node("fallback"), f"unknown fallback channel {fallback!r}")
-        if action == "offer" and offer is None:
-            errs.add(file, an, "an offer action needs 'offer'")
-    policy = Policy()
-    pn = m.node("policy")
-    if pn is not None:
-        pm = _map(file, pn, errs, "a policy")
-        pm.check_keys(
-            {
-                "cooldown_s",
-                "channel_cooldown_s",
-                "max_per_day",
-                "calendar",
-                "expires_s",
-                "outside_hours",
-                "max_queue_per_agent",
-            }
-        )
-        cal = pm.get("calendar", str)
-        if cal is not None and cal not in calendars:
-            errs.add(file, pm.node("calendar"), f"unknown calendar {cal!r}")
-        outside = pm.get("outside_hours", str, "drop")
-        if outside not in OUTSIDE_HOURS:
-            errs.add(
-                file,
-                pm.node("outside_hours"),
-                f"outside_hours must be one of {', '.join(OUTSIDE_HOURS)}",
-            )
-        policy = Policy(
-            int(pm.get("cooldown_s", int, 0)),
-            int(pm.get("channel_cooldown_s", int, 0)),
-            int(pm.get("max_per_day", int, 0)),
-            cal,
-            int(pm.get("expires_s", int, 600)),
-            outside,
-            int(pm.get("max_queue_per_agent", int, 0)),
-        )
-    holdout = float(m.get("holdout_pct", float, 0.0))
-    if not 0 <= holdout <= 100:
-        errs.add(file, m.node("holdout_pct"), "holdout_pct is a percentage (0-100)")
-    en_from = en_until = None
-    if m.node("enabled") is not None:
-        em = _map(file, m.node("enabled"), errs, "enabled")
-        em.check_keys({"from", "until"})
-        en_from = em.get("from", dt.date)
-        en_until = em.get("until", dt.date)
-    if rid is None or expr is None:
+    try:
+        expr = compile_expression(spec.when, functions)
+    except ExpressionError as exc:
+        line, col = _expr_error_position(doc.values[(*at, "when")], exc)
+        doc.errors.append(RuleError(doc.file, line, col, exc.message))
+    act = spec.action
+    if act.offer is not None and act.offer not in offers:
+        doc.at((*at, "action", "offer"), f"unknown offer {act.offer!r}")
+    if (
+        act.type == Action.OFFER
+        and act.offer is None
+        and (*at, "action", "type") not in doc.removed
+    ):
+        doc.at((*at, "action"), "an offer action needs 'offer'")
+    if spec.policy.calendar is not None and spec.policy.calendar not in calendars:
+        doc.at((*at, "policy", "calendar"), f"unknown calendar {spec.policy.calendar!r}")
+    if expr is None:
         return None
     return Rule(
-        rid,
-        m.get("description", str, ""),
+        spec.id,
+        spec.description,
         expr,
-        action,
-        offer,
-        slot,
-        channel,
-        fallback,
-        int(m.get("priority", int, 0)),
-        float(m.get("value", float, 0.0)),
-        policy,
-        holdout,
-        en_from,
-        en_until,
-        f"{file}:{node.start_mark.line + 1}",
+        act.type,
+        act.offer,
+        act.slot,
+        act.channel or DEFAULT_CHANNEL[act.type],
+        act.fallback,
+        spec.priority,
+        spec.value,
+        spec.policy,
+        spec.holdout_pct,
+        spec.enabled.from_,
+        spec.enabled.until,
+        f"{doc.file}:{doc.values[at].start_mark.line + 1}",
     )
