@@ -97,6 +97,7 @@ export interface Batch {
   anonymous_id: string; // ^[A-Za-z0-9_-]{8,64}$, from first-party localStorage
   identity?: string; // the bank-minted JWT passed to identify()
   events: WireEvent[]; // 1-100
+  sent_at?: number; // client clock (ms) at send time; the engine shifts each ts by its offset
 }
 
 interface EventBase {

@@ -19,7 +19,7 @@ import pytest
 
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import RuleSet, load_rules
-from engine.decisions.plan import Plan, audit_record, decide, settle
+from engine.decisions.plan import Decision, Plan, audit_record, decide, settle
 from engine.ingest.schema import CalcEvent, CalcProps, PageViewEvent
 from engine.valkey import keys
 
@@ -115,7 +115,7 @@ def _plan(rs: RuleSet, inp: DecisionInput, now_ms: int) -> Plan:
 
 
 def _contacts(plan: Plan) -> list[tuple[str, str, str]]:
-    return [(c.rule, c.channel, c.trigger["kind"]) for c in plan.contacts]
+    return [(c.rule, c.channel, c.trigger.kind) for c in plan.contacts]
 
 
 def _why(plan: Plan, rule: str) -> tuple[str, str | None]:
@@ -226,20 +226,20 @@ def test_a_consenting_customer_gets_a_reservation_and_a_trigger_with_the_callbac
         2,
     )
     assert r.day == "2026-11-02"  # the calendar's local day: caps follow the customer's day
-    assert call.history["decision_id"] == call.decision["id"] == call.trigger["id"]
-    assert call.trigger["created_ms"] == MON_NOON
-    assert call.trigger["expires_ms"] == MON_NOON + 600_000
-    assert call.trigger["reason"] == "Mortgage calculator used 3 times"
-    assert call.trigger["context"]["pages"] == ["/mortgages"]
-    assert call.decision["offer"]["id"] == "adviser"
+    assert call.history["decision_id"] == call.decision.id == call.trigger.id
+    assert call.trigger.created_ms == MON_NOON
+    assert call.trigger.expires_ms == MON_NOON + 600_000
+    assert call.trigger.reason == "Mortgage calculator used 3 times"
+    assert call.trigger.context["pages"] == ["/mortgages"]
+    assert call.decision.offer["id"] == "adviser"
 
 
 def test_outside_hours_a_scheduling_rule_calls_at_the_next_opening(tmp_path: Path) -> None:
     plan = _plan(_rules(tmp_path), _input(SUN_NOON, "c-1", consent_call=True), SUN_NOON)
     call = plan.contacts[0]
     assert (call.rule, call.channel) == ("call_me", "callback")
-    assert call.trigger["scheduled_for"] == MON_OPENING
-    assert call.trigger["expires_ms"] == MON_OPENING + 600_000
+    assert call.trigger.scheduled_for == MON_OPENING
+    assert call.trigger.expires_ms == MON_OPENING + 600_000
 
 
 def test_a_full_floor_holds_the_callback_back(tmp_path: Path) -> None:
@@ -260,8 +260,8 @@ def test_the_higher_value_offer_takes_the_slot_and_holdout_and_unknowns_are_trac
     tmp_path: Path,
 ) -> None:
     plan = _plan(_rules(tmp_path), _input(MON_NOON, "c-1"), MON_NOON)
-    offers = [d for d in plan.ranked if isinstance(d, dict)]
-    assert [(d["slot"], d["offer"]["id"]) for d in offers] == [("hero", "dear")]
+    offers = [d for d in plan.ranked if isinstance(d, Decision)]
+    assert [(d.slot, d.offer["id"]) for d in offers] == [("hero", "dear")]
     assert _why(plan, "cheap_offer") == ("suppressed", "slot_taken")
     assert _why(plan, "held_out") == ("suppressed", "holdout")
     assert ("held_out", "holdout") in plan.suppressions
@@ -278,13 +278,13 @@ def test_one_contact_per_batch_the_lower_ranked_one_only_when_policy_refuses_the
     assert plan.ranked.index(call) < plan.ranked.index(mail)
 
     first = settle(plan, [], call)
-    assert [d["rule"] for d in first.decisions if d["action"] != "offer"] == ["call_me"]
+    assert [d.rule for d in first.decisions if d.action != "offer"] == ["call_me"]
     assert first.fired is call
     assert first.trace["mail_me"]["why"] == "lower_ranked_contact"
     assert first.trace["call_me"]["result"] == "matched"
 
     cooled = settle(plan, [(call, "cooldown")], mail)
-    assert [d["rule"] for d in cooled.decisions if d["action"] != "offer"] == ["mail_me"]
+    assert [d.rule for d in cooled.decisions if d.action != "offer"] == ["mail_me"]
     assert (cooled.trace["call_me"]["result"], cooled.trace["call_me"]["why"]) == (
         "suppressed",
         "cooldown",
@@ -292,10 +292,10 @@ def test_one_contact_per_batch_the_lower_ranked_one_only_when_policy_refuses_the
     assert cooled.trace["mail_me"]["result"] == "matched"
 
     none = settle(plan, [(call, "cooldown"), (mail, "daily_cap")], None)
-    assert none.fired is None and all(d["action"] == "offer" for d in none.decisions)
+    assert none.fired is None and all(d.action == "offer" for d in none.decisions)
     assert plan.trace["call_me"]["result"] == "matched"  # the plan itself is unchanged
 
-    called = next(d for d in first.decisions if d["rule"] == "call_me")
+    called = next(d for d in first.decisions if d.rule == "call_me")
     record = audit_record(plan, called, list(first.trace.values()))
     assert record["rule"] == "call_me" and record["inputs"] == ["profile"]
     assert record["at_ms"] == MON_NOON and record["customer_id"] == "c-1"
@@ -309,7 +309,7 @@ def test_a_page_load_without_events_shows_offers_and_calls_no_one(tmp_path: Path
         inp.site, inp.anonymous_id, "c-1", inp.profile, inp.customer, [], MON_NOON
     )
     plan = _plan(_rules(tmp_path), page_load, MON_NOON)
-    assert plan.contacts == [] and [d["rule"] for d in plan.ranked] == ["dear_offer"]  # type: ignore[index]
+    assert plan.contacts == [] and [d.rule for d in plan.ranked] == ["dear_offer"]
 
 
 def test_the_same_input_at_the_same_time_is_the_same_plan(tmp_path: Path) -> None:
@@ -335,17 +335,17 @@ def test_a_batch_from_30_days_ago_gets_the_decision_it_would_have_got_then(
     # "Call me" pressed half an hour before that batch: consent then, not today.
     plan = _plan(rs, _input(then, "c-1", asked_at_ms=True), then)
     call = plan.contacts[0]
-    assert (call.rule, call.channel, call.trigger["kind"]) == ("call_me", "callback", "callback")
+    assert (call.rule, call.channel, call.trigger.kind) == ("call_me", "callback", "callback")
     assert call.reservation.day == dt.datetime.fromtimestamp(then / 1000, LONDON).date().isoformat()
-    assert call.trigger["created_ms"] == then and call.trigger["scheduled_for"] == ""
-    assert call.decision["id"].startswith(f"{then:012x}")
+    assert call.trigger.created_ms == then and call.trigger.scheduled_for == ""
+    assert call.decision.id.startswith(f"{then:012x}")
 
     sunday = _local_noon_days_ago(30, weekday=False)
     closed = _plan(rs, _input(sunday, "c-1", asked_at_ms=True), sunday)
     monday_opening = sunday + 21 * 3_600_000  # Sunday 12:00 -> Monday 09:00
-    assert closed.contacts[0].trigger["scheduled_for"] in (
+    assert closed.contacts[0].trigger.scheduled_for in (
         monday_opening,
         monday_opening - 3_600_000,  # a DST change that night
         monday_opening + 3_600_000,
     )
-    assert closed.contacts[0].trigger["scheduled_for"] < time.time() * 1000
+    assert closed.contacts[0].trigger.scheduled_for < time.time() * 1000

@@ -22,6 +22,7 @@ from engine.core.settings import Secret, Settings, WebhookConfig
 from engine.delivery.webhooks import dead_letter_stream
 from engine.http.state import ERASER, GATEWAY, STORE
 from engine.privacy.erasure import AofRewrites
+from engine.profile import layout
 from engine.valkey import keys, refs
 from engine.valkey.embedded import EmbeddedValkey, free_port
 from engine.valkey.janitor import StreamJanitor
@@ -629,7 +630,7 @@ async def test_ingest_drops_expired_index_references_hourly(
     index = keys.profile_refs(prefix)
     await redis.zadd(index, {"k|rb:{d:gone}": now_ms - 1000, "k|rb:{d:alive}": now_ms + 10**9})
     profile = orjson.loads(await redis.get(keys.profile_keys(prefix)[0]))
-    profile["trim_ts"] = 0  # due for its hourly trim
+    profile[layout.TRIM_TS] = 0  # due for its hourly trim
     await redis.set(keys.profile_keys(prefix)[0], orjson.dumps(profile))
     await _post(engine, [event("page_view", page="/cards")], anon)
     kept = await redis.zrange(index, 0, -1)

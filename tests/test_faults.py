@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from conftest import REPO, event, now_ms
 
 from engine.ingest.identity import mint_token
+from engine.profile import layout
 from engine.valkey import keys
 from engine.valkey.embedded import EmbeddedValkey, free_port
 
@@ -239,7 +240,7 @@ async def _page_views(redis: aioredis.Redis, who: tuple[str, str]) -> int:
     prefix = keys.customer_prefix(ident) if kind == "c" else keys.anonymous_prefix(SITE, ident)
     profile_keys = keys.profile_keys(prefix)
     raw, _, _ = await redis.fcall("rb_read", len(profile_keys), *profile_keys)
-    return int(orjson.loads(raw).get("n:page_view", 0))
+    return int(orjson.loads(raw).get(layout.count("page_view"), 0))
 
 
 async def test_a_worker_killed_under_load_loses_no_acknowledged_event(

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 from engine.core.errors import BadRequest
 from engine.decisions.expr import VARIABLES, ExpressionError, compile_expression
 from engine.decisions.loader import default_functions
-from engine.http.ingest import parse_batch
+from engine.ingest.parse import parse_batch
 from engine.ingest.schema import EVENT_TYPES, decode_batch, event_type
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

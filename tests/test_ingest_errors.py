@@ -11,6 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import EngineClient, calc, event, new_anon, now_ms
 
+from engine.profile import layout
+
 DAY_MS = 86_400_000
 
 
@@ -314,7 +316,7 @@ async def test_bad_identity_tokens_are_refused_and_merge_nothing(
     keys = await redis.keys("rb:*")
     assert not [k for k in keys if "{c:" in k]  # no customer profile was created
     anon_profile = orjson.loads(await redis.get(f"rb:{{a:demo-bank:{anon}}}:p"))
-    assert "merged_into" not in anon_profile
+    assert layout.MERGED_INTO not in anon_profile
 
 
 async def test_handler_errors_never_leak_tracebacks(engine: EngineClient) -> None:

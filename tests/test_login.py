@@ -18,7 +18,7 @@ from conftest import EngineClient
 from loop_guard import LoopBlockGuard
 
 from engine.core.settings import Agent, Settings, hash_password
-from engine.http.login_throttle import LOGIN_THROTTLE
+from engine.http.state import LOGIN_THROTTLE
 from engine.valkey import keys
 
 PROXY = ("127.0.0.1/32",)  # the test client is the trusted proxy; X-Forwarded-For names clients

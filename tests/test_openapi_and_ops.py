@@ -9,7 +9,8 @@ import subprocess
 from aiohttp import web
 from conftest import EngineClient, event
 
-from engine.http.openapi import openapi_document
+from engine.http.openapi import CREDENTIALED
+from engine.http.routes import ROUTES, openapi_document
 
 
 async def test_openapi_describes_every_route(engine: EngineClient) -> None:
@@ -91,6 +92,11 @@ PUBLIC = {
     ("GET", "/demo/{name}"),
     ("POST", "/demo/login"),
 }
+
+
+def test_the_route_table_declares_exactly_these_routes_public() -> None:
+    declared = {(r.method, r.path) for r in ROUTES if r.auth not in CREDENTIALED}
+    assert declared == PUBLIC
 
 
 async def test_every_non_public_route_needs_credentials(engine: EngineClient) -> None:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from conftest import EngineClient, calc, event, new_anon, now_ms
 
 from engine.core.settings import Settings
+from engine.profile import layout
 from engine.valkey import keys
 
 MAX_PROFILE_BYTES = 16 * 1024
@@ -143,13 +144,13 @@ async def test_worst_case_anonymous_profile_stays_under_16_kb_and_keeps_the_newe
 
     raw = await redis.get(keys.profile_keys(keys.anonymous_prefix("demo-bank", anon))[0])
     assert raw is not None and len(raw.encode()) <= MAX_PROFILE_BYTES
-    kept = sorted({k.split(":")[1] for k in _fields(raw) if k.startswith("c:")})
+    kept = sorted({k.split(":")[1] for k in _fields(raw) if k.startswith(layout.CALC)})
     assert kept == sorted(sent[-KEPT_CALC_PRODUCTS:])
-    assert len({k.split(":")[1] for k in _fields(raw) if k.startswith("x:")}) == (
+    assert len({k.split(":")[1] for k in _fields(raw) if k.startswith(layout.INTEREST)}) == (
         KEPT_INTEREST_PRODUCTS
     )
-    assert len([k for k in _fields(raw) if k.startswith("it:")]) == KEPT_INTENT_KEYS
-    assert len([k for k in _fields(raw) if k.startswith("cat:")]) == KEPT_CATEGORIES
+    assert len([k for k in _fields(raw) if k.startswith(layout.INTENT_TS)]) == KEPT_INTENT_KEYS
+    assert len([k for k in _fields(raw) if k.startswith(layout.CATEGORY)]) == KEPT_CATEGORIES
 
 
 def _fields(raw: str) -> list[str]:

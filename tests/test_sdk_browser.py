@@ -22,6 +22,7 @@ from conftest import LiveEngine
 from playwright.async_api import BrowserContext, Page, expect
 
 from engine.core.settings import load_settings
+from engine.profile import layout
 from engine.valkey import keys
 from engine.valkey.embedded import EmbeddedValkey
 
@@ -169,15 +170,19 @@ async def test_page_view_arrives_with_its_campaign_but_never_the_query(
             "?utm_source=newsletter&utm_campaign=spring-fix&email=jane%40example.com"
         )
         anon = await anon_id(page)
-        prof = await wait_profile(live_engine, anon, lambda p: p.get("n:page_view") == 1)
-        assert prof["last_page"] == "/demo/mortgages"
-        assert prof["cat:mortgage"] == 1
-        assert (prof["utm_source"], prof["utm_campaign"]) == ("newsletter", "spring-fix")
+        prof = await wait_profile(
+            live_engine, anon, lambda p: p.get(layout.count("page_view")) == 1
+        )
+        assert prof[layout.LAST_PAGE] == "/demo/mortgages"
+        assert prof[layout.category("mortgage")] == 1
+        assert (prof[layout.UTM_SOURCE], prof[layout.UTM_CAMPAIGN]) == ("newsletter", "spring-fix")
 
         # A single-page-app route change is a page view too, referred by the last page.
         await page.click("nav >> text=Personal loans")
-        prof = await wait_profile(live_engine, anon, lambda p: p.get("n:page_view") == 2)
-        assert prof["last_page"] == "/demo/loans"
+        prof = await wait_profile(
+            live_engine, anon, lambda p: p.get(layout.count("page_view")) == 2
+        )
+        assert prof[layout.LAST_PAGE] == "/demo/loans"
         views = [e for e in events_in(bodies) if e["type"] == "page_view"]
         assert views[1]["props"]["referrer"] == "/demo/mortgages"
         assert not any("jane" in b or "example.com" in b for b in bodies)
@@ -197,12 +202,19 @@ async def test_moving_the_calculator_sliders_updates_the_profile_and_shows_an_of
         await term.focus()
         await term.press("ArrowLeft")  # one year less: 300 -> 288 months
 
-        prof = await wait_profile(live_engine, anon, lambda p: p.get("c:mortgage:n"))
-        assert (prof["c:mortgage:amount"], prof["c:mortgage:term"]) == (270_000, 288)
+        prof = await wait_profile(
+            live_engine, anon, lambda p: p.get(layout.calc("mortgage", layout.CALC_N))
+        )
+        assert (
+            prof[layout.calc("mortgage", layout.CALC_AMOUNT)],
+            prof[layout.calc("mortgage", layout.CALC_TERM)],
+        ) == (270_000, 288)
         shown = await page.locator("#mortgage-payment").text_content()
-        assert f"£{prof['c:mortgage:monthly']:,.2f}" == shown  # what the visitor saw
+        monthly = prof[layout.calc("mortgage", layout.CALC_MONTHLY)]
+        assert f"£{monthly:,.2f}" == shown  # what the visitor saw
         await page.wait_for_timeout(1000)
-        assert (await profile_of(live_engine, anon))["c:mortgage:n"] == 1  # one pause, one event
+        prof = await profile_of(live_engine, anon)
+        assert prof[layout.calc("mortgage", layout.CALC_N)] == 1  # one pause, one event
 
         # The shipped mortgage rule answers the calculator with an offer on the page.
         offer = page.locator("[data-rb-slot=hero] [data-rb-decision]")
@@ -214,16 +226,17 @@ async def test_leaving_the_page_delivers_the_tail_by_beacon(live_engine: LiveEng
         page = await browser.new_page()
         await page.goto(f"{live_engine.url}/demo/loans")
         anon = await anon_id(page)
-        await wait_profile(live_engine, anon, lambda p: p.get("n:page_view"))
+        await wait_profile(live_engine, anon, lambda p: p.get(layout.count("page_view")))
         await page.wait_for_timeout(400)  # the visitor reads for a moment
 
         await page.fill("input[name=full_name]", "Jane")
         await page.goto("about:blank")  # well within the 1 s flush: only the beacon remains
 
-        prof = await wait_profile(live_engine, anon, lambda p: p.get("f:abandon"), 5)
-        assert prof["f:focus"] == 1
-        assert prof["f:last_abandon"] == "personal-loan-application"
-        assert prof["n:heartbeat"] == 1 and prof["dwell"] >= 400  # visible time up to leaving
+        prof = await wait_profile(live_engine, anon, lambda p: p.get(layout.FORM_ABANDON), 5)
+        assert prof[layout.FORM_FOCUS] == 1
+        assert prof[layout.FORM_LAST_ABANDON] == "personal-loan-application"
+        # Visible time up to leaving.
+        assert prof[layout.count("heartbeat")] == 1 and prof[layout.DWELL] >= 400
 
 
 async def test_identify_merges_the_anonymous_visitor_into_the_customer(
@@ -235,7 +248,9 @@ async def test_identify_merges_the_anonymous_visitor_into_the_customer(
         anon = await anon_id(page)
         await page.locator("#mortgage-amount").focus()
         await page.locator("#mortgage-amount").press("ArrowRight")
-        await wait_profile(live_engine, anon, lambda p: p.get("c:mortgage:n"))
+        await wait_profile(
+            live_engine, anon, lambda p: p.get(layout.calc("mortgage", layout.CALC_N))
+        )
 
         await page.click("#login-button")
         await page.select_option("#login-form select[name=user]", "alex")
@@ -286,8 +301,8 @@ async def test_form_values_never_leave_the_page(live_engine: LiveEngine) -> None
         await page.click("#login-cancel")
         await page.click("nav >> text=Mortgages")  # leaving the route abandons the form
 
-        prof = await wait_profile(live_engine, anon, lambda p: p.get("f:abandon"))
-        assert prof["f:last_abandon"] == "personal-loan-application"
+        prof = await wait_profile(live_engine, anon, lambda p: p.get(layout.FORM_ABANDON))
+        assert prof[layout.FORM_LAST_ABANDON] == "personal-loan-application"
         fields = {e["props"]["field"] for e in events_in(bodies) if e["type"] == "form"}
         # Names only, and never those of account numbers or passwords.
         assert fields == {"full_name", "email", "phone", "annual_income"}
@@ -318,11 +333,11 @@ async def test_required_consent_means_nothing_is_sent_or_stored_before_it(
 
         await page.evaluate("ringback('consent', true)")
         anon = await anon_id(page)
-        prof = await wait_profile(live_engine, anon, lambda p: p.get("n:calc"))
+        prof = await wait_profile(live_engine, anon, lambda p: p.get(layout.count("calc")))
         # What happened before consent was kept in memory and is sent now.
-        assert prof["n:page_view"] == 1 and prof["n:click"] == 1
-        assert prof["n:custom"] == 1  # the call made before the snippet had loaded
-        assert prof["c:mortgage:amount"] == 300_000
+        assert prof[layout.count("page_view")] == 1 and prof[layout.count("click")] == 1
+        assert prof[layout.count("custom")] == 1  # the call made before the snippet had loaded
+        assert prof[layout.calc("mortgage", layout.CALC_AMOUNT)] == 300_000
         await context.close()
 
 
@@ -345,7 +360,7 @@ async def test_global_privacy_control_means_nothing_is_sent(live_engine: LiveEng
         plain = await browser.new_context()
         page = await bank_page(plain, live_engine, 'data-consent="implied" data-honor-gpc="true"')
         anon = await anon_id(page)
-        await wait_profile(live_engine, anon, lambda p: p.get("n:page_view"))
+        await wait_profile(live_engine, anon, lambda p: p.get(layout.count("page_view")))
 
 
 async def test_consent_withdrawn_forgets_the_visitor(live_engine: LiveEngine) -> None:
@@ -353,7 +368,7 @@ async def test_consent_withdrawn_forgets_the_visitor(live_engine: LiveEngine) ->
         context = await browser.new_context()
         page = await bank_page(context, live_engine)
         anon = await anon_id(page)
-        await wait_profile(live_engine, anon, lambda p: p.get("n:page_view"))
+        await wait_profile(live_engine, anon, lambda p: p.get(layout.count("page_view")))
         bodies = capture(page, live_engine.url)
 
         await page.evaluate("ringback.consent(false); ringback.track('after_refusal')")
@@ -375,7 +390,7 @@ async def test_events_survive_an_engine_outage_and_a_reload_exactly_once(
         context = await browser.new_context()
         page = await bank_page(context, live_engine, local_sdk=True)
         anon = await anon_id(page)
-        await wait_profile(live_engine, anon, lambda p: p.get("n:page_view"))
+        await wait_profile(live_engine, anon, lambda p: p.get(layout.count("page_view")))
 
         await live_engine.stop()
         for n in range(3):
@@ -388,10 +403,12 @@ async def test_events_survive_an_engine_outage_and_a_reload_exactly_once(
         await page.evaluate("ringback.track('during_outage', {n: 3})")
         await live_engine.start()
 
-        prof = await wait_profile(live_engine, anon, lambda p: p.get("n:custom") == 4, 30)
+        prof = await wait_profile(
+            live_engine, anon, lambda p: p.get(layout.count("custom")) == 4, 30
+        )
         await page.wait_for_timeout(1500)  # room for any duplicate to land
         prof = await profile_of(live_engine, anon)
-        assert (prof["n:custom"], prof["n:page_view"]) == (4, 2)
+        assert (prof[layout.count("custom")], prof[layout.count("page_view")]) == (4, 2)
 
 
 async def test_the_offline_queue_is_bounded_and_reports_what_it_dropped(
@@ -411,8 +428,10 @@ async def test_the_offline_queue_is_bounded_and_reports_what_it_dropped(
 
         await live_engine.start()
         anon = await anon_id(page)
-        prof = await wait_profile(live_engine, anon, lambda p: p.get("n:custom") == 501, 30)
-        assert "n:page_view" not in prof
+        prof = await wait_profile(
+            live_engine, anon, lambda p: p.get(layout.count("custom")) == 501, 30
+        )
+        assert layout.count("page_view") not in prof
         assert [e["props"]["data"] for e in custom_named(bodies, "rb_dropped")] == [{"count": 21}]
 
 

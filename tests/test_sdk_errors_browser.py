@@ -29,6 +29,7 @@ from engine.core.metrics import Metrics
 from engine.core.settings import Settings
 from engine.http.app import build_app
 from engine.ingest.identity import mint_token
+from engine.profile import layout
 from engine.valkey import keys
 from engine.valkey.embedded import EmbeddedValkey, free_port
 
@@ -167,15 +168,15 @@ async def test_an_expired_identity_is_dropped_and_its_events_arrive_anonymously(
         await page.goto(f"{setup.bank_url}/")
         anon = await anon_id(page)
         prefix = keys.anonymous_prefix(SITE, anon)
-        await wait_profile(redis, prefix, lambda p: p.get("n:page_view"))
+        await wait_profile(redis, prefix, lambda p: p.get(layout.count("page_view")))
         await outbox_empty(page)
         first_new = len(setup.received)
 
         # A login page hands over a token that has expired since (a cached page, say).
         await page.evaluate(f"ringback.identify({json.dumps(expired)}); ringback.track('x')")
         # Its event first went out with the token (401), then again without it.
-        prof = await wait_profile(redis, prefix, lambda p: p.get("n:custom"))
-        assert prof["n:custom"] == 1
+        prof = await wait_profile(redis, prefix, lambda p: p.get(layout.count("custom")))
+        assert prof[layout.count("custom")] == 1
         await outbox_empty(page)
     assert [r.status for r in setup.received[first_new:]] == [401, 200]
     assert not await profile_of(redis, keys.customer_prefix("cust-expired"))
@@ -191,7 +192,7 @@ async def test_a_rate_limited_batch_is_resent_no_sooner_than_retry_after(
         await page.goto(f"{setup.bank_url}/")
         anon = await anon_id(page)
         prefix = keys.anonymous_prefix(SITE, anon)
-        await wait_profile(redis, prefix, lambda p: p.get("n:page_view"))
+        await wait_profile(redis, prefix, lambda p: p.get(layout.count("page_view")))
         await outbox_empty(page)
 
         async def spend_the_budget() -> None:
@@ -200,7 +201,7 @@ async def test_a_rate_limited_batch_is_resent_no_sooner_than_retry_after(
             visitor has used up its batches in a minute that started 50 s ago, and the
             batch is refused with a Retry-After of seconds, not a whole minute."""
             prof = await profile_of(redis, prefix)
-            prof.update({"rl_n": 2, "rl_w": now_ms() - 50_000})
+            prof.update({layout.RL_COUNT: 2, layout.RL_WINDOW: now_ms() - 50_000})
             await redis.set(keys.profile_keys(prefix)[0], json.dumps(prof), keepttl=True)
 
         setup.before_next_batch = spend_the_budget
@@ -208,7 +209,7 @@ async def test_a_rate_limited_batch_is_resent_no_sooner_than_retry_after(
 
         await page.evaluate("ringback.track('probe')")
         # Arrives once the ~10 s Retry-After has passed; the deadline is a hang guard.
-        await wait_profile(redis, prefix, lambda p: p.get("n:custom"), timeout_s=45)
+        await wait_profile(redis, prefix, lambda p: p.get(layout.count("custom")), timeout_s=45)
         await outbox_empty(page)
 
     sent = setup.received[first_new:]
@@ -235,7 +236,7 @@ async def test_a_batch_refused_for_good_is_dropped_and_reported_not_retried(
         await page.goto(f"{setup.bank_url}/")
         anon = await anon_id(page)
         prefix = keys.anonymous_prefix(SITE, anon)
-        await wait_profile(redis, prefix, lambda p: p.get("n:page_view"))
+        await wait_profile(redis, prefix, lambda p: p.get(layout.count("page_view")))
         await outbox_empty(page)
         first_new = len(setup.received)
 
@@ -261,7 +262,7 @@ async def test_a_batch_refused_for_good_is_dropped_and_reported_not_retried(
             return dropped_reports()
 
         await wait_for(reported, 15, "an rb_dropped report")
-        await wait_profile(redis, prefix, lambda p: p.get("n:custom") == 2)
+        await wait_profile(redis, prefix, lambda p: p.get(layout.count("custom")) == 2)
         await outbox_empty(page)
     assert dropped_reports() == [{"count": 1}]
     # Sent once, refused once, never again.

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from conftest import REPO, calc, event, now_ms
 
 from engine.ingest.identity import mint_token
+from engine.profile import layout
 from engine.valkey.embedded import EmbeddedValkey, free_port
 
 pytestmark = pytest.mark.slow
@@ -869,7 +870,8 @@ async def test_a_crashed_embedded_valkey_is_restarted_and_nothing_acknowledged_i
         profile = orjson.loads(await client.get("rb:{a:demo-bank:anon-watchdog-1}:p"))
     finally:
         await client.aclose()
-    assert profile["n:page_view"] == 11  # the 10 acknowledged before the crash, and 1 after
+    # The 10 acknowledged before the crash, and 1 after.
+    assert profile[layout.count("page_view")] == 11
     # The restarted server takes SIGTERM like the first one (not killed after a timeout).
     started = time.monotonic()
     assert await serve.stop() == 0

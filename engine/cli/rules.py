@@ -85,12 +85,17 @@ class Replayed(NamedTuple):
 
 def batch_time_ms(body: dict[str, Any]) -> int:
     """The clock a recorded batch is replayed at: its `received_at` (ms) when the
-    recording kept it, else its newest event's timestamp (the engine decided within
-    moments of the last event, and a recording without arrival times has nothing
-    closer). 0 when the line has neither (parsing then refuses it)."""
-    received = body.get("received_at")
-    if isinstance(received, int) and not isinstance(received, bool) and received > 0:
-        return received
+    recording kept it, else its `sent_at`, else its newest event's timestamp (the
+    engine decided within moments of the last event, and a recording without arrival
+    times has nothing closer). 0 when the line has none (parsing then refuses it).
+
+    Parsing takes this as the receive time, so a recorded `sent_at` shifts the events
+    by `received_at - sent_at`, the offset the live engine applied; without
+    `received_at` the offset is unknowable and `sent_at` makes it zero."""
+    for field in ("received_at", "sent_at"):
+        at = body.get(field)
+        if isinstance(at, int) and not isinstance(at, bool) and at > 0:
+            return at
     events = body.get("events")
     if not isinstance(events, list):
         return 0
@@ -133,8 +138,8 @@ async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) ->
     from engine.decisions.loader import load_rules
     from engine.decisions.plan import Contact, decide, settle
     from engine.http.app import offer_decision_key
-    from engine.http.ingest import parse_batch
     from engine.ingest.identity import IdentityVerifier
+    from engine.ingest.parse import parse_batch
     from engine.profile.attributes import ImportLine, store_attributes
     from engine.profile.contact_history import reserve
     from engine.profile.profiles import ProfileStore, customer_attributes, decode_profile
@@ -230,11 +235,12 @@ async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) ->
                         break
                     refused.append((contact, why))
                 outcome = settle(plan, refused, taken)
-                decisions = []
+                decisions: list[dict[str, Any]] = []
                 for d in outcome.decisions:
-                    if taken is not None and d is taken.decision and taken.trigger["scheduled_for"]:
-                        d = {**d, "scheduled_for": taken.trigger["scheduled_for"]}
-                    decisions.append(d)
+                    wire = d.wire()
+                    if taken is not None and d is taken.decision and taken.trigger.scheduled_for:
+                        wire["scheduled_for"] = taken.trigger.scheduled_for
+                    decisions.append(wire)
                 suppressed = [
                     (t["rule"], str(t.get("why")))
                     for t in outcome.trace.values()

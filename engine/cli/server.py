@@ -177,9 +177,9 @@ def _run_worker(
 async def _serve_async(
     settings: Settings, url: str, *, reuse_port: bool, announce: bool, ready: Any = None
 ) -> int:
-    from engine.http.app import INFLIGHT, RULES, build_app
+    from engine.http.app import build_app
     from engine.http.ops import build_metrics_app
-    from engine.http.state import METRICS
+    from engine.http.state import INFLIGHT, METRICS, RULES
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ import orjson
 
 from engine.core.errors import Conflict, Forbidden, Gone, NotFound
 from engine.core.metrics import Metrics
-from engine.core.vocabulary import EntryKind, is_phone_work
+from engine.core.vocabulary import Channel, EntryKind, is_phone_work
 from engine.delivery.queue import dequeue
 from engine.delivery.records import index_entry, publish_event, read_audit
 from engine.profile.contact_history import ANONYMOUS_HISTORY_TTL_S, HISTORY_MAX
@@ -178,7 +178,7 @@ async def record_outcome(
         "kind": "outcome",
         "decision_id": trigger.get("id", ""),
         "rule": trigger.get("rule", ""),
-        "channel": trigger.get("channel", "callback"),
+        "channel": trigger.get("channel", Channel.CALLBACK),
         "outcome": outcome,
         "by": by,
         "ts": now_ms,

@@ -16,7 +16,7 @@ from aiohttp import web
 from engine.contact_center.presence import PresenceWatcher
 from engine.core.metrics import Metrics
 from engine.core.tasks import finish
-from engine.core.vocabulary import is_phone_work
+from engine.core.vocabulary import EntryKind, is_phone_work
 from engine.valkey import keys, streams
 from engine.valkey.store import Store
 
@@ -136,20 +136,28 @@ class Gateway:
             for entry_id, fields in reversed(await streams.xrevrange(client, stream, count=limit)):
                 msg = _decode(entry_id, fields)
                 kind = msg.get("kind")
-                if kind in ("callback", "notify"):
+                if kind in _NEW:
                     if is_phone_work(msg):  # only phone work is claimable
                         open_[str(msg.get("id"))] = msg
-                elif kind == "claimed" and msg.get("trigger_id") in open_:
+                elif kind == EntryKind.CLAIMED and msg.get("trigger_id") in open_:
                     open_[msg["trigger_id"]]["claimed_by"] = msg.get("by")
-                elif kind in ("completed", "withdrawn"):
+                elif kind in _CLOSED:
                     open_.pop(str(msg.get("trigger_id")), None)
         return [t for t in open_.values() if int(t.get("expires_ms") or 0) > now_ms]
+
+
+# Entry kinds that open a trigger, and those that take one off the floor. Nothing
+# writes `withdrawn` when a trigger expires unclaimed: dashboards drop it by
+# `expires_ms` (here, in the dashboard's JS and in the presence watcher).
+# Tuples, not sets: a value read back from a stream is compared, never hashed.
+_NEW = (EntryKind.CALLBACK, EntryKind.NOTIFY)
+_CLOSED = (EntryKind.COMPLETED, EntryKind.WITHDRAWN)
 
 
 def _for_agents(msg: dict[str, Any]) -> bool:
     """Stream entries the dashboards get: phone callbacks and state changes, never an
     e-mail/SMS notification (a do-not-call customer's "call me" must not be claimable)."""
-    return msg.get("kind") not in ("callback", "notify") or is_phone_work(msg)
+    return msg.get("kind") not in _NEW or is_phone_work(msg)
 
 
 # How long one XREAD waits for new triggers. Stopping waits for the read in flight to

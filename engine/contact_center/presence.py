@@ -26,7 +26,7 @@ from typing import Any
 from engine.core.errors import StoreUnavailable
 from engine.core.metrics import Metrics
 from engine.core.tasks import finish
-from engine.core.vocabulary import is_phone_work
+from engine.core.vocabulary import EntryKind, is_phone_work
 from engine.valkey.store import Store
 
 __all__ = ["PresenceWatcher", "needs_read"]
@@ -94,7 +94,7 @@ class PresenceWatcher:
                 online if isinstance(online, bool) else None,
                 int(until) if until.isdigit() else 0,
             )
-        elif kind in ("completed", "withdrawn"):
+        elif kind in (EntryKind.COMPLETED, EntryKind.WITHDRAWN):
             self._open.pop(str(msg.get("trigger_id")), None)
 
     def online(self, trigger_id: str) -> bool | None:

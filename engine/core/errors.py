@@ -32,6 +32,7 @@ __all__ = [
     "RingbackError",
     "StoreUnavailable",
     "Unauthorized",
+    "UnsupportedEncoding",
     "UnsupportedMedia",
 ]
 
@@ -93,6 +94,12 @@ class Gone(ClientError):
 
 class PayloadTooLarge(ClientError):
     status = 413
+
+
+class UnsupportedEncoding(ClientError):
+    """A Content-Encoding we do not inflate (415)."""
+
+    status = 415
 
 
 class UnsupportedMedia(ClientError):

@@ -83,7 +83,7 @@ class EntryKind(StrEnum):
     NOTIFY = "notify"
     CLAIMED = "claimed"
     COMPLETED = "completed"
-    WITHDRAWN = "withdrawn"  # erased, or expired unclaimed: off every dashboard
+    WITHDRAWN = "withdrawn"  # erased: off every dashboard (expiry is read from expires_ms)
 
 
 class Outcome(StrEnum):

@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from engine.core.errors import RingbackError
+
 __all__ = ["UNKNOWN", "VARIABLES", "Expression", "ExpressionError", "compile_expression"]
 
 VARIABLES = frozenset({"event", "profile", "session", "customer", "now", "score"})
@@ -67,7 +69,7 @@ class _Unknown:
 UNKNOWN: Any = _Unknown()
 
 
-class ExpressionError(Exception):
+class ExpressionError(RingbackError):
     """A rejected expression; `line`/`col` are 1-based offsets inside the expression."""
 
     def __init__(self, message: str, line: int = 1, col: int = 1) -> None:

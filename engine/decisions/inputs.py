@@ -7,12 +7,14 @@ configured the engine runs `NoDecisions`, which answers every batch with none.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.ingest.schema import Event
+from engine.profile.profiles import customer_attributes, decode_profile
 
-__all__ = ["Capacity", "Decider", "DecisionInput", "NoDecisions"]
+__all__ = ["Capacity", "Decider", "DecisionInput", "NoDecisions", "decision_input"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,31 @@ class DecisionInput:
     customer: dict[str, Any] = field(default_factory=dict)  # CRM attributes (known only)
     events: list[Event] = field(default_factory=list)
     now_ms: int = 0
+
+
+def decision_input(
+    fields: dict[str, Any],
+    *,
+    site: str,
+    anonymous_id: str,
+    customer_id: str | None,
+    now_ms: int,
+    intent_half_life_s: float,
+    events: Sequence[Event] = (),
+) -> DecisionInput:
+    """The one way a stored profile hash becomes what deciding reads: the profile
+    decoded as of `now_ms` (intent decayed to then) and the customer's CRM attributes.
+    Ingest, the page-load decisions and the agent's context all go through here, so
+    a rule sees the same inputs whichever way it is asked."""
+    return DecisionInput(
+        site=site,
+        anonymous_id=anonymous_id,
+        customer_id=customer_id,
+        profile=decode_profile(fields, now_ms, intent_half_life_s, known=customer_id is not None),
+        customer=customer_attributes(fields),
+        events=list(events),
+        now_ms=now_ms,
+    )
 
 
 class Decider(Protocol):

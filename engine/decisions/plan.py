@@ -29,10 +29,11 @@ from typing import Any
 import msgspec
 
 from engine.core.ids import new_decision_id
-from engine.core.vocabulary import is_phone_work, trigger_kind
+from engine.core.vocabulary import Action, Channel, EventType, TriggerKind, trigger_kind
 from engine.decisions.expr import UNKNOWN
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import Offer, Rule, RuleSet
+from engine.decisions.model import Decision, Trigger
 from engine.ingest.schema import event_type
 from engine.profile.contact_history import Reservation
 from engine.valkey import keys
@@ -41,8 +42,10 @@ __all__ = [
     "CALL_REQUEST_CONSENT_S",
     "OFFER_DECISION_WINDOW_MS",
     "Contact",
-    "Outcome",
+    "Decision",
     "Plan",
+    "Settled",
+    "Trigger",
     "asked_for_call",
     "audit_record",
     "decide",
@@ -53,16 +56,23 @@ __all__ = [
 ]
 
 # Which event of a batch a rule sees as `event`: the most intent-revealing one.
+# Keyed by the plain values: a dict of exact strings looks up fastest.
 _EVENT_RANK = {
-    "interest": 6,
-    "calc": 5,
-    "form": 4,
-    "page_view": 3,
-    "click": 2,
-    "scroll": 1,
-    "heartbeat": 0,
-    "custom": 0,
+    EventType.INTEREST.value: 6,
+    EventType.CALC.value: 5,
+    EventType.FORM.value: 4,
+    EventType.PAGE_VIEW.value: 3,
+    EventType.CLICK.value: 2,
+    EventType.SCROLL.value: 1,
+    EventType.HEARTBEAT.value: 0,
+    EventType.CUSTOM.value: 0,
 }
+
+# Members the per-rule loop compares with, bound once: on Python 3.11 `Action.OFFER`
+# goes through the enum class's attribute machinery (~110 ns), a global costs ~15.
+_OFFER = Action.OFFER
+_CALLBACK = Action.CALLBACK
+_PHONE = Channel.CALLBACK
 
 # A visitor who pressed "call me" consented to that call: for this long the request
 # stands in for the CRM's consent_call (do-not-call still wins; it is the bank's list).
@@ -81,16 +91,17 @@ class Contact(msgspec.Struct, frozen=True):
     answers when this contact is the one reserved."""
 
     rule: str
-    channel: str
-    decision: dict[str, Any]
+    channel: Channel
+    decision: Decision
     reservation: Reservation
     history: dict[str, Any]  # the contact-history entry the reservation appends
-    trigger: dict[str, Any]
+    trigger: Trigger
 
     @property
     def phone_work(self) -> bool:
-        """Whether the trigger also goes on the floor's callback queue."""
-        return is_phone_work(self.trigger)
+        """Whether the trigger also goes on the floor's callback queue: a phone callback
+        (`trigger_kind` made it one only on the callback channel)."""
+        return self.trigger.kind == TriggerKind.CALLBACK
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -109,18 +120,18 @@ class Plan(msgspec.Struct, frozen=True):
     anonymous_id: str
     prefix: str
     rule_set: RuleSet
-    ranked: list[dict[str, Any] | Contact]
+    ranked: list[Decision | Contact]
     contacts: list[Contact]
     trace: dict[str, dict[str, Any]]
     hits: list[str]
     suppressions: list[tuple[str, str]]
 
 
-class Outcome(msgspec.Struct, frozen=True):
+class Settled(msgspec.Struct, frozen=True):
     """The plan once contact policy answered: the batch's decisions, the contact that
     fired (None when none did), the final trace (what suppressed each rule)."""
 
-    decisions: list[dict[str, Any]]
+    decisions: list[Decision]
     fired: Contact | None
     trace: dict[str, dict[str, Any]]
 
@@ -215,7 +226,7 @@ def decide(
     trace: dict[str, dict[str, Any]] = {}
     hits: list[str] = []
     suppressions: list[tuple[str, str]] = []
-    eligible: list[tuple[Rule, str, int | None]] = []
+    eligible: list[tuple[Rule, Channel, int | None]] = []
     today = None
     for rule in rs.rules:
         if rule.enabled_from is not None or rule.enabled_until is not None:
@@ -247,7 +258,7 @@ def decide(
         if inp.customer_id
         else keys.anonymous_prefix(inp.site, inp.anonymous_id)
     )
-    ranked: list[dict[str, Any] | Contact] = []
+    ranked: list[Decision | Contact] = []
     contacts: list[Contact] = []
     if eligible:
         # Factors once per candidate: ranking and the decision record both use them.
@@ -256,7 +267,7 @@ def decide(
         slots: set[str] = set()
         for factors, rule, channel, scheduled in scored:
             offer = rs.offers.get(rule.offer) if rule.offer else None
-            if rule.action == "offer":
+            if rule.action == _OFFER:
                 if rule.slot in slots:
                     trace[rule.id].update(result="suppressed", why="slot_taken")
                     continue
@@ -264,12 +275,29 @@ def decide(
                 decision_id = offer_decision_id(
                     offer_key, subject, rule.id, offer.id if offer else "", rs.version, now
                 )
-                ranked.append(_decision(rule, "offer", channel, offer, factors, decision_id))
+                ranked.append(
+                    Decision(
+                        decision_id,
+                        _OFFER,
+                        rule.id,
+                        channel,
+                        factors,
+                        rule.slot,
+                        offer.public() if offer is not None else None,
+                    )
+                )
                 continue
             if not inp.events:
                 continue  # screen-pops and page loads show offers, they don't call
-            decision = _decision(rule, rule.action, channel, offer, factors, new_id(now))
-            contact = _contact(decision, rule, channel, offer, inp, rs, prefix, now, scheduled)
+            decision = Decision(
+                new_id(now),
+                rule.action,
+                rule.id,
+                channel,
+                factors,
+                offer=offer.public() if offer is not None else None,
+            )
+            contact = _contact(decision, rule, offer, inp, rs, prefix, now, scheduled)
             ranked.append(contact)
             contacts.append(contact)
     return Plan(
@@ -287,21 +315,23 @@ def decide(
     )
 
 
-def settle(plan: Plan, refused: list[tuple[Contact, str]], taken: Contact | None) -> Outcome:
+def settle(plan: Plan, refused: list[tuple[Contact, str]], taken: Contact | None) -> Settled:
     """The batch's decisions once policy answered: `refused` are the contacts tried in
     rank order and refused (with the reason), `taken` the one reserved, if any. Every
     contact ranked below the taken one is suppressed: one contact per batch.
 
-    >>> p = Plan(0, "s", None, "a", "p", None, [{"id": "o"}], [], {}, [], [])
-    >>> settle(p, [], None).decisions
-    [{'id': 'o'}]
+    >>> offer = Decision("o", Action.OFFER, "r", Channel.WEB, {}, "main")
+    >>> p = Plan(0, "s", None, "a", "p", None, [offer], [], {}, [], [])
+    >>> settle(p, [], None).decisions == [offer]
+    True
     """
     if not plan.contacts:
-        return Outcome(plan.ranked, None, plan.trace)  # type: ignore[arg-type]
+        # Only offers were ranked: the decisions as they are, no copy.
+        return Settled(plan.ranked, None, plan.trace)  # type: ignore[arg-type]
     trace = dict(plan.trace)
     for contact, why in refused:
         trace[contact.rule] = {**trace[contact.rule], "result": "suppressed", "why": why}
-    decisions: list[dict[str, Any]] = []
+    decisions: list[Decision] = []
     below = False
     for item in plan.ranked:
         if isinstance(item, Contact):
@@ -316,28 +346,28 @@ def settle(plan: Plan, refused: list[tuple[Contact, str]], taken: Contact | None
                 }
         else:
             decisions.append(item)
-    return Outcome(decisions, taken, trace)
+    return Settled(decisions, taken, trace)
 
 
-def audit_record(
-    plan: Plan, decision: dict[str, Any], trace: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """What a decision's audit record says: who, what, why, and the whole trace."""
+def audit_record(plan: Plan, decision: Decision, trace: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a decision's audit record says: who, what, why, and the whole trace. A dict
+    rather than a struct: it is written once, as JSON, and read back as JSON
+    (`GET /v1/decisions/{id}`), and unlike a `Decision` it always names `offer`."""
     return {
-        "id": decision["id"],
+        "id": decision.id,
         "at_ms": plan.now_ms,
         "site": plan.site,
         "customer_id": plan.customer_id,
         "anonymous_id": plan.anonymous_id,
         "prefix": plan.prefix,
-        "rule": decision["rule"],
-        "action": decision["action"],
-        "channel": decision["channel"],
-        "offer": decision.get("offer"),
+        "rule": decision.rule,
+        "action": decision.action,
+        "channel": decision.channel,
+        "offer": decision.offer,
         "rule_set": plan.rule_set.version,
         "model_version": None,
-        "factors": decision["factors"],
-        "inputs": sorted(rule_inputs(plan.rule_set, decision["rule"])),
+        "factors": decision.factors,
+        "inputs": sorted(rule_inputs(plan.rule_set, decision.rule)),
         "trace": trace,
     }
 
@@ -355,13 +385,11 @@ def _event_dict(inp: DecisionInput, classify: Callable[[str | None], str]) -> di
         "page": ev.page,
         "category": classify(ev.page),
         "ts": ev.ts,
-        "props": {f: getattr(props, f) for f in props.__struct_fields__}
-        if props is not None
-        else {},
+        "props": msgspec.structs.asdict(props) if props is not None else {},
     }
 
 
-def _rank(factors: dict[str, Any], rule: Rule) -> float:
+def _rank(factors: dict[str, float], rule: Rule) -> float:
     """Propensity x value x lever, with the rule's priority as the tie-breaker on top."""
     score = factors["propensity"] * max(factors["value"], 0.01) * factors["lever"]
     return float(score) + rule.priority
@@ -374,11 +402,11 @@ def _offer_product(rs: RuleSet, rule: Rule) -> str | None:
 
 def _eligibility(
     rule: Rule, inp: DecisionInput, rs: RuleSet, now: int, capacity: Capacity
-) -> tuple[str, int | None, str | None]:
+) -> tuple[Channel, int | None, str | None]:
     """(channel, scheduled_for, why_not)."""
     channel = rule.channel
     scheduled = None
-    if rule.action == "callback":
+    if rule.action == _CALLBACK:
         c = inp.customer
         if not inp.customer_id:
             return channel, None, "anonymous"
@@ -392,7 +420,7 @@ def _eligibility(
             if not rule.fallback:
                 return channel, None, "no_consent"
             channel = rule.fallback
-    if rule.policy.calendar and channel == "callback":
+    if rule.policy.calendar and channel == _PHONE:
         cal = rs.calendars[rule.policy.calendar]
         if not cal.is_open(now):
             if rule.policy.outside_hours == "schedule":
@@ -401,7 +429,7 @@ def _eligibility(
                 channel = rule.fallback
             else:
                 return channel, None, "outside_hours"
-    if channel == "callback" and capacity.overloaded(rule.policy.max_queue_per_agent):
+    if channel == _PHONE and capacity.overloaded(rule.policy.max_queue_per_agent):
         # The floor cannot answer in time: same choices as outside business hours.
         if rule.policy.outside_hours == "fallback" and rule.fallback:
             channel = rule.fallback
@@ -410,7 +438,7 @@ def _eligibility(
     return channel, scheduled, None
 
 
-def _factors(rule: Rule, rs: RuleSet, variables: dict[str, Any]) -> dict[str, Any]:
+def _factors(rule: Rule, rs: RuleSet, variables: dict[str, Any]) -> dict[str, float]:
     offer = rs.offers.get(rule.offer) if rule.offer else None
     scores = variables.get("score") or {}
     value = scores.get(rule.id) if isinstance(scores, dict) else None
@@ -421,32 +449,9 @@ def _factors(rule: Rule, rs: RuleSet, variables: dict[str, Any]) -> dict[str, An
     }
 
 
-def _decision(
-    rule: Rule,
-    action: str,
-    channel: str,
-    offer: Offer | None,
-    factors: dict[str, Any],
-    decision_id: str,
-) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "id": decision_id,
-        "action": action,
-        "rule": rule.id,
-        "channel": channel,
-        "factors": factors,
-    }
-    if action == "offer":
-        d["slot"] = rule.slot
-    if offer is not None:
-        d["offer"] = offer.public()
-    return d
-
-
 def _contact(
-    decision: dict[str, Any],
+    decision: Decision,
     rule: Rule,
-    channel: str,
     offer: Offer | None,
     inp: DecisionInput,
     rs: RuleSet,
@@ -458,9 +463,10 @@ def _contact(
     day = ""
     if rule.policy.calendar and rule.policy.calendar in rs.calendars:
         day = rs.calendars[rule.policy.calendar].day_key(now)
+    chosen = decision.channel
     reservation = Reservation(
         rule.id,
-        channel,
+        chosen,
         rule.policy.cooldown_s,
         rule.policy.channel_cooldown_s,
         rule.policy.max_per_day,
@@ -468,40 +474,40 @@ def _contact(
     )
     history = {
         "kind": "decision",
-        "decision_id": decision["id"],
+        "decision_id": decision.id,
         "rule": rule.id,
-        "action": rule.action,
-        "channel": channel,
+        "action": decision.action,
+        "channel": chosen,
         "offer": offer.id if offer else "",
         "ts": now,
     }
     p = inp.profile
     vip = inp.customer.get("value_tier") in ("vip", "private")
     pages = [str(x).partition(" ")[2] for x in (p.get("pages") or [])][:5]
-    trigger = {
-        "id": decision["id"],
-        "kind": trigger_kind(rule.action, channel),
-        "channel": channel,
-        "rule": rule.id,
-        "reason": rule.description or rule.id,
-        "customer_id": inp.customer_id or "",
-        "anonymous_id": inp.anonymous_id,
-        "site": inp.site,
-        "prefix": prefix,
-        "priority": rule.priority + (100 if vip else 0),
-        "vip": vip,
-        "online": bool(p.get("online")),
-        "online_until": p.get("online_until") or 0,  # presence needs no read until then
-        "created_ms": now,
-        "expires_ms": (scheduled or now) + rule.policy.expires_s * 1000,
-        "scheduled_for": scheduled or "",
-        "context": {
+    trigger = Trigger(
+        id=decision.id,
+        kind=trigger_kind(decision.action, chosen),
+        channel=chosen,
+        rule=rule.id,
+        reason=rule.description or rule.id,
+        customer_id=inp.customer_id or "",
+        anonymous_id=inp.anonymous_id,
+        site=inp.site,
+        prefix=prefix,
+        priority=rule.priority + (100 if vip else 0),
+        vip=vip,
+        online=bool(p.get("online")),
+        online_until=p.get("online_until") or 0,  # presence needs no read until then
+        created_ms=now,
+        expires_ms=(scheduled or now) + rule.policy.expires_s * 1000,
+        scheduled_for=scheduled or "",
+        context={
             "calc": p.get("calc", {}),
             "intent": p.get("intent", {}),
             "pages": pages,
             "last_page": p.get("last_page"),
-            "offer": offer.public() if offer else None,
+            "offer": decision.offer,
             "language": inp.customer.get("language"),
         },
-    }
-    return Contact(rule.id, channel, decision, reservation, history, trigger)
+    )
+    return Contact(rule.id, chosen, decision, reservation, history, trigger)

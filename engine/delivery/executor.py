@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine.core.metrics import Metrics
+from engine.core.vocabulary import Action
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import RuleSet
 from engine.decisions.plan import (
@@ -40,6 +41,8 @@ __all__ = ["RulesDecider"]
 # another worker (same key, same id), or this one after eviction, writes it again.
 _AUDITED_MAX = 50_000
 
+
+_OFFER = Action.OFFER  # bound once: a member lookup on the class costs ~110 ns (3.11)
 
 _UNMEASURED = Capacity()  # frozen: one for every call (building one costs ~0.5 us)
 
@@ -96,26 +99,27 @@ class RulesDecider:
                 break
             suppressed.labels(contact.rule, why).inc()
             refused.append((contact, why))
-        outcome = settle(plan, refused, taken)
+        settled = settle(plan, refused, taken)
 
         deliveries: list[Awaitable[Any]] = []
         if taken is not None:
             deliveries.append(write_trigger(self.store, plan.prefix, taken.trigger))
             if taken.phone_work:  # phone work only: never an e-mail fallback
-                deliveries.append(
-                    enqueue(self.store, taken.trigger["id"], taken.trigger["expires_ms"])
-                )
+                deliveries.append(enqueue(self.store, taken.trigger.id, taken.trigger.expires_ms))
         new_offers: list[str] = []  # offer decisions to remember once their record is out
         trace: list[dict[str, Any]] | None = None
-        for d in outcome.decisions:
-            if d["action"] == "offer":
-                if d["id"] in self._audited:
-                    self._audited.move_to_end(d["id"])
+        # The `Decider` answer: JSON-ready dicts (the HTTP answer, the metrics' labels).
+        answer: list[dict[str, Any]] = []
+        for d in settled.decisions:
+            answer.append(d.wire())
+            if d.action == _OFFER:
+                if d.id in self._audited:
+                    self._audited.move_to_end(d.id)
                     continue
-                new_offers.append(d["id"])
+                new_offers.append(d.id)
             if trace is None:
-                trace = list(outcome.trace.values())
-            deliveries.append(write_audit(self.store, d["id"], audit_record(plan, d, trace)))
+                trace = list(settled.trace.values())
+            deliveries.append(write_audit(self.store, d.id, audit_record(plan, d, trace)))
         # Trigger, callback queue and audit records go out together: started in one
         # loop tick, the store sends them as one pipeline (one round trip after the
         # reservation, not one per write).
@@ -129,4 +133,4 @@ class RulesDecider:
             self._audited[decision_id] = None
             if len(self._audited) > _AUDITED_MAX:
                 self._audited.popitem(last=False)
-        return outcome.decisions
+        return answer

@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from engine.core.vocabulary import EntryKind
+from engine.decisions.model import Trigger
 from engine.delivery.queue import dequeue
 from engine.valkey import keys, refs, streams
 from engine.valkey.store import Store
@@ -48,16 +50,22 @@ TRIGGERS_MAXLEN = 100_000
 TRIGGER_RECORD_KEEP_MS = 2 * 86_400_000  # a trigger's record lives this long past expiry
 
 
-async def write_trigger(store: Store, profile_prefix: str, trigger: dict[str, Any]) -> str:
+async def write_trigger(
+    store: Store, profile_prefix: str, trigger: Trigger | dict[str, Any]
+) -> str:
     """Publish a trigger: its record (claim state) and its entry on the customer's shard.
 
-    `trigger` needs `id`, `kind` and `expires_ms`; the record lives two days past expiry.
+    The same JSON goes to the record's `data` and, field by field, to the stream
+    entry (`streams.encode_fields`). A dict (tools, tests: a partial trigger) needs
+    `id`, `kind` and `expires_ms`; the record lives two days past expiry.
     The record, the stream entry, the stream's age trim and the record's reference in
     the profile's index are queued in the same loop tick, so they share one pipeline:
     the gateway can read the entry as soon as that pipeline lands. The entry's own
     reference needs its id, so it goes right after. Returns the entry's id, or "" when
     the customer was erased meanwhile (then nothing of the trigger is left).
     """
+    if isinstance(trigger, Trigger):
+        trigger = trigger.wire()
     now_ms = int(time.time() * 1000)
     shard = keys.trigger_shard(profile_prefix)
     stream = keys.trigger_stream(shard)
@@ -111,7 +119,9 @@ async def unwrite_trigger(store: Store, shard: int, trigger_id: str, entry_id: s
         store.call("DEL", keys.trigger_record(trigger_id), writes=True),
         dequeue(store, trigger_id),
         publish_event(
-            store, shard, {"kind": "withdrawn", "trigger_id": trigger_id, "reason": "erased"}
+            store,
+            shard,
+            {"kind": EntryKind.WITHDRAWN, "trigger_id": trigger_id, "reason": "erased"},
         ),
     )
 

@@ -47,6 +47,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from engine.core.metrics import Metrics
+from engine.core.vocabulary import Channel, TriggerKind
 from engine.delivery.records import index_entry
 from engine.valkey import keys, refs, streams
 from engine.valkey.store import Store
@@ -64,8 +65,9 @@ class WebhookTarget:
     # "whsec_<base64>"; the first signs new deliveries too. Never in a repr (logs,
     # tracebacks, debuggers): anyone holding one can forge deliveries.
     secrets: tuple[str, ...] = field(repr=False)
-    kinds: tuple[str, ...] = ("callback", "notify")
+    kinds: tuple[str, ...] = (TriggerKind.CALLBACK, TriggerKind.NOTIFY)
     # The channels this target serves (an e-mail gateway: ("email",)); empty: every one.
+    # Values of `Channel`; config gives plain strings, which compare equal.
     channels: tuple[str, ...] = ()
     timeout_s: float = 5.0
     max_attempts: int = 8
@@ -117,7 +119,7 @@ def _serves(target: WebhookTarget, trigger: dict[str, Any]) -> bool:
     """
     if not target.channels:
         return True
-    return str(trigger.get("channel") or "callback") in target.channels
+    return str(trigger.get("channel") or Channel.CALLBACK) in target.channels
 
 
 def dead_letter_stream(target: str) -> str:

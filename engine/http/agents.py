@@ -20,20 +20,24 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
+import msgspec
 import orjson
 from aiohttp import web
 
-from engine.core.errors import BadRequest, Forbidden, Unauthorized
+from engine.core.errors import Forbidden, Unauthorized
 from engine.core.settings import Agent, verify_password
 from engine.http.errors import json_response
-from engine.http.login_throttle import LOGIN_THROTTLE, LoginThrottle
+from engine.http.login_throttle import LoginThrottle
 from engine.http.security import TrustedProxies
-from engine.http.state import SETTINGS, STORE
-from engine.ingest.bodies import read_json_body
+from engine.http.state import LOGIN_THROTTLE, SETTINGS, STORE
+from engine.ingest.bodies import read_typed_body
+from engine.valkey import keys
 from engine.valkey.store import Store
 
 __all__ = [
+    "LoginBody",
     "Principal",
     "authenticate",
     "handle_login",
@@ -46,6 +50,13 @@ SESSION_COOKIE = "rb_session"
 SESSION_TTL_S = 12 * 3600  # one shift
 
 
+class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /v1/agents/login`."""
+
+    user: Annotated[str, msgspec.Meta(max_length=256)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: an agent (session) or a bank system (API token)."""
@@ -56,7 +67,7 @@ class Principal:
 
 
 def _session_key(session_id: str) -> str:
-    return f"rb:{{s:{session_id}}}"
+    return keys.agent_session(session_id)
 
 
 async def _load_session(store: Store, session_id: str) -> dict[str, str] | None:
@@ -89,11 +100,10 @@ async def handle_login(request: web.Request) -> web.Response:
     """Sign an agent in: throttle first, then check the password off the event loop."""
     settings = request.app[SETTINGS]
     store = request.app[STORE]
-    try:
-        body = orjson.loads(await read_json_body(request, settings.limits.max_body_bytes))
-        user, password = str(body["user"]), str(body["password"])
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BadRequest("invalid_login", 'send {"user": ..., "password": ...}', "$") from exc
+    body = await read_typed_body(
+        request, LoginBody, "invalid_login", settings.limits.max_body_bytes, "invalid_login"
+    )
+    user, password = body.user, body.password
     throttle = _throttle(request)
     attempt = await throttle.begin(store, request, user)  # 429 here costs no scrypt time
     agent = next((a for a in settings.agents if a.user == user), None)

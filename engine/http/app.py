@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from engine.contact_center.capacity import CapacityMonitor
 from engine.contact_center.gateway import Gateway
-from engine.core.errors import ConfigError, NotFound, StoreUnavailable
+from engine.core.errors import ConfigError, StoreUnavailable
 from engine.core.metrics import Metrics
 from engine.core.reloader import Reloadable
 from engine.core.settings import Settings, WebhookConfig
@@ -26,31 +26,24 @@ from engine.decisions.inputs import Decider, NoDecisions
 from engine.decisions.loader import RuleSet, RuleSetError, load_rules
 from engine.delivery.executor import RulesDecider
 from engine.delivery.webhooks import Dispatcher, WebhookTarget
-from engine.http import (
-    agents,
-    assets,
-    attributes,
-    context,
-    dashboard,
-    ingest,
-    openapi,
-    ops,
-    triggers,
-)
-from engine.http import profiles as api_profiles
+from engine.http import assets, dashboard
 from engine.http.cors import cors_middleware
-from engine.http.errors import json_response, make_error_middleware
-from engine.http.login_throttle import LOGIN_THROTTLE, LoginThrottle
+from engine.http.errors import make_error_middleware
+from engine.http.login_throttle import LoginThrottle
 from engine.http.route_limits import RouteLimits
-from engine.http.security import IpRateLimiter, require_api_token
+from engine.http.routes import ROUTES
+from engine.http.security import IpRateLimiter
 from engine.http.state import (
     CAPACITY,
     DECIDER,
     ERASER,
     GATEWAY,
+    INFLIGHT,
     IP_LIMITER,
+    LOGIN_THROTTLE,
     METRICS,
     PROFILES,
+    RULES,
     SETTINGS,
     STORE,
     VERIFIER,
@@ -110,10 +103,6 @@ class InFlight:
             return False
 
 
-INFLIGHT = web.AppKey("inflight", InFlight)
-RULES = web.AppKey("rules", Reloadable)
-
-
 def offer_decision_key(settings: Settings) -> bytes:
     """The key of page-offer decision ids, the same in every worker and across restarts:
     derived from the config's secrets (API token hashes, per-site identity secrets)."""
@@ -141,22 +130,6 @@ def load_rule_holder(path: Path, metrics: Metrics) -> Reloadable[RuleSet]:
     except OSError as exc:
         raise ConfigError(str(path), "rules", f"cannot read: {exc}") from exc
     return holder
-
-
-async def handle_rules_reload(request: web.Request) -> web.Response:
-    """`POST /v1/admin/rules/reload` (API token): reload now, say whether it took."""
-    require_api_token(request.app[SETTINGS], request)
-    holder = request.app.get(RULES)
-    if holder is None:
-        raise NotFound("no_rules", "this engine runs without a rules directory")
-    ok = await holder.reload("admin API")
-    body = {
-        "reloaded": ok,
-        "version": holder.current.version,
-        "rules": len(holder.current.rules),
-        "error": holder.last_error,
-    }
-    return json_response(body, status=200 if ok else 422)
 
 
 def build_app(
@@ -258,30 +231,12 @@ def build_app(
 
 
 def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/v1/events", ingest.handle_events)
-    r.add_route("OPTIONS", "/v1/events", ingest.handle_events_preflight)
-    r.add_get("/v1/decisions", api_profiles.handle_decisions_get)
-    r.add_get("/v1/decisions/{decision_id}", api_profiles.handle_decision_audit)
-    r.add_route("OPTIONS", "/v1/decisions", ingest.handle_events_preflight)
-    r.add_get("/v1/profiles/{customer_id}", api_profiles.handle_profile_get)
-    r.add_delete("/v1/profiles/{customer_id}", api_profiles.handle_profile_delete)
-    r.add_put("/v1/profiles/{customer_id}/attributes", attributes.handle_attributes_put)
-    r.add_post("/v1/agents/login", agents.handle_login)
-    r.add_post("/v1/agents/logout", agents.handle_logout)
-    r.add_get("/v1/agents/me", agents.handle_me)
-    r.add_post("/v1/triggers/{trigger_id}/claim", triggers.handle_claim)
-    r.add_post("/v1/triggers/{trigger_id}/complete", triggers.handle_complete)
-    r.add_get("/v1/triggers/ws", triggers.handle_ws)
-    r.add_post("/v1/outcomes", triggers.handle_outcome)
-    r.add_get("/v1/customers/{customer_id}/context", context.handle_context)
-    r.add_get("/v1/supervisor/funnel", dashboard.handle_funnel)
+    """Register every route of the table (engine/http/routes.py), and the state its
+    handlers read that is set before the app starts."""
     dashboard.add_state(app)
-    r.add_get("/dashboard", dashboard.handle_dashboard)
-    r.add_get("/dashboard/{asset}", dashboard.handle_asset)
-    r.add_post("/v1/admin/rules/reload", handle_rules_reload)
-    r.add_get("/healthz", ops.handle_healthz)
-    r.add_get("/readyz", ops.handle_readyz)
-    r.add_get("/metrics", ops.handle_metrics)
-    r.add_get("/openapi.json", openapi.handle_openapi)
-    assets.add_asset_routes(app)
+    assets.add_asset_state(app)
+    for route in ROUTES:
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler)  # and HEAD, as aiohttp does
+        else:
+            app.router.add_route(route.method, route.path, route.handler)

@@ -32,14 +32,14 @@ from aiohttp import web
 from engine.core.errors import BadRequest, NotFound
 from engine.core.settings import SiteConfig
 from engine.http.errors import json_response
-from engine.http.state import PROFILES, SETTINGS, STORE
+from engine.http.state import DEMO, PROFILES, SDK, SETTINGS, STORE
 from engine.ingest.bodies import read_json_body
 from engine.ingest.identity import mint_token
 from engine.profile.attributes import CustomerAttributes, store_attributes
 from engine.profile.profiles import customer_attributes
 from engine.valkey import keys
 
-__all__ = ["SdkAsset", "accepts_gzip", "add_asset_routes", "etag_matches"]
+__all__ = ["SdkAsset", "accepts_gzip", "add_asset_routes", "add_asset_state", "etag_matches"]
 
 log = logging.getLogger("ringback.assets")
 
@@ -89,9 +89,6 @@ class SdkAsset:
         digest = hashlib.sha256(body).hexdigest()[:32]
         # mtime=0: the same build gzips to the same bytes on every worker.
         return cls(body, gzip.compress(body, 9, mtime=0), f'"{digest}"', f'"{digest}-gz"')
-
-
-SDK = web.AppKey("sdk_asset", SdkAsset)
 
 
 def load_sdk() -> SdkAsset | None:
@@ -166,9 +163,6 @@ class DemoSite:
     csp: str
     site: SiteConfig
     assets: dict[str, bytes]  # demo.js, demo.css: read once, like the page
-
-
-DEMO = web.AppKey("demo_site", DemoSite)
 
 
 def _static(name: str) -> bytes:
@@ -284,11 +278,9 @@ async def handle_demo_login(request: web.Request) -> web.Response:
     )
 
 
-def add_asset_routes(app: web.Application) -> None:
-    """Register `/sdk.js` and the demo site; files are read once, here.
-
-    Call it after `app[SETTINGS]` is set (without settings there is no demo site).
-    """
+def add_asset_state(app: web.Application) -> None:
+    """Read the snippet and build the demo site once. Call it after `app[SETTINGS]` is
+    set (without settings there is no demo site)."""
     sdk = load_sdk()
     if sdk is not None:
         app[SDK] = sdk
@@ -296,6 +288,12 @@ def add_asset_routes(app: web.Application) -> None:
     demo = build_demo(settings.sites) if settings is not None else None
     if demo is not None:
         app[DEMO] = demo
+
+
+def add_asset_routes(app: web.Application) -> None:
+    """Register `/sdk.js` and the demo site (the engine registers them from its route
+    table instead; this serves the assets alone, e.g. in tests)."""
+    add_asset_state(app)
     r = app.router
     r.add_get("/sdk.js", handle_sdk)
     r.add_get("/demo", handle_demo_page)

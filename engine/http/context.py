@@ -14,12 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from engine.core.errors import NotFound
-from engine.decisions.inputs import DecisionInput
+from engine.decisions.inputs import decision_input
 from engine.http.agents import authenticate
 from engine.http.errors import json_response
 from engine.http.state import DECIDER, PROFILES, SETTINGS
 from engine.ingest.identity import customer_id_from_path
-from engine.profile.profiles import customer_attributes, decode_profile
+from engine.profile.profiles import customer_attributes
 from engine.valkey import keys
 
 __all__ = ["customer_context", "handle_context"]
@@ -31,18 +31,17 @@ async def customer_context(app: web.Application, customer_id: str) -> dict[str, 
         return None
     settings = app[SETTINGS]
     now_ms = int(time.time() * 1000)
-    profile = decode_profile(fields, now_ms, settings.profile.intent_half_life_s, known=True)
     site = str(fields.get("site") or next(iter(settings.sites), ""))
-    offers = await app[DECIDER].decide(
-        DecisionInput(
-            site=site,
-            anonymous_id="",
-            customer_id=customer_id,
-            profile=profile,
-            customer=customer_attributes(fields),
-            now_ms=now_ms,
-        )
+    inp = decision_input(
+        fields,
+        site=site,
+        anonymous_id="",
+        customer_id=customer_id,
+        now_ms=now_ms,
+        intent_half_life_s=settings.profile.intent_half_life_s,
     )
+    offers = await app[DECIDER].decide(inp)
+    profile = inp.profile
     recent = []
     for entry in pages:
         ts, _, path = str(entry).partition(" ")

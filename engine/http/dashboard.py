@@ -18,7 +18,7 @@ from aiohttp import web
 from engine.core.errors import Forbidden, NotFound
 from engine.http.agents import authenticate
 from engine.http.errors import json_response
-from engine.http.state import CAPACITY, STORE
+from engine.http.state import CAPACITY, FUNNEL_CACHE, STORE
 from engine.valkey import keys, streams
 
 __all__ = ["add_state", "handle_asset", "handle_dashboard", "handle_funnel", "security_headers"]
@@ -71,18 +71,15 @@ FUNNEL_CACHE_S = 5.0
 
 
 @dataclass
-class _FunnelCache:
+class FunnelCache:
     at: float = 0.0
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-FUNNEL_CACHE = web.AppKey("funnel_cache", _FunnelCache)
-
-
 def add_state(app: web.Application) -> None:
     """The dashboard's per-worker state, set before the app starts."""
-    app[FUNNEL_CACHE] = _FunnelCache()
+    app[FUNNEL_CACHE] = FunnelCache()
 
 
 async def _funnel(client: Any) -> dict[str, dict[str, Any]]:

@@ -44,7 +44,7 @@ from engine.http.security import TrustedProxies, client_ip
 from engine.valkey.keys import login_address_key, login_user_key
 from engine.valkey.store import Store
 
-__all__ = ["LOGIN_THROTTLE", "LoginAttempt", "LoginThrottle"]
+__all__ = ["LoginAttempt", "LoginThrottle"]
 
 # A guarded DECR: give back an address attempt, but never create a key without a
 # TTL if the window ended while the password was being checked.
@@ -174,6 +174,3 @@ def address_group(ip: str) -> str:
 def _ttl_or(ttl_ms: int, window_s: int) -> int:
     """PTTL is -2 (gone) or -1 (no TTL) only in races; then assume a whole window."""
     return ttl_ms if ttl_ms > 0 else window_s * 1000
-
-
-LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)

@@ -15,13 +15,18 @@ from engine.core.errors import Forbidden, NotFound
 from engine.core.metrics import Metrics, render_metrics
 from engine.core.settings import Settings
 from engine.http.errors import json_response, make_error_middleware
-from engine.http.security import is_loopback_host, require_bearer
-from engine.http.state import METRICS, SETTINGS, STORE
+from engine.http.security import is_loopback_host, require_api_token, require_bearer
+from engine.http.state import METRICS, METRICS_LISTENER, RULES, SETTINGS, STORE
 
-__all__ = ["build_metrics_app", "handle_healthz", "handle_metrics", "handle_readyz"]
+__all__ = [
+    "build_metrics_app",
+    "handle_healthz",
+    "handle_metrics",
+    "handle_readyz",
+    "handle_rules_reload",
+]
 
 # Set on the metrics-only app that serves `metrics.host:metrics.port`.
-METRICS_LISTENER = web.AppKey("metrics_listener", bool)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -88,3 +93,19 @@ def build_metrics_app(settings: Settings, metrics: Metrics) -> web.Application:
     app[METRICS_LISTENER] = True
     app.router.add_get("/metrics", handle_metrics)
     return app
+
+
+async def handle_rules_reload(request: web.Request) -> web.Response:
+    """`POST /v1/admin/rules/reload` (API token): reload now, say whether it took."""
+    require_api_token(request.app[SETTINGS], request)
+    holder = request.app.get(RULES)
+    if holder is None:
+        raise NotFound("no_rules", "this engine runs without a rules directory")
+    ok = await holder.reload("admin API")
+    body = {
+        "reloaded": ok,
+        "version": holder.current.version,
+        "rules": len(holder.current.rules),
+        "error": holder.last_error,
+    }
+    return json_response(body, status=200 if ok else 422)

@@ -3,7 +3,7 @@
 Erase is the GDPR path: it deletes every key of the customer and of every anonymous
 id ever merged into it (their keys live in other slots, found through `links`), and
 everything their indexes point at (audit and trigger records, stream entries; see
-engine/refs.py), withdraws open callbacks and writes a receipt without the id.
+engine/valkey/refs.py), withdraws open callbacks and writes a receipt without the id.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.core.errors import BadRequest, NotFound
-from engine.decisions.inputs import DecisionInput
+from engine.decisions.inputs import decision_input
 from engine.delivery.records import read_audit
 from engine.http.errors import json_response
 from engine.http.security import check_origin, cors_headers, require_api_token
@@ -67,7 +67,7 @@ async def handle_profile_get(request: web.Request) -> web.Response:
 
 
 async def handle_profile_delete(request: web.Request) -> web.Response:
-    """`DELETE /v1/profiles/{id}`: erase the customer everywhere (engine/refs.py says
+    """`DELETE /v1/profiles/{id}`: erase the customer everywhere (engine/valkey/refs.py says
     where "everywhere" is) and keep a receipt without personal data."""
     settings = request.app[SETTINGS]
     by = require_api_token(settings, request)
@@ -119,14 +119,14 @@ async def handle_decisions_get(request: web.Request) -> web.Response:
     now_ms = int(time.time() * 1000)
     decisions: list[dict[str, Any]] = []
     if fields:
-        profile = decode_profile(fields, now_ms, settings.profile.intent_half_life_s)
         decisions = await request.app[DECIDER].decide(
-            DecisionInput(
+            decision_input(
+                fields,
                 site=site_key,
                 anonymous_id=anonymous_id,
                 customer_id=None,
-                profile=profile,
                 now_ms=now_ms,
+                intent_half_life_s=settings.profile.intent_half_life_s,
             )
         )
     return json_response({"decisions": decisions}, headers=cors_headers(origin))

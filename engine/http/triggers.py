@@ -4,7 +4,7 @@ and the live queue's WebSocket. The work itself is engine/contact_center/."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import msgspec
 import orjson
@@ -12,45 +12,42 @@ from aiohttp import WSMsgType, web
 
 from engine.contact_center import claims
 from engine.core.errors import BadRequest, Forbidden
+from engine.core.vocabulary import AGENT_OUTCOMES, Outcome
 from engine.http.agents import authenticate
 from engine.http.errors import json_response
 from engine.http.security import is_own_origin, require_api_token
 from engine.http.state import GATEWAY, METRICS, SETTINGS, STORE
-from engine.ingest.bodies import read_json_body
+from engine.ingest.bodies import read_typed_body
 
 __all__ = ["handle_claim", "handle_complete", "handle_outcome", "handle_ws"]
 
 T = TypeVar("T")
 
 
+# What an agent may record: AGENT_OUTCOMES as a Literal of their strings, the form msgspec
+# decodes and documents as an enum (it takes no Literal of enum members); mypy sees Outcome.
+if TYPE_CHECKING:
+    AgentOutcome = Outcome
+else:
+    AgentOutcome = Literal[tuple(o.value for o in AGENT_OUTCOMES)]
+
+
 class OutcomeBody(msgspec.Struct, forbid_unknown_fields=True):
     decision_id: str
-    outcome: Literal[
-        "connected", "no_answer", "converted", "not_interested", "clicked", "dismissed", "applied"
-    ]
+    outcome: Outcome
     value: float | None = None
 
 
 class CompleteBody(msgspec.Struct, forbid_unknown_fields=True):
-    outcome: Literal["connected", "no_answer", "converted", "not_interested"]
+    outcome: AgentOutcome
     value: float | None = None
     note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
-async def _read_json(request: web.Request) -> bytes:
-    """The body, inflated if compressed, size- and depth-capped (engine.ingest.bodies)."""
-    return await read_json_body(request, request.app[SETTINGS].limits.max_body_bytes)
-
-
-def _decode_body(raw: bytes, kind: type[T]) -> T:
-    """Typed JSON body; errors carry the JSON path, like event batches."""
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        message, _, where = str(exc).rpartition(" - at `")
-        raise BadRequest("invalid_outcome", message or str(exc), where.rstrip("`") or "$") from exc
-    except msgspec.DecodeError as exc:
-        raise BadRequest("invalid_json", str(exc), "$") from exc
+async def _read(request: web.Request, kind: type[T], invalid_code: str) -> T:
+    """The body as its struct (engine.ingest.bodies: capped, inflated, JSON path on error)."""
+    limit = request.app[SETTINGS].limits.max_body_bytes
+    return await read_typed_body(request, kind, invalid_code, limit)
 
 
 def _trigger_id(request: web.Request) -> str:
@@ -76,7 +73,7 @@ async def handle_claim(request: web.Request) -> web.Response:
 async def handle_complete(request: web.Request) -> web.Response:
     principal = await authenticate(request, state_changing=True)
     trigger_id = _trigger_id(request)
-    body = _decode_body(await _read_json(request), CompleteBody)
+    body = await _read(request, CompleteBody, "invalid_outcome")
     await claims.complete(
         request.app[STORE],
         trigger_id,
@@ -93,7 +90,7 @@ async def handle_complete(request: web.Request) -> web.Response:
 async def handle_outcome(request: web.Request) -> web.Response:
     """`POST /v1/outcomes` from bank systems (API token): {decision_id, outcome, value?}."""
     name = require_api_token(request.app[SETTINGS], request)
-    body = _decode_body(await _read_json(request), OutcomeBody)
+    body = await _read(request, OutcomeBody, "invalid_outcome")
     await claims.outcome_for_decision(
         request.app[STORE],
         body.decision_id,

@@ -65,6 +65,9 @@ Token = Annotated[str, Meta(min_length=1, max_length=4096)]
 
 Scalar = ShortText | int | float | bool | None
 
+# Documents a field the engine fills in (OpenAPI `readOnly`): a client need not send it.
+_ENGINE_SET = {"readOnly": True, "description": "set by the engine; ignored if sent"}
+
 
 class PageViewProps(Struct, forbid_unknown_fields=False, omit_defaults=True, frozen=True):
     """A page load or SPA route change; campaign parameters measure where intent comes from."""
@@ -126,8 +129,13 @@ class _EventBase(
     Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True, kw_only=True
 ):
     id: EventId
+    # After `engine.ingest.parse`: the server-clock time (the client's stamp shifted by
+    # the batch's clock offset when it sent `sent_at`); `ts_raw` is then the client's
+    # stamp. `ts_raw` is the engine's, not the wire's: parsing overwrites what a client
+    # sends in it, and it stays None for a batch without `sent_at`.
     ts: TsMs
     page: Page | None = None
+    ts_raw: Annotated[TsMs | None, Meta(extra_json_schema=_ENGINE_SET)] = None
 
 
 class PageViewEvent(_EventBase, tag="page_view"):
@@ -181,6 +189,9 @@ class Batch(Struct, forbid_unknown_fields=False):
     anonymous_id: AnonymousId
     events: Annotated[list[Event], Meta(min_length=1, max_length=MAX_EVENTS_PER_BATCH)]
     identity: Token | None = None
+    # The sender's clock (ms) when it sent the batch: event times are corrected by its
+    # offset to the server's receive time (`engine.ingest.parse`).
+    sent_at: Annotated[TsMs | None, Meta(description="sender's clock at send time, ms")] = None
 
 
 _decoder = msgspec.json.Decoder(Batch)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from engine.core.errors import BadRequest
+from engine.ingest.bodies import decode_json, validation_error
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.valkey import keys
 from engine.valkey.store import Store
@@ -51,13 +51,7 @@ class ImportLine(Struct, forbid_unknown_fields=True):
     attributes: CustomerAttributes
 
 
-_attrs_decoder = msgspec.json.Decoder(CustomerAttributes)
 _line_decoder = msgspec.json.Decoder(ImportLine)
-
-
-def _path_of(exc: msgspec.ValidationError) -> tuple[str, str]:
-    message, sep, where = str(exc).rpartition(" - at `")
-    return (message, where.rstrip("`")) if sep else (str(exc), "$")
 
 
 def attributes_doc(attrs: CustomerAttributes) -> dict[str, Any]:
@@ -77,13 +71,7 @@ async def store_attributes(store: Store, customer_id: str, attrs: CustomerAttrib
 
 def decode_attributes(body: bytes) -> CustomerAttributes:
     """A PUT body, validated: 400 `invalid_attributes` with the JSON path at fault."""
-    try:
-        return _attrs_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message, path = _path_of(exc)
-        raise BadRequest("invalid_attributes", message, path) from exc
-    except msgspec.DecodeError as exc:
-        raise BadRequest("invalid_json", f"body is not valid JSON: {exc}", "$") from exc
+    return decode_json(body, CustomerAttributes, "invalid_attributes")
 
 
 def validate_import(path: Path) -> tuple[list[ImportLine], list[str]]:
@@ -97,7 +85,7 @@ def validate_import(path: Path) -> tuple[list[ImportLine], list[str]]:
             try:
                 good.append(_line_decoder.decode(raw))
             except msgspec.ValidationError as exc:
-                message, where = _path_of(exc)
+                message, where = validation_error(exc)
                 errors.append(f"{path}:{lineno}: {message} at {where}")
             except msgspec.DecodeError as exc:
                 errors.append(f"{path}:{lineno}: not valid JSON: {exc}")

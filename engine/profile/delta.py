@@ -8,7 +8,9 @@ Dedupe still happens in Valkey, atomically: the delta is built for the events we
 expect to be new, and the function refuses (writes nothing) if Valkey disagrees,
 in which case the caller rebuilds the delta for the events that really are new.
 
-Delta keys (see `engine/lua/ringback.lua`):
+Delta keys (see `engine/valkey/lua/ringback.lua`). The profile codes they carry are
+declared in `engine/profile/layout.py` (used here as constants, so the hot loop only
+concatenates strings):
     inc     {field: n}            counters (per type, per category, dwell, forms, calcs)
     max     {field: v}            last_ts, seen_ms, online_until, calc max, interest ts
     min     {field: v}            first_ts
@@ -48,6 +50,35 @@ from engine.ingest.schema import (
     InterestProps,
     PageViewEvent,
     PageViewProps,
+)
+from engine.profile.layout import (
+    CALC,
+    CALC_AMOUNT,
+    CALC_MAX,
+    CALC_MONTHLY,
+    CALC_N,
+    CALC_RATE,
+    CALC_TERM,
+    CALC_TS,
+    CALL_SUFFIX,
+    CATEGORY,
+    COUNT,
+    DWELL,
+    FIRST_PREFIX,
+    FIRST_TS,
+    FORM,
+    FORM_ABANDON,
+    FORM_LAST_ABANDON,
+    FORM_LAST_ABANDON_TS,
+    INTEREST,
+    LAST_PAGE,
+    LAST_PAGE_TS,
+    LAST_TS,
+    ONLINE_UNTIL,
+    SEEN_MS,
+    UTM_CAMPAIGN,
+    UTM_SOURCE,
+    UTM_TS,
 )
 
 __all__ = [
@@ -137,68 +168,70 @@ def build_delta(
             first_ts = ts
         if ts > last_ts:
             last_ts = ts
-        key = "n:" + etype
+        key = COUNT + etype
         inc[key] = inc.get(key, 0) + 1
         cat = classify(ev.page) if ev.page else ""
         ikey = cat
         if etype == "page_view":
             if cat:
-                key = "cat:" + cat
+                key = CATEGORY + cat
                 inc[key] = inc.get(key, 0) + 1
             if ev.page:
-                newest("lp_ts", ts, {"last_page": clip_json(ev.page, LAST_PAGE_MAX_BYTES)})
+                newest(LAST_PAGE_TS, ts, {LAST_PAGE: clip_json(ev.page, LAST_PAGE_MAX_BYTES)})
                 pages.append((ts, clip_json(ev.page, PAGE_ENTRY_MAX_BYTES)))
             props: PageViewProps = ev.props  # type: ignore[assignment]  # etype narrows
             if props.utm_source or props.utm_campaign:
                 utm = {
                     k: clip_json(v, CAMPAIGN_MAX_BYTES)
                     for k, v in (
-                        ("utm_source", props.utm_source),
-                        ("utm_campaign", props.utm_campaign),
+                        (UTM_SOURCE, props.utm_source),
+                        (UTM_CAMPAIGN, props.utm_campaign),
                     )
                     if v
                 }
-                newest("utm_ts", ts, utm)
+                newest(UTM_TS, ts, utm)
                 for k, v in utm.items():
-                    setnx.setdefault("first_" + k, v)
+                    setnx.setdefault(FIRST_PREFIX + k, v)
         elif etype == "heartbeat":
             hp: HeartbeatProps = ev.props  # type: ignore[assignment]
-            inc["dwell"] = inc.get("dwell", 0) + hp.dwell_ms
+            inc[DWELL] = inc.get(DWELL, 0) + hp.dwell_ms
         elif etype == "calc":
             p: CalcProps = ev.props  # type: ignore[assignment]
             ikey = p.product
-            c = "c:" + p.product + ":"
-            inc[c + "n"] = inc.get(c + "n", 0) + 1
-            if p.amount > mx.get(c + "max", -1.0):
-                mx[c + "max"] = p.amount
+            c = CALC + p.product + ":"
+            key = c + CALC_N
+            inc[key] = inc.get(key, 0) + 1
+            key = c + CALC_MAX
+            if p.amount > mx.get(key, -1.0):
+                mx[key] = p.amount
             newest(
-                c + "ts",
+                c + CALC_TS,
                 ts,
                 {
-                    c + "amount": p.amount,
-                    c + "term": p.term_months,
-                    c + "rate": "" if p.rate is None else p.rate,
-                    c + "monthly": "" if p.monthly_payment is None else p.monthly_payment,
+                    c + CALC_AMOUNT: p.amount,
+                    c + CALC_TERM: p.term_months,
+                    c + CALC_RATE: "" if p.rate is None else p.rate,
+                    c + CALC_MONTHLY: "" if p.monthly_payment is None else p.monthly_payment,
                 },
             )
         elif etype == "form":
             fp: FormProps = ev.props  # type: ignore[assignment]
-            key = "f:" + fp.action
+            key = FORM + fp.action
             inc[key] = inc.get(key, 0) + 1
-            if fp.action == "abandon":
+            if key == FORM_ABANDON:
                 newest(
-                    "f:last_abandon_ts",
+                    FORM_LAST_ABANDON_TS,
                     ts,
-                    {"f:last_abandon": clip_json(fp.form or fp.field, FORM_NAME_MAX_BYTES)},
+                    {FORM_LAST_ABANDON: clip_json(fp.form or fp.field, FORM_NAME_MAX_BYTES)},
                 )
         elif etype == "interest":
             ip: InterestProps = ev.props  # type: ignore[assignment]
             ikey = ip.product
-            key = "x:" + ip.product
+            key = INTEREST + ip.product
             if ts > mx.get(key, -1):
                 mx[key] = ts
-            if ip.call_me and ts > mx.get(key + ":call", -1):
-                mx[key + ":call"] = ts
+            if ip.call_me and ts > mx.get(key + CALL_SUFFIX, -1):
+                mx[key + CALL_SUFFIX] = ts
 
         w = weights.get(etype, 0.0)
         if ikey and w > 0:
@@ -206,9 +239,9 @@ def build_delta(
 
     if events:
         seen_ms = min(last_ts, now_ms)  # a client clock ahead of ours must not extend presence
-        mx["last_ts"] = last_ts
-        mx["seen_ms"] = seen_ms
-        mx["online_until"] = seen_ms + presence_ttl_ms
+        mx[LAST_TS] = last_ts
+        mx[SEEN_MS] = seen_ms
+        mx[ONLINE_UNTIL] = seen_ms + presence_ttl_ms
 
     decay: dict[str, list[float]] = {}
     for key, items in contributions.items():
@@ -218,7 +251,7 @@ def build_delta(
     return {
         "inc": inc,
         "max": mx,
-        "min": {"first_ts": first_ts} if events else {},
+        "min": {FIRST_TS: first_ts} if events else {},
         "setnx": setnx,
         "latest": list(latest.values()),
         "decay": decay,

@@ -28,6 +28,40 @@ from engine.core.errors import RateLimited, StoreUnavailable
 from engine.core.settings import Settings
 from engine.ingest.schema import Event
 from engine.profile.delta import build_delta
+from engine.profile.layout import (
+    ATTRS,
+    CALC,
+    CALC_DECODED,
+    CALC_INT_FIELDS,
+    CALL_SUFFIX,
+    CATEGORY,
+    COUNT,
+    DWELL,
+    FIRST_TS,
+    FIRST_UTM_CAMPAIGN,
+    FIRST_UTM_SOURCE,
+    FORM_ABANDON,
+    FORM_FOCUS,
+    FORM_LAST_ABANDON,
+    FORM_LAST_ABANDON_TS,
+    FORM_SUBMIT,
+    INTENT,
+    INTENT_TS,
+    INTEREST,
+    LAST_PAGE,
+    LAST_TS,
+    MERGED_INTO,
+    ONLINE_UNTIL,
+    PAGES,
+    S_DWELL,
+    S_EVENTS,
+    S_LAST,
+    S_N,
+    S_PAGES,
+    S_START,
+    UTM_CAMPAIGN,
+    UTM_SOURCE,
+)
 from engine.valkey import keys
 from engine.valkey.store import Store
 
@@ -223,7 +257,7 @@ class ProfileStore:
             "rb_read", keys.profile_keys(prefix), [], writes=False
         )
         fields = orjson.loads(raw)
-        pages = fields.get("pages")
+        pages = fields.get(PAGES)
         return (
             fields,
             pages if isinstance(pages, list) else [],
@@ -249,6 +283,7 @@ def decode_profile(
     """The profile hash as the plain dict that rules, scores and APIs read.
 
     Intent is decayed to `now_ms` here, so a stored value is never stale when read.
+    The codes are `engine/profile/layout.py`'s; each declared field says where it lands.
 
     >>> p = decode_profile({"n:page_view": "3", "i:mortgage": "4", "it:mortgage": "0"},
     ...                    now_ms=86_400_000, half_life_s=86_400)
@@ -263,33 +298,25 @@ def decode_profile(
     call_requested: dict[str, int] = {}
     half_life_ms = half_life_s * 1000
     for k, v in h.items():
-        if k.startswith("n:"):
-            counts[k[2:]] = int(v)
-        elif k.startswith("cat:"):
-            categories[k[4:]] = int(v)
-        elif k.startswith("i:"):
-            key = k[2:]
-            age = max(0.0, now_ms - _f(h, "it:" + key))
+        if k.startswith(COUNT):
+            counts[k[_N_LEN:]] = int(v)
+        elif k.startswith(CATEGORY):
+            categories[k[_CAT_LEN:]] = int(v)
+        elif k.startswith(INTENT):
+            key = k[_I_LEN:]
+            age = max(0.0, now_ms - _f(h, INTENT_TS + key))
             intent[key] = round(float(v) * 2 ** (-age / half_life_ms), 6)
-        elif k.startswith("c:"):
+        elif k.startswith(CALC):
             _, prod, field = k.split(":", 2)
             c = calc.setdefault(prod, {})
-            name = {
-                "amount": "amount",
-                "term": "term_months",
-                "rate": "rate",
-                "monthly": "monthly_payment",
-                "n": "count",
-                "max": "max_amount",
-                "ts": "ts",
-            }.get(field)
+            name = CALC_DECODED.get(field)
             if name:
                 c[name] = float(v) if v not in ("",) else None
-                if name in ("term_months", "count", "ts") and c[name] is not None:
+                if name in CALC_INT_FIELDS and c[name] is not None:
                     c[name] = int(c[name])
-        elif k.startswith("x:"):
+        elif k.startswith(INTEREST):
             parts = k.split(":")
-            if len(parts) == 3 and parts[2] == "call":
+            if len(parts) == 3 and ":" + parts[2] == CALL_SUFFIX:
                 call_requested[parts[1]] = int(float(v))
             elif len(parts) == 2:
                 interest[parts[1]] = int(float(v))
@@ -300,38 +327,38 @@ def decode_profile(
         "intent": intent,
         "calc": calc,
         "forms": {
-            "focused": _i(h, "f:focus"),
-            "abandoned": _i(h, "f:abandon"),
-            "submitted": _i(h, "f:submit"),
-            "last_abandoned_form": h.get("f:last_abandon"),
-            "last_abandoned_ts": _i(h, "f:last_abandon_ts") or None,
+            "focused": _i(h, FORM_FOCUS),
+            "abandoned": _i(h, FORM_ABANDON),
+            "submitted": _i(h, FORM_SUBMIT),
+            "last_abandoned_form": h.get(FORM_LAST_ABANDON),
+            "last_abandoned_ts": _i(h, FORM_LAST_ABANDON_TS) or None,
         },
         "interest": interest,
         "call_requested": call_requested,
         # The newest "call me" of any product: a visitor's own request for a call.
         "last_call_request": max(call_requested.values(), default=None),
         "session": {
-            "number": _i(h, "s_n"),
-            "start": _i(h, "s_start") or None,
-            "last_seen": _i(h, "s_last") or None,
-            "pages": _i(h, "s_pages"),
-            "dwell_ms": _i(h, "s_dwell"),
-            "events": _i(h, "s_events"),
+            "number": _i(h, S_N),
+            "start": _i(h, S_START) or None,
+            "last_seen": _i(h, S_LAST) or None,
+            "pages": _i(h, S_PAGES),
+            "dwell_ms": _i(h, S_DWELL),
+            "events": _i(h, S_EVENTS),
         },
-        "first_seen": _i(h, "first_ts") or None,
-        "last_seen": _i(h, "last_ts") or None,
-        "online": now_ms < _f(h, "online_until"),
-        "online_until": _i(h, "online_until") or None,
-        "dwell_ms": _i(h, "dwell"),
-        "last_page": h.get("last_page"),
-        "pages": h.get("pages") if isinstance(h.get("pages"), list) else [],
-        "campaign": {
-            k: h[k]
-            for k in ("utm_source", "utm_campaign", "first_utm_source", "first_utm_campaign")
-            if k in h
-        },
-        "merged_into": h.get("merged_into"),
+        "first_seen": _i(h, FIRST_TS) or None,
+        "last_seen": _i(h, LAST_TS) or None,
+        "online": now_ms < _f(h, ONLINE_UNTIL),
+        "online_until": _i(h, ONLINE_UNTIL) or None,
+        "dwell_ms": _i(h, DWELL),
+        "last_page": h.get(LAST_PAGE),
+        "pages": h.get(PAGES) if isinstance(h.get(PAGES), list) else [],
+        "campaign": {k: h[k] for k in _CAMPAIGN if k in h},
+        "merged_into": h.get(MERGED_INTO),
     }
+
+
+_N_LEN, _CAT_LEN, _I_LEN = len(COUNT), len(CATEGORY), len(INTENT)
+_CAMPAIGN = (UTM_SOURCE, UTM_CAMPAIGN, FIRST_UTM_SOURCE, FIRST_UTM_CAMPAIGN)
 
 
 def history_entry(entry_id: str, flat: list[str] | dict[str, str]) -> dict[str, Any]:
@@ -351,5 +378,5 @@ def history_entry(entry_id: str, flat: list[str] | dict[str, str]) -> dict[str, 
 
 def customer_attributes(h: dict[str, Any]) -> dict[str, Any]:
     """The CRM attributes stored with a known customer's profile ({} if none)."""
-    attrs = h.get("attrs")
+    attrs = h.get(ATTRS)
     return attrs if isinstance(attrs, dict) else {}

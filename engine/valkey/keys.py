@@ -16,7 +16,7 @@ Suffixes (the same for both kinds):
     pol     hash: contact-policy state (cooldowns per rule and channel, daily counts)
     refs    sorted set: where this profile's personal data lives OUTSIDE its slot (audit
             and trigger records, entries of the shared streams), scored by the ms it is
-            gone for sure; what erasure follows (engine/refs.py)
+            gone for sure; what erasure follows (engine/valkey/refs.py)
 
 Not a profile key (erasure does not delete it, it writes it): the erasure marker
 (`profile_erased`), the ms of the profile's last erasure, kept ~32 days so writes that
@@ -188,6 +188,11 @@ def trigger_shard(profile_prefix: str, shards: int = TRIGGER_SHARDS) -> int:
     import zlib
 
     return zlib.crc32(profile_prefix.encode()) % shards
+
+
+def agent_session(session_id: str) -> str:
+    """A signed-in agent's session (user, role, CSRF token), in its own slot."""
+    return f"rb:{{s:{session_id}}}"
 
 
 def trigger_record(trigger_id: str) -> str:

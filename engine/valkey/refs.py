@@ -6,7 +6,7 @@ data also lands in other slots: audit records (`rb:{d:<id>}`), trigger records
 letters and replays). Every writer of such data records a reference in the profile's
 `refs` sorted set, scored by the ms after which the data is gone for sure (its TTL, or
 its stream's age trim plus slack), so `DELETE /v1/profiles/{id}` follows the index
-instead of scanning the keyspace (`follow_refs` in engine/profile.py): erasure is
+instead of scanning the keyspace (`follow_refs` in engine/privacy/erasure.py): erasure is
 complete by construction, not by search.
 
 The index looks after itself: expired references are dropped (by `rb_refs` on the
@@ -40,6 +40,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from engine.core.errors import RingbackError
 from engine.valkey import keys
 from engine.valkey.store import Store
 
@@ -71,7 +72,7 @@ SLACK_MS = DAY_MS
 MARKER_TTL_MS = 32 * DAY_MS
 
 
-class Erased(Exception):
+class Erased(RingbackError):
     """The profile was erased after the data being written was created: the writer
     has deleted what it wrote, and answers as if the data never existed."""
 

@@ -2,10 +2,32 @@
 
 Encoding (`encode_fields`/`decode_fields`): flat string fields; nested values and
 booleans as JSON, so every reader (Python, the dashboard's JS, a webhook receiver)
-gets them back typed; `*_ms` fields read back as integers. The Lua functions that
-add entries (`rb_claim`/`rb_complete` publish nothing themselves; `rb_erase` reads
-only) follow the same rule: plain strings and integers, never nested values, so
-`decode_fields` reads their entries too.
+gets them back typed; `*_ms` fields read back as integers.
+
+Who writes which entries (engine/valkey/lua/ringback.lua is the only other writer):
+  triggers shards   rb:{t:<n>}:triggers   Python only, with `encode_fields`: a new
+                    trigger (engine.delivery.records.write_trigger: the fields of
+                    `engine.decisions.model.Trigger`) and its changes of state
+                    (`publish_event`: kind claimed|completed|withdrawn, trigger_id,
+                    by, outcome, at_ms, reason; engine.contact_center.claims and
+                    engine.privacy.erasure).
+  outcome streams                         Python only (claims.record_outcome).
+  webhook dead-letter and replay streams  redis-py XADD of the entry's own fields
+                    as read, plus webhook_id, failed_attempts, last_error.
+  contact history   KEYS[5] hist          Lua only: `append_history`, called by
+                    `rb_reserve` (the plan's `Contact.history`: kind decision,
+                    decision_id, rule, action, channel, offer, ts) and `rb_history`
+                    (claims.record_outcome: kind outcome, decision_id, rule,
+                    channel, outcome, by, ts, value?, note?; and
+                    engine.profile.contact_history.append_history). Its encoding
+                    matches this one for what is written there: a table as
+                    `cjson.encode` (an empty list comes back as "{}"), anything else
+                    `tostring` (booleans "true"/"false"; numbers with "%.14g", exact
+                    for ms timestamps). `rb_read` returns the 50 newest, which
+                    engine.profile.profiles.history_entry decodes (JSON-looking
+                    values only: its `ts` stays a string).
+`rb_claim`/`rb_complete` write fields of the trigger's record hash (claimed_by,
+claimed_ms, outcome, completed_ms), never a stream entry; `rb_erase` deletes only.
 
 The engine's client decodes replies (`decode_responses=True`), so stream entries are
 `(id, {field: value})` of strings; redis-py's annotations can't know that and say

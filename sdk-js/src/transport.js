@@ -39,8 +39,10 @@ export function initTransport(config, accepted) {
 const post = (data) => fetch(url, { method: 'POST', body: data, keepalive: true, credentials: 'omit' });
 
 // A batch body. Up to 20 events of a few KB each stay under the engine's 64 KiB
-// limit and the browser's beacon quota.
-const body = (events) => JSON.stringify({ site: cfg.site, anonymous_id: cfg.aid, identity: cfg.identity || undefined, events });
+// limit and the browser's beacon quota. `sent_at` is this clock at send time: the
+// engine shifts every `ts` by its own receive time minus `sent_at`, so a browser
+// clock that runs fast or slow still dates events right.
+const body = (events) => JSON.stringify({ site: cfg.site, anonymous_id: cfg.aid, identity: cfg.identity || undefined, events, sent_at: now() });
 
 const schedule = (ms) => (timer = timer || setTimeout(flush, ms));
 

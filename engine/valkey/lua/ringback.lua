@@ -19,28 +19,68 @@ slot). KEYS are always the seven profile keys in engine/keys.py order:
 
 The profile is one JSON value rather than a hash: measured here, an HSET of ~30 fields
 into a listpack hash cost ~33 µs of Valkey time, a GET + cjson decode/encode + SET ~15.
-Profile fields:
-  first_ts last_ts seen_ms online_until     timestamps (ms)
-  n:<type>                                   events per type
-  cat:<category>                             page views per category
-  i:<key> it:<key>                           decayed intent and the ms it was computed at
-  s_n s_start s_last s_pages s_dwell s_events  current session (s_n counts sessions)
-  dwell                                      total visible dwell (ms)
-  c:<product>:{amount,term,rate,monthly,ts,n,max}  loan calculator state
-  f:<action> f:last_abandon f:last_abandon_ts     form interactions (names, never values)
-  x:<product> x:<product>:call               registered interest / asked for a call (ms)
-  pages                                      recent "ts path" entries, newest first
-  rl_w rl_n trim_ts                          rate-limit window, dedupe trim bookkeeping
-  kn:c kn:x kn:i kn:cat                      keys kept per capped space (see Bounded size)
-  attrs                                      (customers) CRM attributes, set by the bank
-  last_page lp_ts utm_source utm_campaign utm_ts first_utm_source first_utm_campaign site
-  merged_into                                (anonymous only) the customer it merged into
+
+Profile fields. engine/profile/layout.py declares them (FIELDS: what each means, how a
+batch writes it, how rb_merge_apply merges it); this table repeats that declaration,
+and tests/test_profile_layout.py checks the two agree row for row, and that rb_ingest
+and rb_merge_apply do what each row says. Change both together. <name> parts are
+chosen by the client (products, forms) or config (types, categories).
+<profile-fields>
+  code                 write        merge           meaning
+  first_ts             min          min             first event (ms)
+  last_ts              max          max             newest event (ms)
+  seen_ms              max          max             newest event, at most now (ms)
+  online_until         max          max             seen_ms + presence ttl (ms)
+  n:<type>             counter      sum             events per type
+  cat:<category>       counter      sum             page views per category
+  i:<key>              decayed      decayed_sum     decayed intent per category or product
+  it:<key>             decay_ts     decayed_sum     the ms i:<key> was decayed to
+  s_n                  session      newest_session  sessions started
+  s_start              session      newest_session  current session start (ms)
+  s_last               session      newest_session  current session last event (ms)
+  s_pages              session      newest_session  current session page views
+  s_dwell              session      newest_session  current session dwell (ms)
+  s_events             session      newest_session  current session events
+  dwell                counter      sum             total visible dwell (ms)
+  c:<product>:amount   latest       newest_product  newest calculator amount
+  c:<product>:term     latest       newest_product  newest calculator term (months)
+  c:<product>:rate     latest       newest_product  newest calculator rate ('' none)
+  c:<product>:monthly  latest       newest_product  newest monthly payment ('' none)
+  c:<product>:ts       latest       newest_product  newest calculator event (ms)
+  c:<product>:n        counter      sum             calculator events
+  c:<product>:max      max          max             largest amount
+  f:focus              counter      sum             form fields focused
+  f:abandon            counter      sum             forms abandoned
+  f:submit             counter      sum             forms submitted
+  f:last_abandon       latest       newer_profile   newest abandoned form (name)
+  f:last_abandon_ts    latest       newer_profile   its ms
+  x:<product>          max          max             newest interest (ms)
+  x:<product>:call     max          max             newest call request (ms)
+  pages                recent       recent          recent 'ts path' entries, newest first
+  last_page            latest       newer_profile   newest page
+  lp_ts                latest       newer_profile   its ms
+  utm_source           latest       newer_profile   newest campaign source
+  utm_campaign         latest       newer_profile   newest campaign
+  utm_ts               latest       newer_profile   their ms
+  first_utm_source     first        first           first campaign source
+  first_utm_campaign   first        first           first campaign
+  site                 first        kept            site of the first batch
+  rl_w                 bookkeeping  kept            rate-limit window start (ms)
+  rl_n                 bookkeeping  kept            batches in the window
+  trim_ts              bookkeeping  kept            last dedupe-set trim (ms)
+  kn:c                 bookkeeping  recounted       calc names kept
+  kn:x                 bookkeeping  recounted       interest names kept
+  kn:i                 bookkeeping  recounted       intent names kept
+  kn:cat               bookkeeping  recounted       categories names kept
+  attrs                external     kept            (customers) CRM attributes
+  merged_into          external     kept            (anonymous) the customer it merged into
+</profile-fields>
 
 Bounded size. A client chooses product names, pages and campaign values, so each key
 space it can grow is capped here (rb_ingest counts new keys per space in kn:<space>
 and ranks the profile only when a count passes its cap; rb_merge_apply always ranks;
 the least recent go first) and each string it sends is clipped to a budget of
-cjson-encoded bytes in engine/profile_delta.py (`/` and `"` count 2, control chars 6):
+cjson-encoded bytes in engine/profile/delta.py (`/` and `"` count 2, control chars 6):
   c:<product>:*      10 products, newest by c:<product>:ts             <= 4470 B
   x:<product>[:call] 10 products, newest by x:<product>                <= 1230 B
   i:<key> it:<key>   16 keys (categories, products), newest by it:<key> <= 1904 B
@@ -239,7 +279,7 @@ rb_ingest: apply one batch to one profile, exactly once per event id.
 ARGV[1]: JSON {now, ttl (s, 0 = keep forever), win (dedupe window ms), hl (half-life ms),
          gap (session gap ms), rlmax (0 = off), rlwin (ms), link ('' = none), site,
          ids [event ids], expect ('1' new / '0' duplicate per id), delta {...}}
-The delta aggregates the events flagged '1' in `expect` (engine/profile_delta.py).
+The delta aggregates the events flagged '1' in `expect` (engine/profile/delta.py).
 Returns {'ok', accepted, duplicates, 0, profile JSON, flags}
      | {'retry', flags}            Valkey's view of which ids are new differs from
                                    `expect`: nothing written, rebuild the delta

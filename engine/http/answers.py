@@ -1,0 +1,226 @@
+"""The JSON answers of the HTTP interface, as msgspec structs.
+
+Handlers still build plain dicts (orjson is the fast path); these structs describe
+what those dicts hold, so `/openapi.json` documents the answers from the same types
+and tests/test_route_table.py checks real answers against them. Top-level answers
+forbid unknown fields: a key a handler adds without declaring it fails that test.
+Nested shapes owned elsewhere (the decoded profile, an audit trace, a rule's offer)
+stay open objects, documented where they are built.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from engine.core.vocabulary import Action, Channel, Outcome
+
+__all__ = [
+    "AttributesAnswer",
+    "AuditRecord",
+    "ClaimAnswer",
+    "CompleteAnswer",
+    "ContextAnswer",
+    "Decision",
+    "DecisionsAnswer",
+    "DemoLoginAnswer",
+    "ErasureAnswer",
+    "ErrorBody",
+    "ErrorDetail",
+    "FunnelAnswer",
+    "HealthAnswer",
+    "IngestAnswer",
+    "LinkedAnonymousId",
+    "LoginAnswer",
+    "LogoutAnswer",
+    "MeAnswer",
+    "OutcomeAnswer",
+    "PageVisit",
+    "ProfileAnswer",
+    "ReadyAnswer",
+    "ReloadAnswer",
+]
+
+
+class _Answer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A top-level answer: every key it may carry is declared."""
+
+
+class ErrorDetail(msgspec.Struct, forbid_unknown_fields=True):
+    code: str  # stable, machine-readable: what a client branches on
+    message: str  # for people; wording may change
+    path: str | None = None  # JSON path of the offending input (`$.events[3].ts`), if any
+
+
+class ErrorBody(_Answer):
+    """Every refusal, whatever the route and status (engine/http/errors.py)."""
+
+    error: ErrorDetail
+
+
+class Decision(msgspec.Struct, kw_only=True):
+    """A decision as the snippet and agents receive it (engine/decisions/plan.py).
+    Open: the decision layer may add keys without breaking clients."""
+
+    id: str
+    action: Action
+    rule: str
+    channel: Channel
+    factors: dict[str, Any]
+    slot: str | None = None  # offers: where on the page
+    offer: dict[str, Any] | None = None  # the offer's public fields
+
+
+class IngestAnswer(_Answer):
+    accepted: int
+    duplicates: int
+    decisions: list[Decision]
+
+
+class DecisionsAnswer(_Answer):
+    decisions: list[Decision]
+
+
+class AuditRecord(msgspec.Struct, kw_only=True):
+    """Why a decision was made; `trace` holds every rule's verdict (matched or not,
+    suppressed and why), `factors` the scores and arbitration."""
+
+    id: str
+    at_ms: int
+    site: str
+    customer_id: str | None
+    anonymous_id: str
+    rule: str
+    action: Action
+    channel: Channel
+    rule_set: str
+    factors: dict[str, Any]
+    inputs: list[str]
+    trace: list[dict[str, Any]]
+    offer: dict[str, Any] | None = None
+
+
+class PageVisit(msgspec.Struct, forbid_unknown_fields=True):
+    ts: int | None
+    path: str
+
+
+class LinkedAnonymousId(msgspec.Struct, forbid_unknown_fields=True):
+    site: str
+    anonymous_id: str
+
+
+class ProfileAnswer(_Answer):
+    customer_id: str
+    profile: dict[str, Any]  # decoded profile (engine/profile/profiles.py decode_profile)
+    recent_pages: list[PageVisit]
+    linked_anonymous_ids: list[LinkedAnonymousId]
+    attributes: dict[str, Any]
+    contact_history: list[dict[str, Any]]
+
+
+class ErasureAnswer(_Answer):
+    customer_id: str
+    erased: bool
+    keys_deleted: int
+    stream_entries_deleted: int
+    triggers_withdrawn: int
+    anonymous_profiles: int
+    receipt: str  # id of the erasure receipt (it holds no personal data)
+
+
+class AttributesAnswer(_Answer):
+    customer_id: str
+    attributes: dict[str, Any]
+    created: bool
+
+
+class LoginAnswer(_Answer):
+    user: str
+    role: str
+    csrf_token: str  # send back in X-CSRF-Token on state-changing calls
+
+
+class LogoutAnswer(_Answer):
+    signed_out: bool
+
+
+class MeAnswer(_Answer):
+    user: str
+    role: str
+    csrf_token: str | None = None  # session callers only
+
+
+class ClaimAnswer(_Answer):
+    trigger_id: str
+    claimed_by: str
+
+
+class CompleteAnswer(_Answer):
+    trigger_id: str
+    outcome: Outcome
+
+
+class OutcomeAnswer(_Answer):
+    decision_id: str
+    recorded: bool
+
+
+class Presence(msgspec.Struct, forbid_unknown_fields=True):
+    online: bool
+    last_seen: int | None
+    session: dict[str, Any]
+
+
+class ContextAnswer(_Answer):
+    customer_id: str
+    presence: Presence
+    recent_pages: list[PageVisit]
+    calculators: dict[str, Any]
+    intent: dict[str, float]
+    interest: dict[str, int]
+    call_requested: dict[str, int]
+    forms: dict[str, Any]
+    attributes: dict[str, Any]
+    best_offer: Decision | None
+    contact_history: list[dict[str, Any]]
+
+
+class FunnelRow(msgspec.Struct, forbid_unknown_fields=True):
+    fired: int
+    claimed: int
+    outcomes: dict[str, int]
+
+
+class Floor(msgspec.Struct, forbid_unknown_fields=True):
+    agents_online: int | None
+    callbacks_waiting: int | None
+
+
+class FunnelAnswer(_Answer):
+    rules: dict[str, FunnelRow]  # rule id -> its funnel
+    floor: Floor
+
+
+class ReloadAnswer(_Answer):
+    reloaded: bool
+    version: str
+    rules: int
+    error: str | None
+
+
+class DemoLoginAnswer(_Answer):
+    token: str
+    customer_id: str
+    name: str
+    expires_in_s: int
+
+
+class HealthAnswer(_Answer):
+    status: Literal["ok"]
+
+
+class ReadyAnswer(_Answer):
+    status: Literal["ready", "unavailable"]
+    store: Literal["up", "down"]

@@ -1,0 +1,413 @@
+"""The route table: every route of the HTTP interface, once.
+
+The app registers its routes from `ROUTES` (engine/http/app.py) and `/openapi.json` is
+generated from it (engine/http/openapi.py), so a route cannot be served undocumented
+or documented with another shape. Each entry names its handler, who may call it, the
+request body and query structs it reads and the answers it gives (engine/http/answers.py);
+tests/test_route_table.py checks that real answers match what is declared here.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated, Any, Literal
+
+import msgspec
+from aiohttp import web
+
+from engine.http import agents, assets, attributes, context, dashboard, ingest, ops, triggers
+from engine.http import answers as a
+from engine.http import profiles as api_profiles
+from engine.http.errors import json_response
+from engine.http.openapi import Auth, Reply, Route, build_document
+from engine.ingest.identity import CUSTOMER_ID_RE
+from engine.ingest.schema import AnonymousId, Batch, SiteKey
+from engine.profile.attributes import CustomerAttributes
+
+__all__ = [
+    "PATH_PARAMETERS",
+    "ROUTES",
+    "DecisionsQuery",
+    "DemoLoginBody",
+    "FunnelQuery",
+    "handle_openapi",
+    "openapi_document",
+]
+
+# -- what the table's requests carry, where no module of the data path declares it ------
+
+HexId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{24}$")]
+CustomerId = Annotated[str, msgspec.Meta(pattern=CUSTOMER_ID_RE.pattern)]
+
+PATH_PARAMETERS: dict[str, Any] = {
+    "customer_id": CustomerId,
+    "decision_id": HexId,
+    "trigger_id": HexId,
+    "asset": str,
+    "name": str,
+}
+"""The type of each `{name}` in a route's path (the same name means the same thing)."""
+
+
+class DecisionsQuery(msgspec.Struct, forbid_unknown_fields=True):
+    site: SiteKey
+    anonymous_id: AnonymousId
+
+
+class FunnelQuery(msgspec.Struct, forbid_unknown_fields=True):
+    fresh: Literal["1"] | msgspec.UnsetType = msgspec.UNSET  # read now, not the 5 s cache
+
+
+class DemoLoginBody(msgspec.Struct, forbid_unknown_fields=True):
+    user: Literal["alex", "sam"]  # engine.http.assets.DEMO_CUSTOMERS
+
+
+# -- the table ------------------------------------------------------------------------
+
+OK = "OK"
+_HTML = ("text/html",)
+_PREFLIGHT: dict[int, Reply] = {204: Reply("Allowed"), 403: Reply("Origin not allowed")}
+_NO_TOKEN = "No/bad API token"
+
+
+async def handle_openapi(request: web.Request) -> web.Response:
+    """`GET /openapi.json`: this table, as OpenAPI 3.1."""
+    return json_response(openapi_document())
+
+
+def _preflight(path: str) -> Route:
+    """The CORS preflight of a browser route: only configured sites' origins get a yes."""
+    return Route(
+        "OPTIONS",
+        path,
+        ingest.handle_events_preflight,
+        Auth.SITE_ORIGIN,
+        "CORS preflight",
+        ("ingest",),
+        _PREFLIGHT,
+    )
+
+
+ROUTES: tuple[Route, ...] = (
+    # The snippet, from bank pages: CORS for the sites' origins.
+    Route(
+        "POST",
+        "/v1/events",
+        ingest.handle_events,
+        Auth.SITE_ORIGIN,
+        "Ingest a batch of browser events; returns decisions",
+        ("ingest",),
+        {200: Reply(OK, a.IngestAnswer)},
+        {
+            400: "Invalid batch (code + JSON path)",
+            401: "Identity token missing a valid signature or expired",
+            403: "Origin not allowed or token for another site",
+            404: "Unknown site",
+            413: "Batch too large",
+            415: "Unsupported media type",
+            503: "Profile store unavailable (Retry-After)",
+        },
+        body=Batch,
+        body_media=("application/json", "text/plain"),  # text/plain: no CORS preflight
+    ),
+    _preflight("/v1/events"),
+    Route(
+        "GET",
+        "/v1/decisions",
+        api_profiles.handle_decisions_get,
+        Auth.SITE_ORIGIN,
+        "Current offers for a page load",
+        ("ingest",),
+        {200: Reply(OK, a.DecisionsAnswer)},
+        {400: "Invalid parameters", 404: "Unknown site"},
+        query=DecisionsQuery,
+    ),
+    _preflight("/v1/decisions"),
+    # Bank systems (API token).
+    Route(
+        "GET",
+        "/v1/decisions/{decision_id}",
+        api_profiles.handle_decision_audit,
+        Auth.API_TOKEN,
+        "The audit record of a decision: inputs, rules matched and suppressed, policy "
+        "checks, scores, arbitration",
+        ("decisions",),
+        {200: Reply(OK, a.AuditRecord)},
+        {401: _NO_TOKEN, 404: "Unknown or expired (records are kept 30 days)"},
+    ),
+    Route(
+        "GET",
+        "/v1/profiles/{customer_id}",
+        api_profiles.handle_profile_get,
+        Auth.API_TOKEN,
+        "Read a customer's live profile",
+        ("profiles",),
+        {200: Reply(OK, a.ProfileAnswer)},
+        {401: _NO_TOKEN, 404: "No such profile"},
+    ),
+    Route(
+        "DELETE",
+        "/v1/profiles/{customer_id}",
+        api_profiles.handle_profile_delete,
+        Auth.API_TOKEN,
+        "Erase every key of a customer and linked anonymous ids",
+        ("profiles",),
+        {200: Reply(OK, a.ErasureAnswer)},
+        {401: _NO_TOKEN},
+    ),
+    Route(
+        "PUT",
+        "/v1/profiles/{customer_id}/attributes",
+        attributes.handle_attributes_put,
+        Auth.API_TOKEN,
+        "Replace a customer's CRM attributes",
+        ("profiles",),
+        {200: Reply(OK, a.AttributesAnswer)},
+        {400: "Invalid attributes (code + JSON path)", 401: _NO_TOKEN},
+        body=CustomerAttributes,
+    ),
+    Route(
+        "POST",
+        "/v1/outcomes",
+        triggers.handle_outcome,
+        Auth.API_TOKEN,
+        "Outcome of a decision from a bank system",
+        ("decisions",),
+        {200: Reply(OK, a.OutcomeAnswer)},
+        {400: "Invalid outcome", 401: _NO_TOKEN, 404: "Unknown decision"},
+        body=triggers.OutcomeBody,
+    ),
+    Route(
+        "POST",
+        "/v1/admin/rules/reload",
+        ops.handle_rules_reload,
+        Auth.API_TOKEN,
+        "Reload the rule set now; a broken set is rejected (422, with file:line:col) and "
+        "the previous one keeps serving",
+        ("admin",),
+        {
+            200: Reply(OK, a.ReloadAnswer),
+            422: Reply("Rejected; previous rules keep serving", a.ReloadAnswer),
+        },
+        {401: _NO_TOKEN, 404: "This engine runs without a rules directory"},
+    ),
+    # Agents (session cookie + CSRF token) and CTI (API token).
+    Route(
+        "POST",
+        "/v1/agents/login",
+        agents.handle_login,
+        Auth.PUBLIC,
+        "Agent sign-in: sets an HttpOnly SameSite=Strict session cookie and returns the "
+        "CSRF token for X-CSRF-Token",
+        ("agents",),
+        {200: Reply(OK, a.LoginAnswer)},
+        {401: "Wrong user or password"},
+        body=agents.LoginBody,
+    ),
+    Route(
+        "POST",
+        "/v1/agents/logout",
+        agents.handle_logout,
+        Auth.AGENT,
+        "Sign out (CSRF token required)",
+        ("agents",),
+        {200: Reply(OK, a.LogoutAnswer)},
+        {401: "Not signed in", 403: "CSRF token missing"},
+    ),
+    Route(
+        "GET",
+        "/v1/agents/me",
+        agents.handle_me,
+        Auth.AGENT,
+        "Who is signed in (and the CSRF token)",
+        ("agents",),
+        {200: Reply(OK, a.MeAnswer)},
+        {401: "Not signed in"},
+    ),
+    Route(
+        "POST",
+        "/v1/triggers/{trigger_id}/claim",
+        triggers.handle_claim,
+        Auth.AGENT,
+        "Claim a callback: exactly one agent wins",
+        ("triggers",),
+        {200: Reply(OK, a.ClaimAnswer)},
+        {
+            401: "Not signed in",
+            403: "CSRF token missing",
+            404: "No such trigger",
+            409: "Already claimed (by whom)",
+            410: "Expired and withdrawn",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/triggers/{trigger_id}/complete",
+        triggers.handle_complete,
+        Auth.AGENT,
+        "Record the outcome of a claimed callback",
+        ("triggers",),
+        {200: Reply(OK, a.CompleteAnswer)},
+        {403: "Claimed by someone else", 409: "Not claimed, or already completed"},
+        body=triggers.CompleteBody,
+    ),
+    Route(
+        "GET",
+        "/v1/triggers/ws",
+        triggers.handle_ws,
+        Auth.AGENT,
+        "WebSocket: a snapshot of open callbacks, then every new trigger, claim and completion",
+        ("triggers",),
+        {101: Reply("Switching protocols")},
+        {
+            400: "Not a WebSocket handshake",
+            401: "Not signed in",
+            403: "Not the dashboard's own origin",
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/customers/{customer_id}/context",
+        context.handle_context,
+        Auth.AGENT,
+        "Screen-pop for agents and CTI: presence, recent activity, calculators, best "
+        "offer, contact history",
+        ("agents",),
+        {200: Reply(OK, a.ContextAnswer)},
+        {401: "No credentials", 404: "Unknown customer"},
+    ),
+    Route(
+        "GET",
+        "/v1/supervisor/funnel",
+        dashboard.handle_funnel,
+        Auth.AGENT,
+        "Per-rule funnel: fired -> claimed -> outcomes (supervisors); cached per worker "
+        "for 5 s unless fresh=1",
+        ("agents",),
+        {200: Reply(OK, a.FunnelAnswer)},
+        {403: "Supervisors only"},
+        query=FunnelQuery,
+    ),
+    Route(
+        "GET",
+        "/dashboard",
+        dashboard.handle_dashboard,
+        Auth.PUBLIC,
+        "The contact-center dashboard (HTML)",
+        ("pages",),
+        {200: Reply("HTML page", media=_HTML)},
+    ),
+    Route(
+        "GET",
+        "/dashboard/{asset}",
+        dashboard.handle_asset,
+        Auth.PUBLIC,
+        "Dashboard script and styles",
+        ("pages",),
+        {200: Reply("Asset", media=("application/javascript", "text/css"))},
+        {404: "No such asset"},
+    ),
+    # The snippet and the demo bank site.
+    Route(
+        "GET",
+        "/sdk.js",
+        assets.handle_sdk,
+        Auth.PUBLIC,
+        "The browser snippet (minified; gzip, strong ETag, 5 min cache)",
+        ("pages",),
+        {
+            200: Reply("JavaScript", media=("application/javascript",)),
+            304: Reply("Not modified (If-None-Match)"),
+        },
+        {404: "Snippet not built"},
+    ),
+    Route(
+        "GET",
+        "/demo",
+        assets.handle_demo_page,
+        Auth.PUBLIC,
+        "The demo bank site (HTML), embedding the snippet as a bank would",
+        ("pages",),
+        {200: Reply("HTML page", media=_HTML)},
+        {404: "No demo site"},
+    ),
+    Route(
+        "GET",
+        "/demo/{name}",
+        assets.handle_demo_page,
+        Auth.PUBLIC,
+        "A demo page (mortgages, loans, cards, savings) or asset",
+        ("pages",),
+        {200: Reply("Page or asset", media=(*_HTML, "application/javascript", "text/css"))},
+        {404: "No such page"},
+    ),
+    Route(
+        "POST",
+        "/demo/login",
+        assets.handle_demo_login,
+        Auth.PUBLIC,
+        "Demo sites only: mint an identity token for a demo customer (stands in for the "
+        "bank's backend)",
+        ("pages",),
+        {200: Reply(OK, a.DemoLoginAnswer)},
+        {400: "Unknown user or bad body", 404: "Not a demo deployment"},
+        body=DemoLoginBody,
+    ),
+    # Operations.
+    Route(
+        "GET",
+        "/healthz",
+        ops.handle_healthz,
+        Auth.PUBLIC,
+        "Liveness",
+        ("ops",),
+        {200: Reply(OK, a.HealthAnswer)},
+    ),
+    Route(
+        "GET",
+        "/readyz",
+        ops.handle_readyz,
+        Auth.PUBLIC,
+        "Readiness (Valkey reachable)",
+        ("ops",),
+        {200: Reply(OK, a.ReadyAnswer), 503: Reply("Valkey unreachable", a.ReadyAnswer)},
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        ops.handle_metrics,
+        Auth.METRICS,
+        "Prometheus metrics (text format 0.0.4)",
+        ("ops",),
+        {200: Reply(OK, media=("text/plain",))},
+        {
+            401: "metrics.token is set and was not presented",
+            403: "Non-loopback bind and no metrics.token",
+            404: "Served on the metrics port (metrics.port)",
+        },
+        description=(
+            "With `metrics.token` set, a Bearer token is required; with `metrics.port` "
+            "set, served only on that listener (404 here). With neither, open only while "
+            "the engine binds loopback and the scrape did not come through a proxy (403 "
+            "`metrics_closed` otherwise)."
+        ),
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        handle_openapi,
+        Auth.PUBLIC,
+        "This document",
+        ("ops",),
+        {200: Reply(OK, dict[str, Any])},
+    ),
+)
+
+
+DESCRIPTION = "Real-time web-behaviour personalisation and callback engine for banks."
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The document of `ROUTES`, built once per process."""
+    return build_document(ROUTES, PATH_PARAMETERS, DESCRIPTION)

@@ -1,0 +1,558 @@
+"""The profile layout is declared once, and every place that uses it agrees (issue 10).
+
+engine/profile/layout.py declares each profile code: how a batch writes it, how an
+anonymous -> known merge combines it, where `decode_profile` puts it, its caps. Lua
+cannot import it, so ringback.lua's header repeats the table; these tests check that
+the two say the same, that a generated history sent through the real `rb_ingest`
+(against a real valkey-server) stores what each declared write rule says, that the
+real `rb_merge_apply` combines two such profiles as each declared merge rule says, and
+that `decode_profile` reads every declared field where the layout says it lands.
+
+Hypothesis example counts are fixed and derandomized: the same cases every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass
+from itertools import pairwise
+from math import isclose
+from typing import Any
+
+import orjson
+from conftest import REPO
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.core.metrics import Metrics
+from engine.core.settings import Settings
+from engine.ingest.schema import Event, decode_batch
+from engine.profile import layout as L
+from engine.profile.layout import FIELDS, SPACES, Field, Merge, Write, family_of
+from engine.profile.profiles import ProfileStore, customer_attributes, decode_profile
+from engine.valkey import keys
+from engine.valkey.embedded import EmbeddedValkey
+from engine.valkey.store import Store
+
+LUA = (REPO / "engine/valkey/lua/ringback.lua").read_text()
+SITE = "demo-bank"
+T0_MS = 1_750_000_000_000
+NOW_MS = T0_MS + 8 * 3_600_000  # every generated event is before now
+HALF_LIFE_S = 86_400
+
+_PROPERTY = settings(
+    max_examples=25,
+    derandomize=True,
+    database=None,
+    deadline=None,  # a shared machine stalls at random; hangs are faulthandler's job
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+# -- the Lua header and constants agree with layout.py ------------------------------
+
+
+def _lua_rows() -> list[tuple[str, str, str]]:
+    block = LUA.split("<profile-fields>\n", 1)[1].split("</profile-fields>", 1)[0]
+    rows = [line.split()[:3] for line in block.splitlines()[1:] if line.strip()]
+    return [(code, write, merge) for code, write, merge in rows]
+
+
+def test_the_lua_header_declares_the_same_fields_as_layout_py_row_for_row() -> None:
+    declared = [(f.code, str(f.write), str(f.merge)) for f in FIELDS]
+    lua = _lua_rows()
+    assert sorted(set(lua) - set(declared)) == [], "in ringback.lua, not in layout.py"
+    assert sorted(set(declared) - set(lua)) == [], "in layout.py, not in ringback.lua"
+    assert lua == declared  # same order too, so a reader can compare them side by side
+
+
+def test_the_lua_caps_are_the_caps_layout_py_declares() -> None:
+    consts = {m[1]: int(m[2]) for m in re.finditer(r"^local (MAX_\w+) = (\d+)", LUA, re.M)}
+    for space in SPACES:
+        assert consts[space.lua_const] == space.cap, space
+        assert f"['{space.count_code}'] = {space.lua_const}" in LUA, space
+    assert consts["MAX_PAGES"] == L.MAX_PAGES
+
+
+# Literals of the profile functions that are not profile codes: replies and patterns.
+_NOT_CODES = {"ok", "retry", "needs_merge", "rate_limited", "conflict", "table", ":"}
+
+
+def _could_be_code(literal: str) -> bool:
+    return (
+        literal not in _NOT_CODES
+        and not literal.isupper()
+        and re.fullmatch(r"[a-z_:]+", literal) is not None
+        and literal not in ("", "0", "1")
+    )
+
+
+def test_every_profile_code_the_lua_functions_name_is_declared_in_layout_py() -> None:
+    start = LUA.index("</profile-fields>")
+    end = LUA.index("local function erase(")  # the functions after it read no profile field
+    literals = {m[1] for m in re.finditer(r"'([^'\n]*)'", LUA[start:end])}
+    codes = {lit for lit in literals if _could_be_code(lit)}
+    assert codes, "the parse found no codes"
+    declared = [f.code for f in FIELDS]
+    undeclared = sorted(
+        lit
+        for lit in codes
+        if not any(c == lit or c.startswith(lit) or c.endswith(lit) for c in declared)
+    )
+    assert undeclared == []
+
+
+# -- generated histories ------------------------------------------------------------
+
+PAGES = ["/mortgages/rates", "/loans/personal", "/cards", "/about", "/savings/isa", None]
+CALC_PRODUCTS = ["mortgage", "car", "boat"]
+INTEREST_PRODUCTS = ["mortgage", "loan", "pension"]
+CAMPAIGNS = [None, ("newsletter", "spring"), ("search", "brand")]
+
+_BODIES = (
+    st.fixed_dictionaries(
+        {"type": st.just("page_view"), "utm": st.sampled_from(CAMPAIGNS)},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("heartbeat"), "props": st.builds(dict, dwell_ms=st.integers(1, 60_000))}
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("calc"),
+            "props": st.fixed_dictionaries(
+                {
+                    "product": st.sampled_from(CALC_PRODUCTS),
+                    "amount": st.integers(1, 2_000_000),
+                    "term_months": st.integers(1, 600),
+                },
+                optional={
+                    "rate": st.sampled_from([1.5, 4.25, 7.0]),
+                    "monthly_payment": st.integers(1, 20_000),
+                },
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("form"),
+            "props": st.fixed_dictionaries(
+                {
+                    "field": st.sampled_from(["email", "amount"]),
+                    "action": st.sampled_from(["focus", "abandon", "submit"]),
+                },
+                optional={"form": st.sampled_from(["apply", "callback"])},
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("interest"),
+            "props": st.fixed_dictionaries(
+                {"product": st.sampled_from(INTEREST_PRODUCTS), "call_me": st.booleans()}
+            ),
+        }
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["click", "custom"])}),
+)
+_event_body = st.one_of(*_BODIES)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[list[dict[str, Any]]]:
+    """1-4 batches of events with distinct timestamps, in any order (late events too);
+    every kind of event at least once, so two histories always share fields to merge."""
+    base: list[dict[str, Any]] = [draw(body) for body in _BODIES]
+    bodies: list[dict[str, Any]] = draw(
+        st.permutations(base + draw(st.lists(_event_body, max_size=20)))
+    )
+    offsets = draw(
+        st.lists(
+            st.integers(0, 7 * 3_600_000),
+            min_size=len(bodies),
+            max_size=len(bodies),
+            unique=True,
+        )
+    )
+    events: list[dict[str, Any]] = []
+    for body, offset in zip(bodies, offsets, strict=True):
+        ev: dict[str, Any] = {"id": uuid.uuid4().hex[:12], "ts": T0_MS + offset}
+        ev["page"] = draw(st.sampled_from(PAGES))
+        etype = body["type"]
+        ev["type"] = etype
+        if etype == "page_view":
+            ev["page"] = ev["page"] or "/"
+            utm = body["utm"]
+            ev["props"] = {} if utm is None else {"utm_source": utm[0], "utm_campaign": utm[1]}
+        elif etype == "custom":
+            ev["props"] = {"name": "quiz"}
+        elif "props" in body:
+            ev["props"] = body["props"]
+        events.append({k: v for k, v in ev.items() if v is not None})
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(events) - 1)), max_size=3)))
+    bounds = [0, *[c for c in cuts if c < len(events)], len(events)]
+    return [events[a:b] for a, b in pairwise(bounds) if a < b]
+
+
+def _events(batch: list[dict[str, Any]], anon: str) -> list[Event]:
+    body = {"site": SITE, "anonymous_id": anon, "events": batch}
+    return list(decode_batch(orjson.dumps(body)).events)
+
+
+@dataclass
+class _Run:
+    profiles: ProfileStore
+    store: Store
+
+
+async def _open(valkey: EmbeddedValkey, settings: Settings) -> _Run:
+    store = Store(valkey.url, Metrics())
+    await store.load_library()
+    return _Run(ProfileStore(store, settings), store)
+
+
+async def _ingest(
+    run: _Run, prefix: str, anon: str, history: list[list[dict[str, Any]]], *, known: bool = False
+) -> None:
+    for batch in history:
+        res = await run.profiles.apply_batch(
+            prefix, SITE, _events(batch, anon), anonymous=not known, now_ms=NOW_MS
+        )
+        assert res.accepted == len(batch), res
+
+
+async def _raw(run: _Run, prefix: str) -> dict[str, Any]:
+    raw = await run.store.call("GET", keys.profile_keys(prefix)[0])
+    return {} if raw is None else orjson.loads(raw)
+
+
+# -- what each write rule means, from the events alone -------------------------------
+
+
+def _newest(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return max(events, key=lambda e: e["ts"], default=None)
+
+
+def _expected_written(
+    history: list[list[dict[str, Any]]], settings: Settings, classify: Any
+) -> dict[str, Any]:
+    """The stored value of every deterministic code, from the events and the layout."""
+    events = [e for batch in history for e in batch]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        by_type.setdefault(e["type"], []).append(e)
+    views = by_type.get("page_view", [])
+    want: dict[str, Any] = {
+        L.FIRST_TS: min(e["ts"] for e in events),
+        L.LAST_TS: max(e["ts"] for e in events),
+        L.SEEN_MS: max(e["ts"] for e in events),
+        L.ONLINE_UNTIL: max(e["ts"] for e in events) + settings.profile.presence_ttl_s * 1000,
+        L.SITE: SITE,
+        L.RL_COUNT: len(history),
+        L.RL_WINDOW: NOW_MS,
+        L.TRIM_TS: NOW_MS,
+    }
+    for etype, evs in by_type.items():
+        want[L.count(etype)] = len(evs)  # counter
+    for e in views:
+        if cat := classify(e["page"]):
+            want[L.category(cat)] = want.get(L.category(cat), 0) + 1
+    if dwell := [e["props"]["dwell_ms"] for e in by_type.get("heartbeat", [])]:
+        want[L.DWELL] = sum(dwell)
+    if last := _newest(views):  # latest: the newest event's value and its ms
+        want[L.LAST_PAGE], want[L.LAST_PAGE_TS] = last["page"], last["ts"]
+    utm_views = [e for e in views if e["props"]]
+    if last := _newest(utm_views):
+        want[L.UTM_SOURCE] = last["props"]["utm_source"]
+        want[L.UTM_CAMPAIGN] = last["props"]["utm_campaign"]
+        want[L.UTM_TS] = last["ts"]
+        first = next(e for batch in history for e in batch if e in utm_views)  # first written
+        want[L.FIRST_UTM_SOURCE] = first["props"]["utm_source"]
+        want[L.FIRST_UTM_CAMPAIGN] = first["props"]["utm_campaign"]
+    pages = sorted(((e["ts"], e["page"]) for e in views), reverse=True)[: L.MAX_PAGES]
+    if pages:
+        want[L.PAGES] = [f"{ts} {page}" for ts, page in pages]
+    for product in CALC_PRODUCTS:
+        calcs = [e for e in by_type.get("calc", []) if e["props"]["product"] == product]
+        if not (last := _newest(calcs)):
+            continue
+        p = last["props"]
+        want[L.calc(product, L.CALC_N)] = len(calcs)
+        want[L.calc(product, L.CALC_MAX)] = max(e["props"]["amount"] for e in calcs)
+        want[L.calc(product, L.CALC_TS)] = last["ts"]
+        want[L.calc(product, L.CALC_AMOUNT)] = p["amount"]
+        want[L.calc(product, L.CALC_TERM)] = p["term_months"]
+        want[L.calc(product, L.CALC_RATE)] = p.get("rate", "")
+        want[L.calc(product, L.CALC_MONTHLY)] = p.get("monthly_payment", "")
+    forms = by_type.get("form", [])
+    for action in ("focus", "abandon", "submit"):
+        if n := sum(1 for e in forms if e["props"]["action"] == action):
+            want[L.form(action)] = n
+    abandons = [e for e in forms if e["props"]["action"] == "abandon"]
+    if last := _newest(abandons):
+        want[L.FORM_LAST_ABANDON] = last["props"].get("form") or last["props"]["field"]
+        want[L.FORM_LAST_ABANDON_TS] = last["ts"]
+    for e in by_type.get("interest", []):
+        product = e["props"]["product"]
+        want[L.interest(product)] = max(want.get(L.interest(product), 0), e["ts"])
+        if e["props"]["call_me"]:
+            code = L.interest_call(product)
+            want[code] = max(want.get(code, 0), e["ts"])
+    return want
+
+
+def _expected_intent(
+    history: list[list[dict[str, Any]]], settings: Settings, classify: Any
+) -> dict[str, float]:
+    """Decayed intent at NOW_MS: each event's weight halves every half-life."""
+    intent: dict[str, float] = {}
+    for e in (e for batch in history for e in batch):
+        key = (
+            e["props"]["product"] if e["type"] in ("calc", "interest") else classify(e.get("page"))
+        )
+        w = settings.intent_weights.get(e["type"], 0.0)
+        if key and w > 0:
+            age_ms = NOW_MS - e["ts"]
+            intent[key] = intent.get(key, 0.0) + w * 2 ** (-age_ms / (HALF_LIFE_S * 1000))
+    return intent
+
+
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, float | int) and isinstance(got, float | int):
+        return isclose(got, want, rel_tol=1e-9, abs_tol=1e-6)
+    return bool(got == want)
+
+
+def _check_decoded(raw: dict[str, Any], decoded: dict[str, Any]) -> None:
+    """Every stored code lands where its declared field says, with its stored value."""
+    for code, value in raw.items():
+        found = family_of(code)
+        assert found is not None, f"{code!r} is stored but not declared in layout.py"
+        field, name = found
+        if field.decoded is None or field.write in (Write.DECAYED,):
+            continue
+        got = _at(decoded, field.decoded.replace("<" + _placeholder(field) + ">", name))
+        want = None if value == "" else value
+        assert _same(got, want), (code, got, want)
+
+
+def _placeholder(field: Field) -> str:
+    m = re.search(r"<(\w+)>", field.code)
+    return m[1] if m else ""
+
+
+def _at(tree: dict[str, Any], path: str) -> Any:
+    node: Any = tree
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def _with_profile_settings(settings: Settings) -> Settings:
+    assert settings.profile.intent_half_life_s == HALF_LIFE_S
+    return settings
+
+
+@_PROPERTY
+@given(history=histories())
+def test_a_history_through_rb_ingest_stores_what_each_declared_write_rule_says_and_decodes(
+    valkey: EmbeddedValkey, settings: Settings, history: list[list[dict[str, Any]]]
+) -> None:
+    settings = _with_profile_settings(settings)
+
+    async def scenario() -> tuple[dict[str, Any], ProfileStore]:
+        run = await _open(valkey, settings)
+        try:
+            anon = "anon" + uuid.uuid4().hex[:16]
+            prefix = keys.anonymous_prefix(SITE, anon)
+            await _ingest(run, prefix, anon, history)
+            return await _raw(run, prefix), run.profiles
+        finally:
+            await run.store.close()
+
+    raw, profiles = asyncio.run(scenario())
+    classify = profiles.classifier.category
+    want = _expected_written(history, settings, classify)
+    for code, value in want.items():
+        assert code in raw, f"{code} missing; stored {sorted(raw)}"
+        assert _same(raw[code], value), (code, raw[code], value)
+
+    # Codes the model above does not pin down, by their declared rules.
+    intent_keys = {code[len(L.INTENT) :] for code in raw if code.startswith(L.INTENT)}
+    assert {code[len(L.INTENT_TS) :] for code in raw if code.startswith(L.INTENT_TS)} == (
+        intent_keys
+    )
+    for space in SPACES:  # recounted bookkeeping: the names each capped space holds
+        assert raw[space.count_code] == len(_names(raw, space)), space
+    assert 1 <= raw[L.S_N] and raw[L.S_START] <= raw[L.S_LAST] <= raw[L.LAST_TS]
+    assert 1 <= raw[L.S_EVENTS] <= sum(len(b) for b in history)
+    checked_above = {s.count_code for s in SPACES} | {f.code for f in FIELDS if f.write is _SESSION}
+    unexplained = {
+        code
+        for code in set(raw) - set(want) - checked_above
+        if not code.startswith((L.INTENT, L.INTENT_TS))
+    }
+    assert unexplained == set()
+
+    decoded = decode_profile(raw, NOW_MS, HALF_LIFE_S)
+    _check_decoded(raw, decoded)
+    intent = _expected_intent(history, settings, classify)
+    assert decoded["intent"].keys() == intent.keys()
+    for key, value in intent.items():
+        assert isclose(decoded["intent"][key], value, rel_tol=1e-5, abs_tol=1e-5), key
+
+
+_SESSION = Write.SESSION
+
+
+def _names(raw: dict[str, Any], space: L.Space) -> set[str]:
+    names: set[str] = set()
+    for code in raw:
+        found = family_of(code)
+        if found is not None and found[0].space is space and found[1]:
+            names.add(found[1])
+    return names
+
+
+# -- merges ---------------------------------------------------------------------------
+
+
+def _num(h: dict[str, Any], code: str) -> float:
+    return float(h.get(code) or 0)
+
+
+def _merged_value(field: Field, name: str, code: str, a: dict[str, Any], c: dict[str, Any]) -> Any:
+    """What the declared merge rule says the customer's `code` is after folding A into C."""
+    both = [h[code] for h in (a, c) if code in h]
+    rule = field.merge
+    if rule is Merge.SUM:
+        return a.get(code, 0) + c.get(code, 0)
+    if rule is Merge.MAX:
+        return max(both)
+    if rule is Merge.MIN:
+        return min(both)
+    if rule is Merge.FIRST:
+        return c[code] if code in c else a.get(code)
+    if rule is Merge.NEWEST_PRODUCT:
+        ts = L.calc(name, L.CALC_TS)
+        return a[code] if code in a and _num(a, ts) > _num(c, ts) else c.get(code)
+    if rule is Merge.NEWEST_SESSION:
+        return a[code] if code in a and _num(a, L.S_LAST) > _num(c, L.S_LAST) else c.get(code)
+    if rule is Merge.NEWER_PROFILE:
+        newer = _num(a, L.LAST_TS) > _num(c, L.LAST_TS)
+        return a[code] if code in a and (newer or code not in c) else c.get(code)
+    if rule is Merge.KEPT:
+        return c.get(code)
+    raise AssertionError(f"{rule} is checked on its own")
+
+
+@_PROPERTY
+@given(anon_history=histories(), customer_history=histories())
+def test_rb_merge_apply_combines_each_field_as_its_declared_merge_rule_says(
+    valkey: EmbeddedValkey,
+    settings: Settings,
+    anon_history: list[list[dict[str, Any]]],
+    customer_history: list[list[dict[str, Any]]],
+) -> None:
+    settings = _with_profile_settings(settings)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        run = await _open(valkey, settings)
+        try:
+            anon, customer = "anon" + uuid.uuid4().hex[:16], "cust-" + uuid.uuid4().hex[:8]
+            a_prefix = keys.anonymous_prefix(SITE, anon)
+            c_prefix = keys.customer_prefix(customer)
+            await _ingest(run, a_prefix, anon, anon_history)
+            await _ingest(
+                run, c_prefix, "anon" + uuid.uuid4().hex[:16], customer_history, known=True
+            )
+            a, c = await _raw(run, a_prefix), await _raw(run, c_prefix)
+            assert await run.profiles.merge(SITE, anon, customer) == "merged"
+            return a, c, await _raw(run, c_prefix)
+        finally:
+            await run.store.close()
+
+    a, c, merged = asyncio.run(scenario())
+    assert all(family_of(code) for code in merged), sorted(merged)
+    for code in set(a) | set(c) | set(merged):
+        found = family_of(code)
+        assert found is not None, code
+        field, name = found
+        got: Any = merged.get(code)
+        if field.merge is Merge.DECAYED_SUM:
+            continue  # below, on the decoded values
+        if field.merge is Merge.RECENT:
+            everything = sorted(a.get(code, []) + c.get(code, []), reverse=True)
+            assert [p.split()[0] for p in got] == [p.split()[0] for p in everything][: L.MAX_PAGES]
+            assert set(got) <= set(everything)
+            continue
+        if field.merge is Merge.RECOUNTED:
+            assert field.space is not None
+            assert got == len(_names(merged, field.space)), code
+            continue
+        want = _merged_value(field, name, code, a, c)
+        assert _same(got, want), (code, field.merge, got, want, a.get(code), c.get(code))
+
+    # Decayed sums add up: at any read time, the merged intent is A's plus C's.
+    for now_ms in (NOW_MS, NOW_MS + 3 * 86_400_000):
+        da, dc, dm = (decode_profile(h, now_ms, HALF_LIFE_S)["intent"] for h in (a, c, merged))
+        assert dm.keys() == da.keys() | dc.keys()
+        for key, value in dm.items():
+            want = da.get(key, 0.0) + dc.get(key, 0.0)
+            assert isclose(value, want, rel_tol=1e-5, abs_tol=1e-5), key
+
+
+# -- decode_profile reads every declared field -----------------------------------------
+
+
+def _sample_profile() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A profile holding every declared code once, each with its own value; and the
+    value decode_profile should show for it."""
+    h: dict[str, Any] = {}
+    shown: dict[str, Any] = {}
+    for i, field in enumerate(FIELDS, start=1):
+        name = {"type": "page_view", "category": "loans", "key": "loans"}.get(
+            _placeholder(field), "mortgage"
+        )
+        code = re.sub(r"<\w+>", name, field.code)
+        if field.write is Write.RECENT:
+            value: Any = [f"{T0_MS + i} /p{i}"]
+        elif field.code == L.ATTRS:
+            value = {"segment": "gold"}
+        elif field.write in (Write.LATEST, Write.FIRST, Write.EXTERNAL) and not (
+            code.endswith("ts") or code.startswith(L.CALC)
+        ):
+            value = f"v{i}"
+        else:
+            value = T0_MS + i if field.write is not Write.DECAYED else 4.0
+        h[code] = value
+        if field.decoded is not None:
+            shown[field.decoded.replace("<" + _placeholder(field) + ">", name)] = value
+    return h, shown
+
+
+def test_decode_profile_reads_every_declared_field_where_the_layout_says() -> None:
+    h, shown = _sample_profile()
+    decoded = decode_profile(h, NOW_MS, HALF_LIFE_S)
+    intent = L.intent("loans")
+    for path, value in shown.items():
+        got = _at(decoded, path)
+        if path == "intent.loans":  # decayed from it:loans to now
+            age_ms = NOW_MS - h[L.intent_ts("loans")]
+            value = round(h[intent] * 2 ** (-age_ms / (HALF_LIFE_S * 1000)), 6)
+        assert _same(got, value), (path, got, value)
+    assert customer_attributes(h) == h[L.ATTRS]
+
+
+def test_every_value_decode_profile_shows_comes_from_a_declared_field() -> None:
+    h, shown = _sample_profile()
+    decoded = decode_profile(h, NOW_MS, HALF_LIFE_S)
+    derived = {"known", "online", "last_call_request"}  # computed from declared fields
+
+    def leaves(node: Any, path: str) -> list[str]:
+        if isinstance(node, dict) and path.split(".")[0] not in ("pages",):
+            return [p for k, v in node.items() for p in leaves(v, f"{path}.{k}".lstrip("."))]
+        return [path]
+
+    assert set(leaves(decoded, "")) - derived == set(shown)
