@@ -39,7 +39,10 @@ _BOOT = (
     "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
     "if 'editable' not in getattr(f, '__module__', '')]; sys.path.insert(0, {tree!r}); "
     "import engine; assert engine.__file__.startswith({tree!r}), engine.__file__; "
-    "from engine.cli.main import main; sys.argv[0] = 'ringback'; sys.exit(main())"
+    "from importlib import import_module; "
+    "main = getattr(import_module('engine.cli.main' if __import__('importlib.util').util"
+    ".find_spec('engine.cli.main') else 'engine.cli'), 'main'); "
+    "sys.argv[0] = 'ringback'; sys.exit(main())"
 )
 
 

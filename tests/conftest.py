@@ -57,6 +57,14 @@ async def redis(valkey: EmbeddedValkey) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+def write_pack(tmp_path: Path, text: str) -> Path:
+    """A rules directory holding one pack, `text`: what a test's `pack` fixture returns."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "pack.yaml").write_text(text)
+    return d
+
+
 @pytest.fixture
 def settings(tmp_path: Path, valkey: EmbeddedValkey) -> Settings:
     """The built-in demo config, with fresh demo credentials in a temp data dir.

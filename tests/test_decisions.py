@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REPO, RULES_DIR, EngineClient, calc, event
+from conftest import REPO, RULES_DIR, EngineClient, calc, event, write_pack
 
 from engine.core.settings import Settings
 from engine.decisions.calendar import Calendar
@@ -62,10 +62,7 @@ rules:
 
 @pytest.fixture
 def pack(tmp_path: Path) -> Path:
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "pack.yaml").write_text(PACK)
-    return d
+    return write_pack(tmp_path, PACK)
 
 
 async def _engine(make_engine: Any, settings: Settings, rules: Path) -> EngineClient:

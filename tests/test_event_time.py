@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from browser import chromium
-from conftest import EngineClient, LiveEngine, calc, event, now_ms
+from conftest import EngineClient, LiveEngine, calc, event, now_ms, write_pack
 
 from engine.cli.rules import batch_time_ms, replay_traced
 from engine.core.settings import Settings, load_settings
@@ -45,10 +45,7 @@ RULE = "just_used_the_calculator"
 
 @pytest.fixture
 def pack(tmp_path: Path) -> Path:
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "pack.yaml").write_text(PACK)
-    return d
+    return write_pack(tmp_path, PACK)
 
 
 async def _engine(make_engine: Any, settings: Settings, rules: Path) -> EngineClient:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, EngineClient, event
+from conftest import REPO, EngineClient, event, write_pack
 
 from engine.core.settings import Settings
 from engine.decisions.loader import MAX_DEPTH, MAX_FILE_BYTES, RuleSetError, load_rules
@@ -65,10 +65,7 @@ def _rules_check(path: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def pack(tmp_path: Path) -> Path:
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "pack.yaml").write_text(PACK)
-    return d
+    return write_pack(tmp_path, PACK)
 
 
 def test_the_bomb_is_a_small_file() -> None:
