@@ -191,10 +191,54 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        # The learner (engine/learning): one active process holds the lease; the others
+        # leave these alone, so "livemostrecent" reports the holder's value.
+        self.learner_lag = Gauge(
+            "ringback_learner_lag_seconds",
+            "Age of the newest outcome the learner has learned from",
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.learner_outcomes = Counter(
+            "ringback_learner_outcomes_total",
+            "Outcome entries the learner learned from",
+            registry=r,
+        )
+        self.learner_skipped = Counter(
+            "ringback_learner_skipped_total",
+            "Outcome entries the learner acked without learning, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.ready = Gauge(
             "ringback_store_up",
             "1 when Valkey answered the last readiness check",
             multiprocess_mode="liveall",
+            registry=r,
+        )
+        # Per model (names come from rule and offer ids in config, a closed set). Every
+        # worker loads the same snapshots, so the most recent live value is the value.
+        self.model_auc = Gauge(
+            "ringback_model_auc",
+            "Rolling AUC of the serving model snapshot (progressive validation)",
+            ["model"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.model_log_loss = Gauge(
+            "ringback_model_log_loss",
+            "Rolling log loss of the serving model snapshot",
+            ["model"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        # Not `_total`: a value set from the snapshot is a gauge, and promtool refuses a
+        # gauge named like a counter (a counter would sum over workers).
+        self.model_samples = Gauge(
+            "ringback_model_samples",
+            "Outcomes the serving model snapshot has learned from",
+            ["model"],
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         # Bind the children of closed label sets once: .labels() costs ~1 µs per call.

@@ -41,7 +41,8 @@ class Decision(_Record, frozen=True, omit_defaults=True, gc=False):
     action: Action
     rule: str
     channel: Channel
-    factors: dict[str, float]  # propensity, value, lever: what ranked it
+    factors: dict[str, float]  # propensity, value, lever, score: what ranked it
+    model: dict[str, Any]  # {name, version, source}: where the propensity came from
     slot: str | None = None  # offers only: the page slot it fills
     offer: dict[str, Any] | None = None  # the offer's public fields, when the rule names one
 
@@ -56,6 +57,7 @@ class Decision(_Record, frozen=True, omit_defaults=True, gc=False):
             "rule": self.rule,
             "channel": self.channel,
             "factors": self.factors,
+            "model": self.model,
         }
         if self.slot is not None:
             out["slot"] = self.slot
@@ -85,3 +87,5 @@ class Trigger(_Record, frozen=True, omit_defaults=True, gc=False):
     expires_ms: int
     scheduled_for: int | str  # ms of the next opening, "" when due now
     context: dict[str, Any]  # what the agent sees: calculators, intent, pages, offer
+    factors: dict[str, float]  # as the decision's: propensity, value, lever, score
+    model: dict[str, Any]  # as the decision's: {name, version, source}

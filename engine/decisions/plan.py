@@ -25,16 +25,19 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 
 from engine.core.ids import new_decision_id
 from engine.core.vocabulary import Action, Channel, EventType, TriggerKind, trigger_kind
 from engine.decisions.expr import UNKNOWN
+from engine.decisions.features import features
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import Offer, Rule, RuleSet
 from engine.decisions.model import Decision, Trigger
 from engine.ingest.schema import event_type
+from engine.models.registry import NO_MODELS, Models, estimate
 from engine.profile.contact_history import Reservation
 from engine.valkey import keys
 
@@ -125,6 +128,7 @@ class Plan(msgspec.Struct, frozen=True):
     trace: dict[str, dict[str, Any]]
     hits: list[str]
     suppressions: list[tuple[str, str]]
+    features: dict[str, float | str]  # the snapshot propensities were estimated from
 
 
 class Settled(msgspec.Struct, frozen=True):
@@ -206,11 +210,17 @@ def decide(
     offer_key: bytes,
     classify: Callable[[str | None], str],
     new_id: Callable[[int], str] = new_decision_id,
+    models: Models = NO_MODELS,
 ) -> Plan:
     """The plan for one batch, page load or screen-pop at `now_ms`: no I/O, no clock.
 
     `capacity` is the contact center's last reading, `offer_key` keys the page-offer
-    ids, `new_id` makes a contact's decision id from the time (random by default).
+    ids, `new_id` makes a contact's decision id from the time (random by default),
+    `models` the published models as this worker last loaded them (an immutable set).
+    Candidates are ranked by score = propensity x value x lever; the rule's priority
+    only breaks ties. The feature snapshot the propensities came from goes into the
+    plan (and each audit record), so a later outcome is learned against what was known
+    when the decision was made, not the profile as it is by then.
     """
     rs = rules
     now = now_ms
@@ -260,12 +270,14 @@ def decide(
     )
     ranked: list[Decision | Contact] = []
     contacts: list[Contact] = []
+    feats: dict[str, float | str] = {}
     if eligible:
+        feats = features(inp.profile, inp.customer, inp.events, now, _zone(rs))
         # Factors once per candidate: ranking and the decision record both use them.
-        scored = [(_factors(rule, rs, variables), rule, ch, sch) for rule, ch, sch in eligible]
-        scored.sort(key=lambda c: -_rank(c[0], c[1]))
+        scored = [(*_factors(rule, rs, feats, models), rule, ch, sch) for rule, ch, sch in eligible]
+        scored.sort(key=lambda c: (-c[0]["score"], -c[2].priority))
         slots: set[str] = set()
-        for factors, rule, channel, scheduled in scored:
+        for factors, model, rule, channel, scheduled in scored:
             offer = rs.offers.get(rule.offer) if rule.offer else None
             if rule.action == _OFFER:
                 if rule.slot in slots:
@@ -282,6 +294,7 @@ def decide(
                         rule.id,
                         channel,
                         factors,
+                        model,
                         rule.slot,
                         offer.public() if offer is not None else None,
                     )
@@ -295,6 +308,7 @@ def decide(
                 rule.id,
                 channel,
                 factors,
+                model,
                 offer=offer.public() if offer is not None else None,
             )
             contact = _contact(decision, rule, offer, inp, rs, prefix, now, scheduled)
@@ -312,6 +326,7 @@ def decide(
         trace=trace,
         hits=hits,
         suppressions=suppressions,
+        features=feats,
     )
 
 
@@ -320,8 +335,8 @@ def settle(plan: Plan, refused: list[tuple[Contact, str]], taken: Contact | None
     rank order and refused (with the reason), `taken` the one reserved, if any. Every
     contact ranked below the taken one is suppressed: one contact per batch.
 
-    >>> offer = Decision("o", Action.OFFER, "r", Channel.WEB, {}, "main")
-    >>> p = Plan(0, "s", None, "a", "p", None, [offer], [], {}, [], [])
+    >>> offer = Decision("o", Action.OFFER, "r", Channel.WEB, {}, {}, "main")
+    >>> p = Plan(0, "s", None, "a", "p", None, [offer], [], {}, [], [], {})
     >>> settle(p, [], None).decisions == [offer]
     True
     """
@@ -365,8 +380,9 @@ def audit_record(plan: Plan, decision: Decision, trace: list[dict[str, Any]]) ->
         "channel": decision.channel,
         "offer": decision.offer,
         "rule_set": plan.rule_set.version,
-        "model_version": None,
+        "model": decision.model,
         "factors": decision.factors,
+        "features": plan.features,
         "inputs": sorted(rule_inputs(plan.rule_set, decision.rule)),
         "trace": trace,
     }
@@ -387,12 +403,6 @@ def _event_dict(inp: DecisionInput, classify: Callable[[str | None], str]) -> di
         "ts": ev.ts,
         "props": msgspec.structs.asdict(props) if props is not None else {},
     }
-
-
-def _rank(factors: dict[str, float], rule: Rule) -> float:
-    """Propensity x value x lever, with the rule's priority as the tie-breaker on top."""
-    score = factors["propensity"] * max(factors["value"], 0.01) * factors["lever"]
-    return float(score) + rule.priority
 
 
 def _offer_product(rs: RuleSet, rule: Rule) -> str | None:
@@ -438,15 +448,37 @@ def _eligibility(
     return channel, scheduled, None
 
 
-def _factors(rule: Rule, rs: RuleSet, variables: dict[str, Any]) -> dict[str, float]:
+def model_name(rule: Rule) -> str:
+    """The model that estimates a rule's propensity: who clicks an offer
+    (`offer:<offer id>`, shared by every rule showing it) or who answers a contact
+    (`callback:<rule id>`).
+    """
+    if rule.action == _OFFER:
+        return f"offer:{rule.offer or rule.id}"
+    return f"callback:{rule.id}"
+
+
+def _factors(
+    rule: Rule, rs: RuleSet, feats: dict[str, float | str], models: Models
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """(factors, model): propensity from the rule's model (or its prior, or 1.0 with
+    none published), value and lever from the rule set, score their product; the
+    value is floored at 0.01 so a rule without a value still ranks by propensity."""
     offer = rs.offers.get(rule.offer) if rule.offer else None
-    scores = variables.get("score") or {}
-    value = scores.get(rule.id) if isinstance(scores, dict) else None
-    return {
-        "propensity": float(value) if isinstance(value, int | float) else 1.0,
-        "value": rule.value or (offer.value if offer else 0.0),
-        "lever": rs.levers.get(offer.product if offer else "", 1.0),
-    }
+    est = estimate(models, model_name(rule), feats)
+    value = rule.value or (offer.value if offer else 0.0)
+    lever = rs.levers.get(offer.product if offer else "", 1.0)
+    score = est.propensity * max(value, 0.01) * lever
+    factors = {"propensity": est.propensity, "value": value, "lever": lever, "score": score}
+    return factors, {"name": est.model, "version": est.version, "source": est.source}
+
+
+def _zone(rs: RuleSet) -> ZoneInfo | None:
+    """The zone hour and weekday features are read in: the rule set's first contact
+    calendar's (the bank's own), else UTC. Sites have no zone of their own yet."""
+    for cal in rs.calendars.values():
+        return cal.zone
+    return None
 
 
 def _contact(
@@ -501,6 +533,8 @@ def _contact(
         created_ms=now,
         expires_ms=(scheduled or now) + rule.policy.expires_s * 1000,
         scheduled_for=scheduled or "",
+        factors=decision.factors,
+        model=decision.model,
         context={
             "calc": p.get("calc", {}),
             "intent": p.get("intent", {}),

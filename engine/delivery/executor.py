@@ -32,6 +32,7 @@ from engine.decisions.plan import (
 )
 from engine.delivery.queue import enqueue
 from engine.delivery.records import write_audit, write_trigger
+from engine.models.registry import NO_MODELS, Models
 from engine.profile.contact_history import reserve
 from engine.valkey.store import Store
 
@@ -63,9 +64,11 @@ class RulesDecider:
         classify: Callable[[str | None], str],
         capacity: Callable[[], Capacity] = _unmeasured,
         offer_key: bytes | None = None,
+        models: Callable[[], Models] = lambda: NO_MODELS,
     ) -> None:
         self._rules = rules
         self.capacity = capacity
+        self.models = models  # the registry's current set: swapped whole, read per batch
         self.store = store
         self.metrics = metrics
         self.classify = classify
@@ -78,7 +81,15 @@ class RulesDecider:
 
     async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
         now = inp.now_ms or int(time.time() * 1000)
-        plan = decide(self._rules(), inp, now, self.capacity(), self._offer_key, self.classify)
+        plan = decide(
+            self._rules(),
+            inp,
+            now,
+            self.capacity(),
+            self._offer_key,
+            self.classify,
+            models=self.models(),
+        )
         for rule_id in plan.hits:
             hits = self._hit_counters.get(rule_id)
             if hits is None:

@@ -35,6 +35,8 @@ __all__ = [
     "LoginAnswer",
     "LogoutAnswer",
     "MeAnswer",
+    "ModelInfo",
+    "ModelsAnswer",
     "OutcomeAnswer",
     "PageVisit",
     "ProfileAnswer",
@@ -208,6 +210,24 @@ class ReloadAnswer(_Answer):
     version: str
     rules: int
     error: str | None
+
+
+class ModelInfo(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One published model as this worker serves it (engine/models/snapshot.py)."""
+
+    name: str  # `callback:<rule_id>` or `offer:<offer_id>`
+    version: int
+    samples: int
+    positives: int
+    auc: float | None  # progressive validation; null while undefined (one class seen)
+    log_loss: float | None
+    mature: bool  # false: decisions use `prior` (the observed rate), not the model
+    prior: float
+    updated_at: int  # ms since the epoch: when this version was published
+
+
+class ModelsAnswer(_Answer):
+    models: list[ModelInfo]  # by name
 
 
 class DemoLoginAnswer(_Answer):

@@ -42,6 +42,7 @@ from engine.http.state import (
     IP_LIMITER,
     LOGIN_THROTTLE,
     METRICS,
+    MODELS,
     PROFILES,
     RULES,
     SETTINGS,
@@ -49,6 +50,7 @@ from engine.http.state import (
     VERIFIER,
 )
 from engine.ingest.identity import IdentityVerifier
+from engine.models.registry import ModelRegistry
 from engine.privacy.erasure import Eraser
 from engine.profile.profiles import ProfileStore
 from engine.valkey.janitor import StreamJanitor
@@ -192,6 +194,9 @@ def build_app(
         monitor.start()
         janitor = StreamJanitor(store, [w.name for w in settings.webhooks], metrics=metrics)
         janitor.start()
+        models = ModelRegistry(store, metrics)
+        app[MODELS] = models
+        models.start()
         holder = app.get(RULES)
         if holder is not None and decider is None:
             app[DECIDER] = RulesDecider(
@@ -201,6 +206,7 @@ def build_app(
                 app[PROFILES].classifier.category,
                 capacity=lambda: monitor.current,
                 offer_key=offer_decision_key(settings),
+                models=lambda: models.current,
             )
             holder.start()
         dispatcher = None
@@ -213,7 +219,7 @@ def build_app(
                 dispatcher = None
         yield
         # Each step is bounded: a stuck stop must never keep a worker from exiting.
-        steps = [janitor.stop(), monitor.stop(), gateway.stop(), app[ERASER].close()]
+        steps = [janitor.stop(), models.stop(), monitor.stop(), gateway.stop(), app[ERASER].close()]
         if dispatcher is not None:
             steps.insert(0, dispatcher.stop())
         if holder is not None:

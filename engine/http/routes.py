@@ -17,6 +17,7 @@ from aiohttp import web
 
 from engine.http import agents, assets, attributes, context, dashboard, ingest, ops, triggers
 from engine.http import answers as a
+from engine.http import models as api_models
 from engine.http import profiles as api_profiles
 from engine.http.errors import json_response
 from engine.http.openapi import Auth, Reply, Route, build_document
@@ -190,6 +191,17 @@ ROUTES: tuple[Route, ...] = (
             422: Reply("Rejected; previous rules keep serving", a.ReloadAnswer),
         },
         {401: _NO_TOKEN, 404: "This engine runs without a rules directory"},
+    ),
+    Route(
+        "GET",
+        "/v1/models",
+        api_models.handle_models,
+        Auth.API_TOKEN,
+        "The published models this worker scores with: version, samples, AUC, log loss, "
+        "maturity (an immature model's decisions use its prior, the observed rate)",
+        ("models",),
+        {200: Reply(OK, a.ModelsAnswer)},
+        {401: _NO_TOKEN},
     ),
     # Agents (session cookie + CSRF token) and CTI (API token).
     Route(

@@ -20,6 +20,7 @@ from engine.decisions.inputs import Decider
 from engine.http.login_throttle import LoginThrottle
 from engine.http.security import IpRateLimiter
 from engine.ingest.identity import IdentityVerifier
+from engine.models.registry import ModelRegistry
 from engine.privacy.erasure import Eraser
 from engine.profile.profiles import ProfileStore
 from engine.valkey.store import Store
@@ -41,6 +42,7 @@ __all__ = [
     "LOGIN_THROTTLE",
     "METRICS",
     "METRICS_LISTENER",
+    "MODELS",
     "PROFILES",
     "RULES",
     "SDK",
@@ -61,6 +63,7 @@ IP_LIMITER = web.AppKey("ip_limiter", IpRateLimiter)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 CAPACITY = web.AppKey("capacity", CapacityMonitor)
 GATEWAY = web.AppKey("gateway", Gateway)
+MODELS = web.AppKey("models", ModelRegistry)  # published model snapshots, polled
 METRICS_LISTENER = web.AppKey("metrics_listener", bool)  # /metrics has its own listener
 INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
 SDK: web.AppKey[SdkAsset] = web.AppKey("sdk_asset")

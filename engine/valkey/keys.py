@@ -31,6 +31,7 @@ be found from the id alone. Erasure receipts (`rb:{erasures}`) hold no personal 
 from __future__ import annotations
 
 __all__ = [
+    "MODEL_INDEX",
     "PROFILE_SUFFIXES",
     "TRIGGER_SHARDS",
     "anonymous_prefix",
@@ -39,7 +40,9 @@ __all__ = [
     "erasures_stream",
     "is_anonymous",
     "key_slot",
+    "learner_lease",
     "link_member",
+    "model_snapshot",
     "outcome_stream",
     "profile_erased",
     "profile_keys",
@@ -178,6 +181,15 @@ TRIGGER_SHARDS = 4
 CAPACITY_AGENTS = "rb:{cap}:agents"
 CALLBACK_QUEUE = "rb:{cap}:queue"
 
+# Model snapshots (engine/models): the index hash (model name -> version) and one JSON
+# string per model, all in one slot so a publisher's SET + HSET touch one node.
+MODEL_INDEX = "rb:{models}:index"
+
+
+def model_snapshot(name: str) -> str:
+    """A model's latest snapshot (JSON weights, never pickle)."""
+    return f"rb:{{models}}:snap:{name}"
+
 
 def trigger_stream(shard: int) -> str:
     return f"rb:{{t:{shard}}}:triggers"
@@ -219,6 +231,12 @@ def webhook_dead_letters(target: str) -> str:
 
 def webhook_replay(target: str) -> str:
     return f"rb:{{wh:{target}}}:replay"
+
+
+def learner_lease() -> str:
+    """Who is the active learner (engine/learning/learner.py): a string holding its id,
+    with a TTL it renews while alive, so another takes over when it dies."""
+    return "rb:{learner}:lease"
 
 
 def link_member(site: str, anonymous_id: str) -> str:

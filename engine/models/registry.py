@@ -1,0 +1,156 @@
+"""The models a worker scores with: published snapshots, polled and swapped in whole.
+
+The learner publishes with `publish` (snapshot first, then its version in the index
+hash, so a reader that sees a version finds its snapshot). Every worker runs a
+`ModelRegistry`: each poll reads the index (one HGETALL), fetches only the snapshots
+whose version changed, decodes and compiles them here, off the request path, and
+replaces its whole set with ONE assignment. A request reads `registry.current`
+once and never waits on a lock or sees half a set. A snapshot that does not decode
+is refused, the model keeps its previous version, and the failure is logged and
+counted like any background failure (once per published version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from engine.core.errors import ConfigError
+from engine.core.metrics import Metrics
+from engine.core.tasks import Periodic
+from engine.models.snapshot import Scorer, Snapshot, decode, encode
+from engine.valkey import keys
+from engine.valkey.store import Store
+
+__all__ = ["NO_MODELS", "Estimate", "LoadedModel", "ModelRegistry", "Models", "estimate", "publish"]
+
+log = logging.getLogger("ringback.models")
+
+Source = Literal["model", "prior", "none"]
+
+
+class Estimate(msgspec.Struct, frozen=True):
+    """A propensity and where it came from: the model (`mature`), the observed rate
+    of an immature one (`prior`), or nothing published (`none`, 1.0: rank as if
+    there were no model)."""
+
+    propensity: float
+    model: str
+    version: int | None
+    mature: bool
+    source: Source
+
+
+class LoadedModel(msgspec.Struct, frozen=True):
+    """A snapshot and its compiled scorer (compiled once, when it was loaded)."""
+
+    snapshot: Snapshot
+    scorer: Scorer
+
+
+async def publish(store: Store, snapshot: Snapshot) -> None:
+    """Make `snapshot` the model's current version for every worker. Two awaited
+    writes, in order: the index never names a version whose snapshot is not stored."""
+    await store.call("SET", keys.model_snapshot(snapshot.name), encode(snapshot), writes=True)
+    await store.call("HSET", keys.MODEL_INDEX, snapshot.name, snapshot.version, writes=True)
+
+
+Models = Mapping[str, LoadedModel]
+NO_MODELS: Models = {}
+
+
+class ModelRegistry(Periodic):
+    """The current model set of this worker, refreshed every `poll_s`."""
+
+    name = "model_registry"
+
+    def __init__(self, store: Store, metrics: Metrics | None = None, poll_s: float = 1.0) -> None:
+        super().__init__(poll_s, metrics)
+        self.store = store
+        # Replaced whole, never mutated: readers take a consistent set with one load.
+        self.current: Mapping[str, LoadedModel] = {}
+        # name -> index version that failed to decode, so it is not re-fetched (and
+        # re-counted) every poll; a newer publish clears it.
+        self._refused: dict[str, str] = {}
+
+    async def tick(self) -> None:
+        await self.refresh()
+
+    async def refresh(self) -> Mapping[str, LoadedModel]:
+        """Load what changed since the last poll and swap it in; returns the new set.
+        Raises `ConfigError` after the swap if a snapshot was refused."""
+        index: dict[str, str] = await self.store.call("HGETALL", keys.MODEL_INDEX) or {}
+        old = self.current
+        changed = [
+            name
+            for name, version in index.items()
+            if self._refused.get(name) != version
+            and (name not in old or str(old[name].snapshot.version) != version)
+        ]
+        raws = await asyncio.gather(
+            *(self.store.call("GET", keys.model_snapshot(name)) for name in changed)
+        )
+        fresh = {name: model for name, model in old.items() if name in index}
+        refused: list[str] = []
+        for name, raw in zip(changed, raws, strict=True):
+            try:
+                if raw is None:
+                    raise ValueError("the index names it but no snapshot is stored")
+                snapshot = decode(raw)
+                if snapshot.name != name:
+                    raise ValueError(f"the snapshot is named {snapshot.name!r}")
+                fresh[name] = LoadedModel(snapshot, snapshot.compile())
+                self._refused.pop(name, None)
+            except (msgspec.DecodeError, ValueError, TypeError) as exc:
+                self._refused[name] = index[name]
+                refused.append(f"{name} v{index[name]}: {exc}")
+        for name in list(self._refused):
+            if name not in index:
+                del self._refused[name]
+        if changed or len(fresh) != len(old):
+            self.current = fresh  # the one assignment readers can observe
+            self._export(old, fresh)
+        if refused:
+            raise ConfigError(keys.MODEL_INDEX, "snapshot", "refused " + "; ".join(refused))
+        return fresh
+
+    def _export(self, old: Mapping[str, LoadedModel], fresh: Mapping[str, LoadedModel]) -> None:
+        if self.metrics is None:
+            return
+        m = self.metrics
+        for name, model in fresh.items():
+            s = model.snapshot
+            m.model_auc.labels(name).set(s.auc if s.auc is not None else float("nan"))
+            m.model_log_loss.labels(name).set(
+                s.log_loss if s.log_loss is not None else float("nan")
+            )
+            m.model_samples.labels(name).set(s.samples)
+        for name in old:
+            if name not in fresh:
+                for gauge in (m.model_auc, m.model_log_loss, m.model_samples):
+                    try:
+                        gauge.remove(name)
+                    except KeyError:
+                        pass
+
+    def estimate(self, name: str, features: Mapping[str, float | str]) -> Estimate:
+        """The propensity for one candidate from the current set: no I/O, a few µs."""
+        return estimate(self.current, name, features)
+
+
+def estimate(models: Models, name: str, features: Mapping[str, float | str]) -> Estimate:
+    """The propensity for one candidate from a model set (`ModelRegistry.current`, an
+    immutable snapshot, so deciding stays a pure function of its inputs): a mature
+    model's prediction; an immature one's observed rate (its prior); 1.0 with no model
+    (ranking by value x lever, as before there were models)."""
+    model = models.get(name)
+    if model is None:
+        return Estimate(1.0, name, None, False, "none")
+    s = model.snapshot
+    if not s.mature:
+        return Estimate(s.prior, name, s.version, False, "prior")
+    return Estimate(model.scorer.predict(features), name, s.version, True, "model")

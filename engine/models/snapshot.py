@@ -1,0 +1,330 @@
+"""A published model as plain weights, and the compiled scorer the hot path calls.
+
+The learner (engine/learning) trains river pipelines off the request path and
+publishes what they learned as JSON (never pickle: a snapshot is data any worker,
+tool or person can read, and loading it runs no code). Every worker compiles the
+snapshot once into a `Scorer` whose `predict` is a few dict lookups per feature.
+
+The transform (issue 11's contract; the learner's pipeline predicts the same):
+
+- numeric x: z = (x - mean) / std from `scale` (std 0 or no scale -> z = 0);
+  weight key = the feature's name.
+- categorical v (a str): key `name=v`, value 1.0.
+- crosses [a, b], in the order listed: both categorical -> `a=va&b=vb`, 1.0;
+  a categorical, b numeric -> `a=va&b`, z_b; a numeric, b categorical -> `a&b=vb`,
+  z_a; both numeric -> `a&b`, z_a * z_b. A cross with a missing side is skipped.
+- p = sigmoid(intercept + sum(weights.get(key, 0) * value)).
+
+>>> snap = Snapshot(
+...     name="callback:demo", version=1, created_ms=0, samples=500, positives=60,
+...     auc=0.7, log_loss=0.4, mature=True, prior=0.12, intercept=0.0,
+...     scale={"amount": (100.0, 50.0)}, crosses=[("tier", "amount")],
+...     weights={"amount": 1.0, "tier=vip": 0.5, "tier=vip&amount": 0.25},
+... )
+>>> round(snap.compile().predict({"amount": 200.0, "tier": "vip"}), 6)  # 2 + 0.5 + 0.5
+0.952574
+>>> decode(encode(snap)) == snap
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "MATURE_POSITIVES",
+    "MATURE_SAMPLES",
+    "Scorer",
+    "Snapshot",
+    "decode",
+    "encode",
+    "is_mature",
+]
+
+MATURE_SAMPLES = 200
+MATURE_POSITIVES = 20
+
+
+def is_mature(samples: int, positives: int) -> bool:
+    """The contract's maturity: enough samples and enough positives to trust the model
+    over the observed rate (the learner decides and writes `mature`)."""
+    return samples >= MATURE_SAMPLES and positives >= MATURE_POSITIVES
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """One model version exactly as stored under `keys.model_snapshot(name)`.
+
+    `auc` and `log_loss` may be null: with one class seen so far AUC is undefined
+    (and msgspec writes a NaN as null, so a float-only field could not read it back).
+    """
+
+    name: str
+    version: int
+    created_ms: int
+    samples: int
+    positives: int
+    auc: float | None
+    log_loss: float | None
+    mature: bool
+    prior: float
+    intercept: float
+    scale: dict[str, tuple[float, float]] = {}
+    crosses: list[tuple[str, str]] = []
+    weights: dict[str, float] = {}
+
+    def compile(self) -> Scorer:
+        return Scorer(self)
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Snapshot)
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    return _encoder.encode(snapshot)
+
+
+def decode(data: bytes | str) -> Snapshot:
+    """Parse and validate a stored snapshot; raises `msgspec.ValidationError` (or
+    `msgspec.DecodeError`) for anything that is not one."""
+    return _decoder.decode(data)
+
+
+# A cross compiled for every combination of its sides' kinds, so the general path
+# builds no key strings: (a, b, mean_a, std_a, mean_b, std_b, cat_cat, cat_num,
+# num_cat, num_num), std 0.0 meaning "z = 0", tables keyed by categorical values.
+_Cross = tuple[
+    str,
+    str,
+    float,
+    float,
+    float,
+    float,
+    dict[str, dict[str, float]],
+    dict[str, float],
+    dict[str, float],
+    float,
+]
+
+
+def _splits(text: str, sep: str) -> list[tuple[str, str]]:
+    """Every way to split `text` at one occurrence of `sep`. A weight key such as
+    `a=x&b=y&b=z` reads as more than one (va, vb) pair; registering each keeps the
+    tables exactly equal to looking up the joined string."""
+    out = []
+    at = text.find(sep)
+    while at >= 0:
+        out.append((text[:at], text[at + len(sep) :]))
+        at = text.find(sep, at + 1)
+    return out
+
+
+def _compile_cross(
+    a: str, b: str, weights: Mapping[str, float], scale: Mapping[str, tuple[float, float]]
+) -> _Cross | None:
+    """The weights of one cross by kind of its sides, or None if it can add nothing."""
+    cat_cat: dict[str, dict[str, float]] = {}
+    cat_num: dict[str, float] = {}
+    num_cat: dict[str, float] = {}
+    head_cat, tail_num, head_num_cat = f"{a}=", f"&{b}", f"{a}&{b}="
+    for key, w in weights.items():
+        if w == 0.0:
+            continue
+        if key.startswith(head_cat):
+            rest = key[len(head_cat) :]
+            if rest.endswith(tail_num):
+                cat_num[rest[: -len(tail_num)]] = float(w)
+            for va, vb in _splits(rest, f"&{b}="):
+                cat_cat.setdefault(va, {})[vb] = float(w)
+        if key.startswith(head_num_cat):
+            num_cat[key[len(head_num_cat) :]] = float(w)
+    mean_a, std_a = (float(x) for x in scale.get(a, (0.0, 0.0)))
+    mean_b, std_b = (float(x) for x in scale.get(b, (0.0, 0.0)))
+    # A numeric side without scale has z = 0: its tables can add nothing.
+    cat_num = cat_num if std_b else {}
+    num_cat = num_cat if std_a else {}
+    num_num = float(weights.get(f"{a}&{b}", 0.0)) if std_a and std_b else 0.0
+    if not (cat_cat or cat_num or num_cat or num_num):
+        return None
+    return (a, b, mean_a, std_a, mean_b, std_b, cat_cat, cat_num, num_cat, num_num)
+
+
+_exp = math.exp
+
+
+class Scorer:
+    """A snapshot compiled for the hot path. Immutable after construction, so any
+    number of coroutines may share one.
+
+    The fast path walks the model's own lists (features it has no weight for cost
+    nothing) and assumes each feature has the kind its weights show: a numeric name
+    holds a number, a cross's sides the kinds of its only non-empty table. Looking a
+    number up in a table keyed by strings finds nothing, which is also what the
+    contract adds for it; a string where a number is expected raises TypeError, and
+    the general path (types checked per value, same result) takes over.
+    """
+
+    __slots__ = (
+        "_cat_cat",
+        "_cat_num",
+        "_categorical",
+        "_crosses",
+        "_intercept",
+        "_mixed",
+        "_num_cat",
+        "_num_num",
+        "_numeric",
+    )
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        weights = snapshot.weights
+        scale = snapshot.scale
+        self._intercept = float(snapshot.intercept)
+        # (name, mean, weight / std) for numerics that can contribute: w * z as one
+        # multiplication (equal to the contract's within a rounding).
+        self._numeric = tuple(
+            (name, float(mean), float(weights.get(name, 0.0)) / float(std))
+            for name, (mean, std) in scale.items()
+            if std != 0.0 and weights.get(name, 0.0) != 0.0
+        )
+        # categorical name -> value -> weight. Feature names are snake_case (the
+        # contract), so a key's first "=" ends the name, and a name holding "&" is a
+        # cross's, never a feature's.
+        categorical: dict[str, dict[str, float]] = {}
+        for key, w in weights.items():
+            name, eq, value = key.partition("=")
+            if eq and w != 0.0 and "&" not in name:
+                categorical.setdefault(name, {})[value] = float(w)
+        # Tables are read with whatever a feature holds (a float finds nothing): Any keys.
+        self._categorical: tuple[tuple[str, dict[Any, float]], ...] = tuple(categorical.items())
+        crosses = [_compile_cross(a, b, weights, scale) for a, b in snapshot.crosses]
+        self._crosses = tuple(c for c in crosses if c is not None)
+        cat_cat: list[tuple[str, str, dict[Any, dict[Any, float]]]] = []
+        cat_num: list[tuple[str, str, float, float, dict[Any, float]]] = []
+        num_cat: list[tuple[str, str, float, float, dict[Any, float]]] = []
+        num_num: list[tuple[str, str, float, float, float, float, float]] = []
+        mixed: list[_Cross] = []
+        for c in self._crosses:
+            a, b, mean_a, std_a, mean_b, std_b, cc, cn, nc, nn = c
+            kinds = bool(cc) + bool(cn) + bool(nc) + bool(nn)
+            if kinds > 1:
+                mixed.append(c)
+            elif cc:
+                cat_cat.append((a, b, cc))
+            elif cn:
+                cat_num.append((a, b, mean_b, 1.0 / std_b, cn))
+            elif nc:
+                num_cat.append((b, a, mean_a, 1.0 / std_a, nc))  # table side first
+            else:
+                num_num.append((a, b, mean_a, std_a, mean_b, std_b, nn))
+        self._cat_cat = tuple(cat_cat)
+        self._cat_num = tuple(cat_num)
+        self._num_cat = tuple(num_cat)
+        self._num_num = tuple(num_num)
+        self._mixed = tuple(mixed)
+
+    def predict(self, features: Mapping[str, float | str]) -> float:
+        """P(positive | features). Values are floats (numeric) or str (categorical);
+        features the model does not know add nothing."""
+        try:
+            total = self._fast(features)
+        except TypeError:  # a value of another kind than the weights suggest
+            total = self._general(features)
+        if total >= 0.0:  # sigmoid(total), inlined: this is the hot path
+            return 1.0 / (1.0 + _exp(-total))
+        e = _exp(total)
+        return e / (1.0 + e)
+
+    def _fast(self, features: Mapping[str, Any]) -> float:
+        get = features.get
+        total = self._intercept
+        # An absent numeric reads as its mean and an absent categorical finds 0.0:
+        # both add nothing, without a branch per feature.
+        for name, mean, slope in self._numeric:
+            total += slope * (get(name, mean) - mean)
+        for name, table in self._categorical:
+            total += table.get(get(name), 0.0)
+        for a, b, rows in self._cat_cat:
+            row = rows.get(get(a))
+            if row is not None:
+                w_ab = row.get(get(b))
+                if w_ab is not None:
+                    total += w_ab
+        for a, b, mean, slope, table in self._cat_num:
+            w = table.get(get(a))
+            if w is not None:
+                x = get(b)
+                if x is not None:
+                    total += w * slope * (x - mean)
+        for b, a, mean, slope, table in self._num_cat:
+            w = table.get(get(b))
+            if w is not None:
+                x = get(a)
+                if x is not None:
+                    total += w * slope * (x - mean)
+        for a, b, mean_a, std_a, mean_b, std_b, w in self._num_num:
+            x = get(a)
+            if x is not None:
+                y = get(b)
+                if y is not None:
+                    total += w * (((x - mean_a) / std_a) * ((y - mean_b) / std_b))
+        if self._mixed:
+            total += self._cross_sum(features, self._mixed)
+        return total
+
+    def _general(self, features: Mapping[str, Any]) -> float:
+        """The contract with every value's kind checked."""
+        total = self._intercept
+        numeric = {name: (mean, slope) for name, mean, slope in self._numeric}
+        categorical = dict(self._categorical)
+        for name, value in features.items():
+            if isinstance(value, str):
+                w = categorical.get(name, {}).get(value)
+                if w is not None:
+                    total += w
+            elif name in numeric:
+                mean, slope = numeric[name]
+                total += slope * (value - mean)
+        return total + self._cross_sum(features, self._crosses)
+
+    @staticmethod
+    def _cross_sum(features: Mapping[str, Any], crosses: tuple[_Cross, ...]) -> float:
+        total = 0.0
+        get = features.get
+        for a, b, mean_a, std_a, mean_b, std_b, cat_cat, cat_num, num_cat, num_num in crosses:
+            va = get(a)
+            vb = get(b)
+            if va is None or vb is None:
+                continue
+            if isinstance(va, str):
+                if isinstance(vb, str):
+                    w = cat_cat.get(va, {}).get(vb)
+                    if w is not None:
+                        total += w
+                else:
+                    w = cat_num.get(va)
+                    if w is not None:
+                        total += w * ((vb - mean_b) / std_b)
+            elif isinstance(vb, str):
+                w = num_cat.get(vb)
+                if w is not None:
+                    total += w * ((va - mean_a) / std_a)
+            elif num_num:
+                total += num_num * (((va - mean_a) / std_a) * ((vb - mean_b) / std_b))
+        return total
+
+
+def sigmoid(x: float) -> float:
+    """The logistic function without overflow for large |x|.
+
+    >>> sigmoid(0.0), sigmoid(-1000.0), sigmoid(1000.0)
+    (0.5, 0.0, 1.0)
+    """
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
