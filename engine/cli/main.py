@@ -6,6 +6,7 @@
     ringback rules check PATH | rules test PATH --events FILE.jsonl [--against PATH]
     ringback simulate --url URL [--rate N] [--duration S] [--speed X]
     ringback import FILE.jsonl [--redis URL] [--data-dir DIR]
+    ringback learn [--redis URL] [--data-dir DIR]
     ringback webhooks dead-letters --target NAME [--replay] --redis URL
 
 Errors a user can fix (a bad config key, an unknown site) print one line and exit 2;
@@ -137,7 +138,7 @@ def _extensions() -> list[
     tuple[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser], str], None]]
 ]:
     """Subcommands that live with the code they drive (imported lazily)."""
-    from engine.cli import imports, simulate
+    from engine.cli import imports, learn, simulate
     from engine.cli import rules as rules_cli
     from engine.delivery import webhooks
 
@@ -145,6 +146,7 @@ def _extensions() -> list[
         ("rules", rules_cli.register),
         ("simulate", simulate.register),
         ("import", imports.register),
+        ("learn", learn.register),
         ("webhooks", webhooks.register),
     ]
 

@@ -1,0 +1,224 @@
+"""One propensity model: river's scaler and logistic regression behind the contract's
+transform, validated progressively, exported as plain weights.
+
+Who responds depends on combinations (value tier x amount, campaign x behaviour),
+which a linear model of the raw features misses; so the features go through the
+snapshot contract's transform (docs: the learning contract, issue 11) before the
+logistic regression sees them:
+
+- numeric x -> z = (x - mean) / std with river's running `StandardScaler` (std 0 -> 0);
+- categorical v -> `name=v`: 1.0;
+- crosses [a, b]: `a=va&b=vb` 1.0, `a=va&b` z_b, `a&b=vb` z_a, `a&b` z_a * z_b.
+
+The regression learns on exactly that transform with the scaler's stats as of the
+moment (river's pipeline order: the scaler learns the sample, then transforms it),
+and predicts with the stats as they are; so a snapshot of (scale, crosses, weights,
+intercept) taken at any moment scores exactly as `predict_one` does then (the
+scorer in engine/models computes the same sum).
+
+The optimizer is plain SGD: its only state is the weights, so a learner that takes
+over restores a model from the last snapshot (`from_snapshot`) and goes on where it
+left off (up to the scaler's per-feature counts, restored as `samples`).
+
+>>> m = PropensityModel("offer:o1", crosses=[("tier", "amount")])
+>>> for i in range(400):
+...     vip = i % 2 == 0
+...     _ = m.learn({"tier": "vip" if vip else "std", "amount": float(i % 7)}, vip and i % 4 == 0)
+>>> m.samples, m.positives, m.mature
+(400, 100, True)
+>>> m.predict_one({"tier": "vip", "amount": 3.0}) > m.predict_one({"tier": "std", "amount": 3.0})
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+from river import linear_model, metrics, optim, preprocessing, utils
+
+from engine.models.snapshot import Snapshot, is_mature
+
+__all__ = [
+    "Features",
+    "PropensityModel",
+    "transform",
+]
+
+Features = Mapping[str, float | str]
+
+VALIDATION_WINDOW = 2000  # rolling AUC and log loss over the last this many samples
+
+
+def _z(x: float, mean: float, var: float) -> float:
+    # river's StandardScaler.transform_one, term for term (same float operations).
+    return (x - mean) / var**0.5 if var else 0.0
+
+
+def transform(
+    x: Features,
+    means: Mapping[str, float],
+    vars_: Mapping[str, float],
+    crosses: Sequence[tuple[str, str]],
+) -> dict[str, float]:
+    """The contract's transform of one feature dict, with the scaler's `means`/`vars_`
+    (variances: std = sqrt(var)); what the regression learns on and predicts from.
+
+    >>> transform({"tier": "vip", "amount": 3.0, "hour": 2.0}, {"amount": 1.0, "hour": 2.0},
+    ...           {"amount": 4.0}, [("tier", "amount"), ("amount", "hour"), ("tier", "x")])
+    {'amount': 1.0, 'hour': 0.0, 'tier=vip': 1.0, 'tier=vip&amount': 1.0, 'amount&hour': 0.0}
+    """
+    z = {
+        name: _z(float(v), means.get(name, 0.0), vars_.get(name, 0.0))
+        for name, v in x.items()
+        if not isinstance(v, str)
+    }
+    out = dict(z)
+    out.update({f"{name}={v}": 1.0 for name, v in x.items() if isinstance(v, str)})
+    for a, b in crosses:
+        va, vb = x.get(a), x.get(b)
+        if va is None or vb is None:
+            continue
+        if isinstance(va, str) and isinstance(vb, str):
+            out[f"{a}={va}&{b}={vb}"] = 1.0
+        elif isinstance(va, str):
+            out[f"{a}={va}&{b}"] = z[b]
+        elif isinstance(vb, str):
+            out[f"{a}&{b}={vb}"] = z[a]
+        else:
+            out[f"{a}&{b}"] = z[a] * z[b]
+    return out
+
+
+def _numeric(x: Features) -> dict[str, float]:
+    return {k: float(v) for k, v in x.items() if not isinstance(v, str)}
+
+
+class PropensityModel:
+    """P(positive outcome | features) for one model name (`callback:<rule>`,
+    `offer:<offer>`), learned online, with progressive validation (each sample is
+    predicted before it is learned)."""
+
+    def __init__(
+        self,
+        name: str,
+        crosses: Iterable[Sequence[str]] = (),
+        *,
+        lr: float = 0.05,
+        l2: float = 1e-4,
+        window: int = VALIDATION_WINDOW,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError("lr must be > 0")
+        if window < 2:
+            raise ValueError("window must be >= 2")
+        self.name = name
+        self.crosses: list[tuple[str, str]] = [(str(a), str(b)) for a, b in crosses]
+        # river is untyped: its objects are `Any` here, their use kept to this class.
+        self.scaler: Any = preprocessing.StandardScaler()
+        self.regression: Any = linear_model.LogisticRegression(
+            optimizer=optim.SGD(lr), l2=l2, intercept_lr=lr
+        )
+        self.samples = 0
+        self.positives = 0
+        rolling_auc: Any = metrics.RollingROCAUC
+        self._auc: Any = rolling_auc(window_size=window)
+        self._log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
+
+    # -- learning --------------------------------------------------------------------
+
+    def features(self, x: Features) -> dict[str, float]:
+        """`transform` with the scaler's stats as they are now."""
+        return transform(x, self.scaler.means, self.scaler.vars, self.crosses)
+
+    def predict_one(self, x: Features) -> float:
+        p = self.regression.predict_proba_one(self.features(x))[True]
+        return float(p)
+
+    def learn(self, x: Features, y: bool) -> float:
+        """Predict (for validation), then learn; returns the prediction made before."""
+        p = self.predict_one(x)
+        self._auc.update(y, p)
+        self._log_loss.update(y, p)
+        self.scaler.learn_one(_numeric(x))
+        self.regression.learn_one(self.features(x), y)
+        self.samples += 1
+        self.positives += int(y)
+        return p
+
+    # -- what a snapshot says ----------------------------------------------------------
+
+    @property
+    def mature(self) -> bool:
+        return is_mature(self.samples, self.positives)
+
+    @property
+    def prior(self) -> float:
+        return self.positives / self.samples if self.samples else 0.0
+
+    @property
+    def auc(self) -> float | None:
+        """Rolling AUC of the predictions made before learning; None while undefined
+        (one class seen in the window)."""
+        return _finite(self._auc.get()) if 0 < self.positives < self.samples else None
+
+    @property
+    def log_loss(self) -> float | None:
+        return _finite(self._log_loss.get()) if self.samples else None
+
+    def weights(self) -> dict[str, Any]:
+        """The plain-weights part of a snapshot: intercept, scale, crosses, weights."""
+        scale = {
+            name: [float(mean), math.sqrt(self.scaler.vars[name])]
+            for name, mean in self.scaler.means.items()
+        }
+        return {
+            "intercept": float(self.regression.intercept),
+            "scale": scale,
+            "crosses": [list(c) for c in self.crosses],
+            "weights": {k: float(w) for k, w in self.regression.weights.items() if w != 0.0},
+        }
+
+    def snapshot_fields(self, version: int, now_ms: int) -> dict[str, Any]:
+        """Every field of the contract's snapshot JSON."""
+        return {
+            "name": self.name,
+            "version": version,
+            "created_ms": now_ms,
+            "samples": self.samples,
+            "positives": self.positives,
+            "auc": self.auc,
+            "log_loss": self.log_loss,
+            "mature": self.mature,
+            "prior": self.prior,
+            **self.weights(),
+        }
+
+    def export(self, version: int, now_ms: int) -> Snapshot:
+        """The model as it is now, as the snapshot every worker scores with."""
+        return msgspec.convert(self.snapshot_fields(version, now_ms), Snapshot)
+
+    @classmethod
+    def restore(
+        cls, snap: Snapshot, crosses: Iterable[Sequence[str]] | None = None, **kw: Any
+    ) -> PropensityModel:
+        """A model that goes on from a published snapshot (a learner taking over): the
+        weights, intercept, scaler stats and counts; validation starts a new window."""
+        model = cls(snap.name, snap.crosses if crosses is None else crosses, **kw)
+        model.samples = snap.samples
+        model.positives = snap.positives
+        model.regression.intercept = float(snap.intercept)
+        for k, w in snap.weights.items():
+            model.regression._weights[k] = float(w)
+        for name, (mean, std) in snap.scale.items():
+            model.scaler.counts[name] = max(model.samples, 1)
+            model.scaler.means[name] = float(mean)
+            model.scaler.vars[name] = float(std) ** 2
+        return model
+
+
+def _finite(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
