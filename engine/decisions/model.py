@@ -45,6 +45,7 @@ class Decision(_Record, frozen=True, omit_defaults=True, gc=False):
     model: dict[str, Any]  # {name, version, source}: where the propensity came from
     slot: str | None = None  # offers only: the page slot it fills
     offer: dict[str, Any] | None = None  # the offer's public fields, when the rule names one
+    holdout: bool = False  # a control-group member's: recorded, never delivered
 
     def wire(self) -> dict[str, Any]:
         """The batch's answer for this decision, as the HTTP answer and the metrics read
@@ -63,6 +64,8 @@ class Decision(_Record, frozen=True, omit_defaults=True, gc=False):
             out["slot"] = self.slot
         if self.offer is not None:
             out["offer"] = self.offer
+        if self.holdout:
+            out["holdout"] = True
         return out
 
 

@@ -129,6 +129,7 @@ class Plan(msgspec.Struct, frozen=True):
     hits: list[str]
     suppressions: list[tuple[str, str]]
     features: dict[str, float | str]  # the snapshot propensities were estimated from
+    holdouts: list[Decision] = []  # control-group decisions: recorded, never delivered
 
 
 class Settled(msgspec.Struct, frozen=True):
@@ -237,6 +238,7 @@ def decide(
     hits: list[str] = []
     suppressions: list[tuple[str, str]] = []
     eligible: list[tuple[Rule, Channel, int | None]] = []
+    held: list[tuple[Rule, Channel]] = []  # eligible, but this subject is in the control group
     today = None
     for rule in rs.rules:
         if rule.enabled_from is not None or rule.enabled_until is not None:
@@ -256,6 +258,7 @@ def decide(
         channel, scheduled, why_not = _eligibility(rule, inp, rs, now, capacity)
         if why_not is None and holdout(subject, rule.id, rule.holdout_pct):
             why_not = "holdout"
+            held.append((rule, channel))
         if why_not is not None:
             suppressions.append((rule.id, why_not))
             trace[rule.id] = {"rule": rule.id, "result": "suppressed", "why": why_not}
@@ -271,8 +274,14 @@ def decide(
     ranked: list[Decision | Contact] = []
     contacts: list[Contact] = []
     feats: dict[str, float | str] = {}
-    if eligible:
+    if eligible or held:
         feats = features(inp.profile, inp.customer, inp.events, now, _zone(rs))
+    holdouts = [
+        _holdout_decision(rule, channel, rs, feats, models, offer_key, subject, now)
+        for rule, channel in held
+        if rule.action == _OFFER or inp.events  # as treated: page loads don't contact
+    ]
+    if eligible:
         # Factors once per candidate: ranking and the decision record both use them.
         scored = [(*_factors(rule, rs, feats, models), rule, ch, sch) for rule, ch, sch in eligible]
         scored.sort(key=lambda c: (-c[0]["score"], -c[2].priority))
@@ -327,6 +336,7 @@ def decide(
         hits=hits,
         suppressions=suppressions,
         features=feats,
+        holdouts=holdouts,
     )
 
 
@@ -383,6 +393,7 @@ def audit_record(plan: Plan, decision: Decision, trace: list[dict[str, Any]]) ->
         "model": decision.model,
         "factors": decision.factors,
         "features": plan.features,
+        "holdout": decision.holdout,
         "inputs": sorted(rule_inputs(plan.rule_set, decision.rule)),
         "trace": trace,
     }
@@ -446,6 +457,42 @@ def _eligibility(
         else:
             return channel, None, "no_capacity"
     return channel, scheduled, None
+
+
+def _holdout_decision(
+    rule: Rule,
+    channel: Channel,
+    rs: RuleSet,
+    feats: dict[str, float | str],
+    models: Models,
+    offer_key: bytes,
+    subject: str,
+    now: int,
+) -> Decision:
+    """What a control-group member would have been given: recorded (audit record,
+    uplift counts, conversions attributed to it), never shown or sent.
+
+    Its id is stable per subject and rule for a window as long as the rule's cooldown
+    (at least the page-offer window), so a member browsing under a matching rule counts
+    about as often as a treated one, whom the cooldown lets be contacted once per
+    window; a fresh id per batch would swell the control group."""
+    offer = rs.offers.get(rule.offer) if rule.offer else None
+    factors, model = _factors(rule, rs, feats, models)
+    window_ms = max(rule.policy.cooldown_s * 1000, OFFER_DECISION_WINDOW_MS)
+    start = now - now % window_ms
+    msg = f"holdout\0{subject}\0{rule.id}\0{rs.version}\0{start}".encode()
+    decision_id = f"{start:012x}{hashlib.blake2b(msg, key=offer_key, digest_size=6).hexdigest()}"
+    return Decision(
+        decision_id,
+        rule.action,
+        rule.id,
+        channel,
+        factors,
+        model,
+        rule.slot if rule.action == _OFFER else None,
+        offer.public() if offer is not None else None,
+        holdout=True,
+    )
 
 
 def model_name(rule: Rule) -> str:

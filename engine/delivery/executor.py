@@ -32,6 +32,7 @@ from engine.decisions.plan import (
 )
 from engine.delivery.queue import enqueue
 from engine.delivery.records import write_audit, write_trigger
+from engine.delivery.uplift import count_decision
 from engine.models.registry import NO_MODELS, Models
 from engine.profile.contact_history import reserve
 from engine.valkey.store import Store
@@ -115,6 +116,7 @@ class RulesDecider:
         deliveries: list[Awaitable[Any]] = []
         if taken is not None:
             deliveries.append(write_trigger(self.store, plan.prefix, taken.trigger))
+            deliveries.append(count_decision(self.store, taken.rule, now, False, taken.decision.id))
             if taken.phone_work:  # phone work only: never an e-mail fallback
                 deliveries.append(enqueue(self.store, taken.trigger.id, taken.trigger.expires_ms))
         new_offers: list[str] = []  # offer decisions to remember once their record is out
@@ -128,9 +130,21 @@ class RulesDecider:
                     self._audited.move_to_end(d.id)
                     continue
                 new_offers.append(d.id)
+                deliveries.append(count_decision(self.store, d.rule, now, False, d.id))
             if trace is None:
                 trace = list(settled.trace.values())
             deliveries.append(write_audit(self.store, d.id, audit_record(plan, d, trace)))
+        # Control-group members: the decision they would have had, recorded and counted
+        # (uplift), never shown or sent. Stable ids per window: written once per worker.
+        for d in plan.holdouts:
+            if d.id in self._audited:
+                self._audited.move_to_end(d.id)
+                continue
+            new_offers.append(d.id)
+            if trace is None:
+                trace = list(settled.trace.values())
+            deliveries.append(write_audit(self.store, d.id, audit_record(plan, d, trace)))
+            deliveries.append(count_decision(self.store, d.rule, now, True, d.id))
         # Trigger, callback queue and audit records go out together: started in one
         # loop tick, the store sends them as one pipeline (one round trip after the
         # reservation, not one per write).

@@ -15,12 +15,24 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from engine.http import agents, assets, attributes, context, dashboard, ingest, ops, triggers
+from engine.delivery.uplift import Uplift
+from engine.http import (
+    agents,
+    assets,
+    attributes,
+    context,
+    dashboard,
+    ingest,
+    ops,
+    reports,
+    triggers,
+)
 from engine.http import answers as a
 from engine.http import models as api_models
 from engine.http import profiles as api_profiles
 from engine.http.errors import json_response
 from engine.http.openapi import Auth, Reply, Route, build_document
+from engine.http.reports import UpliftQuery
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.schema import AnonymousId, Batch, SiteKey
 from engine.profile.attributes import CustomerAttributes
@@ -299,6 +311,18 @@ ROUTES: tuple[Route, ...] = (
         {200: Reply(OK, a.FunnelAnswer)},
         {403: "Supervisors only"},
         query=FunnelQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/reports/uplift",
+        reports.handle_uplift,
+        Auth.AGENT,
+        "A rule's treated customers against its holdout: conversion rates, uplift and "
+        "its 95% interval, over the days decisions were made (supervisors, API token)",
+        ("reports",),
+        {200: Reply(OK, Uplift)},
+        {400: "Invalid parameters", 403: "Supervisors only"},
+        query=UpliftQuery,
     ),
     Route(
         "GET",

@@ -31,12 +31,15 @@ be found from the id alone. Erasure receipts (`rb:{erasures}`) hold no personal 
 from __future__ import annotations
 
 __all__ = [
+    "LABELS_PENDING",
     "MODEL_INDEX",
     "PROFILE_SUFFIXES",
     "TRIGGER_SHARDS",
     "anonymous_prefix",
+    "conversion_seen",
     "customer_prefix",
     "decision_key",
+    "decision_label",
     "erasures_stream",
     "is_anonymous",
     "key_slot",
@@ -216,8 +219,42 @@ def outcome_stream(shard: int) -> str:
     return f"rb:{{o:{shard}}}:outcomes"
 
 
+UPLIFT_TTL_S = 400 * 86400  # a year of daily cohorts, and a bit
+
+
+def uplift_counts(rule_id: str, day: str, group: str) -> str:
+    """Distinct decision ids (HyperLogLog) of one rule's daily cohort: `t` treated, `h`
+    holdout, `tc`/`hc` those of them that converted. One slot per rule, so a report
+    over any day range is one multi-key PFCOUNT. No personal data: ids only, hashed."""
+    return f"rb:{{uplift:{rule_id}}}:{day}:{group}"
+
+
 def decision_key(decision_id: str) -> str:
     return f"rb:{{d:{decision_id}}}"
+
+
+def decision_label(decision_id: str) -> str:
+    """The page label a decision got (`clicked` or `ignored`), set NX: the first one
+    wins, so a decision is labelled once however often it is clicked. In the audit
+    record's slot; no personal data (engine/learning/labels.py).
+
+    >>> key_slot(decision_label("ab")) == key_slot(decision_key("ab"))
+    True
+    """
+    return f"rb:{{d:{decision_id}}}:label"
+
+
+# Offer impressions waiting for a click (engine/learning/labels.py): a sorted set of
+# decision ids scored by the ms their click window closes. One slot, so the sweep pops
+# what is due atomically. Decision ids only: no personal data.
+LABELS_PENDING = "rb:{labels}:pending"
+
+
+def conversion_seen(digest: str) -> str:
+    """A conversion already recorded (`POST /v1/conversions` with a `conversion_id`),
+    named by a digest of the caller's id (which might name the customer): SET NX, so
+    a retried conversion is recorded once. Holds the decision it was attributed to."""
+    return f"rb:{{cv:{digest}}}"
 
 
 def erasures_stream() -> str:
