@@ -40,6 +40,7 @@
     state.user = state.csrf = null;
     if (state.ws) state.ws.close();
     $("#whoami").textContent = "";
+    uplift.rules = null; uplift.gen += 1; $("#uplift").replaceChildren();
     show("#signin", true); show("#signout", false);
     for (const id of ["#queue-section", "#customer-section", "#supervisor-section"]) show(id, false);
     $("#signin-form input[name=user]").focus();
@@ -290,6 +291,83 @@
       }
       return tr;
     }));
+    refreshUplift(Object.keys(data.rules), fresh === true);
+  }
+
+  // --- uplift -------------------------------------------------------------------------
+  // Does each rule in the funnel pay? Its treated customers' conversion rate against its
+  // holdout's over the last 30 days (the report's default range). The bars are plain
+  // elements sized through the CSSOM (the CSP forbids style attributes, not this).
+  // Cohorts are counted per day, so the 5 s funnel timer refreshes them at most once a
+  // minute; the Refresh button and a changed rule list refresh them at once.
+  const UPLIFT_EVERY_MS = 60 * 1000;
+  const uplift = { at: 0, rules: null, gen: 0 };
+  const percent = (rate) => `${(100 * rate).toFixed(1)}%`;
+  // Signed percentage points, rounded half away from zero; never "-0.0".
+  function pp(x) {
+    const s = (100 * Math.abs(x)).toFixed(1);
+    return `${x < 0 && s !== "0.0" ? "-" : "+"}${s}`;
+  }
+
+  function upliftText(r) {
+    if (!r.holdout.decisions) return "no holdout data";
+    if (!r.treated.decisions) return "no treated data";
+    if (typeof r.uplift !== "number") return "no data";
+    const ci = Array.isArray(r.ci95) ? ` (95%: ${pp(r.ci95[0])} to ${pp(r.ci95[1])})` : "";
+    return `${pp(r.uplift)} pp${ci}`;
+  }
+
+  // One cohort's bar, scaled to the larger of the two rates (rates are often a few
+  // percent: on a 0-100 % scale both bars would be slivers). The numbers are in the
+  // bar's aria-label and, for sighted users, beside it.
+  function upliftBar(cls, label, cohort, scale) {
+    const row = document.createElement("div"); row.className = `bar-row ${cls}`;
+    const name = document.createElement("span"); name.className = "bar-label"; name.textContent = label;
+    const track = document.createElement("div"); track.className = "bar"; track.setAttribute("role", "img");
+    const fill = document.createElement("div"); fill.className = "fill";
+    const value = document.createElement("span"); value.className = "bar-value";
+    value.setAttribute("aria-hidden", "true"); // the bar's label says it
+    const words = typeof cohort.rate === "number"
+      ? `${percent(cohort.rate)} converted (${cohort.conversions} of ${cohort.decisions})`
+      : "no decisions";
+    track.setAttribute("aria-label", `${label}: ${words}`);
+    fill.style.width = `${typeof cohort.rate === "number" && scale > 0 ? (100 * cohort.rate) / scale : 0}%`;
+    value.textContent = words;
+    track.append(fill); row.append(name, track, value);
+    return row;
+  }
+
+  function upliftItem(rule, { status, data }) {
+    const li = document.createElement("li"); li.dataset.rule = rule;
+    const name = document.createElement("strong"); name.className = "rule"; name.textContent = rule;
+    const text = document.createElement("p"); text.className = "uplift-text";
+    if (status !== 200 || !data?.treated || !data?.holdout) {
+      text.textContent = `no report: ${data?.error?.message || `error ${status}`}`;
+      li.append(name, text);
+      return li;
+    }
+    const scale = Math.max(Number(data.treated.rate) || 0, Number(data.holdout.rate) || 0);
+    text.textContent = upliftText(data);
+    li.append(name, upliftBar("treated", "Treated", data.treated, scale),
+      upliftBar("holdout", "Holdout", data.holdout, scale), text);
+    return li;
+  }
+
+  async function refreshUplift(rules, force) {
+    const key = rules.join("\n");
+    if (!force && key === uplift.rules && Date.now() - uplift.at < UPLIFT_EVERY_MS) return;
+    uplift.rules = key; uplift.at = Date.now();
+    const gen = ++uplift.gen;
+    const answers = await Promise.all(rules.map((rule) =>
+      api("GET", `/v1/reports/uplift?rule=${encodeURIComponent(rule)}`)));
+    if (gen !== uplift.gen) return; // a newer refresh started meanwhile: it draws
+    const list = $("#uplift");
+    if (!rules.length) {
+      const li = document.createElement("li"); li.textContent = "No rule has fired yet.";
+      list.replaceChildren(li);
+    } else {
+      list.replaceChildren(...rules.map((rule, i) => upliftItem(rule, answers[i])));
+    }
   }
 
   // --- wiring -------------------------------------------------------------------------
