@@ -210,6 +210,11 @@ login_address_window_s = 6
 login_concurrent_checks = 1
 login_queue = 7
 
+[learning]
+click_window_s = 16
+conversion_window_s = 17
+learner = false
+
 [profile]
 anonymous_ttl_s = 11
 dedupe_window_s = 12
@@ -338,6 +343,8 @@ def test_a_full_config_round_trips_into_settings(
     assert (s.limits.max_body_bytes, s.limits.max_events_per_batch) == (1000, 50)
     assert (s.limits.limit_loopback, s.limits.login_queue) == (True, 7)
     assert s.profile.presence_ttl_s == 15 and s.profile.anonymous_ttl_s == 11
+    assert (s.learning.click_window_s, s.learning.conversion_window_s) == (16, 17)
+    assert s.learning.learner is False
     assert s.intent_weights == {"page_view": 2.0, "calc": 3.5}
     assert [name for name, _ in s.categories] == ["loans", "none_yet"]
     assert s.categories[0][1].match("/loans/car") and not s.categories[1][1].match("/")

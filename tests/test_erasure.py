@@ -68,7 +68,9 @@ async def dump(redis: aioredis.Redis) -> str:
     async for key in redis.scan_iter(count=1000):
         kind = await redis.type(key)
         value: Any
-        if kind == "string":
+        if kind == "string" and key.startswith("rb:{uplift:"):
+            value = "<hyperloglog of decision ids>"  # binary; holds no readable id
+        elif kind == "string":
             value = await redis.get(key)
         elif kind == "hash":
             value = await redis.hgetall(key)

@@ -114,3 +114,30 @@ async def test_the_report_refuses_bad_ranges_and_anonymous_callers(engine: Engin
     assert status == 400 and body["error"]["path"] == "$.from"
     status, _ = await engine.get_json("/v1/reports/uplift?rule=r")
     assert status == 401
+
+
+async def test_a_conversion_reported_by_the_bank_counts_for_the_decisions_cohort(
+    make_engine: Any, settings: Any, tmp_path: Path
+) -> None:
+    pack = PACK.replace("holdout_pct: 50", "holdout_pct: 0")
+    engine: EngineClient = await make_engine(
+        replace(settings, rules_dir=write_pack(tmp_path, pack))
+    )
+    customer = "cust-uplift-1"
+    status, body, _ = await engine.post_events(
+        engine.batch([event("page_view", page="/cards")], identity=engine.token(customer))
+    )
+    assert status == 200 and body["decisions"][0]["rule"] == "cards_offer"
+    async with engine.session.post(
+        f"{engine.url}/v1/conversions",
+        json={"customer_id": customer, "product": "cards", "ts": int(time.time() * 1000)},
+        headers=engine.api_headers,
+    ) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["attributed"] == body["decisions"][0]["id"]
+    status, report = await engine.get_json(
+        "/v1/reports/uplift?rule=cards_offer", headers=engine.api_headers
+    )
+    assert status == 200
+    assert report["treated"] == {"decisions": 1, "conversions": 1, "rate": 1.0}
+    assert report["holdout"]["decisions"] == 0 and report["uplift"] is None

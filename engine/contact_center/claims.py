@@ -5,24 +5,22 @@ agent wins; the others get 409 with who took it, and every dashboard hears about
 at once because the claim is published on the trigger's shard stream, which every
 worker's gateway follows (engine/contact_center/gateway.py). Outcomes go to the
 outcomes stream (for the learner) and to the customer's contact history (for the
-next agent and the rules).
+next agent and the rules), through engine/delivery/outcomes.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from typing import Any
 
 import orjson
 
 from engine.core.errors import Conflict, Forbidden, Gone, NotFound
 from engine.core.metrics import Metrics
-from engine.core.vocabulary import Channel, EntryKind, is_phone_work
+from engine.core.vocabulary import EntryKind, is_phone_work
+from engine.delivery.outcomes import OUTCOMES_MAXLEN, born_ms, record_outcome
 from engine.delivery.queue import dequeue
-from engine.delivery.records import index_entry, publish_event, read_audit
-from engine.profile.contact_history import ANONYMOUS_HISTORY_TTL_S, HISTORY_MAX
-from engine.valkey import keys, refs, streams
+from engine.delivery.records import publish_event, read_audit
+from engine.valkey import keys, refs
 from engine.valkey.store import Store
 
 __all__ = [
@@ -33,8 +31,6 @@ __all__ = [
     "outcome_for_decision",
     "record_outcome",
 ]
-
-OUTCOMES_MAXLEN = 1_000_000  # and trimmed by age (refs.STREAM_KEEP_MS)
 
 
 async def claim(
@@ -138,85 +134,3 @@ async def outcome_for_decision(
         await record_outcome(store, audit, outcome, value, by, now_ms)
     except refs.Erased:  # erased while this ran: as if the decision never existed
         raise unknown from None
-
-
-def born_ms(record: dict[str, Any]) -> int:
-    """When a trigger (`created_ms`) or decision (`at_ms`) was made: what the erasure
-    marker is compared with. 0 when unknown, so an erasure always wins.
-
-    >>> born_ms({"created_ms": 5}), born_ms({"at_ms": "7"}), born_ms({})
-    (5, 7, 0)
-    """
-    for name in ("created_ms", "at_ms"):
-        value = record.get(name)
-        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-            return int(value)
-    return 0
-
-
-async def record_outcome(
-    store: Store,
-    trigger: dict[str, Any],
-    outcome: str,
-    value: float | None,
-    by: str,
-    now_ms: int,
-    *,
-    note: str | None = None,
-) -> None:
-    """Outcomes stream (learning) + the customer's contact history (context).
-
-    The agent's note goes to both, so the next agent reads it and erasure removes it
-    with the customer: the outcome entry is recorded in the profile's index. Raises
-    `refs.Erased` (having deleted what it wrote) when the customer was erased after
-    the trigger or decision was made: an erasure running alongside cannot see this
-    write, so the write checks the erasure marker itself (`rb_refs`, `rb_history`).
-    """
-    prefix = str(trigger.get("prefix") or "")
-    born = born_ms(trigger)
-    entry: dict[str, Any] = {
-        "kind": "outcome",
-        "decision_id": trigger.get("id", ""),
-        "rule": trigger.get("rule", ""),
-        "channel": trigger.get("channel", Channel.CALLBACK),
-        "outcome": outcome,
-        "by": by,
-        "ts": now_ms,
-    }
-    if value is not None:
-        entry["value"] = value
-    if note:
-        entry["note"] = note
-    stream = keys.outcome_stream(keys.trigger_shard(prefix or str(trigger.get("id"))))
-    add = store.call(
-        "XADD",
-        stream,
-        "MAXLEN",
-        "~",
-        OUTCOMES_MAXLEN,
-        "*",
-        *streams.encode_fields(entry),
-        writes=True,
-    )
-    entry_id, _ = await asyncio.gather(add, refs.stream_trim(store, stream, now_ms))
-    if prefix:
-        indexed, kept = await asyncio.gather(
-            index_entry(store, prefix, stream, str(entry_id), born),
-            _append_history(store, prefix, entry, born),
-        )
-        if not (indexed and kept):
-            await store.call("XDEL", stream, entry_id, writes=True)
-            raise refs.Erased(prefix)
-
-
-async def _append_history(store: Store, prefix: str, entry: dict[str, Any], born: int) -> bool:
-    """`policy.append_history`, refused (False, nothing written) when the profile was
-    erased at or after `born`: the function also gets the erasure marker (KEYS[8])."""
-    arg = {"entry": entry, "max": HISTORY_MAX, "born": born}
-    fn_keys = [*keys.profile_keys(prefix), keys.profile_erased(prefix)]
-    if await store.fcall("rb_history", fn_keys, [orjson.dumps(arg)]) == "erased":
-        return False
-    if keys.is_anonymous(prefix):  # as policy.append_history: it goes with the profile
-        hist = keys.profile_keys(prefix)[4]
-        await store.call("EXPIRE", hist, ANONYMOUS_HISTORY_TTL_S, writes=True)
-    return True

@@ -6,8 +6,8 @@ checks every type, range and pattern and refuses unknown keys, and its `$.sites[
 paths become the config's own `sites[0].key`. What follows decoding is explicit code:
 secrets read from `*_env`/`*_file`, tokens hashed, origins normalised, sections
 checked against each other. This is the only module that reads environment variables
-(`REDIS_URL`). Every error names the file and the key, so an operator never has to
-guess which line is wrong.
+(`REDIS_URL`, `RINGBACK_LEARNER`). Every error names the file and the key, so an
+operator never has to guess which line is wrong.
 
 With the built-in demo config, secrets are generated on first start into
 `<data-dir>/demo-credentials.json` (mode 0600) and reused afterwards; nothing
@@ -45,6 +45,7 @@ __all__ = [
     "DEMO_CREDENTIALS_FILE",
     "ApiToken",
     "ConfigFile",
+    "Learning",
     "Limits",
     "MetricsConfig",
     "ProfileTuning",
@@ -239,6 +240,20 @@ class ProfileTuning:
     presence_ttl_s: PositiveInt = 45
 
 
+class Learning(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[learning]`, the label windows: how long a decision's outcome may take to count
+    (engine/learning/labels.py). Read as it is: a frozen Struct, decoded straight into."""
+
+    # An impression with no click within this is a negative label (`ignored`).
+    click_window_s: PositiveInt = 1800
+    # A conversion is attributed to the customer's latest decision for the same product
+    # made within this before it (last touch).
+    conversion_window_s: PositiveInt = 30 * 86400
+    # Every `serve` worker competes for the learner's lease (one learns at a time);
+    # false leaves learning to `ringback learn` elsewhere, or off.
+    learner: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the engine needs to know, resolved and validated."""
@@ -268,6 +283,7 @@ class Settings:
     demo_credentials: dict[str, str] | None
     webhooks: tuple[WebhookConfig, ...]
     metrics: MetricsConfig
+    learning: Learning
 
     def __repr__(self) -> str:
         # demo_credentials is a Credentials (masked repr); secrets in sites/webhooks are
@@ -382,6 +398,7 @@ class ConfigFile(_Table):
     metrics: MetricsTable = msgspec.field(default_factory=MetricsTable)
     limits: Limits = msgspec.field(default_factory=Limits)
     profile: ProfileTuning = msgspec.field(default_factory=ProfileTuning)
+    learning: Learning = msgspec.field(default_factory=Learning)
     intent_weights: dict[str, float] = {}
     # URL path patterns (shell-style) per page category, first match wins.
     categories: dict[CategoryName, tuple[str, ...]] = {}
@@ -608,6 +625,20 @@ def _demo_credentials(data_dir: Path) -> dict[str, str]:
     return Credentials(creds)
 
 
+def _learning(table: Learning) -> Learning:
+    """`RINGBACK_LEARNER=0|1` overrides `[learning] learner` for this host: an operator
+    keeps learning off the web hosts (or a test suite off its shared Valkey) without
+    editing the config. Anything else in the variable is a config error."""
+    value = os.environ.get("RINGBACK_LEARNER")
+    if value is None or value == "":
+        return table
+    if value.lower() in ("0", "false", "off", "no"):
+        return msgspec.structs.replace(table, learner=False)
+    if value.lower() in ("1", "true", "on", "yes"):
+        return msgspec.structs.replace(table, learner=True)
+    raise ConfigError("RINGBACK_LEARNER", "value", f"expected 0 or 1, got {value!r}")
+
+
 def load_settings(
     config_file: str | Path | None = None,
     *,
@@ -692,4 +723,5 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
         demo_credentials=demo_creds,
         webhooks=tuple(_webhook(table, f"webhooks[{i}]") for i, table in enumerate(file.webhooks)),
         metrics=_metrics(file.metrics),
+        learning=_learning(file.learning),
     )

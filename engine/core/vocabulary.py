@@ -88,7 +88,8 @@ class EntryKind(StrEnum):
 
 class Outcome(StrEnum):
     """What came of a decision: from an agent (`AGENT_OUTCOMES`), from the page
-    (clicked, dismissed) or from the bank's systems (applied)."""
+    (clicked, dismissed; ignored: shown, not clicked within the click window, a
+    negative label) or from the bank's systems (applied, converted)."""
 
     CONNECTED = "connected"
     NO_ANSWER = "no_answer"
@@ -97,6 +98,7 @@ class Outcome(StrEnum):
     CLICKED = "clicked"
     DISMISSED = "dismissed"
     APPLIED = "applied"
+    IGNORED = "ignored"
 
 
 AGENT_OUTCOMES: tuple[Outcome, ...] = (

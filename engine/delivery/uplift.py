@@ -92,7 +92,7 @@ def interval(t: Cohort, h: Cohort) -> tuple[float, float] | None:
 
     >>> lo, hi = interval(Cohort(1000, 150, 0.15), Cohort(1000, 100, 0.10))
     >>> round(lo, 4), round(hi, 4)
-    (0.0206, 0.0794)
+    (0.0211, 0.0789)
     """
     if t.rate is None or h.rate is None:
         return None

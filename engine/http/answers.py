@@ -22,6 +22,7 @@ __all__ = [
     "ClaimAnswer",
     "CompleteAnswer",
     "ContextAnswer",
+    "ConversionAnswer",
     "Decision",
     "DecisionsAnswer",
     "DemoLoginAnswer",
@@ -167,6 +168,16 @@ class CompleteAnswer(_Answer):
 class OutcomeAnswer(_Answer):
     decision_id: str
     recorded: bool
+
+
+class ConversionAnswer(_Answer):
+    """`POST /v1/conversions` (engine/learning/labels.py): the decision credited, last
+    touch, or null when none for the product was made within the window."""
+
+    customer_id: str
+    product: str
+    attributed: str | None
+    recorded: bool  # false: this conversion_id was recorded before (the first answer's)
 
 
 class Presence(msgspec.Struct, forbid_unknown_fields=True):

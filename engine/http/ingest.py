@@ -3,7 +3,7 @@
     guard (IP limit, media type, encoding, size) -> parse (`engine.ingest.parse`:
     msgspec, nesting, event times corrected by `sent_at` and range-checked)
     -> check (site, origin, identity) -> update profile (ONE Valkey round trip)
-    -> [merge, rare] -> decide -> respond
+    -> [merge, rare] -> decide -> [offer clicks and impressions, rare] -> respond
 
 Nothing is written before every check has passed, so a refused batch leaves no
 trace; the profile update itself is one atomic server-side function.
@@ -17,13 +17,16 @@ from typing import Any
 from aiohttp import web
 
 from engine.core.errors import NotFound, UnsupportedMedia
+from engine.core.vocabulary import EventType
 from engine.decisions.inputs import decision_input
 from engine.http.errors import json_response
 from engine.http.security import check_origin, cors_headers, preflight_origin_allowed
-from engine.http.state import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, VERIFIER
+from engine.http.state import DECIDER, IP_LIMITER, METRICS, PROFILES, SETTINGS, STORE, VERIFIER
 from engine.ingest.bodies import read_body
 from engine.ingest.parse import parse_batch
-from engine.ingest.schema import event_type
+from engine.ingest.schema import Event, event_type
+from engine.learning.labels import page_outcomes
+from engine.valkey import keys
 
 __all__ = ["handle_events", "handle_events_preflight"]
 
@@ -60,9 +63,13 @@ async def handle_events(request: web.Request) -> web.Response:
     if merged is not None:
         metrics.merges.labels(merged).inc()
 
+    custom: list[Event] = []  # accepted custom events: offer clicks and impressions?
     for ev, flag in zip(batch.events, result.accepted_flags, strict=False):
         if flag == "1":
-            metrics.events_by_type[event_type(ev)].inc()
+            etype = event_type(ev)
+            metrics.events_by_type[etype].inc()
+            if etype == EventType.CUSTOM:
+                custom.append(ev)
     if result.duplicates:
         metrics.duplicates.inc(result.duplicates)
     metrics.batch_events.observe(len(batch.events))
@@ -84,6 +91,13 @@ async def handle_events(request: web.Request) -> web.Response:
         metrics.decision_seconds.observe(time.perf_counter() - d_started)
         for d in decisions:
             metrics.decisions.labels(str(d.get("action", "unknown"))).inc()
+    if custom:  # labels for the learner (engine/learning/labels.py); most batches skip
+        visitor = [keys.anonymous_prefix(site.key, batch.anonymous_id)]
+        if customer_id is not None:
+            visitor.append(keys.customer_prefix(customer_id))
+        ignored = await page_outcomes(app[STORE], visitor, custom, now_ms, settings)
+        if ignored:  # another visitor's decision, or an unknown one
+            metrics.rejected.labels("offer_event_ignored").inc(ignored)
 
     metrics.batches.labels("accepted" if result.accepted else "duplicate").inc()
     metrics.ingest_seconds.observe(time.perf_counter() - started)

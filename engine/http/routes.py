@@ -21,6 +21,7 @@ from engine.http import (
     assets,
     attributes,
     context,
+    conversions,
     dashboard,
     ingest,
     ops,
@@ -35,6 +36,7 @@ from engine.http.openapi import Auth, Reply, Route, build_document
 from engine.http.reports import UpliftQuery
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.schema import AnonymousId, Batch, SiteKey
+from engine.learning.labels import ConversionBody
 from engine.profile.attributes import CustomerAttributes
 
 __all__ = [
@@ -189,6 +191,29 @@ ROUTES: tuple[Route, ...] = (
         {200: Reply(OK, a.OutcomeAnswer)},
         {400: "Invalid outcome", 401: _NO_TOKEN, 404: "Unknown decision"},
         body=triggers.OutcomeBody,
+    ),
+    Route(
+        "POST",
+        "/v1/conversions",
+        conversions.handle_conversion,
+        Auth.API_TOKEN,
+        "A sale the bank's systems saw, credited (last touch) to the customer's latest "
+        "decision for the product within learning.conversion_window_s before ts",
+        ("decisions",),
+        {200: Reply(OK, a.ConversionAnswer)},
+        {
+            400: "Invalid conversion (code + JSON path)",
+            401: _NO_TOKEN,
+            404: "Unknown customer (never seen, or erased)",
+        },
+        body=ConversionBody,
+        description=(
+            "Records outcome `converted` (with `value`) for the customer's most recent "
+            "decision, offer or callback, whose offer is for `product` and was made "
+            "within `learning.conversion_window_s` before `ts` (last touch); decisions "
+            "made while anonymous and holdout members' count. `attributed` is null when "
+            "there is none. The same `conversion_id` twice records once."
+        ),
     ),
     Route(
         "POST",

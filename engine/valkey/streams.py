@@ -11,13 +11,13 @@ Who writes which entries (engine/valkey/lua/ringback.lua is the only other write
                     (`publish_event`: kind claimed|completed|withdrawn, trigger_id,
                     by, outcome, at_ms, reason; engine.contact_center.claims and
                     engine.privacy.erasure).
-  outcome streams                         Python only (claims.record_outcome).
+  outcome streams                         Python only (delivery.outcomes.record_outcome).
   webhook dead-letter and replay streams  redis-py XADD of the entry's own fields
                     as read, plus webhook_id, failed_attempts, last_error.
   contact history   KEYS[5] hist          Lua only: `append_history`, called by
                     `rb_reserve` (the plan's `Contact.history`: kind decision,
                     decision_id, rule, action, channel, offer, ts) and `rb_history`
-                    (claims.record_outcome: kind outcome, decision_id, rule,
+                    (delivery.outcomes.record_outcome: kind outcome, decision_id, rule,
                     channel, outcome, by, ts, value?, note?; and
                     engine.profile.contact_history.append_history). Its encoding
                     matches this one for what is written there: a table as
