@@ -38,6 +38,11 @@ from engine.ingest.identity import mint_token
 from engine.valkey.embedded import EmbeddedValkey, free_port
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Engines in tests (in-process and `serve` subprocesses, which inherit this) share one
+# Valkey: a learner in each would learn other tests' outcomes and publish models that
+# change their propensities. The tests of the learner start their own, explicitly.
+os.environ["RINGBACK_LEARNER"] = "0"
 RULES_DIR = REPO / "rules"
 
 

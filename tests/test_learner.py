@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from engine.core.errors import ConfigError
 from engine.core.metrics import Metrics
 from engine.delivery.records import write_audit
 from engine.learning.learner import GROUP, Learner
@@ -238,3 +240,29 @@ def test_learn_command_has_help() -> None:
         check=True,
     )
     assert "--redis" in out.stdout
+
+
+async def test_serve_runs_a_learner_unless_configured_off(
+    make_engine: Any, settings: Any, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[learning] learner = true` (the default): the app's learner takes the lease.
+    `RINGBACK_LEARNER=0` (set for the whole suite) keeps it off."""
+    from dataclasses import replace
+
+    import msgspec
+
+    assert settings.learning.learner is False  # the suite's override
+    monkeypatch.setenv("RINGBACK_LEARNER", "1")
+    from engine.core.settings import load_settings
+
+    assert load_settings(None, data_dir=settings.data_dir).learning.learner is True
+    on = replace(settings, learning=msgspec.structs.replace(settings.learning, learner=True))
+    await make_engine(on)
+    for _ in range(100):  # the learner's first turn takes the lease; wait for it
+        if await redis.get(keys.learner_lease()):
+            break
+        await asyncio.sleep(0.05)
+    assert await redis.get(keys.learner_lease())
+    monkeypatch.setenv("RINGBACK_LEARNER", "maybe")
+    with pytest.raises(ConfigError, match="RINGBACK_LEARNER"):
+        load_settings(None, data_dir=settings.data_dir)

@@ -50,6 +50,7 @@ from engine.http.state import (
     VERIFIER,
 )
 from engine.ingest.identity import IdentityVerifier
+from engine.learning.learner import Learner
 from engine.models.registry import ModelRegistry
 from engine.privacy.erasure import Eraser
 from engine.profile.profiles import ProfileStore
@@ -197,6 +198,11 @@ def build_app(
         models = ModelRegistry(store, metrics)
         app[MODELS] = models
         models.start()
+        # Every worker competes for the learner's lease; the holder learns (no request
+        # handler ever does). `[learning] learner = false` leaves it to `ringback learn`.
+        learner = Learner(store, metrics) if settings.learning.learner else None
+        if learner is not None:
+            learner.start()
         holder = app.get(RULES)
         if holder is not None and decider is None:
             app[DECIDER] = RulesDecider(
@@ -220,6 +226,8 @@ def build_app(
         yield
         # Each step is bounded: a stuck stop must never keep a worker from exiting.
         steps = [janitor.stop(), models.stop(), monitor.stop(), gateway.stop(), app[ERASER].close()]
+        if learner is not None:
+            steps.append(learner.stop())
         if dispatcher is not None:
             steps.insert(0, dispatcher.stop())
         if holder is not None:

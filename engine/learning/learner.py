@@ -46,6 +46,7 @@ from engine.core.tasks import finish
 from engine.core.vocabulary import Action, Outcome
 from engine.decisions.features import CROSSES
 from engine.delivery.records import read_audit
+from engine.learning import labels
 from engine.learning.model import PropensityModel
 from engine.models.registry import publish
 from engine.models.snapshot import decode
@@ -58,7 +59,12 @@ log = logging.getLogger("ringback.learner")
 
 GROUP = "learner"
 POSITIVE: tuple[str, ...] = (Outcome.CONVERTED, Outcome.APPLIED, Outcome.CLICKED)
-NEGATIVE: tuple[str, ...] = (Outcome.NOT_INTERESTED, Outcome.NO_ANSWER, Outcome.DISMISSED)
+NEGATIVE: tuple[str, ...] = (
+    Outcome.NOT_INTERESTED,
+    Outcome.NO_ANSWER,
+    Outcome.DISMISSED,
+    Outcome.IGNORED,
+)
 
 # KEYS[1] the lease; ARGV[1] our id, ARGV[2] the TTL in ms. 1 when it is still ours.
 _RENEW = """
@@ -138,6 +144,7 @@ class Learner:
         publish_every: int = 1000,
         publish_interval_s: float = 5.0,
         model_options: dict[str, Any] | None = None,
+        sweep_interval_s: float = 5.0,
     ) -> None:
         if lease_ttl_ms < 100:
             raise ValueError("lease_ttl_ms must be >= 100")
@@ -154,6 +161,10 @@ class Learner:
         self.publish_every = publish_every
         self.publish_interval_s = publish_interval_s
         self.model_options = model_options or {}
+        # Label windows that closed (an impression never clicked) become `ignored`
+        # outcomes, swept by the active learner only (engine/learning/labels.py).
+        self.sweep_interval_s = sweep_interval_s
+        self._swept_at = 0.0
         # Our consumer name in the group, and what the lease holds while it is ours.
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.holding = False
@@ -196,6 +207,9 @@ class Learner:
                     elif self._reclaim_due:
                         self._reclaim_due = False
                         await self._reclaim()
+                    if time.monotonic() - self._swept_at >= self.sweep_interval_s:
+                        self._swept_at = time.monotonic()
+                        await labels.sweep(self.store, int(time.time() * 1000))
                     learned = await self._step()
                     if self._publish_due():
                         await self._publish()

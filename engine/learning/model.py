@@ -106,7 +106,7 @@ class PropensityModel:
         name: str,
         crosses: Iterable[Sequence[str]] = (),
         *,
-        lr: float = 0.05,
+        lr: float = 0.01,  # benchmarks/learning_bench.py: 0.005-0.01 best, 0.05 worst
         l2: float = 1e-4,
         window: int = VALIDATION_WINDOW,
     ) -> None:
