@@ -18,6 +18,9 @@ the hot path, so it reads the decoded profile as is and builds names from cached
 | `known`                        | num  | 1.0 identified customer, 0.0 anonymous visitor      |
 | `hour`                         | num  | 0-23, the decision time in the site's zone          |
 | `weekday`                      | cat  | mon..sun, in the site's zone                        |
+| `daypart`                      | cat  | night 0-6, morning 7-11, afternoon 12-16, evening   |
+|                                |      | 17-20, late 21-23: who picks up is not linear in    |
+|                                |      | the hour (office hours vs after work)               |
 | `event_type`                   | cat  | the batch's most significant event (`SIGNIFICANCE`) |
 | `utm_source`, `utm_campaign`   | cat  | the batch's page views, else the profile's newest   |
 | `utm_medium`                   | cat  | the batch's page views                              |
@@ -125,6 +128,7 @@ _FIXED_NUMERIC: Final = (
 )
 _CATEGORICAL: Final = (
     "weekday",
+    "daypart",
     "event_type",
     "utm_source",
     "utm_medium",
@@ -182,15 +186,24 @@ CROSSES: Final[tuple[tuple[str, str], ...]] = (
     ("utm_source", "calc_count"),
     # A known customer using calculators can be called; an anonymous one only shown offers.
     ("known", "calc_count"),
-    # When they browse says whether they can pick up the phone.
-    ("weekday", "hour"),
-    ("hour", "calc_count"),
+    # When they browse says whether they can pick up the phone (a weekday evening is
+    # not a weekday morning): day parts, as response is not linear in the hour.
+    ("weekday", "daypart"),
+    ("daypart", "calc_count"),
     # Engagement that only counts with intent behind it.
     ("session_dwell_s", "intent_mortgage"),
     ("segment", "event_type"),
 )
 
 _DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DAYPART: Final = (
+    *("night",) * 7,
+    *("morning",) * 5,
+    *("afternoon",) * 5,
+    *("evening",) * 4,
+    *("late",) * 3,
+)
+assert len(_DAYPART) == 24
 _UTC: Final = dt.UTC
 _INF: Final = float("inf")
 _BIG: Final = 1e300
@@ -302,6 +315,7 @@ def features(
     local = dt.datetime.fromtimestamp(now_ms / 1000, zone or _UTC)
     out["hour"] = float(local.hour)
     out["weekday"] = _DAYS[local.weekday()]
+    out["daypart"] = _DAYPART[local.hour]
 
     # The batch: its most significant event and its campaign.
     best = 0
