@@ -7,6 +7,9 @@ snippet sends them (every second or every 20 events). Load is bounded: `rate` ne
 visitors per second for `duration` seconds, then in-flight visitors finish.
 
     ringback simulate --url http://127.0.0.1:8080 --rate 5 --duration 30
+
+`--population N` runs a bank population with hidden response probabilities instead
+(engine/cli/population.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from engine.cli import population
 
 __all__ = ["SimulationReport", "register", "simulate"]
 
@@ -217,15 +222,22 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignor
     p.add_argument("--duration", type=float, default=30.0, help="seconds to keep arriving")
     p.add_argument("--site", default="demo-bank")
     p.add_argument(
-        "--speed", type=float, default=1.0, help="time compression: 10 makes each visit 10x faster"
+        "--speed",
+        type=float,
+        default=1.0,
+        help="time compression: 10 makes each visit 10x faster "
+        "(--population: simulated days per real second)",
     )
     p.add_argument("--seed", type=int)
+    population.add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     import uvloop
 
+    if args.population is not None:  # engine/cli/population.py
+        return population.run(args)
     report = uvloop.run(
         simulate(
             args.url, args.rate, args.duration, site=args.site, speed=args.speed, seed=args.seed
