@@ -266,3 +266,18 @@ async def test_serve_runs_a_learner_unless_configured_off(
     monkeypatch.setenv("RINGBACK_LEARNER", "maybe")
     with pytest.raises(ConfigError, match="RINGBACK_LEARNER"):
         load_settings(None, data_dir=settings.data_dir)
+
+
+def test_control_group_and_suppressed_decisions_never_train_a_model() -> None:
+    """A holdout member's or a suppressed contact's conversion proves value (uplift)
+    but nobody was shown or called: it must not teach the model who responds."""
+    learner = Learner.__new__(Learner)  # only the pure learning step is exercised
+    learner.models, learner.crosses, learner.model_options = {}, [], {}
+    learner._dirty = set()
+    entry = {"outcome": "converted", "decision_id": "d1", "rule": "r"}
+    base = {"features": {"known": 1.0}, "model": {"name": "callback:r"}, "action": "callback"}
+    assert learner._learn_one(entry, {**base, "holdout": True}) == "not_treated"
+    assert learner._learn_one(entry, {**base, "suppressed": "cooldown_rule"}) == "not_treated"
+    assert learner.models == {}
+    assert learner._learn_one(entry, {**base, "holdout": False}) == ""
+    assert set(learner.models) == {"callback:r"}

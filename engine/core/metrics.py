@@ -199,6 +199,18 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=r,
         )
+        # The offer bandit's exploration share: explored / slots (engine/decisions/plan.py).
+        self.offer_slots = Counter(
+            "ringback_offer_slots_total",
+            "Page slots filled with an offer",
+            registry=r,
+        )
+        self.offer_explored = Counter(
+            "ringback_offer_explored_total",
+            "Offer slots whose offer under Thompson sampling differs from the one the "
+            "posterior means would pick (exploration)",
+            registry=r,
+        )
         self.learner_outcomes = Counter(
             "ringback_learner_outcomes_total",
             "Outcome entries the learner learned from",

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Container
+from statistics import NormalDist
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -52,10 +53,12 @@ __all__ = [
     "asked_for_call",
     "audit_record",
     "decide",
+    "exploration_draw",
     "holdout",
     "offer_decision_id",
     "rule_inputs",
     "settle",
+    "suppressed_decision",
 ]
 
 # Which event of a batch a rule sees as `event`: the most intent-revealing one.
@@ -130,6 +133,10 @@ class Plan(msgspec.Struct, frozen=True):
     suppressions: list[tuple[str, str]]
     features: dict[str, float | str]  # the snapshot propensities were estimated from
     holdouts: list[Decision] = []  # control-group decisions: recorded, never delivered
+    # The offer bandit's exploration share (metrics): slots filled with an offer, and
+    # those whose offer under sampling is not the one the posterior means would pick.
+    slots: int = 0
+    explored: int = 0
 
 
 class Settled(msgspec.Struct, frozen=True):
@@ -219,9 +226,14 @@ def decide(
     ids, `new_id` makes a contact's decision id from the time (random by default),
     `models` the published models as this worker last loaded them (an immutable set).
     Candidates are ranked by score = propensity x value x lever; the rule's priority
-    only breaks ties. The feature snapshot the propensities came from goes into the
-    plan (and each audit record), so a later outcome is learned against what was known
-    when the decision was made, not the profile as it is by then.
+    only breaks ties. Offers explore (Thompson sampling, the contextual bandit of web
+    slots): each ranks by its `sampled` propensity x value x lever, a draw from its
+    model's posterior seeded by `exploration_draw` (same subject, rule and second, same
+    draw: a replay decides the same); contacts (callbacks, notifications) rank by the
+    mean, since a phone call is too dear to spend on exploring. The feature snapshot
+    the propensities came from goes into the plan (and each audit record), so a later
+    outcome is learned against what was known when the decision was made, not the
+    profile as it is by then.
     """
     rs = rules
     now = now_ms
@@ -281,18 +293,42 @@ def decide(
         for rule, channel in held
         if rule.action == _OFFER or inp.events  # as treated: page loads don't contact
     ]
+    slots: set[str] = set()
+    explored = 0
     if eligible:
         # Factors once per candidate: ranking and the decision record both use them.
-        scored = [(*_factors(rule, rs, feats, models), rule, ch, sch) for rule, ch, sch in eligible]
-        scored.sort(key=lambda c: (-c[0]["score"], -c[2].priority))
-        slots: set[str] = set()
-        for factors, model, rule, channel, scheduled in scored:
+        # An offer with a published model gets a posterior draw and ranks by it.
+        scored: list[tuple[float, dict[str, float], dict[str, Any], Rule, Channel, int | None]]
+        scored = []
+        sampling = False
+        for rule, ch, sch in eligible:
+            z = None
+            if rule.action == _OFFER and models and model_name(rule) in models:
+                z = exploration_draw(offer_key, subject, now, rule.id)
+                sampling = True
+            factors, model = _factors(rule, rs, feats, models, z)
+            rank = factors["score"]
+            if "sampled" in factors:
+                rank = factors["sampled"] * max(factors["value"], 0.01) * factors["lever"]
+            scored.append((rank, factors, model, rule, ch, sch))
+        # The slot each offer would fill ranked by the mean: exploring is taking another.
+        by_mean: dict[str | None, str] = {}
+        if sampling:
+            for _, _, _, rule, _, _ in sorted(
+                scored, key=lambda c: (-c[1]["score"], -c[3].priority)
+            ):
+                if rule.action == _OFFER:
+                    by_mean.setdefault(rule.slot, rule.id)
+        scored.sort(key=lambda c: (-c[0], -c[3].priority))
+        for _, factors, model, rule, channel, scheduled in scored:
             offer = rs.offers.get(rule.offer) if rule.offer else None
             if rule.action == _OFFER:
                 if rule.slot in slots:
                     trace[rule.id].update(result="suppressed", why="slot_taken")
                     continue
                 slots.add(rule.slot)
+                if sampling and by_mean.get(rule.slot) != rule.id:
+                    explored += 1
                 decision_id = offer_decision_id(
                     offer_key, subject, rule.id, offer.id if offer else "", rs.version, now
                 )
@@ -337,6 +373,8 @@ def decide(
         suppressions=suppressions,
         features=feats,
         holdouts=holdouts,
+        slots=len(slots),
+        explored=explored,
     )
 
 
@@ -495,6 +533,54 @@ def _holdout_decision(
     )
 
 
+def suppressed_decision(
+    plan: Plan,
+    inp: DecisionInput,
+    rule_id: str,
+    reason: str,
+    offer_key: bytes,
+    models: Models,
+    channel: Channel | None = None,
+    skip: Container[str] = (),
+) -> tuple[Decision, dict[str, float | str]] | None:
+    """The contact a matching rule would have made, had eligibility (no consent,
+    do-not-call, quiet hours, no capacity) or contact policy (cooldown, daily cap,
+    `reason`) not suppressed it: recorded, so the audit answers "why was this customer
+    not called?". Returns it with the feature snapshot it was scored on (the plan's, or
+    computed now when no rule was eligible); None for an offer rule (offers lose slots
+    every batch: no 'why not called'), a rule not in the set, or an id in `skip` (what
+    the caller already recorded: nothing is built for those, one hash per batch).
+
+    Its id is stable per subject, rule, reason and window (the rule's cooldown, at least
+    the page-offer window), like a holdout's: a visitor browsing for an hour under a
+    rule on cooldown is one record per window, not one per batch."""
+    rs = plan.rule_set
+    rule = next((r for r in rs.rules if r.id == rule_id), None)
+    if rule is None or rule.action == _OFFER:
+        return None
+    now = plan.now_ms
+    subject = plan.customer_id or f"{plan.site}:{plan.anonymous_id}"
+    window_ms = max(rule.policy.cooldown_s * 1000, OFFER_DECISION_WINDOW_MS)
+    start = now - now % window_ms
+    msg = f"suppressed\0{reason}\0{subject}\0{rule.id}\0{rs.version}\0{start}".encode()
+    decision_id = f"{start:012x}{hashlib.blake2b(msg, key=offer_key, digest_size=6).hexdigest()}"
+    if decision_id in skip:
+        return None
+    feats = plan.features or features(inp.profile, inp.customer, inp.events, now, _zone(rs))
+    factors, model = _factors(rule, rs, feats, models)
+    offer = rs.offers.get(rule.offer) if rule.offer else None
+    decision = Decision(
+        decision_id,
+        rule.action,
+        rule.id,
+        channel or rule.channel,
+        factors,
+        model,
+        offer=offer.public() if offer is not None else None,
+    )
+    return decision, feats
+
+
 def model_name(rule: Rule) -> str:
     """The model that estimates a rule's propensity: who clicks an offer
     (`offer:<offer id>`, shared by every rule showing it) or who answers a contact
@@ -506,18 +592,53 @@ def model_name(rule: Rule) -> str:
 
 
 def _factors(
-    rule: Rule, rs: RuleSet, feats: dict[str, float | str], models: Models
+    rule: Rule,
+    rs: RuleSet,
+    feats: dict[str, float | str],
+    models: Models,
+    z: float | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """(factors, model): propensity from the rule's model (or its prior, or 1.0 with
     none published), value and lever from the rule set, score their product; the
-    value is floored at 0.01 so a rule without a value still ranks by propensity."""
+    value is floored at 0.01 so a rule without a value still ranks by propensity.
+
+    With a standard-normal draw `z` (offers: `exploration_draw`) and a published model,
+    `sampled` is the propensity drawn from the model's posterior (`estimate`), what the
+    offer ranks by; `propensity` and `score` stay the posterior mean's (the estimate an
+    audit or a calibration check wants), so an explored offer is one whose score is
+    not the slot's highest."""
     offer = rs.offers.get(rule.offer) if rule.offer else None
-    est = estimate(models, model_name(rule), feats)
+    est = estimate(models, model_name(rule), feats, z)
     value = rule.value or (offer.value if offer else 0.0)
     lever = rs.levers.get(offer.product if offer else "", 1.0)
     score = est.propensity * max(value, 0.01) * lever
     factors = {"propensity": est.propensity, "value": value, "lever": lever, "score": score}
+    if est.sampled is not None:
+        factors["sampled"] = est.sampled
     return factors, {"name": est.model, "version": est.version, "source": est.source}
+
+
+_STANDARD_NORMAL = NormalDist()
+
+
+def exploration_draw(key: bytes, subject: str, now_ms: int, rule_id: str) -> float:
+    """The standard-normal draw an offer's Thompson sample uses: a keyed hash of
+    (subject, rule, page-offer window) through the normal's inverse CDF. Deterministic,
+    so deciding stays pure and a replayed recording makes the same choices; keyed by
+    the page-offer key, so a visitor cannot predict it; the same for the whole
+    10-minute window in which the page offer keeps its decision id, so a visitor does
+    not see the slot flip from page to page, and draws afresh in the next window.
+
+    >>> w = OFFER_DECISION_WINDOW_MS
+    >>> exploration_draw(b"k", "cust-1", 1_500, "r") == exploration_draw(b"k", "cust-1", w - 1, "r")
+    True
+    >>> exploration_draw(b"k", "cust-1", 1_500, "r") == exploration_draw(b"k", "cust-1", w, "r")
+    False
+    """
+    msg = f"explore\0{subject}\0{rule_id}\0{now_ms // OFFER_DECISION_WINDOW_MS}".encode()
+    h = int.from_bytes(hashlib.blake2b(msg, key=key, digest_size=8).digest(), "big")
+    u = (2 * (h >> 12) + 1) / 2**53  # 52 bits, odd numerator: strictly inside (0, 1)
+    return _STANDARD_NORMAL.inv_cdf(u)
 
 
 def _zone(rs: RuleSet) -> ZoneInfo | None:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine.core.metrics import Metrics
-from engine.core.vocabulary import Action
+from engine.core.vocabulary import Action, Channel
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import RuleSet
 from engine.decisions.plan import (
@@ -29,6 +29,7 @@ from engine.decisions.plan import (
     audit_record,
     decide,
     settle,
+    suppressed_decision,
 )
 from engine.delivery.queue import enqueue
 from engine.delivery.records import write_audit, write_trigger
@@ -45,6 +46,12 @@ _AUDITED_MAX = 50_000
 
 
 _OFFER = Action.OFFER  # bound once: a member lookup on the class costs ~110 ns (3.11)
+
+# Eligibility suppressions a contact rule's record is written for (with every contact
+# policy refusal: cooldowns, daily cap). Not `anonymous` (no one to call: every new
+# visitor matching a callback rule would write one), not `holdout` (the control
+# group's decision is recorded as such).
+_RECORDED_ELIGIBILITY = frozenset({"do_not_call", "no_consent", "outside_hours", "no_capacity"})
 
 _UNMEASURED = Capacity()  # frozen: one for every call (building one costs ~0.5 us)
 
@@ -82,6 +89,7 @@ class RulesDecider:
 
     async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
         now = inp.now_ms or int(time.time() * 1000)
+        models = self.models()
         plan = decide(
             self._rules(),
             inp,
@@ -89,7 +97,7 @@ class RulesDecider:
             self.capacity(),
             self._offer_key,
             self.classify,
-            models=self.models(),
+            models=models,
         )
         for rule_id in plan.hits:
             hits = self._hit_counters.get(rule_id)
@@ -99,6 +107,10 @@ class RulesDecider:
         suppressed = self.metrics.rule_suppressed
         for rule_id, reason in plan.suppressions:
             suppressed.labels(rule_id, reason).inc()
+        if plan.slots:  # the offer bandit's exploration share
+            self.metrics.offer_slots.inc(plan.slots)
+            if plan.explored:
+                self.metrics.offer_explored.inc(plan.explored)
 
         # Contact policy first, atomically, best-ranked first: the first contact it
         # allows is the batch's one contact.
@@ -145,6 +157,31 @@ class RulesDecider:
                 trace = list(settled.trace.values())
             deliveries.append(write_audit(self.store, d.id, audit_record(plan, d, trace)))
             deliveries.append(count_decision(self.store, d.rule, now, True, d.id))
+        # Contacts that matched but were suppressed (eligibility) or refused (policy):
+        # recorded with what suppressed them, so the audit says why this customer was
+        # not called. Stable ids per window, written once per worker: a visitor browsing
+        # under a rule on cooldown is one record per window, not one per batch.
+        if inp.events:  # as treated: page loads and screen-pops don't contact
+            why_not: list[tuple[str, str, Channel | None]] = [
+                (rule_id, why, None)
+                for rule_id, why in plan.suppressions
+                if why in _RECORDED_ELIGIBILITY
+            ]
+            why_not += [(contact.rule, why, contact.channel) for contact, why in refused]
+            for rule_id, why, channel in why_not:
+                made = suppressed_decision(
+                    plan, inp, rule_id, why, self._offer_key, models, channel, self._audited
+                )
+                if made is None:
+                    continue
+                d, feats = made
+                new_offers.append(d.id)
+                if trace is None:
+                    trace = list(settled.trace.values())
+                record = audit_record(plan, d, trace)
+                record["features"] = feats
+                record["suppressed"] = why
+                deliveries.append(write_audit(self.store, d.id, record))
         # Trigger, callback queue and audit records go out together: started in one
         # loop tick, the store sends them as one pipeline (one round trip after the
         # reservation, not one per write).

@@ -22,7 +22,9 @@ catches one in flight (engine/profile.py).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -37,6 +39,7 @@ __all__ = [
     "AUDIT_TTL_S",
     "TRIGGERS_MAXLEN",
     "TRIGGER_RECORD_KEEP_MS",
+    "decision_ids",
     "index_entry",
     "publish_event",
     "read_audit",
@@ -163,3 +166,41 @@ async def write_audit(store: Store, decision_id: str, record: dict[str, Any]) ->
 async def read_audit(store: Store, decision_id: str) -> dict[str, Any] | None:
     raw = await store.call("GET", keys.decision_key(decision_id))
     return None if raw is None else orjson.loads(raw)
+
+
+_AUDIT_KEY = re.compile(r"^rb:\{d:([0-9a-f]{24})\}$")  # keys.decision_key
+
+
+async def decision_ids(store: Store, prefixes: Sequence[str], since_ms: int = 0) -> list[str]:
+    """The decisions audited for these profiles (a customer and its linked anonymous
+    profiles) at or after about `since_ms`, newest write first, found through the
+    profiles' indexes, not by a scan.
+
+    An audit's reference is scored by when its record is surely gone (written +
+    AUDIT_TTL_S + slack), so references of older decisions are not read at all; a few
+    from up to the slack earlier may be in the answer, and ids whose record has expired
+    since: callers read the records (`read_audit`) and check their `at_ms`."""
+    lowest = since_ms + AUDIT_TTL_S * 1000
+    found = await asyncio.gather(
+        *[
+            store.call(
+                "ZRANGE", keys.profile_refs(p), "+inf", lowest, "BYSCORE", "REV", "WITHSCORES"
+            )
+            for p in prefixes
+        ]
+    )
+    scored: dict[str, float] = {}
+    for reply in found:
+        for ref, score in _pairs(reply or []):
+            found_keys = refs.parse([str(ref)])[0]
+            match = _AUDIT_KEY.match(found_keys[0]) if found_keys else None
+            if match is not None:
+                scored[match[1]] = max(scored.get(match[1], 0.0), float(score))
+    return sorted(scored, key=lambda d: (scored[d], d), reverse=True)
+
+
+def _pairs(reply: list[Any]) -> list[tuple[Any, Any]]:
+    """WITHSCORES as (member, score) pairs, flat (RESP2) or paired (RESP3)."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(m, s) for m, s in reply]
+    return list(zip(reply[::2], reply[1::2], strict=True))

@@ -23,6 +23,8 @@ __all__ = [
     "CompleteAnswer",
     "ContextAnswer",
     "ConversionAnswer",
+    "CustomerDecision",
+    "CustomerDecisionsAnswer",
     "Decision",
     "DecisionsAnswer",
     "DemoLoginAnswer",
@@ -198,6 +200,30 @@ class ContextAnswer(_Answer):
     attributes: dict[str, Any]
     best_offer: Decision | None
     contact_history: list[dict[str, Any]]
+
+
+class CustomerDecision(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One audited decision about a customer (engine/http/customers.py): made, held
+    out (`holdout`), or a contact a matching rule did not make (`suppressed`: why)."""
+
+    id: str
+    at_ms: int
+    rule: str
+    action: Action
+    channel: Channel
+    offer_id: str | None
+    holdout: bool  # a control-group member's: recorded, never delivered
+    suppressed: str | None  # do_not_call, no_consent, outside_hours, cooldown_rule, ...
+    factors: dict[str, Any]  # propensity, value, lever, score
+    model: dict[str, Any]  # {name, version, source}
+    why: str  # one line for people, from the suppression or the factors
+    features: dict[str, Any] | None = None  # full=1: the snapshot at decision time
+    trace: list[dict[str, Any]] | None = None  # full=1: every rule's verdict
+
+
+class CustomerDecisionsAnswer(_Answer):
+    customer_id: str
+    decisions: list[CustomerDecision]  # newest first
 
 
 class FunnelRow(msgspec.Struct, forbid_unknown_fields=True):

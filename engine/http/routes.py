@@ -22,6 +22,7 @@ from engine.http import (
     attributes,
     context,
     conversions,
+    customers,
     dashboard,
     ingest,
     ops,
@@ -324,6 +325,30 @@ ROUTES: tuple[Route, ...] = (
         ("agents",),
         {200: Reply(OK, a.ContextAnswer)},
         {401: "No credentials", 404: "Unknown customer"},
+    ),
+    Route(
+        "GET",
+        "/v1/customers/{customer_id}/decisions",
+        customers.handle_customer_decisions,
+        Auth.AGENT,
+        "Why was this customer called, or not? Their audited decisions, newest first "
+        "(linked anonymous visits included): made, held out, or suppressed and why "
+        "(supervisors, API token)",
+        ("reports",),
+        {200: Reply(OK, a.CustomerDecisionsAnswer)},
+        {
+            400: "Invalid parameters",
+            403: "Supervisors only",
+            404: "Unknown customer (never seen, or erased)",
+        },
+        query=customers.CustomerDecisionsQuery,
+        description=(
+            "Each decision: rule, action, channel, offer, `holdout`, `suppressed` (the "
+            "eligibility or contact-policy reason a matching contact rule was not carried "
+            "out, recorded once per rule, reason and window), arbitration `factors`, "
+            "`model` and a one-line `why`. `full=1` adds the feature snapshot and the rule "
+            "trace. Records are kept 30 days and erased with the customer."
+        ),
     ),
     Route(
         "GET",

@@ -32,13 +32,12 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 import msgspec
-import orjson
 
 from engine.core.errors import NotFound
 from engine.core.settings import Settings
 from engine.core.vocabulary import Action, Outcome
 from engine.delivery.outcomes import record_outcome
-from engine.delivery.records import AUDIT_TTL_S, read_audit
+from engine.delivery.records import AUDIT_TTL_S, decision_ids, read_audit
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.schema import CustomEvent, Event, Product, TsMs
 from engine.valkey import keys, refs
@@ -64,7 +63,6 @@ CONVERSION_DEDUPE_TTL_S = 30 * 86400
 SWEEP_BATCH = 500
 
 _DECISION_ID = re.compile(r"^[0-9a-f]{24}$")
-_AUDIT_KEY = re.compile(r"^rb:\{d:[0-9a-f]{24}\}$")
 
 # Pop up to ARGV[2] members due by ARGV[1] in one step: two learners (an old lease
 # holder still finishing) can never both pop, so never both emit, the same decision.
@@ -226,22 +224,13 @@ async def _last_touch(
     store: Store, prefixes: Sequence[str], product: str, from_ms: int, to_ms: int
 ) -> dict[str, Any] | None:
     """The latest audited decision for `product` made in [from_ms, to_ms], found through
-    the profiles' indexes. An audit record's reference is scored by when it is gone
-    (written at decision time + AUDIT_TTL_S + slack), so references scored below
-    `from_ms + AUDIT_TTL_S` are older decisions and are not read at all."""
-    lowest = from_ms + AUDIT_TTL_S * 1000
-    found = await asyncio.gather(
-        *[store.call("ZRANGE", keys.profile_refs(p), lowest, "+inf", "BYSCORE") for p in prefixes]
-    )
-    audit_keys = sorted(
-        {k for refs_of in found for k in refs.parse(refs_of)[0] if _AUDIT_KEY.match(k)}
-    )
-    raws = await asyncio.gather(*[store.call("GET", k) for k in audit_keys])
+    the profiles' indexes (`decision_ids`: older decisions' references are not read)."""
+    ids = await decision_ids(store, prefixes, from_ms)
+    audits = await asyncio.gather(*[read_audit(store, d) for d in ids])
     best: dict[str, Any] | None = None
-    for raw in raws:
-        if raw is None:
-            continue
-        audit = orjson.loads(raw)
+    for audit in audits:
+        if audit is None or audit.get("suppressed"):
+            continue  # a contact that never happened earns no conversion
         offer = audit.get("offer")
         at_ms = audit.get("at_ms")
         if not isinstance(offer, dict) or offer.get("product") != product:

@@ -398,6 +398,10 @@ class Learner:
             return "not_a_label"
         if audit is None:
             return "no_audit"
+        if audit.get("holdout") is True or audit.get("suppressed"):
+            # Not treated: the control group's conversions prove value (uplift), but
+            # nobody was shown or called, so they say nothing about who responds.
+            return "not_treated"
         x = _features(audit)
         if x is None:
             return "no_features"

@@ -16,6 +16,14 @@ and predicts with the stats as they are; so a snapshot of (scale, crosses, weigh
 intercept) taken at any moment scores exactly as `predict_one` does then (the
 scorer in engine/models computes the same sum).
 
+Uncertainty (the offer bandit's Thompson sampling, a Laplace approximation of the
+logistic posterior, diagonal as in Chapelle & Li 2011): each weight keeps a precision,
+1 / `PRIOR_VARIANCE` to start, plus p (1 - p) x_i**2 per sample learned (x_i the
+transformed value the weight multiplied, p the prediction made before learning; the
+intercept's x is 1). The snapshot carries 1 / precision as `variances` and
+`intercept_variance`: what a feature has been seen with often is known well, what it
+has never been seen with keeps the prior's width, and exploration goes there.
+
 The optimizer is plain SGD: its only state is the weights, so a learner that takes
 over restores a model from the last snapshot (`from_snapshot`) and goes on where it
 left off (up to the scaler's per-feature counts, restored as `samples`).
@@ -39,7 +47,7 @@ from typing import Any
 import msgspec
 from river import linear_model, metrics, optim, preprocessing, utils
 
-from engine.models.snapshot import Snapshot, is_mature
+from engine.models.snapshot import PRIOR_VARIANCE, Snapshot, is_mature
 
 __all__ = [
     "Features",
@@ -123,6 +131,9 @@ class PropensityModel:
         )
         self.samples = 0
         self.positives = 0
+        # Diagonal posterior precision per transformed key (absent: the prior's).
+        self.precision: dict[str, float] = {}
+        self.intercept_precision = 1.0 / PRIOR_VARIANCE
         rolling_auc: Any = metrics.RollingROCAUC
         self._auc: Any = rolling_auc(window_size=window)
         self._log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
@@ -143,7 +154,16 @@ class PropensityModel:
         self._auc.update(y, p)
         self._log_loss.update(y, p)
         self.scaler.learn_one(_numeric(x))
-        self.regression.learn_one(self.features(x), y)
+        xt = self.features(x)
+        self.regression.learn_one(xt, y)
+        # Laplace: the log-likelihood's curvature p(1-p) x_i^2 adds to each precision.
+        curvature = p * (1.0 - p)
+        precision = self.precision
+        prior = 1.0 / PRIOR_VARIANCE
+        for key, value in xt.items():
+            if value:
+                precision[key] = precision.get(key, prior) + curvature * value * value
+        self.intercept_precision += curvature
         self.samples += 1
         self.positives += int(y)
         return p
@@ -169,7 +189,8 @@ class PropensityModel:
         return _finite(self._log_loss.get()) if self.samples else None
 
     def weights(self) -> dict[str, Any]:
-        """The plain-weights part of a snapshot: intercept, scale, crosses, weights."""
+        """The plain-weights part of a snapshot: intercept, scale, crosses, weights, and
+        the posterior variances (1 / precision)."""
         scale = {
             name: [float(mean), math.sqrt(self.scaler.vars[name])]
             for name, mean in self.scaler.means.items()
@@ -179,6 +200,8 @@ class PropensityModel:
             "scale": scale,
             "crosses": [list(c) for c in self.crosses],
             "weights": {k: float(w) for k, w in self.regression.weights.items() if w != 0.0},
+            "variances": {k: 1.0 / prec for k, prec in self.precision.items()},
+            "intercept_variance": 1.0 / self.intercept_precision,
         }
 
     def snapshot_fields(self, version: int, now_ms: int) -> dict[str, Any]:
@@ -205,13 +228,19 @@ class PropensityModel:
         cls, snap: Snapshot, crosses: Iterable[Sequence[str]] | None = None, **kw: Any
     ) -> PropensityModel:
         """A model that goes on from a published snapshot (a learner taking over): the
-        weights, intercept, scaler stats and counts; validation starts a new window."""
+        weights, intercept, precisions, scaler stats and counts; validation starts a new
+        window."""
         model = cls(snap.name, snap.crosses if crosses is None else crosses, **kw)
         model.samples = snap.samples
         model.positives = snap.positives
         model.regression.intercept = float(snap.intercept)
         for k, w in snap.weights.items():
             model.regression._weights[k] = float(w)
+        for k, var in snap.variances.items():
+            if var > 0.0:
+                model.precision[k] = 1.0 / var
+        if snap.intercept_variance:
+            model.intercept_precision = 1.0 / snap.intercept_variance
         for name, (mean, std) in snap.scale.items():
             model.scaler.counts[name] = max(model.samples, 1)
             model.scaler.means[name] = float(mean)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -22,11 +23,20 @@ import msgspec
 from engine.core.errors import ConfigError
 from engine.core.metrics import Metrics
 from engine.core.tasks import Periodic
-from engine.models.snapshot import Scorer, Snapshot, decode, encode
+from engine.models.snapshot import Scorer, Snapshot, decode, encode, sigmoid
 from engine.valkey import keys
 from engine.valkey.store import Store
 
-__all__ = ["NO_MODELS", "Estimate", "LoadedModel", "ModelRegistry", "Models", "estimate", "publish"]
+__all__ = [
+    "NO_MODELS",
+    "Estimate",
+    "LoadedModel",
+    "ModelRegistry",
+    "Models",
+    "beta_sample",
+    "estimate",
+    "publish",
+]
 
 log = logging.getLogger("ringback.models")
 
@@ -36,13 +46,15 @@ Source = Literal["model", "prior", "none"]
 class Estimate(msgspec.Struct, frozen=True):
     """A propensity and where it came from: the model (`mature`), the observed rate
     of an immature one (`prior`), or nothing published (`none`, 1.0: rank as if
-    there were no model)."""
+    there were no model). `sampled` is a draw from the posterior (the offer bandit's
+    Thompson sample) when a draw was asked for and there is a model; else None."""
 
     propensity: float
     model: str
     version: int | None
     mature: bool
     source: Source
+    sampled: float | None = None
 
 
 class LoadedModel(msgspec.Struct, frozen=True):
@@ -137,20 +149,77 @@ class ModelRegistry(Periodic):
                     except KeyError:
                         pass
 
-    def estimate(self, name: str, features: Mapping[str, float | str]) -> Estimate:
+    def estimate(
+        self, name: str, features: Mapping[str, float | str], z: float | None = None
+    ) -> Estimate:
         """The propensity for one candidate from the current set: no I/O, a few µs."""
-        return estimate(self.current, name, features)
+        return estimate(self.current, name, features, z)
 
 
-def estimate(models: Models, name: str, features: Mapping[str, float | str]) -> Estimate:
+def estimate(
+    models: Models, name: str, features: Mapping[str, float | str], z: float | None = None
+) -> Estimate:
     """The propensity for one candidate from a model set (`ModelRegistry.current`, an
     immutable snapshot, so deciding stays a pure function of its inputs): a mature
     model's prediction; an immature one's observed rate (its prior); 1.0 with no model
-    (ranking by value x lever, as before there were models)."""
+    (ranking by value x lever, as before there were models).
+
+    With `z` (a standard-normal draw the caller makes, deterministically: the result is
+    a pure function of the inputs) the estimate also carries `sampled`, a Thompson
+    sample: a mature model's `Scorer.sample(features, z)` (its Laplace posterior); an
+    immature one's draw from Beta(positives + 1, samples - positives + 1), the observed
+    rate's posterior under a uniform prior (`beta_sample`: context-free, as the model
+    is not trusted yet). `propensity` stays the mean either way. No model, no draw.
+    """
     model = models.get(name)
     if model is None:
         return Estimate(1.0, name, None, False, "none")
     s = model.snapshot
     if not s.mature:
-        return Estimate(s.prior, name, s.version, False, "prior")
-    return Estimate(model.scorer.predict(features), name, s.version, True, "model")
+        sampled = (
+            None if z is None else beta_sample(s.positives + 1, s.samples - s.positives + 1, z)
+        )
+        return Estimate(s.prior, name, s.version, False, "prior", sampled)
+    if z is None:
+        return Estimate(model.scorer.predict(features), name, s.version, True, "model")
+    p, sampled = model.scorer.mean_and_sample(features, z)
+    return Estimate(p, name, s.version, True, "model", sampled)
+
+
+def beta_sample(a: float, b: float, z: float) -> float:
+    """The Beta(a, b) quantile at Phi(z), approximately (a, b >= 1): logit(X) is close
+    to normal with mean digamma(a) - digamma(b) and variance trigamma(a) + trigamma(b)
+    (the logistic-normal approximation; exact in variance for Beta(1, 1), whose logit
+    is the logistic distribution). Monotone in z, always inside (0, 1), no special
+    functions: digamma and trigamma by their asymptotic series after shifting the
+    argument to >= 6, where the series are accurate to ~1e-8. Against the exact
+    quantiles: within ~0.002 from a, b ~ 20 on; coarser with no positive yet (a = 1),
+    where its upper tail is heavier (Beta(1, 20) at 95 %: 0.197, exact 0.139), which
+    only explores a little more.
+
+    >>> beta_sample(1, 1, 0.0)
+    0.5
+    >>> round(beta_sample(21, 181, 0.0), 3), round(beta_sample(21, 181, 2.0), 3)
+    (0.102, 0.153)
+    """
+    m = _digamma(a) - _digamma(b)
+    v = _trigamma(a) + _trigamma(b)
+    return sigmoid(m + z * math.sqrt(v))
+
+
+def _digamma(x: float) -> float:
+    shift = 0.0
+    while x < 6.0:
+        shift -= 1.0 / x
+        x += 1.0
+    f = 1.0 / (x * x)
+    return shift + math.log(x) - 0.5 / x - f * (1 / 12 - f * (1 / 120 - f * (1 / 252)))
+
+
+def _trigamma(x: float) -> float:
+    shift = 0.0
+    while x < 6.0:
+        shift += 1.0 / (x * x)
+        x += 1.0
+    f = 1.0 / (x * x)
+    return shift + 1.0 / x + 0.5 * f + (1.0 / x) * f * (1 / 6 - f * (1 / 30 - f * (1 / 42)))

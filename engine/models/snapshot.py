@@ -15,6 +15,16 @@ The transform (issue 11's contract; the learner's pipeline predicts the same):
   z_a; both numeric -> `a&b`, z_a * z_b. A cross with a missing side is skipped.
 - p = sigmoid(intercept + sum(weights.get(key, 0) * value)).
 
+Uncertainty, for exploration (the offer bandit: Thompson sampling with a Laplace
+approximation of the logistic model's posterior): `variances` holds each weight's
+posterior variance (diagonal; 1 / precision, the learner's `PropensityModel`) and
+`intercept_variance` the intercept's. A key the model has never seen (a new campaign,
+a new segment) has the prior's variance, `PRIOR_VARIANCE`. The linear predictor's
+variance for one feature dict is v = sum(var(key) * value**2) over the transform's keys
+(+ intercept_variance), and `Scorer.sample(features, z)` returns sigmoid(m + z * sqrt(v))
+for a standard-normal draw z. A snapshot without them (published before they existed:
+`intercept_variance` null) has no uncertainty: `sample` is `predict` for every z.
+
 >>> snap = Snapshot(
 ...     name="callback:demo", version=1, created_ms=0, samples=500, positives=60,
 ...     auc=0.7, log_loss=0.4, mature=True, prior=0.12, intercept=0.0,
@@ -38,6 +48,7 @@ import msgspec
 __all__ = [
     "MATURE_POSITIVES",
     "MATURE_SAMPLES",
+    "PRIOR_VARIANCE",
     "Scorer",
     "Snapshot",
     "decode",
@@ -47,6 +58,12 @@ __all__ = [
 
 MATURE_SAMPLES = 200
 MATURE_POSITIVES = 20
+
+# The prior's variance of every weight (and the intercept) in the transformed space (z
+# scores, one-hot 1.0): a weight of +-1 moves the log-odds by about one, what a single
+# feature plausibly does. The learner starts each weight's precision at its inverse;
+# the scorer gives it to the keys a snapshot has no variance for (never seen).
+PRIOR_VARIANCE = 1.0
 
 
 def is_mature(samples: int, positives: int) -> bool:
@@ -75,6 +92,10 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     scale: dict[str, tuple[float, float]] = {}
     crosses: list[tuple[str, str]] = []
     weights: dict[str, float] = {}
+    # Posterior variances (exploration); optional so snapshots published before them
+    # still decode (and then explore nothing).
+    variances: dict[str, float] = {}
+    intercept_variance: float | None = None
 
     def compile(self) -> Scorer:
         return Scorer(self)
@@ -178,6 +199,13 @@ class Scorer:
         "_num_cat",
         "_num_num",
         "_numeric",
+        "_uncertain",
+        "_var_categorical",
+        "_var_cross_pairs",
+        "_var_intercept",
+        "_var_keys",
+        "_var_numeric",
+        "_var_scale",
     )
 
     def __init__(self, snapshot: Snapshot) -> None:
@@ -226,6 +254,31 @@ class Scorer:
         self._num_cat = tuple(num_cat)
         self._num_num = tuple(num_num)
         self._mixed = tuple(mixed)
+        self._compile_variances(snapshot)
+
+    def _compile_variances(self, snapshot: Snapshot) -> None:
+        """The tables `sample` reads: only `predict` is on every candidate's path, so
+        these stay apart from its own and cost it nothing."""
+        variances = snapshot.variances
+        self._uncertain = snapshot.intercept_variance is not None or bool(variances)
+        self._var_intercept = float(snapshot.intercept_variance or 0.0)
+        self._var_keys = {k: float(v) for k, v in variances.items()}
+        self._var_scale = {
+            name: (float(mean), float(std)) for name, (mean, std) in snapshot.scale.items()
+        }
+        # numeric name -> (mean, var / std**2): var * z**2 as var / std**2 * (x - mean)**2.
+        self._var_numeric = {
+            name: (mean, self._var_keys.get(name, PRIOR_VARIANCE) / (std * std))
+            for name, (mean, std) in self._var_scale.items()
+            if std != 0.0
+        }
+        var_categorical: dict[str, dict[Any, float]] = {}
+        for key, var in self._var_keys.items():
+            name, eq, value = key.partition("=")
+            if eq and "&" not in name:
+                var_categorical.setdefault(name, {})[value] = var
+        self._var_categorical = var_categorical
+        self._var_cross_pairs = tuple((str(a), str(b)) for a, b in snapshot.crosses)
 
     def predict(self, features: Mapping[str, float | str]) -> float:
         """P(positive | features). Values are floats (numeric) or str (categorical);
@@ -238,6 +291,71 @@ class Scorer:
             return 1.0 / (1.0 + _exp(-total))
         e = _exp(total)
         return e / (1.0 + e)
+
+    def sample(self, features: Mapping[str, float | str], z: float) -> float:
+        """A draw of P(positive | features) from the posterior: sigmoid(m + z * sqrt(v)),
+        m the linear predictor `predict` computes, v its variance (sum of var(key) *
+        value**2 over the contract's transform of `features`, plus the intercept's; a key
+        without a variance has the prior's). `z` is a standard-normal draw the caller
+        makes (the scorer stays pure: the same z gives the same answer); z = 0 is
+        `predict`. It builds the crosses' key strings, so it costs more than `predict`:
+        only the offer bandit calls it, once per offer candidate."""
+        return self.mean_and_sample(features, z)[1]
+
+    def mean_and_sample(self, features: Mapping[str, float | str], z: float) -> tuple[float, float]:
+        """(`predict(features)`, `sample(features, z)`) with the linear predictor
+        computed once: what the bandit needs of each offer (it ranks by the draw and
+        reports the mean)."""
+        try:
+            total = self._fast(features)
+        except TypeError:
+            total = self._general(features)
+        mean = sigmoid(total)
+        if z == 0.0 or not self._uncertain:
+            return mean, mean
+        return mean, sigmoid(total + z * math.sqrt(self._variance(features)))
+
+    def _variance(self, features: Mapping[str, Any]) -> float:
+        """The linear predictor's posterior variance (diagonal: the weights independent)."""
+        prior = PRIOR_VARIANCE
+        v = self._var_intercept
+        numeric = self._var_numeric
+        categorical = self._var_categorical
+        none: dict[Any, float] = {}
+        for name, value in features.items():
+            if isinstance(value, str):
+                v += categorical.get(name, none).get(value, prior)
+            else:
+                entry = numeric.get(name)
+                if entry is not None:
+                    d = value - entry[0]
+                    v += entry[1] * d * d
+        keys = self._var_keys
+        scale = self._var_scale
+        get = features.get
+
+        def z_of(name: str, x: float) -> float:
+            mean, std = scale.get(name, (0.0, 0.0))
+            return (x - mean) / std if std else 0.0
+
+        for a, b in self._var_cross_pairs:
+            va = get(a)
+            vb = get(b)
+            if va is None or vb is None:
+                continue
+            if isinstance(va, str):
+                if isinstance(vb, str):
+                    v += keys.get(f"{a}={va}&{b}={vb}", prior)
+                else:
+                    zb = z_of(b, vb)
+                    v += keys.get(f"{a}={va}&{b}", prior) * zb * zb
+            elif isinstance(vb, str):
+                za = z_of(a, va)
+                v += keys.get(f"{a}&{b}={vb}", prior) * za * za
+            else:
+                zz = z_of(a, va) * z_of(b, vb)
+                v += keys.get(f"{a}&{b}", prior) * zz * zz
+        return v
 
     def _fast(self, features: Mapping[str, Any]) -> float:
         get = features.get
