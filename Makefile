@@ -35,8 +35,9 @@ run: install
 test: install system-deps
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# The inner loop: everything but real Chromium (`browser`) and engine processes or real
-# minutes of waiting (`slow`); tests/conftest.py marks tests by what they use.
+# The inner loop (~90 s): everything but real Chromium (`browser`) and what starts
+# processes, waits real seconds or generates thousands of cases (`slow`);
+# tests/conftest.py marks tests by what they use.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not browser and not slow" $(ARGS)
 

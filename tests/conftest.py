@@ -223,6 +223,9 @@ def pytest_configure(config: pytest.Config) -> None:
 # runs `-m "not browser and not slow"`): fixtures that start an engine process, and
 # browser.chromium(), which a test calls itself.
 _ENGINE_PROCESS_FIXTURES = frozenset({"live_engine"})
+# Names whose use in a test's own code starts a process: a `ringback` command, a
+# valkey-server of its own (`rules test` replays on a throwaway one).
+_PROCESS_NAMES = frozenset({"subprocess", "EmbeddedValkey", "replay", "replay_traced"})
 
 
 def _names_used(code: types.CodeType) -> set[str]:
@@ -239,8 +242,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if _ENGINE_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
         code = getattr(inspect.unwrap(getattr(item, "obj", None)), "__code__", None)
-        if isinstance(code, types.CodeType) and "chromium" in _names_used(code):
-            item.add_marker(pytest.mark.browser)
+        if isinstance(code, types.CodeType):
+            names = _names_used(code)
+            if "chromium" in names:
+                item.add_marker(pytest.mark.browser)
+            if names & _PROCESS_NAMES:
+                item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(wrapper=True)

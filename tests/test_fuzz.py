@@ -42,6 +42,9 @@ from engine.decisions.loader import default_functions
 from engine.ingest.parse import parse_batch
 from engine.ingest.schema import EVENT_TYPES, decode_batch, event_type
 
+# Thousands of generated cases: in `make test`, not the inner loop (`make test-fast`).
+pytestmark = pytest.mark.slow
+
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 DEFAULT_FUZZ_SEED = 90_210_009  # any fixed number; change it only on purpose
 FUZZ_SEED = int(os.environ.get("RINGBACK_FUZZ_SEED") or DEFAULT_FUZZ_SEED)

@@ -152,6 +152,7 @@ async def snapshot(store: Store, name: str) -> Any:
     return decode(raw)
 
 
+@pytest.mark.slow  # 4,000 outcomes through Valkey: ~8 s
 async def test_learner_learns_a_combination_from_outcomes_joined_to_audit_features(
     store: Store,
 ) -> None:

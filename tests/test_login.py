@@ -88,6 +88,7 @@ async def test_a_flood_on_one_user_and_address_leaves_other_users_and_addresses_
     assert status == 401 and body["error"]["code"] == "invalid_credentials"
 
 
+@pytest.mark.slow  # dozens of scrypt checks
 async def test_one_address_guessing_many_user_names_is_throttled_across_workers(
     make_engine: Any,
 ) -> None:
@@ -103,6 +104,7 @@ async def test_one_address_guessing_many_user_names_is_throttled_across_workers(
     assert (await login(first, "user-0", "guess", client="198.51.100.9"))[0] == 401
 
 
+@pytest.mark.slow  # dozens of scrypt checks
 async def test_one_ipv6_subscriber_cannot_rotate_through_its_64_block(
     make_engine: Any,
 ) -> None:

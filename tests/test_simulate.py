@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 from conftest import EngineClient
 
 from engine.cli.simulate import simulate
 
 
+@pytest.mark.slow  # drives traffic for real seconds
 async def test_simulated_visitors_build_profiles(
     engine: EngineClient, redis: aioredis.Redis
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from conftest import EngineClient, event
 
 from engine.core.ids import new_decision_id
@@ -219,6 +220,7 @@ async def test_decision_audit_records_are_readable_by_id_with_a_token(engine: En
     assert status == 404
 
 
+@pytest.mark.slow  # waits for presence to expire: real seconds
 async def test_the_live_queue_shows_when_the_customer_comes_online_and_leaves(
     make_engine: Any, settings: Any
 ) -> None:

@@ -329,6 +329,7 @@ async def test_after_max_attempts_it_is_dead_lettered_and_can_be_replayed(
     assert await store.client.xlen(dead_letter_stream("cti")) == 0
 
 
+@pytest.mark.slow  # a target that takes real seconds to answer
 async def test_a_slow_target_does_not_delay_the_others(
     store: Store, aiohttp_server: Any, receiver: Receiver
 ) -> None:
