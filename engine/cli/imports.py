@@ -31,9 +31,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignor
 def _run(args: argparse.Namespace) -> int:
     import uvloop
 
+    from engine.cli.command_valkey import command_valkey
     from engine.core.metrics import Metrics
-    from engine.core.settings import load_settings
-    from engine.valkey.embedded import EmbeddedValkey
 
     lines, errors = validate_import(args.file)
     if errors:
@@ -43,16 +42,8 @@ def _run(args: argparse.Namespace) -> int:
             f"ringback import: {len(errors)} invalid line(s); nothing was imported", file=sys.stderr
         )
         return 1
-    settings = load_settings(
-        args.config, data_dir=args.data_dir, overrides={"redis_url": args.redis}
-    )
-    embedded = None
-    url = settings.redis_url
-    if not url:
-        embedded = EmbeddedValkey(settings.data_dir / "valkey")
-        url = embedded.start()
 
-    async def run() -> int:
+    async def run(url: str) -> int:
         store = Store(url, Metrics())
         try:
             await store.load_library()
@@ -60,10 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    try:
-        count = uvloop.run(run())
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with command_valkey(args) as url:
+        count = uvloop.run(run(url))
     print(f"imported attributes of {count} customer(s)")
     return 0

@@ -32,22 +32,12 @@ def _run(args: argparse.Namespace) -> int:
 
     import uvloop
 
+    from engine.cli.command_valkey import command_valkey
     from engine.core.metrics import Metrics
-    from engine.core.settings import load_settings
     from engine.learning.learner import Learner
-    from engine.valkey.embedded import EmbeddedValkey
     from engine.valkey.store import Store
 
-    settings = load_settings(
-        args.config, data_dir=args.data_dir, overrides={"redis_url": args.redis}
-    )
-    embedded = None
-    url = settings.redis_url
-    if not url:
-        embedded = EmbeddedValkey(settings.data_dir / "valkey")
-        url = embedded.start()
-
-    async def run() -> None:
+    async def run(url: str) -> None:
         metrics = Metrics()
         store = Store(url, metrics)
         learner = Learner(store, metrics)
@@ -62,9 +52,6 @@ def _run(args: argparse.Namespace) -> int:
             await learner.stop()  # publishes what it learned and hands the lease on
             await store.close()
 
-    try:
-        uvloop.run(run())
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with command_valkey(args) as url:
+        uvloop.run(run(url))
     return 0
