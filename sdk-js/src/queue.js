@@ -20,7 +20,7 @@ import { rid } from './ids.js';
 
 const PREFIX = 'rb_q.';
 const MAX_EVENTS = 500;
-const MAX_CHARS = 256 * 1024;
+const MAX_CHARS = 262144; // 256 KiB
 const key = PREFIX + rid(2);
 
 export let items = [];

@@ -42,7 +42,7 @@ const post = (data) => fetch(url, { method: 'POST', body: data, keepalive: true,
 // limit and the browser's beacon quota. `sent_at` is this clock at send time: the
 // engine shifts every `ts` by its own receive time minus `sent_at`, so a browser
 // clock that runs fast or slow still dates events right.
-const body = (events) => JSON.stringify({ site: cfg.site, anonymous_id: cfg.aid, identity: cfg.identity || undefined, events, sent_at: now() });
+const body = (events) => JSON.stringify({ site: cfg.site, anonymous_id: cfg.aid, identity: cfg.identity || undefined, sent_at: now(), events });
 
 const schedule = (ms) => (timer = timer || setTimeout(flush, ms));
 
