@@ -81,6 +81,26 @@ def test_exported_snapshot_scores_exactly_as_the_river_pipeline() -> None:
     assert snap.weights and snap.scale and snap.crosses == CROSSES
 
 
+def test_a_young_model_already_tells_a_strong_segment_apart() -> None:
+    """Diagonal-Newton steps: 300 outcomes (30 % clicks for vip, 5 % for the rest) are
+    enough to rank vip clearly above; plain SGD at its best fixed rate barely moves."""
+    rng = random.Random(3)
+    newton, sgd = PropensityModel("offer:o1"), PropensityModel("offer:o1", optimizer="sgd")
+    for i in range(300):
+        tier = "vip" if i % 3 == 0 else "standard"
+        x: dict[str, float | str] = {"value_tier": tier, "hour": float(i % 24)}
+        y = rng.random() < (0.30 if tier == "vip" else 0.05)
+        newton.learn(x, y)
+        sgd.learn(x, y)
+
+    def gap(m: PropensityModel) -> float:
+        vip = m.predict_one({"value_tier": "vip", "hour": 12.0})
+        return vip - m.predict_one({"value_tier": "standard", "hour": 12.0})
+
+    assert gap(newton) > 0.15
+    assert gap(sgd) < 0.6 * gap(newton)
+
+
 def test_a_model_restored_from_its_snapshot_predicts_as_before() -> None:
     rng = random.Random(3)
     model = PropensityModel("offer:o1", CROSSES)

@@ -56,8 +56,8 @@ __all__ = [
     "is_mature",
 ]
 
-MATURE_SAMPLES = 200
-MATURE_POSITIVES = 20
+MATURE_SAMPLES = 100
+MATURE_POSITIVES = 10
 
 # The prior's variance of every weight (and the intercept) in the transformed space (z
 # scores, one-hot 1.0): a weight of +-1 moves the log-odds by about one, what a single
