@@ -16,9 +16,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from conftest import EngineClient, calc, event, new_anon
+from redis.asyncio.client import NEVER_DECODE
 
 from engine.core.metrics import Metrics
 from engine.core.settings import Secret, Settings, WebhookConfig
+from engine.delivery import audit_codec
 from engine.delivery.webhooks import dead_letter_stream
 from engine.http.state import ERASER, GATEWAY, STORE
 from engine.privacy.erasure import AofRewrites
@@ -70,6 +72,11 @@ async def dump(redis: aioredis.Redis) -> str:
         value: Any
         if kind == "string" and key.startswith("rb:{uplift:"):
             value = "<hyperloglog of decision ids>"  # binary; holds no readable id
+        elif kind == "string" and key.startswith("rb:{d:"):
+            # Audit records are stored deflated: read them as the engine does, so the
+            # scan sees every identifier they hold.
+            stored = await redis.execute_command("GET", key, **{NEVER_DECODE: True})
+            value = audit_codec.decode(stored)
         elif kind == "string":
             value = await redis.get(key)
         elif kind == "hash":
@@ -368,16 +375,16 @@ def erase_at(
         ) as r:
             statuses.append(r.status)
 
-    def call(*args: Any, writes: bool = False) -> Any:
+    def call(*args: Any, writes: bool = False, raw: bool = False) -> Any:
         if getattr(call, "fired", False) or not point(args):
-            return original(*args, writes=writes)
+            return original(*args, writes=writes, raw=raw)
         call.fired = True  # type: ignore[attr-defined]
 
         async def racing() -> Any:
             if before:
                 await erase()
-                return await original(*args, writes=writes)
-            result = await original(*args, writes=writes)
+                return await original(*args, writes=writes, raw=raw)
+            result = await original(*args, writes=writes, raw=raw)
             await erase()
             return result
 

@@ -31,6 +31,7 @@ import orjson
 
 from engine.core.vocabulary import EntryKind
 from engine.decisions.model import Trigger
+from engine.delivery import audit_codec
 from engine.delivery.queue import dequeue
 from engine.valkey import keys, refs, streams
 from engine.valkey.store import Store
@@ -154,7 +155,7 @@ async def write_audit(store: Store, decision_id: str, record: dict[str, Any]) ->
     (every engine decision does), in the same pipeline, with plain commands (most
     batches of new visitors write one: no function call here)."""
     key = keys.decision_key(decision_id)
-    put = store.call("SET", key, orjson.dumps(record), "EX", AUDIT_TTL_S, writes=True)
+    put = store.call("SET", key, audit_codec.encode(record), "EX", AUDIT_TTL_S, writes=True)
     prefix = record.get("prefix")
     if not isinstance(prefix, str) or not prefix:
         await put
@@ -164,8 +165,8 @@ async def write_audit(store: Store, decision_id: str, record: dict[str, Any]) ->
 
 
 async def read_audit(store: Store, decision_id: str) -> dict[str, Any] | None:
-    raw = await store.call("GET", keys.decision_key(decision_id))
-    return None if raw is None else orjson.loads(raw)
+    stored = await store.call("GET", keys.decision_key(decision_id), raw=True)
+    return None if stored is None else audit_codec.decode(stored)
 
 
 _AUDIT_KEY = re.compile(r"^rb:\{d:([0-9a-f]{24})\}$")  # keys.decision_key

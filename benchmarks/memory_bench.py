@@ -1,0 +1,210 @@
+"""Valkey memory per visitor: profiles loaded through the real ingest path, measured
+with `INFO memory` (issue 12: <= 1 KB per visitor with its dedupe state, <= 1.6 KB with
+the audit record of the page offer it was shown and its feature snapshot).
+
+Each visitor is one anonymous session of ten events, the mix `../shared/perf/wrk_events.lua`
+sends (page views on the mortgage journey and three calculator uses), with the ids
+the snippet makes (12 base-36 characters per event, 25 per visitor). They go through
+`ProfileStore.ingest` (the function the HTTP handler calls: delta, `rb_ingest`,
+dedupe), in concurrent groups so the store coalesces them as under load. Then the
+demo rules decide for a sample of the visitors through the real `RulesDecider`, which
+writes the audit records, and their size is measured the same way.
+
+Bytes per visitor = (used_memory after - before) / visitors, on a fresh Valkey with
+nothing else in it; `MEMORY USAGE` of one visitor's keys splits it (profile JSON,
+dedupe set, the key overhead `INFO` sees and `MEMORY USAGE` does not).
+
+    python -m benchmarks.memory_bench [--visitors 100000] [--visitors 1000000] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.results import write_section
+from engine.core.metrics import Metrics
+from engine.core.settings import load_settings
+from engine.decisions.inputs import decision_input
+from engine.decisions.loader import load_rules
+from engine.delivery.executor import RulesDecider
+from engine.ingest.schema import CalcEvent, CalcProps, Event, PageViewEvent
+from engine.profile.profiles import ProfileStore
+from engine.valkey import keys
+from engine.valkey.embedded import EmbeddedValkey
+from engine.valkey.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ("/", "/mortgages", "/mortgages/fixed-rate", "/mortgages/calculator")
+GROUP = 500  # visitors in flight at once
+AUDIT_SAMPLE = 2_000  # visitors the rules decide for (audit records measured on these)
+B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _rid(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(B36) for _ in range(n))
+
+
+def session(rng: random.Random, now_ms: int) -> list[Event]:
+    """Ten events: seven page views along the journey, three calculator uses."""
+    out: list[Event] = []
+    for i in range(10):
+        ts = now_ms - (10 - i) * 4_000
+        eid = _rid(rng, 12)
+        if i % 3 == 2:
+            props = CalcProps(
+                product="mortgage", amount=200_000.0 + rng.randrange(50) * 1_000, term_months=300
+            )
+            out.append(CalcEvent(id=eid, ts=ts, page="/mortgages/calculator", props=props))
+        else:
+            out.append(PageViewEvent(id=eid, ts=ts, page=PAGES[min(i, len(PAGES) - 1)]))
+    return out
+
+
+async def used_memory(store: Store) -> int:
+    info: dict[str, Any] = await store.client.info("memory")
+    return int(info["used_memory"])
+
+
+async def measure(visitors: int, seed: int = 1) -> dict[str, Any]:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        valkey = EmbeddedValkey(Path(tmp) / "valkey")
+        valkey.start()
+        try:
+            settings = load_settings(None, data_dir=Path(tmp) / "data")
+            store = Store(valkey.url, Metrics())
+            await store.load_library()
+            profiles = ProfileStore(store, settings)
+            before = await used_memory(store)
+            now_ms = int(time.time() * 1000)
+            aids = [_rid(rng, 25) for _ in range(visitors)]
+            t0 = time.perf_counter()
+            kept: list[tuple[str, dict[str, Any], list[Event]]] = []  # the audit sample
+            for start in range(0, visitors, GROUP):
+                group = aids[start : start + GROUP]
+                batches = [session(rng, now_ms) for _ in group]
+                results = await asyncio.gather(
+                    *(
+                        profiles.ingest("demo-bank", aid, None, evs, now_ms)
+                        for aid, evs in zip(group, batches, strict=True)
+                    )
+                )
+                for aid, evs, (result, _) in zip(group, batches, results, strict=True):
+                    if len(kept) < AUDIT_SAMPLE:
+                        kept.append((aid, result.fields, evs))
+            load_s = time.perf_counter() - t0
+            after = await used_memory(store)
+
+            prefix = keys.anonymous_prefix("demo-bank", aids[0])
+            p_key, seen_key = keys.profile_keys(prefix)[:2]
+            usage = {
+                "profile": await store.client.memory_usage(p_key, samples=0) or 0,
+                "dedupe": await store.client.memory_usage(seen_key, samples=0) or 0,
+            }
+            profile_json = await store.client.get(p_key) or b""
+
+            # Audit records: the demo rules decide for a sample, as after a batch.
+            rules = load_rules(ROOT / "rules")
+            decider = RulesDecider(lambda: rules, store, Metrics(), profiles.classifier.category)
+            sample = kept
+            before_audit = await used_memory(store)
+            audits = 0
+            offers = 0
+            for aid, fields, evs in sample:
+                inp = decision_input(
+                    fields,
+                    site="demo-bank",
+                    anonymous_id=aid,
+                    customer_id=None,
+                    now_ms=now_ms,
+                    intent_half_life_s=settings.profile.intent_half_life_s,
+                    events=evs,
+                )
+                answer = await decider.decide(inp)
+                audits += len(answer)
+                offers += sum(1 for d in answer if d.get("action") == "offer")
+            after_audit = await used_memory(store)
+            await store.close()
+        finally:
+            valkey.stop()
+    return {
+        "visitors": visitors,
+        "bytes_per_visitor": (after - before) / visitors,
+        "usage": usage,
+        "profile_json_bytes": len(profile_json),
+        "load_per_s": visitors / load_s,
+        "audits": audits,
+        "offers": offers,
+        "sample": len(sample),
+        "audit_bytes_per_visitor": (after_audit - before_audit) / len(sample),
+        "audit_bytes_per_record": (after_audit - before_audit) / max(audits, 1),
+    }
+
+
+def report(results: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        "## Memory: Valkey bytes per visitor",
+        "",
+        f"Command: `{command}`. Each visitor: one anonymous session of 10 events (7 page "
+        "views on the mortgage journey, 3 calculator uses; snippet-sized ids) through "
+        "`ProfileStore.ingest` (the handler's path: delta, `rb_ingest`, dedupe), 500 in "
+        "flight; then the demo rules decide for 2,000 of them through the real "
+        "`RulesDecider` (audit records with their feature snapshots). Bytes = `INFO "
+        "memory` used_memory after - before, on a fresh Valkey. Issue 12's targets: "
+        "<= 1,024 B per visitor with dedupe; <= 1,638 B with the audit record. "
+        f"Measured {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| visitors | B / visitor (profile + dedupe) | MEMORY USAGE profile / dedupe | "
+        "profile JSON | audit B / visitor | audit B / record | total with audit | "
+        "loaded / s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        total = r["bytes_per_visitor"] + r["audit_bytes_per_visitor"]
+        lines.append(
+            f"| {r['visitors']:,} | {r['bytes_per_visitor']:,.0f} | "
+            f"{r['usage']['profile']} / {r['usage']['dedupe']} | "
+            f"{r['profile_json_bytes']} | {r['audit_bytes_per_visitor']:,.0f} | "
+            f"{r['audit_bytes_per_record']:,.0f} | {total:,.0f} | {r['load_per_s']:,.0f} |"
+        )
+    last = results[-1]
+    total = last["bytes_per_visitor"] + last["audit_bytes_per_visitor"]
+    verdict = "meets" if last["bytes_per_visitor"] <= 1024 else "misses"
+    verdict2 = "meets" if total <= 1638 else "misses"
+    lines += [
+        "",
+        f"- Profile + dedupe: {last['bytes_per_visitor']:,.0f} B, {verdict} <= 1 KB.",
+        f"- With the audit record: {total:,.0f} B, {verdict2} <= 1.6 KB "
+        f"({last['offers']} offers in {last['audits']} decisions for "
+        f"{last['sample']:,} visitors).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--visitors", type=int, action="append", help="repeatable")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = args.visitors or [100_000]
+    results = []
+    for n in sizes:
+        r = asyncio.run(measure(n))
+        print(r, flush=True)
+        results.append(r)
+    command = "python -m benchmarks.memory_bench" + "".join(f" --visitors {n}" for n in sizes)
+    text = report(results, command)
+    print(text)
+    if not args.no_write:
+        write_section("memory", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
