@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-fast bench lint fmt install system-deps clean typecheck
+.PHONY: run test test-fast bench soak lint fmt install system-deps clean typecheck
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,13 @@ bench: install system-deps
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+# Ten minutes of the mixed load (ordinary traffic + callbacks) at half the maximum:
+# engine RSS, Valkey memory, latency and errors per minute into benchmarks/RESULTS.md.
+soak: install
+	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python -m benchmarks.soak --minutes 10 $(ARGS)
 
 lint: install
 	$(BIN)/ruff check engine tests benchmarks
