@@ -7,6 +7,12 @@ with the contact-policy/audit I/O excluded (only offers match, and audit writes 
 to a stub store), so the figure is the CPU cost of deciding. Baseline in the same
 run: the same conditions as hand-written Python lambdas.
 
+Before/after the compiled rule set (issue 12): the same rules, decided through the
+set's one generated function (`engine/decisions/compiled.py`, the live path) and rule
+by rule through each rule's own closure (`RuleSet(generated=False)`, what `decide` did
+before), alternated A B A B in one run and reported as ratios; also the conditions
+alone (`conditions.find`), without the rest of deciding.
+
     python -m benchmarks.decision_bench
 """
 
@@ -14,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import tempfile
 import time
+import timeit
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks.results import write_section
 from engine.core.metrics import Metrics
 from engine.decisions.inputs import DecisionInput
-from engine.decisions.loader import load_rules
+from engine.decisions.loader import RuleSet, load_rules
 from engine.delivery.executor import RulesDecider
 from engine.ingest.schema import CalcEvent, CalcProps, PageViewEvent
 
@@ -139,6 +148,56 @@ def measure(n_rules: int, rounds: int = 2000) -> tuple[float, float]:
     return statistics.median(samples), statistics.median(base)
 
 
+def _variables(inp: DecisionInput) -> dict[str, Any]:
+    return {
+        "event": {"type": "calc"},
+        "profile": inp.profile,
+        "session": inp.profile["session"],
+        "customer": inp.customer,
+        "now": inp.now_ms,
+        "score": {},
+    }
+
+
+def measure_ab(n_rules: int, rounds: int = 300, pairs: int = 15) -> dict[str, float]:
+    """Rule by rule (A) vs the generated function (B), alternated: medians in µs, and
+    the median of the pairs' B / A ratios (`ratio`, `cond_ratio`): each pair ran
+    back to back, so a neighbour's load spike moves both sides of a ratio alike."""
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "p.yaml").write_text(_pack(n_rules))
+        generated = load_rules(d)
+    by_rule = replace(generated, generated=False)
+    inp = _input()
+    loop = asyncio.new_event_loop()
+
+    def decider(rs: RuleSet) -> RulesDecider:
+        return RulesDecider(lambda: rs, _NoIO(), Metrics(), lambda p: "mortgage")  # type: ignore[arg-type]
+
+    deciders = {"a": decider(by_rule), "b": decider(generated)}
+
+    async def timed(dec: RulesDecider) -> float:
+        t = time.perf_counter()
+        for _ in range(rounds):
+            await dec.decide(inp)
+        return (time.perf_counter() - t) / rounds * 1e6
+
+    v = _variables(inp)
+    finds = {"a": by_rule.conditions.find, "b": generated.conditions.find}
+    assert finds["a"](v) == finds["b"](v)
+    samples: dict[str, list[float]] = {k: [] for k in ("a", "b", "cond_a", "cond_b")}
+    for _ in range(pairs):
+        for side in ("a", "b"):
+            samples[side].append(loop.run_until_complete(timed(deciders[side])))
+            samples["cond_" + side].append(
+                timeit.timeit(functools.partial(finds[side], v), number=rounds) / rounds * 1e6
+            )
+    loop.close()
+    out = {k: statistics.median(x) for k, x in samples.items()}
+    for key, a, b in (("ratio", "a", "b"), ("cond_ratio", "cond_a", "cond_b")):
+        out[key] = statistics.median(y / x for x, y in zip(samples[a], samples[b], strict=True))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-write", action="store_true", help="don't update RESULTS.md")
@@ -146,9 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in (10, 50, 200):
         cost, base = measure(n)
-        rows.append((n, cost, base))
+        ab = measure_ab(n)
+        rows.append((n, cost, base, ab))
         print(
-            f"{n:4} rules: decide {cost:7.1f} µs/batch   plain lambdas {base:6.1f} µs", flush=True
+            f"{n:4} rules: decide {cost:7.1f} µs/batch   plain lambdas {base:6.1f} µs   "
+            f"rule by rule {ab['a']:7.1f} / generated {ab['b']:7.1f} µs "
+            f"({ab['ratio']:.2f})   conditions alone {ab['cond_a']:6.1f} / "
+            f"{ab['cond_b']:6.1f} µs ({ab['cond_ratio']:.2f})",
+            flush=True,
         )
     lines = [
         "## Decisions: cost per batch",
@@ -161,9 +225,25 @@ def main(argv: list[str] | None = None) -> int:
         "| rules | decide µs/batch | same conditions as plain lambdas µs | target |",
         "|---|---|---|---|",
     ]
-    for n, cost, base in rows:
+    for n, cost, base, _ in rows:
         target = "<= 25 µs" if n == 50 else ""
         lines.append(f"| {n} | {cost:.1f} | {base:.1f} | {target} |")
+    lines += [
+        "",
+        "Compiled rule set (issue 12): the same rules decided rule by rule, each through "
+        "its own closure (A, before), and through the set's one generated function (B, the "
+        "live path), alternated A B A B (15 pairs of 300 decides; µs are medians, B / A the "
+        "median of the pairs' ratios); 'conditions' is `RuleSet.conditions.find` alone, "
+        "without the rest of deciding.",
+        "",
+        "| rules | decide A µs | decide B µs | B / A | conditions A µs | conditions B µs | B / A |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, _, _, ab in rows:
+        lines.append(
+            f"| {n} | {ab['a']:.1f} | {ab['b']:.1f} | {ab['ratio']:.2f} "
+            f"| {ab['cond_a']:.1f} | {ab['cond_b']:.1f} | {ab['cond_ratio']:.2f} |"
+        )
     if not args.no_write:
         write_section("decisions", "\n".join(lines))
     return 0

@@ -15,6 +15,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from conftest import REPO, RULES_DIR, EngineClient, calc, event, write_pack
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from engine.core.settings import Settings
 from engine.decisions.calendar import Calendar
@@ -349,6 +352,82 @@ def test_scheduled_callbacks_go_to_the_next_opening() -> None:
     friday_evening = _ms("2026-11-27T22:00+00:00")
     nxt = LDN.next_open(friday_evening)
     assert nxt == _ms("2026-11-28T08:00+00:00")
+
+
+def _walk_next_open(cal: Calendar, now_ms: int, horizon_days: int = 14) -> int | None:
+    """The reference: `next_open` as it was, trying every quarter hour."""
+    step = 15 * 60_000
+    t = now_ms - now_ms % step + step
+    for _ in range(horizon_days * 96):
+        if cal.is_open(t):
+            return t
+        t += step
+    return None
+
+
+_MINUTES = st.integers(0, 1440)
+_INTERVALS = st.lists(st.tuples(_MINUTES, _MINUTES), max_size=3)
+_DAY_HOURS = st.one_of(
+    st.just([(0, 1440)]),  # open all day
+    st.just([(480, 1200)]),
+    st.just([(60, 90)]),  # 01:00-01:30: skipped in spring, twice in autumn (London)
+    st.just([(120, 180)]),  # 02:00-03:00: New York's skipped / repeated hour
+    st.just([(0, 15)]),
+    _INTERVALS.map(lambda xs: [(min(a, b), max(a, b)) for a, b in xs]),
+)
+# The 2026 DST changes (UTC) of each zone, and the Christmas holidays.
+_CHANGES = {
+    "Europe/London": ("2026-03-29T01:00+00:00", "2026-10-25T01:00+00:00"),
+    "America/New_York": ("2026-03-08T07:00+00:00", "2026-11-01T06:00+00:00"),
+    "Australia/Lord_Howe": ("2026-04-04T15:00+00:00", "2026-10-03T15:30+00:00"),  # 30 min
+}
+
+
+@st.composite
+def _calendars(draw: st.DrawFn) -> tuple[Calendar, int]:
+    """A calendar and a start: often within hours of a DST change, at any millisecond."""
+    zone = draw(st.sampled_from(sorted(_CHANGES)))
+    hours = {d: draw(_DAY_HOURS) for d in range(7) if draw(st.integers(0, 3))}  # some closed
+    holidays = draw(st.sampled_from([(None, None), ("GB", "ENG"), ("US", "NY")]))
+    closed = draw(st.frozensets(st.dates(dt.date(2026, 1, 1), dt.date(2027, 12, 31)), max_size=6))
+    quiet = draw(st.sampled_from([[], [(1260, 480)], [(0, 120)], [(600, 615)]]))
+    around = draw(st.sampled_from([*_CHANGES[zone], "2026-12-24T12:00+00:00"]))
+    span = draw(st.sampled_from([4 * 3_600_000, 3 * 86_400_000]))
+    start = st.integers(-span, span).map(lambda d: _ms(around) + d)
+    anywhere = st.integers(_ms("2026-01-01T00:00+00:00"), _ms("2027-12-31T00:00+00:00"))
+    now = draw(st.one_of(start, start, anywhere))
+    return Calendar("c", zone, hours, quiet, *holidays, closed=closed), now
+
+
+@hypothesis_settings(max_examples=400, deadline=None, database=None, derandomize=True)
+@given(_calendars(), st.sampled_from([14, 14, 14, 3, 1, 0]))
+def test_next_opening_is_the_first_open_quarter_hour_across_dst_and_holidays(
+    case: tuple[Calendar, int], horizon_days: int
+) -> None:
+    """Computed from the hours, the next opening is the one trying every quarter hour
+    finds: through skipped and repeated wall-clock hours, holidays, closures, closed
+    days, quiet hours, calendars open all day or never."""
+    cal, now = case
+    assert cal.next_open(now, horizon_days) == _walk_next_open(cal, now, horizon_days)
+
+
+@pytest.mark.parametrize(
+    ("hours", "now", "expected"),
+    [
+        # Sunday 01:00-01:30 London on the autumn change: open in the repeated hour
+        # (01:00 BST = 00:00 UTC and 01:00 GMT = 01:00 UTC), so 01:00 GMT after 00:50 UTC.
+        ({6: [(60, 90)]}, "2026-10-25T00:50+00:00", "2026-10-25T01:00+00:00"),
+        # closed at 01:45 BST, open again at 01:00 GMT a quarter of an hour later
+        ({6: [(60, 90)]}, "2026-10-25T00:40+00:00", "2026-10-25T01:00+00:00"),
+        # the spring change skips 01:00-02:00 local: open next Sunday, 01:00 BST (00:00 UTC)
+        ({6: [(60, 90)]}, "2026-03-28T12:00+00:00", "2026-04-05T00:00+00:00"),
+    ],
+)
+def test_next_opening_through_a_repeated_or_skipped_hour(
+    hours: dict[int, list[tuple[int, int]]], now: str, expected: str
+) -> None:
+    cal = Calendar("c", "Europe/London", hours)
+    assert cal.next_open(_ms(now)) == _ms(expected)
 
 
 def test_holdout_is_stable_and_close_to_its_share() -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 from engine.core.errors import RingbackError
 
-__all__ = ["UNKNOWN", "VARIABLES", "Expression", "ExpressionError", "compile_expression"]
+__all__ = ["UNKNOWN", "VARIABLES", "Checked", "Expression", "ExpressionError", "compile_expression"]
 
 VARIABLES = frozenset({"event", "profile", "session", "customer", "now", "score"})
 MAX_LENGTH = 2000
@@ -207,10 +207,23 @@ _BIN_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%
 
 
 @dataclass(frozen=True, slots=True)
+class Checked:
+    """An expression as the whitelist check left it: the rewritten tree (calls of the
+    runtime helpers, `P<n>(v)` for each dotted path), what each `P<n>` reads, and the
+    function table its `F[name]` calls index. `engine.decisions.compiled` generates a
+    rule set's one function from these, never from the source text."""
+
+    body: ast.expr
+    paths: Mapping[str, tuple[str, ...]]  # "P0" -> ("profile", "calc", "count")
+    functions: Mapping[str, Callable[..., Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class Expression:
     source: str
     _fn: Callable[[Mapping[str, Any]], Any]
     names: frozenset[str]  # variables it reads: audit records list the inputs used
+    checked: Checked | None = None
 
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
         return self._fn(variables)
@@ -406,4 +419,10 @@ def compile_expression(
     for path, name in checker.paths.items():
         namespace[name] = _path(path)
     fn = eval(compile(fn_tree, "<rule>", "eval"), namespace)
-    return Expression(source=source, _fn=fn, names=frozenset(checker.names))
+    paths = {name: path for path, name in checker.paths.items()}
+    return Expression(
+        source=source,
+        _fn=fn,
+        names=frozenset(checker.names),
+        checked=Checked(body, paths, funcs),
+    )

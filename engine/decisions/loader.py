@@ -21,6 +21,7 @@ printed), as is nesting deeper than `MAX_DEPTH`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import re
@@ -40,6 +41,7 @@ from msgspec import inspect as mi
 from engine.core.errors import RingbackError
 from engine.core.vocabulary import DEFAULT_CHANNEL, Action, Channel
 from engine.decisions.calendar import DAYS, Calendar
+from engine.decisions.compiled import CompiledRules, compile_rules, per_rule
 from engine.decisions.expr import Expression, ExpressionError, compile_expression
 
 __all__ = [
@@ -203,6 +205,21 @@ class RuleSet:
     offers: dict[str, Offer]
     calendars: dict[str, Calendar]
     levers: dict[str, float] = field(default_factory=dict)
+    # False: `conditions` evaluates each rule's own closure (the reference the
+    # generated function is tested against); the live path leaves it True.
+    generated: bool = True
+    conditions: CompiledRules = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Every condition of the set in one generated function, built once here (and
+        again by `dataclasses.replace`, so it always matches `rules`)."""
+        exprs = [r.when for r in self.rules]
+        if self.generated:
+            conditions = compile_rules(exprs)
+        else:
+            fns = [e._fn for e in exprs]
+            conditions = CompiledRules(functools.partial(per_rule, fns), "", len(fns))
+        object.__setattr__(self, "conditions", conditions)
 
 
 class RuleError(RingbackError):

@@ -32,7 +32,7 @@ import msgspec
 
 from engine.core.ids import new_decision_id
 from engine.core.vocabulary import Action, Channel, EventType, TriggerKind, trigger_kind
-from engine.decisions.expr import UNKNOWN
+from engine.decisions.compiled import Found, per_rule
 from engine.decisions.features import features
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import Offer, Rule, RuleSet
@@ -210,6 +210,19 @@ def rule_inputs(rs: RuleSet, rule_id: str) -> set[str]:
     return set()
 
 
+def _conditions(rs: RuleSet, variables: dict[str, Any], now_ms: int) -> Found:
+    """The rules that matched or are UNKNOWN, in order, from the set's one generated
+    function (engine/decisions/compiled.py), which also evaluates rules outside their
+    enabled dates (the caller skips those). Should it raise, the enabled rules are
+    evaluated one by one, so a rule's closure raises here exactly as it would alone."""
+    try:
+        return rs.conditions.find(variables)
+    except Exception:
+        today = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).date()
+        off = {i for i, r in enumerate(rs.rules) if not r.enabled_on(today)}
+        return per_rule([r.when._fn for r in rs.rules], variables, off)
+
+
 def decide(
     rules: RuleSet,
     inp: DecisionInput,
@@ -252,19 +265,19 @@ def decide(
     eligible: list[tuple[Rule, Channel, int | None]] = []
     held: list[tuple[Rule, Channel]] = []  # eligible, but this subject is in the control group
     today = None
-    for rule in rs.rules:
+    all_rules = rs.rules
+    for i, matched in _conditions(rs, variables, now):
+        rule = all_rules[i]
         if rule.enabled_from is not None or rule.enabled_until is not None:
             today = today or dt.datetime.fromtimestamp(now / 1000, tz=dt.UTC).date()
             if not rule.enabled_on(today):
                 continue
-        result = rule.when._fn(variables)  # the compiled closure, no method hop
-        if result is not True:
-            if result is UNKNOWN:
-                trace[rule.id] = {
-                    "rule": rule.id,
-                    "result": "unknown",
-                    "why": "a value it needs is missing",
-                }
+        if not matched:
+            trace[rule.id] = {
+                "rule": rule.id,
+                "result": "unknown",
+                "why": "a value it needs is missing",
+            }
             continue
         hits.append(rule.id)
         channel, scheduled, why_not = _eligibility(rule, inp, rs, now, capacity)
