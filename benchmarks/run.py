@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and update RESULTS.md.
 
-python -m benchmarks.run [--only ingest,rules,sdk,callback] [--duration S]
+python -m benchmarks.run [--only ingest,floor,decisions,...] [--duration S]
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ import sys
 # name -> module with main(argv) -> int; optional ones are skipped if not present yet.
 BENCHMARKS = {
     "ingest": "benchmarks.ingest_bench",
+    "floor": "benchmarks.floor_bench",
     "decisions": "benchmarks.decision_bench",
-    "rules": "benchmarks.rules_bench",
     "sdk": "benchmarks.sdk_bench",
     "cpu": "benchmarks.cpu_bench",
     "callback": "benchmarks.callback_bench",
+    "scoring": "benchmarks.scoring_bench",
+    "learning": "benchmarks.learning_bench",
+    "bandit": "benchmarks.bandit_bench",
+    "memory": "benchmarks.memory_bench",
 }
 
 
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] not available in this checkout", file=sys.stderr)
             continue
         print(f"[{name}]", flush=True)
-        extra = ["--duration", str(args.duration)] if name == "ingest" else []
+        extra = ["--duration", str(args.duration)] if name in ("ingest", "floor") else []
         failed += int(module.main(extra) != 0)
     return 1 if failed else 0
 
