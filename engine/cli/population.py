@@ -40,6 +40,21 @@ dropped and counted. Note the engine credits a conversion to the customer's late
 decision for the product (last touch), so a signed call or clicked offer often gets a
 second positive label (`converted`) on the decision that already had one.
 
+**Organic sales** (`organic`, off by default): customers also sign without the engine.
+At the end of a known customer's first session of the run, for each product of
+`organic_products`, they sign on their own with probability `p_organic` (`organic`
+for a standard customer, twice that for a premium one: only the tier, which the
+engine sees), whatever the engine did or did not do, 1-21 simulated days later,
+reported like the others. Last touch credits it to their latest decision for the
+product, if any, treated or holdout: so a rule's holdout cohort converts at all.
+For a decision whose customer's organic draw follows it (a rule that decides on a
+customer's first session), the chance it is credited a conversion is
+`p_converts(p_organic, p_effect, treated)`, with `p_effect` the engine's own effect
+when treated (`p_callback` for a callback, `p_click` x `p_sign` for an offer): the
+uplift a report should find is the mean of treated minus held out over the rule's
+decisions (benchmarks/live_learning_bench.py; `person_seen` rebuilds what these
+read from a decision's recorded features).
+
 **Hidden probabilities** (the oracle) use only what the engine can also see at the
 moment it decides: this session's campaign, this session's intent so far (page views
 in the product's category plus twice its calculator uses), CRM tier and segment of a
@@ -55,7 +70,8 @@ noise. `intent` is strong at >= 3, some at >= 1:
 - converted once answered, by tier x large amount for mortgage (>= 300k) and loans
   (>= 20k): premium and large 0.8, premium 0.2, standard and large 0.15, standard 0.06;
   by tier for other products: premium 0.35, standard 0.12;
-- a clicked offer signed later, by tier: premium 0.4, standard 0.2.
+- a clicked offer signed later, by tier: premium 0.4, standard 0.2;
+- an organic sale (above), by tier: premium 2 x `organic`, standard `organic`.
 
 ("premium" is vip or private.) A callback decision's `p_true` is P(answered) x
 P(converted | answered): the probability of the positive label its model learns from.
@@ -69,7 +85,8 @@ call) and `known`. A benchmark compares the live model's AUC with the oracle's
 
 Bounded: new sessions start for `duration_s` seconds and until `max_requests` requests
 are sent (outcomes and conversions owed for decisions already made still go, so the
-cap is soft by those); `concurrency` sessions run at once. It binds nothing.
+cap is soft by those); `concurrency` sessions run at once. It binds nothing. Customer
+ids are `sim-<tag>-<index>`: a fresh random `tag` per run unless one is given.
 """
 
 from __future__ import annotations
@@ -82,7 +99,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -104,7 +121,10 @@ __all__ = [
     "p_callback",
     "p_click",
     "p_convert",
+    "p_converts",
+    "p_organic",
     "p_sign",
+    "person_seen",
     "run",
     "simulate_population",
 ]
@@ -288,6 +308,52 @@ def p_sign(person: Person) -> float:
     return 0.4 if person.premium else 0.2
 
 
+def p_organic(person: Person, organic: float) -> float:
+    """P(a known customer signs for one of `organic_products` on their own in the run).
+
+    >>> vip = Person("a", "c1", "vip", "retiree", [], True, False, "savings", 0.0)
+    >>> standard = Person("b", "c2", "standard", "retiree", [], True, False, "savings", 0.0)
+    >>> p_organic(vip, 0.05), p_organic(standard, 0.05)
+    (0.1, 0.05)
+    """
+    if person.customer_id is None:
+        return 0.0
+    return min(round(organic * (2.0 if person.premium else 1.0), 6), 1.0)
+
+
+def p_converts(p_org: float, p_effect: float, treated: bool) -> float:
+    """P(a decision is credited a conversion): treated, the engine's effect or an organic
+    sale (independent draws); held out (nothing shown or sent), the organic sale only.
+
+    >>> round(p_converts(0.1, 0.2, True), 6), p_converts(0.1, 0.2, False)
+    (0.28, 0.1)
+    """
+    return 1.0 - (1.0 - p_org) * (1.0 - p_effect) if treated else p_org
+
+
+def person_seen(features: Mapping[str, float | str]) -> Person:
+    """The customer as a decision's recorded features show them: enough for what the
+    hidden probabilities of a callback for a product without amounts (`p_answer`,
+    `p_convert`) and of an organic sale read (tier, segment, known).
+
+    >>> p = person_seen({"known": 1.0, "value_tier": "private", "segment": "family"})
+    >>> p.premium, p_answer(p), p_convert(p, SessionState(None), "savings")
+    (True, 0.6, 0.35)
+    """
+    known = bool(features.get("known"))
+    return Person(
+        anonymous_id="",
+        customer_id="seen" if known else None,
+        value_tier=str(features.get("value_tier") or "standard"),
+        segment=str(features.get("segment") or ""),
+        products_held=[],
+        consent_call=True,
+        do_not_call=False,
+        interest="",
+        amount=0.0,
+    )
+
+
 # -- the report --------------------------------------------------------------------------
 
 
@@ -305,6 +371,7 @@ class PopulationReport:
     conversions: int = 0
     conversions_attributed: int = 0
     conversions_dropped: int = 0
+    organic: int = 0  # organic sales scheduled (`organic`)
     truth_lines: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # "POST /v1/events 400" -> count
 
@@ -316,12 +383,17 @@ class PopulationReport:
             f"decisions ({decisions}; {self.repeated} shown again), "
             f"impressions {self.impressions}, clicks {self.clicks}, "
             f"call outcomes ({outcomes}), conversions {self.conversions} "
-            f"(attributed {self.conversions_attributed}, dropped {self.conversions_dropped}), "
+            f"({self.organic} organic; attributed {self.conversions_attributed}, "
+            f"dropped {self.conversions_dropped}), "
             f"errors {dict(self.errors) or 0}"
         )
 
 
 # -- the driver --------------------------------------------------------------------------
+
+
+def _value(decision: dict[str, Any]) -> float:
+    return float((decision.get("factors") or {}).get("value") or 0.0)
 
 
 @dataclass(order=True)
@@ -343,6 +415,8 @@ class _Driver:
         rng: random.Random,
         truth: IO[bytes] | None,
         report: PopulationReport,
+        organic: float = 0.0,
+        organic_products: tuple[str, ...] = PRODUCTS,
     ) -> None:
         self.http = http
         self.url = url
@@ -353,6 +427,8 @@ class _Driver:
         self.rng = rng
         self.truth = truth
         self.report = report
+        self.organic = organic
+        self.organic_products = organic_products
         self.due: list[_Due] = []  # conversions waiting for their day
         self.due_changed = asyncio.Event()
         self.seq = 0
@@ -397,6 +473,7 @@ class _Driver:
         rng = random.Random(self.rng.getrandbits(64))
         report = self.report
         report.sessions += 1
+        first = not person.attributes_sent
         if person.customer_id is not None and not person.attributes_sent:
             person.attributes_sent = True
             await self._call(
@@ -468,6 +545,13 @@ class _Driver:
             pending = []
             for decision in decisions:
                 pending += await self._decided(person, state, decision, sid, rng, reshow=False)
+        if first and person.customer_id is not None and self.organic > 0:
+            for product in self.organic_products:  # whatever the engine did
+                if rng.random() < p_organic(person, self.organic):
+                    report.organic += 1
+                    value = round(person.amount * 0.01, 2) if product in TERMS else 100.0
+                    key = f"organic-{person.customer_id}-{product}"
+                    self._schedule(person, product, rng.uniform(1, MAX_DELAY_DAYS), key, value)
 
     async def _send(
         self, person: Person, anonymous_id: str, events: list[dict[str, Any]]
@@ -529,7 +613,9 @@ class _Driver:
                     self._event(sid, "custom", None, {"name": "offer_click", "data": data})
                 )
                 if person.customer_id is not None and rng.random() < p_sign(person):
-                    self._schedule(person, product, rng.uniform(1, 14), decision)
+                    self._schedule(
+                        person, product, rng.uniform(1, 14), decision["id"], _value(decision)
+                    )
         elif action == "callback" and decision.get("channel") == "callback":
             p_true = p_callback(person, state, product)
             label = await self._contact_center(person, state, decision, product, rng)
@@ -559,14 +645,13 @@ class _Driver:
             if await self._call("POST", "/v1/outcomes", body, api=True) is not None:
                 self.report.outcomes[outcome] += 1
         if converted:
-            self._schedule(person, product, rng.uniform(2, MAX_DELAY_DAYS), decision)
+            self._schedule(
+                person, product, rng.uniform(2, MAX_DELAY_DAYS), decision["id"], _value(decision)
+            )
         return converted
 
-    def _schedule(
-        self, person: Person, product: str, days: float, decision: dict[str, Any]
-    ) -> None:
+    def _schedule(self, person: Person, product: str, days: float, key: str, value: float) -> None:
         assert person.customer_id is not None
-        value = float((decision.get("factors") or {}).get("value") or 0.0)
         if product in TERMS:
             value = round(person.amount * (0.01 if product == "mortgage" else 0.05), 2)
         self.seq += 1
@@ -574,7 +659,7 @@ class _Driver:
             "customer_id": person.customer_id,
             "product": product,
             "value": value,
-            "conversion_id": f"sim-{decision['id']}-{self.seq}",
+            "conversion_id": f"sim-{key}-{self.seq}",
         }
         self.due.append(_Due(time.monotonic() + days / self.speed, self.seq, body))
         self.due.sort()
@@ -643,16 +728,26 @@ async def simulate_population(
     drain_s: float | None = None,
     progress_s: float | None = None,
     progress: Callable[[PopulationReport], None] | None = None,
+    organic: float = 0.0,
+    organic_products: tuple[str, ...] = PRODUCTS,
+    tag: str | None = None,
+    stop_sessions: asyncio.Event | None = None,
 ) -> PopulationReport:
     """Run `n` customers (and anonymous visitors) against the engine at `url`.
 
     `credentials` holds `api_token` and `identity_secret` (demo-credentials.json);
     `speed` is simulated days per real second (conversions' delays); `progress` is
-    called every `progress_s` seconds with the report so far."""
+    called every `progress_s` seconds with the report so far; `organic` and
+    `organic_products` are the organic sales (module docstring); customer ids are
+    `sim-<tag>-<index>` (`tag` default: fresh, so a rerun meets no cooldowns of the last);
+    setting `stop_sessions` ends the run early as `duration_s` would (a benchmark that
+    runs until the engine has learned enough)."""
     if n < 1 or speed <= 0 or concurrency < 1 or not 0 <= anonymous_share <= 1:
         raise ValueError("need n >= 1, speed > 0, concurrency >= 1, 0 <= anonymous_share <= 1")
+    if not 0 <= organic <= 0.5 or not set(organic_products) <= set(PRODUCTS):
+        raise ValueError(f"need 0 <= organic <= 0.5 and organic_products among {PRODUCTS}")
     rng = random.Random(seed)
-    tag = uuid.uuid4().hex[:6]  # ids of this run: a rerun meets no cooldowns of the last
+    tag = tag or uuid.uuid4().hex[:6]
     people = make_population(n, rng, tag)
     report = PopulationReport(customers=n)
     drain_s = min(MAX_DELAY_DAYS / speed, 30.0) if drain_s is None else drain_s
@@ -673,10 +768,14 @@ async def simulate_population(
                 rng=rng,
                 truth=truth,
                 report=report,
+                organic=organic,
+                organic_products=tuple(organic_products),
             )
 
             def more() -> bool:
                 in_time = time.monotonic() - started < duration_s
+                if stop_sessions is not None and stop_sessions.is_set():
+                    return False
                 return in_time and (max_requests is None or report.requests < max_requests)
 
             async def worker() -> None:
@@ -732,6 +831,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--concurrency", type=int, default=16, help="population: sessions at once")
     p.add_argument(
+        "--organic",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="population: P(a known customer signs for each product on their own, "
+        "whatever the engine did); twice that for vip and private (default 0)",
+    )
+    p.add_argument(
         "--data-dir",
         default=".ringback",
         help="population: where demo-credentials.json is (API token, identity secret)",
@@ -771,6 +878,7 @@ def run(args: argparse.Namespace) -> int:
                 site=args.site,
                 progress_s=5.0,
                 progress=show,
+                organic=args.organic,
             )
         )
     except ValueError as exc:
