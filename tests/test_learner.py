@@ -253,6 +253,46 @@ async def test_one_learner_holds_the_lease_and_another_takes_over_without_losing
     assert snap.samples == 200 and snap.version == 2  # a: v1 at 100; b: v2 at 100 more
 
 
+async def test_a_decision_is_learned_once_from_its_first_label(store: Store) -> None:
+    """A converted call whose sale is credited to it later, twice over: one sample.
+    Also across a publish, when the second label comes in a later batch."""
+    metrics = Metrics()
+    learner = Learner(
+        store,
+        metrics,
+        crosses=CROSSES,
+        batch=20,
+        publish_every=1,
+        publish_interval_s=3600.0,
+        idle_s=0.02,
+    )
+    rng = random.Random(9)
+    decision_id = uuid.uuid4().hex
+    await write_audit(
+        store,
+        decision_id,
+        {
+            "id": decision_id,
+            "rule": "mortgage_call",
+            "action": "callback",
+            "features": random_features(rng),
+        },
+    )
+    await add_outcome(store, decision_id, "converted", shard=0)
+    await add_outcome(store, decision_id, "converted", shard=0)  # the sale, credited
+    learner.start()
+    try:
+        await until(lambda: learner.acked == 2, state=lambda: (learner.learned, learner.acked))
+        await add_outcome(store, decision_id, "not_interested", shard=0)  # a later batch
+        skipped = metrics.learner_skipped.labels("already_labelled")
+        await until(lambda: skipped._value.get() == 2, state=lambda: skipped._value.get())
+    finally:
+        await learner.stop()
+    assert learner.learned == 1
+    snap = await snapshot(store, "callback:mortgage_call")
+    assert (snap.samples, snap.positives) == (1, 1)
+
+
 def test_learn_command_has_help() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "engine", "learn", "--help"],

@@ -40,6 +40,7 @@ __all__ = [
     "customer_prefix",
     "decision_key",
     "decision_label",
+    "decision_learned",
     "erasures_stream",
     "is_anonymous",
     "key_slot",
@@ -242,6 +243,19 @@ def decision_label(decision_id: str) -> str:
     True
     """
     return f"rb:{{d:{decision_id}}}:label"
+
+
+def decision_learned(decision_id: str) -> str:
+    """Set once a model has learned the decision's first label (engine/learning/
+    learner.py): later outcomes of the same decision (a converted call's sale credited
+    days later, an organic sale after a missed call) are not learned again, so a
+    decision weighs one sample and the model's rate stays calibrated. In the audit
+    record's slot; no personal data.
+
+    >>> key_slot(decision_learned("ab")) == key_slot(decision_key("ab"))
+    True
+    """
+    return f"rb:{{d:{decision_id}}}:learned"
 
 
 # Offer impressions waiting for a click (engine/learning/labels.py): a sorted set of
