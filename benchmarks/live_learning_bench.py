@@ -245,11 +245,15 @@ async def labelled_stream(
     by_id = await audits(raw, [str(e.get("decision_id") or "") for _, e in entries])
     out: list[Sample] = []
     skipped: dict[str, int] = defaultdict(int)
+    labelled: set[str] = set()  # the learner learns a decision once, its first label
     for ts, entry in entries:
         y = label(str(entry.get("outcome") or ""))
-        audit = by_id.get(str(entry.get("decision_id") or ""))
+        decision_id = str(entry.get("decision_id") or "")
+        audit = by_id.get(decision_id)
         if y is None:
             skipped["not_a_label"] += 1
+        elif decision_id in labelled:
+            skipped["already_labelled"] += 1
         elif audit is None:
             skipped["no_audit"] += 1
         elif audit.get("holdout") is True or audit.get("suppressed"):
@@ -257,6 +261,7 @@ async def labelled_stream(
         elif (x := _features(audit)) is None or (name := model_name(audit, entry)) is None:
             skipped["no_features_or_model"] += 1
         else:
+            labelled.add(decision_id)
             out.append(Sample(ts, name, x, y))
     return out, dict(skipped)
 
@@ -585,11 +590,9 @@ def report(run: Run, args: argparse.Namespace, command: str) -> str:
         "views, a calculated amount >= 300k for a premium customer) that no model linear "
         "in the engine's features (decayed intent across sessions, the last amount) "
         "draws exactly; the later half of the evaluation, with more samples, comes closer. "
-        "The callback models' mean propensity (engine and VW alike) is well above the "
-        "observed rate: the learner learns a converted call twice (the call's `converted` "
-        "and the sale last touch credits to the same decision; a clicked offer signed "
-        "later likewise) and, for `savings_call`, an organic sale as a positive on a "
-        "decision whose call failed, while the simulator's label is the call's result.",
+        "Both learn a decision once, from its first label (a converted call's later sale, "
+        "or an organic sale after a missed call, is not a second sample), so the mean "
+        "propensity stays at the observed rate.",
         f"- (b) `GET /v1/reports/uplift?rule={UPLIFT_RULE}`: treated "
         f"{up['treated']['conversions']:,}/{up['treated']['decisions']:,} "
         f"({_f(up['treated']['rate'])}), holdout {up['holdout']['conversions']:,}/"
