@@ -9,6 +9,7 @@ workers, `serve` sets PROMETHEUS_MULTIPROC_DIR before the workers start and
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,6 +38,10 @@ class Metrics:
         disable_created_metrics()
         r = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.registry = r
+        # Called before every render: hot-path code that counts in plain ints and adds
+        # them to the metrics now and then registers its flush here, so a scrape is
+        # never behind (engine/delivery/executor.py: rule hits).
+        self.before_render: list[Callable[[], None]] = []
         self.events = Counter(
             "ringback_events_total", "Events accepted into profiles", ["type"], registry=r
         )
@@ -260,7 +265,10 @@ class Metrics:
 
 
 def render_metrics(metrics: Metrics) -> bytes:
-    """Classic text format (promtool rejects OpenMetrics), aggregated across workers."""
+    """Classic text format (promtool rejects OpenMetrics), aggregated across workers.
+    Counts kept locally on the hot path (`Metrics.before_render`) are added first."""
+    for flush in metrics.before_render:
+        flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -81,11 +81,26 @@ class RulesDecider:
         self.metrics = metrics
         self.classify = classify
         self._hit_counters: dict[str, Any] = {}  # .labels() costs ~1 us: bind once per rule
+        # Rule hits counted in plain ints and added to the Prometheus counters at most
+        # once a second, and before every /metrics render: an `inc` takes a lock and a
+        # batch at 50 rules can match 18 of them (valgrind: -9 % instructions a decide).
+        self._hits: dict[str, int] = {}
+        self._hits_flushed = 0.0  # time.monotonic() of the last flush
+        metrics.before_render.append(self.flush_hits)
         # Keys the page-offer decision ids: every worker of a deployment needs the same
         # one (the app derives it from the config's secrets) so the same visitor gets
         # the same decision, and one audit record, from whichever worker answers.
         self._offer_key = offer_key if offer_key is not None else os.urandom(16)
         self._audited: OrderedDict[str, None] = OrderedDict()
+
+    def flush_hits(self) -> None:
+        """Add the rule hits counted since the last flush to `ringback_rule_hits_total`."""
+        counted, self._hits = self._hits, {}
+        for rule_id, n in counted.items():
+            hits = self._hit_counters.get(rule_id)
+            if hits is None:
+                hits = self._hit_counters[rule_id] = self.metrics.rule_hits.labels(rule_id)
+            hits.inc(n)
 
     async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
         now = inp.now_ms or int(time.time() * 1000)
@@ -99,11 +114,12 @@ class RulesDecider:
             self.classify,
             models=models,
         )
+        counted = self._hits
         for rule_id in plan.hits:
-            hits = self._hit_counters.get(rule_id)
-            if hits is None:
-                hits = self._hit_counters[rule_id] = self.metrics.rule_hits.labels(rule_id)
-            hits.inc()
+            counted[rule_id] = counted.get(rule_id, 0) + 1
+        if (clock := time.monotonic()) - self._hits_flushed >= 1.0:
+            self._hits_flushed = clock
+            self.flush_hits()
         suppressed = self.metrics.rule_suppressed
         for rule_id, reason in plan.suppressions:
             suppressed.labels(rule_id, reason).inc()

@@ -1,0 +1,61 @@
+"""Rule hits are counted on the hot path in plain ints and added to
+`ringback_rule_hits_total` at most once a second, and always before /metrics renders,
+so a scrape is never behind what was decided."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.core.metrics import Metrics, render_metrics
+from engine.decisions.inputs import DecisionInput
+from engine.decisions.loader import load_rules
+from engine.delivery.executor import RulesDecider
+from engine.ingest.schema import PageViewEvent
+from engine.valkey.embedded import EmbeddedValkey
+from engine.valkey.store import Store
+
+PACK = """
+offers:
+  - {id: o, title: Offer, product: mortgage, value: 100, channels: [web]}
+rules:
+  - id: browsing
+    when: profile.counts.page_view >= 1
+    action: {type: offer, offer: o, slot: hero}
+"""
+
+
+@pytest.fixture
+async def store(redis: Any, valkey: EmbeddedValkey) -> AsyncIterator[Store]:
+    s = Store(valkey.url, Metrics())
+    yield s
+    await s.close()
+
+
+def _input(i: int) -> DecisionInput:
+    now = int(time.time() * 1000)
+    return DecisionInput(
+        site="demo-bank",
+        anonymous_id=f"anon-metrics-{i}",
+        customer_id=None,
+        profile={"counts": {"page_view": 2}},
+        customer={},
+        events=[PageViewEvent(id=f"e{i}", ts=now, page="/mortgages")],
+        now_ms=now,
+    )
+
+
+async def test_every_hit_is_in_the_next_scrape(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PACK)
+    rules = load_rules(tmp_path)
+    metrics = Metrics()
+    decider = RulesDecider(lambda: rules, store, metrics, lambda page: "mortgage")
+    for i in range(3):  # well within a second: only the first flushes by itself
+        await decider.decide(_input(i))
+    assert metrics.rule_hits.labels("browsing")._value.get() < 3  # still held locally
+    text = render_metrics(metrics).decode()
+    assert 'ringback_rule_hits_total{rule="browsing"} 3.0' in text
