@@ -35,7 +35,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ import aiohttp
 import orjson
 import uvloop
 
+from benchmarks.procs import cpu_seconds, stop
 from benchmarks.results import write_section
 from engine.ingest.identity import mint_token
 from engine.valkey.embedded import free_port
@@ -126,11 +126,6 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 def _start_engine(tmp: Path, port: int, workers: int = 1) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = tmp / "engine.log"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -161,18 +156,8 @@ def _start_engine(tmp: Path, port: int, workers: int = 1) -> tuple[subprocess.Po
                 if r.status == 200:
                     return proc, log_path
         time.sleep(0.1)
-    _stop(proc)
+    stop(proc)
     raise RuntimeError(f"engine not ready: {log_path.read_text()[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _valkey_pid(log_path: Path) -> int | None:
@@ -434,12 +419,11 @@ async def _wrk(port: int, seconds: int, connections: int, delay_ms: float, tag: 
 async def _measured(h: Harness, pids: dict[str, int | None], coro: Any) -> Phase:
     """Run one open-loop phase with CPU and the engine's own histograms around it."""
     before = _histogram_means_ms(await h.metrics_text())
-    ticks = {k: _cpu_ticks(p) for k, p in pids.items() if p}
+    used = {k: cpu_seconds(p) for k, p in pids.items() if p}
     cpu0, t0 = time.process_time(), time.perf_counter()
     phase: Phase = await coro
     wall = time.perf_counter() - t0
-    hz = os.sysconf("SC_CLK_TCK")
-    phase.cpu = {k: (_cpu_ticks(pids[k] or 0) - v) / hz / wall for k, v in ticks.items()}
+    phase.cpu = {k: (cpu_seconds(pids[k] or 0) - v) / wall for k, v in used.items()}
     phase.cpu["harness"] = (time.process_time() - cpu0) / wall
     after = _histogram_means_ms(await h.metrics_text())
     for name, (s1, c1) in after.items():
@@ -683,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         args.port = port
         result = uvloop.run(_bench(f"http://127.0.0.1:{port}", creds, pids, args))
     finally:
-        _stop(proc)
+        stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     text = _report(result, args, machine)
     if not args.no_write:

@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.procs import cpu_seconds, stop
 from benchmarks.results import write_section
 from engine.valkey import keys
 from engine.valkey.embedded import EmbeddedValkey, free_port
@@ -56,7 +56,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PERF = Path("/work/shared/perf")
 WRK_SCRIPT = PERF / "wrk_events.lua"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 VISITOR_LIMIT = 1_000_000
 
 
@@ -90,13 +89,6 @@ class Leg:
     @property
     def valkey_us_per_req(self) -> float:
         return self.valkey_cpu_s / max(1, self.requests) * 1e6
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of `pid` (fields 14 and 15 of /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def loadavg() -> float:
@@ -197,16 +189,6 @@ def start_ringback(
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def reset_visitors(server: str, valkey: EmbeddedValkey) -> int:
@@ -365,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"profile: {path}.svg, {path}.collapsed", flush=True)
     finally:
         for p in procs.values():
-            _stop(p)
+            stop(p)
         for v in vk.values():
             v.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -60,9 +60,9 @@ from benchmarks.callback_bench import (
     _machine,
     _pct,
     _start_engine,
-    _stop,
     _wrk,
 )
+from benchmarks.procs import stop
 from benchmarks.results import write_section
 from engine.valkey import keys
 from engine.valkey.embedded import free_port
@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         pids = {"engine": proc.pid, "valkey": int(m.group(2)), "valkey_port": int(m.group(1))}
         result = uvloop.run(_run(f"http://127.0.0.1:{port}", port, creds, pids, args))
     finally:
-        _stop(proc)
+        stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     text = _report(result, args, machine)
     if not args.no_write:
