@@ -78,6 +78,10 @@ def test_the_lua_caps_are_the_caps_layout_py_declares() -> None:
 
 # Literals of the profile functions that are not profile codes: replies and patterns.
 _NOT_CODES = {"ok", "retry", "needs_merge", "rate_limited", "conflict", "table", ":"}
+# rb_ingest's contact reservation: CRM attributes (inside `attrs`), the policy hash's
+# fields (r:<rule>, c:<channel>, d:<channel>:<day>) and its refusal reasons.
+_NOT_CODES |= {"consent_call", "do_not_call", "r:", "d:"}
+_NOT_CODES |= {"cooldown_rule", "cooldown_channel", "daily_cap"}
 
 
 def _could_be_code(literal: str) -> bool:

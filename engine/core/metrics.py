@@ -159,6 +159,14 @@ class Metrics:
             buckets=_FAST_BUCKETS,
             registry=r,
         )
+        self.callback_round_trips = Histogram(
+            "ringback_callback_round_trips",
+            "Valkey round trips in sequence from a batch to its contact's trigger written:"
+            " 2 when the profile update took the reservation, 3 or more when it was a call"
+            " of its own (engine/decisions/precheck.py)",
+            buckets=(1, 2, 3, 4, 6, 8),
+            registry=r,
+        )
         self.trigger_to_claim_seconds = Histogram(
             "ringback_trigger_to_claim_seconds",
             "From a callback's creation to an agent claiming it",

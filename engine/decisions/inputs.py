@@ -26,6 +26,10 @@ class DecisionInput:
     customer: dict[str, Any] = field(default_factory=dict)  # CRM attributes (known only)
     events: list[Event] = field(default_factory=list)
     now_ms: int = 0
+    # What the profile update's contact reservation did (`BatchResult.reservations`):
+    # delivery's input, not deciding's (the plan never reads it).
+    reservations: tuple[tuple[str, ...], ...] = ()
+    round_trips: int = 0  # Valkey round trips the batch took before deciding
 
 
 def decision_input(
@@ -37,6 +41,8 @@ def decision_input(
     now_ms: int,
     intent_half_life_s: float,
     events: Sequence[Event] = (),
+    reservations: tuple[tuple[str, ...], ...] = (),
+    round_trips: int = 0,
 ) -> DecisionInput:
     """The one way a stored profile hash becomes what deciding reads: the profile
     decoded as of `now_ms` (intent decayed to then) and the customer's CRM attributes.
@@ -50,6 +56,8 @@ def decision_input(
         customer=customer_attributes(fields),
         events=list(events),
         now_ms=now_ms,
+        reservations=reservations,
+        round_trips=round_trips,
     )
 
 
@@ -58,11 +66,18 @@ class Decider(Protocol):
         """Return the decisions for this batch or page load (may be empty)."""
         ...
 
+    def reservations(self, customer_id: str | None, now_ms: int) -> list[dict[str, Any]]:
+        """Contact candidates the profile update may reserve for (`rb_ingest`'s `res`)."""
+        ...
+
 
 class NoDecisions:
     """The decider used when no rules are loaded."""
 
     async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
+        return []
+
+    def reservations(self, customer_id: str | None, now_ms: int) -> list[dict[str, Any]]:
         return []
 
 

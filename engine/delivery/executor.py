@@ -31,11 +31,12 @@ from engine.decisions.plan import (
     settle,
     suppressed_decision,
 )
+from engine.decisions.precheck import Candidates
 from engine.delivery.queue import enqueue
 from engine.delivery.records import write_audit, write_trigger
 from engine.delivery.uplift import count_decision
 from engine.models.registry import NO_MODELS, Models
-from engine.profile.contact_history import reserve
+from engine.profile.contact_history import append_history, release, reserve
 from engine.valkey.store import Store
 
 __all__ = ["RulesDecider"]
@@ -92,6 +93,7 @@ class RulesDecider:
         # the same decision, and one audit record, from whichever worker answers.
         self._offer_key = offer_key if offer_key is not None else os.urandom(16)
         self._audited: OrderedDict[str, None] = OrderedDict()
+        self._candidates: Candidates | None = None  # the current rule set's pre-checks
 
     def flush_hits(self) -> None:
         """Add the rule hits counted since the last flush to `ringback_rule_hits_total`."""
@@ -101,6 +103,17 @@ class RulesDecider:
             if hits is None:
                 hits = self._hit_counters[rule_id] = self.metrics.rule_hits.labels(rule_id)
             hits.inc(n)
+
+    def reservations(self, customer_id: str | None, now_ms: int) -> list[dict[str, Any]]:
+        """The contacts the profile update may reserve for (`engine.decisions.precheck`):
+        none for an anonymous visitor, or when no contact rule has a pre-check."""
+        if customer_id is None:
+            return []
+        rs = self._rules()
+        cands = self._candidates
+        if cands is None or cands.rules is not rs:  # a new rule set: derive once
+            cands = self._candidates = Candidates(rs)
+        return cands.for_batch(customer_id, now_ms, self.capacity())
 
     async def decide(self, inp: DecisionInput) -> list[dict[str, Any]]:
         now = inp.now_ms or int(time.time() * 1000)
@@ -130,10 +143,31 @@ class RulesDecider:
 
         # Contact policy first, atomically, best-ranked first: the first contact it
         # allows is the batch's one contact.
+        # The profile update may already have checked (and taken) the policy of
+        # contacts whose pre-check held (`engine.decisions.precheck`): a verdict from
+        # it stands (same atomic check, one round trip fewer); the rest reserve here.
         refused: list[tuple[Contact, str]] = []
         taken: Contact | None = None
+        verdicts = {(v[0], v[1]): v for v in inp.reservations}
+        held = next((v for v in inp.reservations if v[2] == "ok"), None)
+        round_trips = inp.round_trips
+        prepaid = False  # the taken contact's reservation came with the profile update
         for contact in plan.contacts:
-            why = await reserve(self.store, plan.prefix, contact.reservation, contact.history, now)
+            v = verdicts.get((contact.rule, contact.channel))
+            if v is not None and v[2] == "ok":
+                taken, prepaid, held = contact, True, None
+                break
+            if v is not None:
+                why: str | None = v[2]
+            else:
+                if held is not None:  # another contact won: give that one back first
+                    await release(self.store, plan.prefix, held)
+                    held = None
+                    round_trips += 1
+                why = await reserve(
+                    self.store, plan.prefix, contact.reservation, contact.history, now
+                )
+                round_trips += 1
             if why is None:
                 taken = contact
                 break
@@ -142,7 +176,11 @@ class RulesDecider:
         settled = settle(plan, refused, taken)
 
         deliveries: list[Awaitable[Any]] = []
+        if held is not None:  # reserved with the profile, but no contact made of it
+            deliveries.append(release(self.store, plan.prefix, held))
         if taken is not None:
+            if prepaid:  # rb_reserve would have appended it: the same entry
+                deliveries.append(append_history(self.store, plan.prefix, taken.history))
             deliveries.append(write_trigger(self.store, plan.prefix, taken.trigger))
             deliveries.append(count_decision(self.store, taken.rule, now, False, taken.decision.id))
             if taken.phone_work:  # phone work only: never an e-mail fallback
@@ -204,6 +242,9 @@ class RulesDecider:
         if deliveries:
             await asyncio.gather(*deliveries)
         if taken is not None:
+            if round_trips:  # 0: not from a batch (page load, replay)
+                # + 1: the trigger and its records, written together after.
+                self.metrics.callback_round_trips.observe(round_trips + 1)
             self.metrics.event_to_trigger_seconds.observe(max(0.0, time.time() - now / 1000))
             self.metrics.triggers.labels(taken.channel).inc()
             self.metrics.rule_triggers.labels(taken.rule).inc()

@@ -57,8 +57,14 @@ async def handle_events(request: web.Request) -> web.Response:
     if batch.identity is not None:
         customer_id = app[VERIFIER].verify(site, batch.identity)
 
+    decider = app[DECIDER]
     result, merged = await app[PROFILES].ingest(
-        site.key, batch.anonymous_id, customer_id, batch.events, now_ms
+        site.key,
+        batch.anonymous_id,
+        customer_id,
+        batch.events,
+        now_ms,
+        reserve=decider.reservations(customer_id, now_ms),
     )
     if merged is not None:
         metrics.merges.labels(merged).inc()
@@ -77,7 +83,7 @@ async def handle_events(request: web.Request) -> web.Response:
     decisions: list[dict[str, Any]] = []
     if result.accepted:
         d_started = time.perf_counter()
-        decisions = await app[DECIDER].decide(
+        decisions = await decider.decide(
             decision_input(
                 result.fields,
                 site=site.key,
@@ -86,6 +92,8 @@ async def handle_events(request: web.Request) -> web.Response:
                 now_ms=now_ms,
                 intent_half_life_s=settings.profile.intent_half_life_s,
                 events=batch.events,
+                reservations=result.reservations,
+                round_trips=result.round_trips,
             )
         )
         metrics.decision_seconds.observe(time.perf_counter() - d_started)

@@ -18,7 +18,14 @@ import orjson
 from engine.valkey import keys
 from engine.valkey.store import Store
 
-__all__ = ["ANONYMOUS_HISTORY_TTL_S", "HISTORY_MAX", "Reservation", "append_history", "reserve"]
+__all__ = [
+    "ANONYMOUS_HISTORY_TTL_S",
+    "HISTORY_MAX",
+    "Reservation",
+    "append_history",
+    "release",
+    "reserve",
+]
 
 HISTORY_MAX = 200  # entries per customer (approximate: MAXLEN ~)
 ANONYMOUS_HISTORY_TTL_S = 30 * 86400  # the default anonymous profile TTL
@@ -60,6 +67,24 @@ async def reserve(
         return str(res[1])
     await _expire_anonymous_history(store, prefix)
     return None
+
+
+async def release(store: Store, prefix: str, taken: tuple[str, ...]) -> None:
+    """Give back a reservation `rb_ingest` took (`taken`: its reply's
+    [rule, channel, 'ok', day, set_r, set_c, prev_r, prev_c]) for a contact the
+    decision did not make: the cooldowns it set go back unless a newer reservation
+    replaced them, and the day's count goes down by one."""
+    rule, channel, _, day, set_r, set_c, prev_r, prev_c = taken
+    arg = {
+        "rule": rule,
+        "channel": channel,
+        "day": day,
+        "set_r": set_r,
+        "set_c": set_c,
+        "prev_r": prev_r,
+        "prev_c": prev_c,
+    }
+    await store.fcall("rb_release", keys.profile_keys(prefix), [orjson.dumps(arg)])
 
 
 async def append_history(store: Store, prefix: str, entry: dict[str, Any]) -> str:

@@ -15,10 +15,11 @@ Erasure lives a stage up (engine/privacy/erasure.py): it reaches beyond profiles
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,11 @@ class BatchResult:
     needs_merge: bool
     fields: dict[str, Any]
     accepted_flags: str = ""  # '1'/'0' per event in batch order
+    # What rb_ingest's contact reservation did (candidates passed as `reserve`): one
+    # [rule, channel, reason] per candidate policy refused, and [rule, channel, 'ok',
+    # day, set_r, set_c, prev_r, prev_c] for the one it took (rb_release's argument).
+    reservations: tuple[tuple[str, ...], ...] = ()
+    round_trips: int = 1  # Valkey calls this batch took, in sequence (retries, merge)
 
 
 class ProfileStore:
@@ -146,12 +152,17 @@ class ProfileStore:
         anonymous: bool,
         link: str = "",
         now_ms: int | None = None,
+        reserve: Sequence[Mapping[str, Any]] = (),
     ) -> BatchResult:
         """Apply a batch to one profile in one round trip; raise RateLimited if over.
 
         The delta is built optimistically for "every event is new" (the common case);
         if Valkey has seen some ids, it writes nothing and says which, and we rebuild
         the delta for the new ones only (a retry overlapping a first send).
+
+        `reserve`: contact candidates (`engine.decisions.precheck`) whose policy the
+        same call checks and, for the first whose pre-check holds, takes: a callback
+        then needs no reservation round trip of its own.
         """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         limits = self.settings.limits
@@ -169,8 +180,12 @@ class ProfileStore:
             "site": site,
             "ids": ids,
         }
+        if reserve:
+            header["res"] = reserve
         fresh: Sequence[Event] = events
+        calls = 0
         for _ in range(4):
+            calls += 1
             header["expect"] = expect
             header["delta"] = self.delta(fresh, now_ms)
             res = await self.store.fcall(
@@ -194,6 +209,8 @@ class ProfileStore:
             needs_merge=False,
             fields=orjson.loads(res[4]),
             accepted_flags=res[5],
+            reservations=tuple(tuple(v) for v in orjson.loads(res[6])) if res[6] else (),
+            round_trips=calls,
         )
 
     async def ingest(
@@ -203,6 +220,7 @@ class ProfileStore:
         customer_id: str | None,
         events: Sequence[Event],
         now_ms: int,
+        reserve: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[BatchResult, str | None]:
         """A batch into the visitor's profile - the customer's when identified - merging
         the anonymous history first on the visitor's first identified batch.
@@ -219,15 +237,18 @@ class ProfileStore:
             link = ""
         anonymous = customer_id is None
         result = await self.apply_batch(
-            prefix, site, events, anonymous=anonymous, link=link, now_ms=now_ms
+            prefix, site, events, anonymous=anonymous, link=link, now_ms=now_ms, reserve=reserve
         )
         if not (result.needs_merge and customer_id is not None):
             return result, None
         # Rare: this visitor's first identified batch. Merge, then apply the batch to the
         # merged profile (without the link check, which a conflict would never satisfy).
         outcome = await self.merge(site, anonymous_id, customer_id)
-        result = await self.apply_batch(prefix, site, events, anonymous=False, now_ms=now_ms)
-        return result, outcome
+        result = await self.apply_batch(
+            prefix, site, events, anonymous=False, now_ms=now_ms, reserve=reserve
+        )
+        # The first call (needs_merge), the merge's two, then this batch's.
+        return dataclasses.replace(result, round_trips=result.round_trips + 3), outcome
 
     async def merge(self, site: str, anonymous_id: str, customer_id: str) -> str:
         """Fold an anonymous profile into a customer's; 'merged', 'already' or 'conflict'."""

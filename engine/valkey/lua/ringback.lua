@@ -278,13 +278,71 @@ local function opens_over(h, dirty, k)
   return space ~= nil and opened(h, dirty, space)
 end
 
+-- The contact policy check-and-take shared by rb_reserve and rb_ingest's reservation:
+-- nil and what it replaced (for rb_release) when taken, else the suppression reason.
+local function take_policy(POL, a, now)
+  local rk, ck = 'r:' .. a.rule, 'c:' .. a.channel
+  local dk = 'd:' .. a.channel .. ':' .. a.day
+  local state = redis.call('HMGET', POL, rk, ck, dk)
+  if a.rule_cooldown_ms > 0 and (tonumber(state[1]) or 0) > now then
+    return 'cooldown_rule'
+  end
+  if a.channel_cooldown_ms > 0 and (tonumber(state[2]) or 0) > now then
+    return 'cooldown_channel'
+  end
+  if a.max_per_day > 0 and (tonumber(state[3]) or 0) >= a.max_per_day then
+    return 'daily_cap'
+  end
+  local set_r = string.format('%d', now + a.rule_cooldown_ms)
+  local set_c = string.format('%d', now + a.channel_cooldown_ms)
+  redis.call('HSET', POL, rk, set_r, ck, set_c)
+  redis.call('HINCRBY', POL, dk, 1)
+  -- Keep policy state two days past the longest cooldown, then let it go.
+  local keep = math.max(a.rule_cooldown_ms, a.channel_cooldown_ms) + 2 * 86400000
+  if redis.call('PTTL', POL) < keep then redis.call('PEXPIRE', POL, keep) end
+  return nil, {set_r, set_c, state[1] or '', state[2] or ''}
+end
+
+-- rb_ingest's reservation pre-check: every term of a contact rule's condition that
+-- reads a stored number (engine/decisions/precheck.py derives them) holds on the
+-- updated profile `h`. A term is {field, op, value}; field '@online' is "still online".
+-- Necessary, not sufficient: the decision in Python has the last word.
+local CMP = {
+  ['>='] = function(x, y) return x >= y end, ['>'] = function(x, y) return x > y end,
+  ['<='] = function(x, y) return x <= y end, ['<'] = function(x, y) return x < y end,
+  ['=='] = function(x, y) return x == y end, ['!='] = function(x, y) return x ~= y end,
+}
+local function precheck_holds(h, c, now)
+  if c.consent then
+    local attrs = type(h['attrs']) == 'table' and h['attrs'] or {}
+    if attrs['consent_call'] ~= true or attrs['do_not_call'] == true then return false end
+  end
+  for _, t in ipairs(c.pre) do
+    local x
+    if t[1] == '@online' then
+      x = (tonumber(h['online_until']) or 0) > now and 1 or 0
+    else
+      x = tonumber(h[t[1]])
+    end
+    if x == nil or not CMP[t[2]](x, t[3]) then return false end
+  end
+  return true
+end
+
 --[[
 rb_ingest: apply one batch to one profile, exactly once per event id.
 ARGV[1]: JSON {now, ttl (s, 0 = keep forever), win (dedupe window ms), hl (half-life ms),
          gap (session gap ms), rlmax (0 = off), rlwin (ms), link ('' = none), site,
-         ids [event ids], expect ('1' new / '0' duplicate per id), delta {...}}
+         ids [event ids], expect ('1' new / '0' duplicate per id), delta {...},
+         res (optional) [contact candidates: rb_reserve's fields (rule, channel,
+         rule_cooldown_ms, channel_cooldown_ms, max_per_day, day) plus pre [terms] and
+         consent (bool), best first]}
 The delta aggregates the events flagged '1' in `expect` (engine/profile/delta.py).
-Returns {'ok', accepted, duplicates, 0, profile JSON, flags}
+Returns {'ok', accepted, duplicates, 0, profile JSON, flags, reservations}
+                                   reservations: '' or a JSON list: one (rule, channel,
+                                   reason) per candidate refused, then (rule, channel,
+                                   'ok', day, set_r, set_c, prev_r, prev_c) for the one
+                                   taken, if any
      | {'retry', flags}            Valkey's view of which ids are new differs from
                                    `expect`: nothing written, rebuild the delta
      | {'rate_limited', retry_after_ms}
@@ -319,7 +377,7 @@ local function ingest(keys, args)
   local flagstr = table.concat(flags)
   if flagstr ~= a.expect then return {'retry', flagstr} end
   local accepted = #fresh / 2
-  if accepted == 0 then return {'ok', 0, #ids, 0, '{}', flagstr} end
+  if accepted == 0 then return {'ok', 0, #ids, 0, '{}', flagstr, ''} end
 
   local raw0 = redis.call('GET', P)
   local h = raw0 and cjson.decode(raw0) or {}
@@ -411,7 +469,28 @@ local function ingest(keys, args)
   else
     redis.call('SET', P, raw)
   end
-  return {'ok', accepted, #ids - accepted, 0, raw, flagstr}
+
+  -- The contact reservation, in this same call (one round trip fewer for a callback):
+  -- the first candidate whose pre-check holds on the updated profile and whose policy
+  -- allows it is taken; candidates refused by policy say why. rb_release gives a
+  -- reservation back when the decision does not make that contact.
+  local taken = ''
+  if a.res then
+    local verdicts = {}
+    for _, c in ipairs(a.res) do
+      if precheck_holds(h, c, now) then
+        local why, was = take_policy(keys[6], c, now)
+        if why then
+          verdicts[#verdicts + 1] = {c.rule, c.channel, why}
+        else
+          verdicts[#verdicts + 1] = {c.rule, c.channel, 'ok', c.day, was[1], was[2], was[3], was[4]}
+          break
+        end
+      end
+    end
+    if #verdicts > 0 then taken = cjson.encode(verdicts) end
+  end
+  return {'ok', accepted, #ids - accepted, 0, raw, flagstr, taken}
 end
 
 --[[
@@ -593,29 +672,32 @@ ARGV[1]: JSON {now, rule, channel, rule_cooldown_ms, channel_cooldown_ms, max_pe
 Returns {'ok'} (cooldowns set, count taken, history appended) or {'suppressed', reason}.
 ]]
 local function reserve(keys, args)
-  local HIST, POL = keys[5], keys[6]
   local a = cjson.decode(args[1])
-  local now = a.now
-  local rk, ck = 'r:' .. a.rule, 'c:' .. a.channel
-  local dk = 'd:' .. a.channel .. ':' .. a.day
-  local state = redis.call('HMGET', POL, rk, ck, dk)
-  if a.rule_cooldown_ms > 0 and (tonumber(state[1]) or 0) > now then
-    return {'suppressed', 'cooldown_rule'}
-  end
-  if a.channel_cooldown_ms > 0 and (tonumber(state[2]) or 0) > now then
-    return {'suppressed', 'cooldown_channel'}
-  end
-  if a.max_per_day > 0 and (tonumber(state[3]) or 0) >= a.max_per_day then
-    return {'suppressed', 'daily_cap'}
-  end
-  redis.call('HSET', POL, rk, string.format('%d', now + a.rule_cooldown_ms),
-             ck, string.format('%d', now + a.channel_cooldown_ms))
-  redis.call('HINCRBY', POL, dk, 1)
-  -- Keep policy state two days past the longest cooldown, then let it go.
-  local keep = math.max(a.rule_cooldown_ms, a.channel_cooldown_ms) + 2 * 86400000
-  if redis.call('PTTL', POL) < keep then redis.call('PEXPIRE', POL, keep) end
-  append_history(HIST, a.history, a.history_max)
+  local why = take_policy(keys[6], a, a.now)
+  if why then return {'suppressed', why} end
+  append_history(keys[5], a.history, a.history_max)
   return {'ok'}
+end
+
+--[[
+rb_release: give back a reservation rb_ingest took for a contact the decision then did
+not make. ARGV[1]: JSON {rule, channel, day, set_r, set_c, prev_r, prev_c} (rb_ingest's
+reply). Each cooldown goes back to what it was only if it is still the one this
+reservation set (a later reservation's stays); the day's count goes down by one.
+Returns 1.
+]]
+local function release(keys, args)
+  local POL = keys[6]
+  local a = cjson.decode(args[1])
+  local pairs_ = {{'r:' .. a.rule, a.set_r, a.prev_r}, {'c:' .. a.channel, a.set_c, a.prev_c}}
+  for _, f in ipairs(pairs_) do
+    if redis.call('HGET', POL, f[1]) == f[2] then
+      if f[3] == '' then redis.call('HDEL', POL, f[1]) else redis.call('HSET', POL, f[1], f[3]) end
+    end
+  end
+  local dk = 'd:' .. a.channel .. ':' .. a.day
+  if (tonumber(redis.call('HGET', POL, dk)) or 0) > 0 then redis.call('HINCRBY', POL, dk, -1) end
+  return 1
 end
 
 --[[
@@ -675,6 +757,7 @@ redis.register_function('rb_ingest', ingest)
 redis.register_function('rb_claim', claim)
 redis.register_function('rb_complete', complete)
 redis.register_function('rb_reserve', reserve)
+redis.register_function('rb_release', release)
 redis.register_function('rb_history', history)
 redis.register_function('rb_set_attrs', set_attrs)
 redis.register_function('rb_merge_export', merge_export)
