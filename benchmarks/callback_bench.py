@@ -173,6 +173,7 @@ def _histogram_means_ms(text: str) -> dict[str, tuple[float, float]]:
         "ringback_decision_seconds",
         "ringback_valkey_seconds",
         "ringback_event_to_trigger_seconds",
+        "ringback_callback_round_trips",  # a count, not seconds
     ):
         s = re.search(rf"^{name}_sum(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
         c = re.search(rf"^{name}_count(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
@@ -429,7 +430,8 @@ async def _measured(h: Harness, pids: dict[str, int | None], coro: Any) -> Phase
     for name, (s1, c1) in after.items():
         s0, c0 = before.get(name, (0.0, 0.0))
         if c1 > c0:
-            phase.server[name] = (s1 - s0) / (c1 - c0) * 1000
+            per = 1 if name == "ringback_callback_round_trips" else 1000
+            phase.server[name] = (s1 - s0) / (c1 - c0) * per
     return phase
 
 
@@ -632,6 +634,13 @@ def _report(r: dict[str, Any], args: Any, machine: str) -> str:
                 ("ringback_valkey_seconds", "Valkey pipeline"),
             )
             if name in cb.server
+        )
+        + (
+            f"; Valkey round trips in sequence per callback "
+            f"{cb.server['ringback_callback_round_trips']:.2f} (2: the reservation rode "
+            "with the profile update; 3 before issue 12)"
+            if "ringback_callback_round_trips" in cb.server
+            else ""
         )
         + "; CPU (share of one core): "
         + ", ".join(f"{k} {v * 100:.0f} %" for k, v in cb.cpu.items())

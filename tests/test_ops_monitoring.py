@@ -307,3 +307,34 @@ def test_the_metric_name_reader_skips_functions_keywords_and_labels() -> None:
         " and on (job) (ringback_model_auc offset 1d) - up"
     )
     assert metric_names(expr) == {"ringback_ingest_seconds_bucket", "ringback_model_auc", "up"}
+
+
+async def test_every_answer_is_counted_by_route_template_and_status_class(
+    make_engine: Any,
+) -> None:
+    """`ringback_http_requests_total`: what a 5xx-ratio alert on any route reads. Ids
+    in the path never become label values (the route's template does)."""
+    engine: EngineClient = await make_engine()
+    assert (await engine.post_events(engine.batch([event("page_view", page="/")])))[0] == 200
+    assert (await engine.post_events(b"{", content_type="application/json"))[0] == 400
+    status, _ = await engine.get_json("/v1/profiles/cust-42")  # no token
+    assert status == 401
+    status, _ = await engine.get_json("/no/such/route")
+    assert status == 404
+    assert engine.metrics is not None
+    value = engine.metrics.registry.get_sample_value
+    counted = {
+        (route, cls): value("ringback_http_requests_total", {"route": route, "status": cls})
+        for route, cls in (
+            ("/v1/events", "2xx"),
+            ("/v1/events", "4xx"),
+            ("/v1/profiles/{customer_id}", "4xx"),
+            ("unmatched", "4xx"),
+        )
+    }
+    assert counted == {
+        ("/v1/events", "2xx"): 1.0,
+        ("/v1/events", "4xx"): 1.0,
+        ("/v1/profiles/{customer_id}", "4xx"): 1.0,
+        ("unmatched", "4xx"): 1.0,
+    }
