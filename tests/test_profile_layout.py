@@ -31,7 +31,12 @@ from engine.core.settings import Settings
 from engine.ingest.schema import Event, decode_batch
 from engine.profile import layout as L
 from engine.profile.layout import FIELDS, SPACES, Field, Merge, Write, family_of
-from engine.profile.profiles import ProfileStore, customer_attributes, decode_profile
+from engine.profile.profiles import (
+    ProfileStore,
+    customer_attributes,
+    decode_profile,
+    page_entries,
+)
 from engine.valkey import keys
 from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
@@ -233,6 +238,10 @@ async def _raw(run: _Run, prefix: str) -> dict[str, Any]:
 
 # -- what each write rule means, from the events alone -------------------------------
 
+_EPOCH = re.search(r"^local DEDUPE_EPOCH_MS = (\d+)", LUA, re.M)
+assert _EPOCH is not None
+_DEDUPE_EPOCH_MS = int(_EPOCH[1])  # trim_ts counts hours from it
+
 
 def _newest(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(events, key=lambda e: e["ts"], default=None)
@@ -250,12 +259,11 @@ def _expected_written(
     want: dict[str, Any] = {
         L.FIRST_TS: min(e["ts"] for e in events),
         L.LAST_TS: max(e["ts"] for e in events),
-        L.SEEN_MS: max(e["ts"] for e in events),
         L.ONLINE_UNTIL: max(e["ts"] for e in events) + settings.profile.presence_ttl_s * 1000,
         L.SITE: SITE,
         L.RL_COUNT: len(history),
         L.RL_WINDOW: NOW_MS,
-        L.TRIM_TS: NOW_MS,
+        L.TRIM_TS: (NOW_MS - _DEDUPE_EPOCH_MS) // 3_600_000,  # the hour
     }
     for etype, evs in by_type.items():
         want[L.count(etype)] = len(evs)  # counter
@@ -287,8 +295,9 @@ def _expected_written(
         want[L.calc(product, L.CALC_TS)] = last["ts"]
         want[L.calc(product, L.CALC_AMOUNT)] = p["amount"]
         want[L.calc(product, L.CALC_TERM)] = p["term_months"]
-        want[L.calc(product, L.CALC_RATE)] = p.get("rate", "")
-        want[L.calc(product, L.CALC_MONTHLY)] = p.get("monthly_payment", "")
+        for code, prop in ((L.CALC_RATE, "rate"), (L.CALC_MONTHLY, "monthly_payment")):
+            if prop in p:  # else not stored: the newest calculation had none
+                want[L.calc(product, code)] = p[prop]
     forms = by_type.get("form", [])
     for action in ("focus", "abandon", "submit"):
         if n := sum(1 for e in forms if e["props"]["action"] == action):
@@ -328,6 +337,21 @@ def _same(got: Any, want: Any) -> bool:
     return bool(got == want)
 
 
+def _newest_path(h: dict[str, Any]) -> str | None:
+    pages = page_entries(h.get(L.PAGES))
+    return pages[0].partition(" ")[2] if pages else None
+
+
+def _spelled_out(h: dict[str, Any]) -> dict[str, Any]:
+    """The profile with last_page, which is left out while it is pages' newest path."""
+    path = _newest_path(h)
+    return h if L.LAST_PAGE in h or path is None else {**h, L.LAST_PAGE: path}
+
+
+def _last_page_left_out_when_implied(h: dict[str, Any]) -> bool:
+    return L.LAST_PAGE not in h or h[L.LAST_PAGE] != _newest_path(h)
+
+
 def _check_decoded(raw: dict[str, Any], decoded: dict[str, Any]) -> None:
     """Every stored code lands where its declared field says, with its stored value."""
     for code, value in raw.items():
@@ -337,7 +361,7 @@ def _check_decoded(raw: dict[str, Any], decoded: dict[str, Any]) -> None:
         if field.decoded is None or field.write in (Write.DECAYED,):
             continue
         got = _at(decoded, field.decoded.replace("<" + _placeholder(field) + ">", name))
-        want = None if value == "" else value
+        want = None if value == "" else page_entries(value) if code == L.PAGES else value
         assert _same(got, want), (code, got, want)
 
 
@@ -377,10 +401,20 @@ def test_a_history_through_rb_ingest_stores_what_each_declared_write_rule_says_a
 
     raw, profiles = asyncio.run(scenario())
     classify = profiles.classifier.category
+    assert decode_profile(raw, NOW_MS, HALF_LIFE_S)["last_page"] == _spelled_out(raw).get(
+        L.LAST_PAGE
+    )
     want = _expected_written(history, settings, classify)
+    assert _last_page_left_out_when_implied(raw)
+    full = _spelled_out(raw)
     for code, value in want.items():
-        assert code in raw, f"{code} missing; stored {sorted(raw)}"
-        assert _same(raw[code], value), (code, raw[code], value)
+        assert code in full, f"{code} missing; stored {sorted(raw)}"
+        got = page_entries(full[code]) if code == L.PAGES else full[code]
+        assert _same(got, value), (code, got, value)
+    for code, prop in ((L.CALC_RATE, "rate"), (L.CALC_MONTHLY, "monthly_payment")):
+        absent = {L.calc(p, code) for p in CALC_PRODUCTS} - set(want)
+        assert not absent & set(raw), f"{prop} stored for a calculation without one"
+    assert raw.get(L.S_DWELL) != 0, "a count of 0 is left out"
 
     # Codes the model above does not pin down, by their declared rules.
     intent_keys = {code[len(L.INTENT) :] for code in raw if code.startswith(L.INTENT)}
@@ -388,7 +422,9 @@ def test_a_history_through_rb_ingest_stores_what_each_declared_write_rule_says_a
         intent_keys
     )
     for space in SPACES:  # recounted bookkeeping: the names each capped space holds
-        assert raw[space.count_code] == len(_names(raw, space)), space
+        # absent: 0 (kn:c is always there: it marks a profile stored with the caps)
+        assert raw.get(space.count_code, 0) == len(_names(raw, space)), space
+        assert raw.get(space.count_code) != 0 or space is L.CALC_SPACE, space
     assert 1 <= raw[L.S_N] and raw[L.S_START] <= raw[L.S_LAST] <= raw[L.LAST_TS]
     assert 1 <= raw[L.S_EVENTS] <= sum(len(b) for b in history)
     checked_above = {s.count_code for s in SPACES} | {f.code for f in FIELDS if f.write is _SESSION}
@@ -438,11 +474,13 @@ def _merged_value(field: Field, name: str, code: str, a: dict[str, Any], c: dict
         return min(both)
     if rule is Merge.FIRST:
         return c[code] if code in c else a.get(code)
+    # A's newest product or session wins with all its fields: one A lacks (a rate, a
+    # dwell of 0) is absent from the merge too.
     if rule is Merge.NEWEST_PRODUCT:
         ts = L.calc(name, L.CALC_TS)
-        return a[code] if code in a and _num(a, ts) > _num(c, ts) else c.get(code)
+        return a.get(code) if _num(a, ts) > _num(c, ts) else c.get(code)
     if rule is Merge.NEWEST_SESSION:
-        return a[code] if code in a and _num(a, L.S_LAST) > _num(c, L.S_LAST) else c.get(code)
+        return a.get(code) if _num(a, L.S_LAST) > _num(c, L.S_LAST) else c.get(code)
     if rule is Merge.NEWER_PROFILE:
         newer = _num(a, L.LAST_TS) > _num(c, L.LAST_TS)
         return a[code] if code in a and (newer or code not in c) else c.get(code)
@@ -479,6 +517,8 @@ def test_rb_merge_apply_combines_each_field_as_its_declared_merge_rule_says(
 
     a, c, merged = asyncio.run(scenario())
     assert all(family_of(code) for code in merged), sorted(merged)
+    assert _last_page_left_out_when_implied(merged)
+    a, c, merged = _spelled_out(a), _spelled_out(c), _spelled_out(merged)
     for code in set(a) | set(c) | set(merged):
         found = family_of(code)
         assert found is not None, code
@@ -487,13 +527,14 @@ def test_rb_merge_apply_combines_each_field_as_its_declared_merge_rule_says(
         if field.merge is Merge.DECAYED_SUM:
             continue  # below, on the decoded values
         if field.merge is Merge.RECENT:
-            everything = sorted(a.get(code, []) + c.get(code, []), reverse=True)
+            got = page_entries(got)
+            everything = sorted(page_entries(a.get(code)) + page_entries(c.get(code)), reverse=True)
             assert [p.split()[0] for p in got] == [p.split()[0] for p in everything][: L.MAX_PAGES]
             assert set(got) <= set(everything)
             continue
         if field.merge is Merge.RECOUNTED:
             assert field.space is not None
-            assert got == len(_names(merged, field.space)), code
+            assert (got or 0) == len(_names(merged, field.space)), code
             continue
         want = _merged_value(field, name, code, a, c)
         assert _same(got, want), (code, field.merge, got, want, a.get(code), c.get(code))

@@ -12,10 +12,11 @@ Delta keys (see `engine/valkey/lua/ringback.lua`). The profile codes they carry 
 declared in `engine/profile/layout.py` (used here as constants, so the hot loop only
 concatenates strings):
     inc     {field: n}            counters (per type, per category, dwell, forms, calcs)
-    max     {field: v}            last_ts, seen_ms, online_until, calc max, interest ts
+    max     {field: v}            last_ts, online_until, calc max, interest ts
     min     {field: v}            first_ts
     setnx   {field: v}            first campaign, site
     latest  [[ts_field, ts, {field: v}]]   values that only a newer event may replace
+                                  (v null: the newer event has none, the field goes)
     decay   {key: [t, v]}         intent contributions, pre-decayed to time t
     sess    [[start, end, pages, dwell_ms, events]]  session segments, in time order
     pages   ["ts path", ...]      oldest first
@@ -75,7 +76,6 @@ from engine.profile.layout import (
     LAST_PAGE_TS,
     LAST_TS,
     ONLINE_UNTIL,
-    SEEN_MS,
     UTM_CAMPAIGN,
     UTM_SOURCE,
     UTM_TS,
@@ -210,8 +210,9 @@ def build_delta(
                 {
                     c + CALC_AMOUNT: p.amount,
                     c + CALC_TERM: p.term_months,
-                    c + CALC_RATE: "" if p.rate is None else p.rate,
-                    c + CALC_MONTHLY: "" if p.monthly_payment is None else p.monthly_payment,
+                    # None (JSON null): rb_ingest drops the older value, stores nothing.
+                    c + CALC_RATE: p.rate,
+                    c + CALC_MONTHLY: p.monthly_payment,
                 },
             )
         elif etype == "form":
@@ -240,7 +241,6 @@ def build_delta(
     if events:
         seen_ms = min(last_ts, now_ms)  # a client clock ahead of ours must not extend presence
         mx[LAST_TS] = last_ts
-        mx[SEEN_MS] = seen_ms
         mx[ONLINE_UNTIL] = seen_ms + presence_ttl_ms
 
     decay: dict[str, list[float]] = {}

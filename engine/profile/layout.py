@@ -71,7 +71,6 @@ __all__ = [
     "PAGES",
     "RL_COUNT",
     "RL_WINDOW",
-    "SEEN_MS",
     "SITE",
     "SPACES",
     "S_DWELL",
@@ -161,7 +160,6 @@ class Field:
 # Fixed fields.
 FIRST_TS: Final = "first_ts"
 LAST_TS: Final = "last_ts"
-SEEN_MS: Final = "seen_ms"
 ONLINE_UNTIL: Final = "online_until"
 DWELL: Final = "dwell"
 S_N: Final = "s_n"
@@ -272,8 +270,9 @@ _W, _M = Write, Merge
 FIELDS: Final[tuple[Field, ...]] = (
     Field(FIRST_TS, "first event (ms)", _W.MIN, _M.MIN, "first_seen"),
     Field(LAST_TS, "newest event (ms)", _W.MAX, _M.MAX, "last_seen"),
-    Field(SEEN_MS, "newest event, at most now (ms)", _W.MAX, _M.MAX, None),
-    Field(ONLINE_UNTIL, "seen_ms + presence ttl (ms)", _W.MAX, _M.MAX, "online_until"),
+    Field(
+        ONLINE_UNTIL, "newest event (at most now) + presence ttl", _W.MAX, _M.MAX, "online_until"
+    ),
     Field(count("<type>"), "events per type", _W.COUNTER, _M.SUM, "counts.<type>"),
     Field(
         category("<category>"),
@@ -309,7 +308,13 @@ FIELDS: Final[tuple[Field, ...]] = (
         "session.last_seen",
     ),
     Field(S_PAGES, "current session page views", _W.SESSION, _M.NEWEST_SESSION, "session.pages"),
-    Field(S_DWELL, "current session dwell (ms)", _W.SESSION, _M.NEWEST_SESSION, "session.dwell_ms"),
+    Field(
+        S_DWELL,
+        "current session dwell (ms; absent: 0)",
+        _W.SESSION,
+        _M.NEWEST_SESSION,
+        "session.dwell_ms",
+    ),
     Field(S_EVENTS, "current session events", _W.SESSION, _M.NEWEST_SESSION, "session.events"),
     Field(DWELL, "total visible dwell (ms)", _W.COUNTER, _M.SUM, "dwell_ms"),
     Field(
@@ -330,7 +335,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     ),
     Field(
         calc_code(CALC_RATE),
-        "newest calculator rate ('' none)",
+        "newest calculator rate (absent: none)",
         _W.LATEST,
         _M.NEWEST_PRODUCT,
         "calc.<product>.rate",
@@ -338,7 +343,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     ),
     Field(
         calc_code(CALC_MONTHLY),
-        "newest monthly payment ('' none)",
+        "newest monthly payment (absent: none)",
         _W.LATEST,
         _M.NEWEST_PRODUCT,
         "calc.<product>.monthly_payment",
@@ -395,8 +400,20 @@ FIELDS: Final[tuple[Field, ...]] = (
         "call_requested.<product>",
         INTEREST_SPACE,
     ),
-    Field(PAGES, "recent 'ts path' entries, newest first", _W.RECENT, _M.RECENT, "pages"),
-    Field(LAST_PAGE, "newest page", _W.LATEST, _M.NEWER_PROFILE, "last_page"),
+    Field(
+        PAGES,
+        "newest first: 'ts path', then '-<gap ms>[ path]'",
+        _W.RECENT,
+        _M.RECENT,
+        "pages",
+    ),
+    Field(
+        LAST_PAGE,
+        "newest page (absent: pages' newest path)",
+        _W.LATEST,
+        _M.NEWER_PROFILE,
+        "last_page",
+    ),
     Field(LAST_PAGE_TS, "its ms", _W.LATEST, _M.NEWER_PROFILE, None),
     Field(UTM_SOURCE, "newest campaign source", _W.LATEST, _M.NEWER_PROFILE, "campaign.utm_source"),
     Field(UTM_CAMPAIGN, "newest campaign", _W.LATEST, _M.NEWER_PROFILE, "campaign.utm_campaign"),
@@ -408,9 +425,22 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(SITE, "site of the first batch", _W.FIRST, _M.KEPT, None),
     Field(RL_WINDOW, "rate-limit window start (ms)", _W.BOOKKEEPING, _M.KEPT, None),
     Field(RL_COUNT, "batches in the window", _W.BOOKKEEPING, _M.KEPT, None),
-    Field(TRIM_TS, "last dedupe-set trim (ms)", _W.BOOKKEEPING, _M.KEPT, None),
+    Field(
+        TRIM_TS,
+        "last dedupe-set trim (h, DEDUPE_EPOCH_MS)",
+        _W.BOOKKEEPING,
+        _M.KEPT,
+        None,
+    ),
     *(
-        Field(s.count_code, f"{s.name} names kept", _W.BOOKKEEPING, _M.RECOUNTED, None, s)
+        Field(
+            s.count_code,
+            f"{s.name} names kept" + ("" if s.count_code == "kn:c" else " (absent: 0)"),
+            _W.BOOKKEEPING,
+            _M.RECOUNTED,
+            None,
+            s,
+        )
         for s in SPACES
     ),
     Field(ATTRS, "(customers) CRM attributes", _W.EXTERNAL, _M.KEPT, None),

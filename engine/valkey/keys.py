@@ -9,7 +9,8 @@ profile touches one cluster slot:
 Suffixes (the same for both kinds):
     p       string: the profile as one JSON object (counters, decayed intent, session,
             presence, calculator state, recent pages, rate-limit window)
-    seen    sorted set: event ids seen in the dedupe window (score = receive ms)
+    seen    sorted set: event ids seen in the dedupe window, each a 64-bit hash in
+            decimal (score = receive hour since 2026-01-01: small ints a listpack packs)
     links   set (customers only): "<site>:<anonymous_id>" merged into this customer
     attrs   (unused; CRM attributes live in the profile value)
     hist    stream: contact history (decisions, outcomes), capped

@@ -6,7 +6,10 @@ the AOF, reloaded by the engine if a fresh server lacks it).
 Every function here touches the keys of ONE profile (one hash tag, one cluster
 slot). KEYS are always the seven profile keys in engine/keys.py order:
   KEYS[1] p      string  the profile: one JSON object (fields below)
-  KEYS[2] seen   zset    event ids in the dedupe window (score = receive ms)
+  KEYS[2] seen   zset    event ids in the dedupe window, each as a 64-bit hash in decimal
+                         (engine/profile/profiles.py dedupe_member); score = receive
+                         hour since DEDUPE_EPOCH_MS. Both are integers a listpack
+                         stores in 8 and 2 bytes (14 B an entry with back-lengths, was 24)
   KEYS[3] links  set     "<site>:<anonymous_id>" merged into this customer
   KEYS[4] attrs  hash    CRM attributes
   KEYS[5] hist   stream  contact history (decisions, outcomes), capped
@@ -29,8 +32,7 @@ chosen by the client (products, forms) or config (types, categories).
   code                 write        merge           meaning
   first_ts             min          min             first event (ms)
   last_ts              max          max             newest event (ms)
-  seen_ms              max          max             newest event, at most now (ms)
-  online_until         max          max             seen_ms + presence ttl (ms)
+  online_until         max          max             newest event (at most now) + presence ttl
   n:<type>             counter      sum             events per type
   cat:<category>       counter      sum             page views per category
   i:<key>              decayed      decayed_sum     decayed intent per category or product
@@ -39,13 +41,13 @@ chosen by the client (products, forms) or config (types, categories).
   s_start              session      newest_session  current session start (ms)
   s_last               session      newest_session  current session last event (ms)
   s_pages              session      newest_session  current session page views
-  s_dwell              session      newest_session  current session dwell (ms)
+  s_dwell              session      newest_session  current session dwell (ms; absent: 0)
   s_events             session      newest_session  current session events
   dwell                counter      sum             total visible dwell (ms)
   c:<product>:amount   latest       newest_product  newest calculator amount
   c:<product>:term     latest       newest_product  newest calculator term (months)
-  c:<product>:rate     latest       newest_product  newest calculator rate ('' none)
-  c:<product>:monthly  latest       newest_product  newest monthly payment ('' none)
+  c:<product>:rate     latest       newest_product  newest calculator rate (absent: none)
+  c:<product>:monthly  latest       newest_product  newest monthly payment (absent: none)
   c:<product>:ts       latest       newest_product  newest calculator event (ms)
   c:<product>:n        counter      sum             calculator events
   c:<product>:max      max          max             largest amount
@@ -56,8 +58,8 @@ chosen by the client (products, forms) or config (types, categories).
   f:last_abandon_ts    latest       newer_profile   its ms
   x:<product>          max          max             newest interest (ms)
   x:<product>:call     max          max             newest call request (ms)
-  pages                recent       recent          recent 'ts path' entries, newest first
-  last_page            latest       newer_profile   newest page
+  pages                recent       recent          newest first: 'ts path', then '-<gap ms>[ path]'
+  last_page            latest       newer_profile   newest page (absent: pages' newest path)
   lp_ts                latest       newer_profile   its ms
   utm_source           latest       newer_profile   newest campaign source
   utm_campaign         latest       newer_profile   newest campaign
@@ -67,7 +69,7 @@ chosen by the client (products, forms) or config (types, categories).
   site                 first        kept            site of the first batch
   rl_w                 bookkeeping  kept            rate-limit window start (ms)
   rl_n                 bookkeeping  kept            batches in the window
-  trim_ts              bookkeeping  kept            last dedupe-set trim (ms)
+  trim_ts              bookkeeping  kept            last dedupe-set trim (h, DEDUPE_EPOCH_MS)
   kn:c                 bookkeeping  recounted       calc names kept
   kn:x                 bookkeeping  recounted       interest names kept
   kn:i                 bookkeeping  recounted       intent names kept
@@ -85,12 +87,12 @@ cjson-encoded bytes in engine/profile/delta.py (`/` and `"` count 2, control cha
   x:<product>[:call] 10 products, newest by x:<product>                <= 1230 B
   i:<key> it:<key>   16 keys (categories, products), newest by it:<key> <= 1904 B
   cat:<category>     16 categories, most viewed (names from config)     <=  976 B
-  pages              20 entries, path <= 96 B each                      <= 2311 B
+  pages              20 entries, path <= 96 B each, a '-' on 19 of them  <= 2330 B
   last_page 256 B; utm_source, utm_campaign, first_*, f:last_abandon 128 B each;
   site 64 B; merged_into 128 B                                          <= 1230 B
-  28 fixed numeric fields (n:<type> for 8 types, f:<action> for 3, ...)  <=  911 B
+  27 fixed numeric fields (n:<type> for 8 types, f:<action> for 3, ...)  <=  879 B
   kn:c kn:x kn:i kn:cat (two-digit counts)                               <=   48 B
-So a profile is at most 13,082 bytes (every name at its longest, every number 21
+So a profile is at most 13,069 bytes (every name at its longest, every number 21
 characters), under the 16 KB (MAX_PROFILE_BYTES) that tests/test_profile_caps.py
 asserts; `attrs`, which the bank writes (PUT .../attributes), comes on top. A profile
 stored before the caps (no kn:* counts, or over LEGACY_TRIM_BYTES) is trimmed by its
@@ -135,7 +137,8 @@ local function decay_add(h, dirty, key, ts, w, half_life)
   else
     v = v + w * 2 ^ (-(t0 - ts) / half_life)
   end
-  set(h, dirty, vk, v)
+  -- 7 significant digits, where cjson writes 14: a score, not a ledger (7 B less).
+  set(h, dirty, vk, tonumber(string.format('%.7g', v)))
   set(h, dirty, tk, t0)
 end
 
@@ -155,21 +158,46 @@ end
 
 local MAX_PAGES = 20
 
--- The newest MAX_PAGES "ts path" entries of two lists, newest first. Each entry's ts
--- is read once (a comparator that parsed both sides cost ~90 µs a batch: 2 x n log n
--- pattern matches), then the keys are sorted as numbers.
+-- The newest MAX_PAGES page entries of two lists, newest first, as `pages` stores them
+-- (engine/profile/profiles.py page_entries reads them): the newest 'ts path', each
+-- older one '-<ms before the entry above> path', or just '-<ms>' when its path is the
+-- one above's. A gap takes ~5 digits where a ts takes 13, and a page viewed again
+-- (a calculator's, a reload) no bytes; a profile stored before reads as all 'ts path'.
+-- Each entry's ts is read once (a comparator that parsed both sides cost ~90 µs a
+-- batch: 2 x n log n pattern matches), then the entries are sorted as numbers.
 local function recent_pages(old, new)
-  local all, ts = {}, {}
-  local function add(p)
-    all[#all + 1] = p
-    ts[p] = ts[p] or tonumber(p:match('^(%d+)')) or 0
+  local all = {}
+  local function add(list)
+    local t, path
+    for _, p in ipairs(list) do
+      local rel, n, sp, rest = p:match('^(%-?)(%d+)( ?)(.*)$')
+      if rel == '-' and t then t = t - tonumber(n) else t = tonumber(n) or 0 end
+      if sp ~= '' or not path then path = rest or p end
+      all[#all + 1] = {t, path}
+    end
   end
-  if type(old) == 'table' then for _, p in ipairs(old) do add(p) end end
-  for _, p in ipairs(new) do add(p) end
-  table.sort(all, function(x, y) return ts[x] > ts[y] end)
-  local keep = {}
-  for i = 1, math.min(MAX_PAGES, #all) do keep[i] = all[i] end
+  if type(old) == 'table' then add(old) end
+  add(new)
+  table.sort(all, function(x, y) return x[1] > y[1] end)
+  local keep, t, path = {}, nil, nil
+  for i = 1, math.min(MAX_PAGES, #all) do
+    local e = all[i]
+    if not t then
+      keep[i] = string.format('%d', e[1]) .. ' ' .. e[2]
+    elseif e[2] == path then
+      keep[i] = '-' .. string.format('%d', t - e[1])
+    else
+      keep[i] = '-' .. string.format('%d', t - e[1]) .. ' ' .. e[2]
+    end
+    t, path = e[1], e[2]
+  end
   return keep
+end
+
+-- The path of the newest entry of a `pages` list (nil if none). `last_page` is left out
+-- while it is this path (engine/profile/profiles.py decode_profile falls back to it).
+local function newest_path(pages)
+  return type(pages) == 'table' and pages[1] and pages[1]:match('^%-?%d+ (.*)$') or nil
 end
 
 -- Caps on the key spaces a client chooses (header: "Bounded size"). Change with the
@@ -229,11 +257,13 @@ local function cap_profile(h)
   local dx = over_cap(interest, nx, MAX_INTEREST)
   local di = over_cap(intent, ni, MAX_INTENT)
   local dcat = over_cap(cats, ncat, MAX_CATEGORIES)
-  -- What is kept, so rb_ingest counts new keys instead of ranking on every batch.
+  -- What is kept, so rb_ingest counts new keys instead of ranking on every batch. A
+  -- count of 0 is left out (num() reads it as 0), but kn:c: it marks a profile stored
+  -- with the caps (rb_ingest).
   h['kn:c'] = math.min(nc, MAX_CALC)
-  h['kn:x'] = math.min(nx, MAX_INTEREST)
-  h['kn:i'] = math.min(ni, MAX_INTENT)
-  h['kn:cat'] = math.min(ncat, MAX_CATEGORIES)
+  h['kn:x'] = nx > 0 and math.min(nx, MAX_INTEREST) or nil
+  h['kn:i'] = ni > 0 and math.min(ni, MAX_INTENT) or nil
+  h['kn:cat'] = ncat > 0 and math.min(ncat, MAX_CATEGORIES) or nil
   if not (dc or dx or di or dcat) then return false end
   -- Clearing fields while traversing with pairs is allowed in Lua.
   for k in pairs(h) do
@@ -329,11 +359,16 @@ local function precheck_holds(h, c, now)
   return true
 end
 
+-- The dedupe set's scores and trim_ts count hours from 2026-01-01 UTC: a listpack keeps
+-- such a count in 2 bytes until 2029-09 (16-bit), in 3 after; hours since 1970 take 3.
+local DEDUPE_EPOCH_MS = 1767225600000
+
 --[[
 rb_ingest: apply one batch to one profile, exactly once per event id.
 ARGV[1]: JSON {now, ttl (s, 0 = keep forever), win (dedupe window ms), hl (half-life ms),
          gap (session gap ms), rlmax (0 = off), rlwin (ms), link ('' = none), site,
-         ids [event ids], expect ('1' new / '0' duplicate per id), delta {...},
+         ids [dedupe members: the event ids hashed], expect ('1' new / '0' duplicate
+         per id), delta {...},
          res (optional) [contact candidates: rb_reserve's fields (rule, channel,
          rule_cooldown_ms, channel_cooldown_ms, max_per_day, day) plus pre [terms] and
          consent (bool), best first]}
@@ -363,6 +398,7 @@ local function ingest(keys, args)
   local ids = a.ids
   local scores = redis.call('ZMSCORE', SEEN, unpack(ids))
   local flags, fresh = {}, {}
+  local hour = math.floor((now - DEDUPE_EPOCH_MS) / 3600000)  -- the score
   local seen_here = {}
   for i, id in ipairs(ids) do
     if scores[i] or seen_here[id] then
@@ -370,7 +406,7 @@ local function ingest(keys, args)
     else
       flags[i] = '1'
       seen_here[id] = true
-      fresh[#fresh + 1] = now
+      fresh[#fresh + 1] = hour
       fresh[#fresh + 1] = id
     end
   end
@@ -396,8 +432,16 @@ local function ingest(keys, args)
   redis.call('ZADD', SEEN, unpack(fresh))
   -- Dropping ids older than the window costs calls: do it at most once an hour (the
   -- TTL set here outlives the window, and an active visitor trims every hour).
-  if now - num(h, 'trim_ts') > 3600000 then
-    redis.call('ZREMRANGEBYSCORE', SEEN, '-inf', '(' .. string.format('%d', now - a.win))
+  -- trim_ts is the hour of the last trim (8 digits less than its ms); a profile stored
+  -- before holds ms, far ahead of any hour, and trims on its next batch.
+  local trimmed = tonumber(h['trim_ts'])
+  if not trimmed or hour > trimmed or trimmed > hour + 24 then
+    -- Ids of hours wholly before the window go: each is kept at least `win`.
+    local oldest = math.floor((now - a.win - DEDUPE_EPOCH_MS) / 3600000)
+    redis.call('ZREMRANGEBYSCORE', SEEN, '-inf', '(' .. string.format('%d', oldest))
+    -- Scores in ms (ids stored before hourly scores and hashed ids; none is ever looked
+    -- up again): they would outlive the window, so they go too.
+    redis.call('ZREMRANGEBYSCORE', SEEN, '(1000000000', '+inf')
     redis.call('PEXPIRE', SEEN, a.win + 3600000)
     -- The index of data in other slots: page-offer audits add to it with a plain ZADD
     -- (deliver.write_audit, no function call on the hot path), so its housekeeping is
@@ -409,7 +453,7 @@ local function ingest(keys, args)
         redis.call('PEXPIREAT', keys[7], string.format('%d', tonumber(last[2])))
       end
     end
-    set(h, dirty, 'trim_ts', now)
+    set(h, dirty, 'trim_ts', hour)
   end
 
   local d = a.delta
@@ -435,7 +479,8 @@ local function ingest(keys, args)
     local ts_field, ts, fields = group[1], group[2], group[3]
     if h[ts_field] == nil or ts >= num(h, ts_field) then
       set(h, dirty, ts_field, ts)
-      for k, v in pairs(fields) do set(h, dirty, k, v) end
+      -- null: the newer event has no such value (a calculation without a rate).
+      for k, v in pairs(fields) do set(h, dirty, k, v ~= cjson.null and v or nil) end
     end
   end
   for key, tv in pairs(d.decay) do
@@ -449,16 +494,19 @@ local function ingest(keys, args)
       set(h, dirty, 's_start', seg[1])
       set(h, dirty, 's_last', seg[2])
       set(h, dirty, 's_pages', seg[3])
-      set(h, dirty, 's_dwell', seg[4])
+      set(h, dirty, 's_dwell', seg[4] > 0 and seg[4] or nil)  -- absent: 0
       set(h, dirty, 's_events', seg[5])
     else
       max_field(h, dirty, 's_last', seg[2])
       incr(h, dirty, 's_pages', seg[3])
-      incr(h, dirty, 's_dwell', seg[4])
+      if seg[4] > 0 then incr(h, dirty, 's_dwell', seg[4]) end
       incr(h, dirty, 's_events', seg[5])
     end
   end
-  if #d.pages > 0 then h['pages'] = recent_pages(h['pages'], d.pages) end
+  if #d.pages > 0 then
+    h['pages'] = recent_pages(h['pages'], d.pages)
+    if h['last_page'] == newest_path(h['pages']) then h['last_page'] = nil end
+  end
   if h['site'] == nil then h['site'] = a.site end
   -- Also when the stored profile is over the worst case: one written before the caps.
   if over or (raw0 and #raw0 > LEGACY_TRIM_BYTES) then cap_profile(h) end
@@ -535,6 +583,9 @@ local function merge_apply(keys, args)
   local a = cjson.decode(args[4])
   local pos = 5
   local h = load_hash(P)
+  -- last_page, left out while it is the newest page's path: spelled out to merge.
+  a['last_page'] = a['last_page'] or newest_path(a['pages'])
+  h['last_page'] = h['last_page'] or newest_path(h['pages'])
   local h0 = {}  -- the customer as it was: comparisons must not see our own updates
   for k, v in pairs(h) do h0[k] = v end
   local dirty = {}
@@ -561,19 +612,30 @@ local function merge_apply(keys, args)
       max_field(h, dirty, k, tonumber(v))
     elseif k:sub(1, 2) == 'c:' then
       local prefix = k:match('^(c:[^:]+:)')
-      if num(a, prefix .. 'ts') > num(h0, prefix .. 'ts') then set(h, dirty, k, v) end
+      if num(a, prefix .. 'ts') > num(h0, prefix .. 'ts') then
+        set(h, dirty, k, v)
+        -- A's newest calculation had no rate or monthly payment: nor has the merge.
+        if k == prefix .. 'ts' then
+          h[prefix .. 'rate'] = a[prefix .. 'rate']
+          h[prefix .. 'monthly'] = a[prefix .. 'monthly']
+        end
+      end
     elseif k == 'first_ts' then
       if h[k] == nil or tonumber(v) < num(h, k) then set(h, dirty, k, tonumber(v)) end
-    elseif k == 'last_ts' or k == 'seen_ms' or k == 'online_until' or k:sub(1, 2) == 'x:' then
+    elseif k == 'last_ts' or k == 'online_until' or k:sub(1, 2) == 'x:' then
       max_field(h, dirty, k, tonumber(v))
     elseif k:sub(1, 6) == 'first_' then
       if h[k] == nil then set(h, dirty, k, v) end
     elseif k:sub(1, 2) == 's_' then
-      if num(a, 's_last') > num(h0, 's_last') then set(h, dirty, k, v) end
+      if num(a, 's_last') > num(h0, 's_last') then
+        set(h, dirty, k, v)
+        if k == 's_last' then h['s_dwell'] = a['s_dwell'] end  -- absent in A: 0
+      end
     elseif a_newer or h[k] == nil then
       set(h, dirty, k, v)
     end
   end
+  if h['last_page'] == newest_path(h['pages']) then h['last_page'] = nil end
   -- Each side was within the caps; their union may not be.
   cap_profile(h)  -- also sets the kn:* counts of the union
   dirty.caps = true
