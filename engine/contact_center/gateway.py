@@ -88,6 +88,16 @@ class Gateway:
             for msg in await self._open_triggers():
                 self.presence.observe(msg)
         self.ready.set()
+        # One read loop per shard on a cluster (the shards live on different nodes, and
+        # one XREAD cannot span slots); one for every shard on a single node.
+        if self.store.is_cluster:
+            await asyncio.gather(*(self._read({s: pos}) for s, pos in last.items()))
+        else:
+            await self._read(last)
+
+    async def _read(self, last: dict[str, str]) -> None:
+        """Broadcast what arrives on `last`'s streams (stream -> last entry id seen)."""
+        client = self.store.client
         while not self._stopping:
             try:
                 reply = await streams.xread(client, last, block_ms=_READ_BLOCK_MS, count=100)

@@ -205,9 +205,13 @@ class Dispatcher:
         inflight: set[asyncio.Task[None]] = set()
         streams = [*self.streams, replay_stream(target.name)]
         group = group_name(target.name)
-        next_reclaim = 0.0
+        # One read loop per stream on a cluster (the shards live on different nodes, and
+        # one XREADGROUP cannot span slots); one for every stream on a single node.
+        parts = [[s] for s in streams] if self.store.is_cluster else [streams]
         try:
-            await self._loop(target, limit, inflight, streams, group, next_reclaim)
+            await asyncio.gather(
+                *(self._loop(target, limit, inflight, part, group, 0.0) for part in parts)
+            )
         finally:
             for task in inflight:
                 task.cancel()

@@ -11,6 +11,14 @@ Durability: with `appendonly yes` Valkey appends to its AOF before it replies, s
 an acknowledged batch survives a Valkey crash. In `fsync` mode each flushed
 pipeline that wrote also ends in `WAITAOF 1 0`, so one fsync acknowledges every
 batch in it (group commit) and the batch survives a machine crash too.
+
+Cluster (`cluster=True`, seeds `redis://a:1,redis://b:2`): the same coalescing, one
+pipeline per node per loop tick. Each call goes to the primary that owns its first
+key's slot (every key of one call shares a hash tag, so one slot); a MOVED or ASK
+reply refreshes the slot map and resends that call once; failover-time errors
+(CLUSTERDOWN, TRYAGAIN, MASTERDOWN, a node that cannot be reached) become
+`StoreUnavailable`, which the HTTP layer answers 503 + Retry-After. The function
+library is loaded on every primary, and again on a node that lost it.
 """
 
 from __future__ import annotations
@@ -20,12 +28,22 @@ import logging
 import time
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MasterDownError,
+    MaxConnectionsError,
+    MovedError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.core.errors import StoreUnavailable
@@ -36,6 +54,53 @@ __all__ = ["Store", "library_source"]
 log = logging.getLogger("ringback.store")
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError)
+# A cluster between topologies (a primary failing over, a slot without an owner): retry
+# later, never a 500.
+_FAILOVER = (
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+    SlotNotCoveredError,
+    MaxConnectionsError,
+)
+# Commands that name no key: sent to any primary.
+_KEYLESS = frozenset({"PING", "INFO", "TIME", "FUNCTION", "DBSIZE", "CONFIG", "WAITAOF", "WAIT"})
+_KEYS_AT_3 = frozenset({"FCALL", "FCALL_RO", "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO"})
+
+
+def seed_nodes(url: str) -> list[tuple[str, int]]:
+    """`redis://h1:p1,redis://h2:p2` (or bare `h:p` items) -> [(h1, p1), (h2, p2)].
+
+    >>> seed_nodes("redis://127.0.0.1:7000,127.0.0.1:7001")
+    [('127.0.0.1', 7000), ('127.0.0.1', 7001)]
+    """
+    out: list[tuple[str, int]] = []
+    for item in url.split(","):
+        item = item.strip().removeprefix("redis://").split("/", 1)[0]
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        out.append((host or "127.0.0.1", int(port or 6379)))
+    return out
+
+
+def first_key(args: tuple[Any, ...]) -> str | None:
+    """The key a command is routed by (every key of one of our calls shares its slot).
+
+    >>> first_key(("FCALL", "rb_ingest", 2, "rb:{a}:p", "rb:{a}:seen", "{}"))
+    'rb:{a}:p'
+    >>> first_key(("HSET", "rb:{c:1}:attrs", "tier", "vip")), first_key(("PING",))
+    ('rb:{c:1}:attrs', None)
+    """
+    name = str(args[0]).upper()
+    if name in _KEYLESS:
+        return None
+    if name in _KEYS_AT_3:
+        return str(args[3]) if len(args) > 3 and int(args[2]) > 0 else None
+    if name in ("XREAD", "XREADGROUP"):
+        upper = [str(a).upper() for a in args]
+        return str(args[upper.index("STREAMS") + 1]) if "STREAMS" in upper else None
+    return str(args[1]) if len(args) > 1 else None
 
 
 def library_source() -> str:
@@ -66,25 +131,41 @@ class Store:
         waitaof_timeout_ms: int = 2000,
         max_pipeline: int = 256,
         socket_timeout_s: float = 5.0,
+        cluster: bool = False,
     ) -> None:
         self.url = url
         self.fsync = fsync
         self.metrics = metrics
         self._waitaof_timeout_ms = waitaof_timeout_ms
         self._max_pipeline = max_pipeline
-        # A blocking pool: past 64 connections in use a pipeline waits for one to come
-        # back instead of failing with "Too many connections" (a 503 under a burst).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=1.0,
-            health_check_interval=0,
-            retry_on_timeout=False,
-            max_connections=64,
-            timeout=socket_timeout_s,
-            decode_responses=True,
-        )
-        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._cluster: RedisCluster | None = None
+        self._topology_stale = True  # the cluster's slot map must be (re)read first
+        if cluster:
+            self._cluster = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in seed_nodes(url)],
+                decode_responses=True,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=1.0,
+                max_connections=64,
+            )
+            # The same command methods as a single-node client (RedisCluster routes each
+            # by its key); the engine's direct uses are single-key commands.
+            self.client: aioredis.Redis = cast(aioredis.Redis, self._cluster)
+        else:
+            # A blocking pool: past 64 connections in use a pipeline waits for one to
+            # come back instead of failing with "Too many connections" (a 503 under a
+            # burst).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=1.0,
+                health_check_interval=0,
+                retry_on_timeout=False,
+                max_connections=64,
+                timeout=socket_timeout_s,
+                decode_responses=True,
+            )
+            self.client = aioredis.Redis(connection_pool=pool)
         # Reply parsers by command name (HGETALL -> dict, ...), as redis-py applies them.
         self._callbacks: dict[Any, Any] = dict(self.client.response_callbacks)
         self._queue: list[_Call] = []
@@ -100,12 +181,31 @@ class Store:
 
     # -- library -------------------------------------------------------------------
 
+    @property
+    def is_cluster(self) -> bool:
+        return self._cluster is not None
+
     async def load_library(self) -> None:
-        """FUNCTION LOAD REPLACE: idempotent, so every worker does it at startup."""
+        """FUNCTION LOAD REPLACE: idempotent, so every worker does it at startup; on a
+        cluster, on every primary (a function runs on the node that owns its keys)."""
         async with self._library_lock:
             try:
-                await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
-            except _UNAVAILABLE as exc:
+                if self._cluster is not None:
+                    # The primaries as nodes, not the PRIMARIES flag: redis-py 8.1 routes
+                    # a flagged keyless command by slot once it knows a default node.
+                    await self._cluster.initialize()
+                    await self._cluster.execute_command(
+                        "FUNCTION",
+                        "LOAD",
+                        "REPLACE",
+                        library_source(),
+                        target_nodes=self._cluster.get_primaries(),
+                    )
+                else:
+                    await self.client.execute_command(
+                        "FUNCTION", "LOAD", "REPLACE", library_source()
+                    )
+            except (*_UNAVAILABLE, *_FAILOVER) as exc:
                 raise StoreUnavailable(str(exc)) from exc
             self._library_loaded = True
 
@@ -150,9 +250,13 @@ class Store:
         try:
             commands = [c.args for c in calls]
             raw = [i for i, c in enumerate(calls) if c.raw]
-            if wait_aof:
-                commands.append(("WAITAOF", 1, 0, self._waitaof_timeout_ms))
-            results = await self._pipeline(commands, frozenset(raw))
+            if self._cluster is not None:
+                results = await self._cluster_send(calls)
+                wait_aof = False  # per node, inside
+            else:
+                if wait_aof:
+                    commands.append(("WAITAOF", 1, 0, self._waitaof_timeout_ms))
+                results = await self._pipeline(commands, frozenset(raw))
         except _UNAVAILABLE as exc:
             self.metrics.valkey_errors.inc()
             # After a Valkey restart every pooled connection is stale and would fail once;
@@ -186,10 +290,125 @@ class Store:
                 continue
             if isinstance(result, _UNAVAILABLE):
                 c.future.set_exception(StoreUnavailable(f"Valkey unreachable: {result}"))
+            elif isinstance(result, _FAILOVER):
+                c.future.set_exception(StoreUnavailable(f"Valkey cluster: {result}"))
             elif isinstance(result, Exception):
                 c.future.set_exception(result)
             else:
                 c.future.set_result(result)
+
+    # -- cluster -------------------------------------------------------------------
+
+    async def _cluster_send(self, calls: list[_Call]) -> list[Any]:
+        """One pipeline per primary, concurrently; a call answered MOVED or ASK is sent
+        again, once, where the answer points (after re-reading the slot map)."""
+        cluster = self._cluster
+        assert cluster is not None
+        if self._topology_stale:
+            await self._refresh_topology()
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        asking: set[int] = set()
+        targets: dict[int, ClusterNode] = {}
+        for attempt in range(2):
+            groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+            for i in pending:
+                node = targets.get(i) or self._node_for(calls[i].args)
+                groups.setdefault(node.name, (node, []))[1].append(i)
+            replies = await asyncio.gather(
+                *(
+                    self._node_pipeline(node, [calls[i] for i in idx], [i in asking for i in idx])
+                    for node, idx in groups.values()
+                ),
+                return_exceptions=True,
+            )
+            redo: list[int] = []
+            for (node, idx), reply in zip(groups.values(), replies, strict=True):
+                if isinstance(reply, BaseException):
+                    if isinstance(reply, asyncio.CancelledError):
+                        raise reply
+                    # The node is gone (failing over, restarting): its calls fail now,
+                    # and the next flush re-reads who owns what.
+                    self._topology_stale = True
+                    self.metrics.valkey_errors.inc()
+                    err = StoreUnavailable(f"Valkey node {node.name} unreachable: {reply}")
+                    for i in idx:
+                        results[i] = err
+                    continue
+                for i, r in zip(idx, reply, strict=True):
+                    results[i] = r
+                    if attempt == 0 and isinstance(r, MovedError | AskError):
+                        redo.append(i)
+                        host, port = r.host, int(r.port)
+                        target = cluster.nodes_manager.get_node(host, port)
+                        if target is None:
+                            target = ClusterNode(
+                                host, port, **cluster.nodes_manager.connection_kwargs
+                            )
+                            cluster.nodes_manager.set_nodes(
+                                cluster.nodes_manager.nodes_cache, {target.name: target}
+                            )
+                        targets[i] = target
+                        if isinstance(r, AskError):
+                            asking.add(i)
+                        else:
+                            self._topology_stale = True
+            if not redo:
+                break
+            if self._topology_stale:
+                await self._refresh_topology()
+            pending = redo
+        return results
+
+    async def _refresh_topology(self) -> None:
+        """Re-read who serves which slot (`RedisCluster.initialize` does it only once)."""
+        cluster = self._cluster
+        assert cluster is not None
+        await cluster.initialize()
+        if not self._topology_stale:
+            return
+        try:
+            await cluster.nodes_manager.initialize()
+        except (*_UNAVAILABLE, *_FAILOVER, ResponseError) as exc:
+            raise StoreUnavailable(f"Valkey cluster topology unreadable: {exc}") from exc
+        self._topology_stale = False
+
+    def _node_for(self, args: tuple[Any, ...]) -> ClusterNode:
+        cluster = self._cluster
+        assert cluster is not None
+        key = first_key(args)
+        if key is None:
+            return cluster.get_random_primary_node()
+        return cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+
+    async def _node_pipeline(
+        self, node: ClusterNode, calls: list[_Call], asking: list[bool]
+    ) -> list[Any]:
+        """`_pipeline` on one cluster node's connection; `fsync` adds WAITAOF per node."""
+        commands: list[tuple[Any, ...]] = []
+        positions: list[int] = []  # index in `commands` of each call's reply
+        raw: set[int] = set()
+        for c, ask in zip(calls, asking, strict=True):
+            if ask:  # the slot is migrating: this node serves it for this one command
+                commands.append(("ASKING",))
+            positions.append(len(commands))
+            if c.raw:
+                raw.add(len(commands))
+            commands.append(c.args)
+        wait_aof = self.fsync and any(c.writes for c in calls)
+        if wait_aof:
+            commands.append(("WAITAOF", 1, 0, self._waitaof_timeout_ms))
+        conn = node.acquire_connection()
+        try:
+            replies = await self._exchange(conn, commands, frozenset(raw))
+        finally:
+            node.release(conn)
+        out = [replies[p] for p in positions]
+        if wait_aof and not _waitaof_ok(replies[-1]):
+            self.metrics.valkey_errors.inc()
+            err = StoreUnavailable("Valkey did not confirm the fsync in time")
+            out = [err if c.writes else r for c, r in zip(calls, out, strict=True)]
+        return out
 
     async def _pipeline(
         self, commands: list[tuple[Any, ...]], raw: frozenset[int] = frozenset()
@@ -201,6 +420,15 @@ class Store:
         a command's error is its result, not the pipeline's."""
         pool = self.client.connection_pool
         conn = await pool.get_connection()
+        try:
+            return await self._exchange(conn, commands, raw)
+        finally:
+            await pool.release(conn)
+
+    async def _exchange(
+        self, conn: Any, commands: list[tuple[Any, ...]], raw: frozenset[int]
+    ) -> list[Any]:
+        """One write of every command on `conn`, then every reply in order."""
         try:
             await conn.send_packed_command(
                 b"".join(hiredis.pack_command(c) for c in commands), check_health=False
@@ -221,8 +449,6 @@ class Store:
             # Replies left unread would be read by the connection's next user.
             await conn.disconnect(nowait=True)
             raise
-        finally:
-            await pool.release(conn)
         return results
 
     async def ping(self) -> bool:
