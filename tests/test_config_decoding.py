@@ -215,6 +215,39 @@ click_window_s = 16
 conversion_window_s = 17
 learner = false
 
+[segment]
+page = "ignore"
+screen = "page_view"
+unmapped_tracks = "ignore"
+max_body_bytes = 2000
+max_message_bytes = 300
+max_messages_per_batch = 9
+
+[[segment.sources]]
+name = "web"
+site = "bank-a"
+trust = "browser"
+write_key = "public-key"
+demo = false
+
+[[segment.sources]]
+name = "crm"
+site = "bank-c"
+trust = "server"
+write_key_env = "RB_TEST_IDENTITY"
+
+[[segment.sources]]
+name = "batch"
+site = "bank-d"
+trust = "server"
+write_key_file = "{dir}/identity.txt"
+
+[[segment.tracks]]
+event = "Loan Calculated"
+type = "calc"
+properties = {{ amount = "loan.amount" }}
+defaults = {{ product = "loans", term_months = 12 }}
+
 [profile]
 anonymous_ttl_s = 11
 dedupe_window_s = 12

@@ -101,6 +101,7 @@ def test_demo_credentials_are_generated_once_private_and_reused(tmp_path: Path) 
         "api_token",
         "agent_user",
         "agent_password",
+        "segment_server_write_key",
     }
     second = load_settings(None, data_dir=tmp_path)
     assert second.demo_credentials == first.demo_credentials

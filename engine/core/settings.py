@@ -39,7 +39,7 @@ import orjson
 from msgspec import Meta, Struct
 
 from engine.core.errors import ConfigError
-from engine.core.vocabulary import TriggerKind
+from engine.core.vocabulary import EventType, TriggerKind
 
 __all__ = [
     "DEMO_CREDENTIALS_FILE",
@@ -50,8 +50,11 @@ __all__ = [
     "MetricsConfig",
     "ProfileTuning",
     "Secret",
+    "SegmentConfig",
+    "SegmentSource",
     "Settings",
     "SiteConfig",
+    "TrackMapping",
     "load_settings",
 ]
 
@@ -255,6 +258,62 @@ class Learning(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentSource:
+    """A Segment-compatible source (README "Connect your existing tracking").
+
+    `trusted` is a server source: its write key is a secret held by the bank's
+    backend, so the `userId` it sends is the customer (profiles link and merge). A
+    browser source's write key is public (it ships in every page), so its `userId` is
+    only a hint and never links a profile. The key is held as its SHA-256."""
+
+    name: str
+    site: str
+    trusted: bool
+    key_sha256: str
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, {"key_sha256": _mask})
+
+
+TrackValue = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class TrackMapping:
+    """A Segment `track` event name -> a Ringback event of `type`.
+
+    `properties`: (Ringback prop, Segment property path such as `loan.amount`);
+    `defaults`: (Ringback prop, value) used when the Segment property is absent."""
+
+    event: str
+    type: EventType
+    properties: tuple[tuple[str, str], ...] = ()
+    defaults: tuple[tuple[str, TrackValue], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentConfig:
+    """`[segment]`: who may send Segment's HTTP Tracking API calls and how they map."""
+
+    # SHA-256 of the write key -> source: a lookup never compares keys byte by byte.
+    sources: dict[str, SegmentSource]
+    tracks: dict[str, TrackMapping]  # by Segment event name
+    page: Literal["page_view", "ignore"] = "page_view"
+    screen: Literal["page_view", "ignore"] = "ignore"
+    unmapped_tracks: Literal["custom", "ignore"] = "custom"
+    max_body_bytes: int = 512_000
+    max_message_bytes: int = 32_768
+    max_messages_per_batch: int = 2500
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, {"sources": lambda d: repr(list(d.values()))})
+
+    def source_for(self, write_key: str) -> SegmentSource | None:
+        """The source whose write key this is, if any."""
+        return self.sources.get(hashlib.sha256(write_key.encode()).hexdigest())
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the engine needs to know, resolved and validated."""
 
@@ -284,6 +343,7 @@ class Settings:
     webhooks: tuple[WebhookConfig, ...]
     metrics: MetricsConfig
     learning: Learning
+    segment: SegmentConfig
 
     def __repr__(self) -> str:
         # demo_credentials is a Credentials (masked repr); secrets in sites/webhooks are
@@ -390,6 +450,60 @@ class WebhookTable(_Table):
     max_attempts: PositiveInt = 8
 
 
+SegmentPropName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+SegmentPropPath = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class SegmentSourceTable(_Table):
+    name: TargetName
+    site: SiteKey
+    # browser: a public write key (it ships in pages), userId only a hint; server: a secret
+    # key held by the bank's backend, userId is the customer.
+    trust: Literal["browser", "server"]
+    write_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    write_key_env: str | None = None
+    write_key_file: str | None = None
+    demo: bool = False  # server: the key generated into demo-credentials.json
+
+
+class SegmentTrackTable(_Table):
+    event: Annotated[str, Meta(min_length=1, max_length=200)]
+    type: EventType
+    properties: dict[SegmentPropName, SegmentPropPath] = {}
+    defaults: dict[SegmentPropName, TrackValue] = {}
+
+
+def _default_tracks() -> tuple[SegmentTrackTable, ...]:
+    """Calculator events as banks commonly name them (README "Connect your existing
+    tracking"); a config's own `[[segment.tracks]]` replace these."""
+    calc = {"amount": "amount", "term_months": "term_months", "rate": "rate"}
+    return (
+        SegmentTrackTable(
+            event="Loan Calculated",
+            type=EventType.CALC,
+            properties={"product": "product", **calc},
+            defaults={"product": "personal_loan"},
+        ),
+        SegmentTrackTable(
+            event="Mortgage Calculated",
+            type=EventType.CALC,
+            properties=calc,
+            defaults={"product": "mortgage"},
+        ),
+    )
+
+
+class SegmentTable(_Table):
+    page: Literal["page_view", "ignore"] = "page_view"
+    screen: Literal["page_view", "ignore"] = "ignore"
+    unmapped_tracks: Literal["custom", "ignore"] = "custom"
+    max_body_bytes: PositiveInt = 512_000  # Segment's batch limit (500 KB)
+    max_message_bytes: PositiveInt = 32_768  # and per message (32 KB)
+    max_messages_per_batch: Annotated[int, Meta(gt=0, le=2500)] = 2500
+    sources: tuple[SegmentSourceTable, ...] = ()
+    tracks: tuple[SegmentTrackTable, ...] = msgspec.field(default_factory=_default_tracks)
+
+
 class ConfigFile(_Table):
     demo_credentials: bool = False
     server: ServerTable = msgspec.field(default_factory=ServerTable)
@@ -406,6 +520,7 @@ class ConfigFile(_Table):
     api_tokens: tuple[ApiTokenTable, ...] = ()
     agents: tuple[AgentTable, ...] = ()
     webhooks: tuple[WebhookTable, ...] = ()
+    segment: SegmentTable = msgspec.field(default_factory=SegmentTable)
 
 
 # msgspec refuses unknown keys in Structs only; these tables decode into dataclasses.
@@ -566,6 +681,50 @@ def _webhook(table: WebhookTable, path: str) -> WebhookConfig:
     )
 
 
+def _segment(
+    table: SegmentTable, sites: dict[str, SiteConfig], demo_creds: dict[str, str] | None
+) -> SegmentConfig:
+    sources: dict[str, SegmentSource] = {}
+    names: set[str] = set()
+    for i, src in enumerate(table.sources):
+        path = f"segment.sources[{i}]"
+        if src.name in names:
+            raise _Invalid(f"{path}.name", f"duplicate source {src.name!r}")
+        names.add(src.name)
+        if src.site not in sites:
+            raise _Invalid(f"{path}.site", f"no site {src.site!r} in [[sites]]")
+        key = _secret(src, "write_key", path)
+        if key is None and src.demo and src.trust == "server" and demo_creds is not None:
+            key = Secret(demo_creds["segment_server_write_key"])
+        if key is None:
+            raise _Invalid(f"{path}.write_key", "give write_key, write_key_env or write_key_file")
+        if src.trust == "server" and len(key.reveal()) < 16:
+            raise _Invalid(
+                f"{path}.write_key", "a server source's key is a secret: at least 16 characters"
+            )
+        digest = hashlib.sha256(key.reveal().encode()).hexdigest()
+        if digest in sources:
+            raise _Invalid(f"{path}.write_key", "the same write key as another source")
+        sources[digest] = SegmentSource(src.name, src.site, src.trust == "server", digest)
+    tracks: dict[str, TrackMapping] = {}
+    for i, t in enumerate(table.tracks):
+        if t.event in tracks:
+            raise _Invalid(f"segment.tracks[{i}].event", f"duplicate event {t.event!r}")
+        tracks[t.event] = TrackMapping(
+            t.event, t.type, tuple(t.properties.items()), tuple(t.defaults.items())
+        )
+    return SegmentConfig(
+        sources=sources,
+        tracks=tracks,
+        page=table.page,
+        screen=table.screen,
+        unmapped_tracks=table.unmapped_tracks,
+        max_body_bytes=table.max_body_bytes,
+        max_message_bytes=table.max_message_bytes,
+        max_messages_per_batch=table.max_messages_per_batch,
+    )
+
+
 def _metrics(table: MetricsTable) -> MetricsConfig:
     if table.host is not None and table.port is None:
         raise _Invalid("metrics.host", "needs metrics.port too (the address to serve /metrics on)")
@@ -611,6 +770,9 @@ def _demo_credentials(data_dir: Path) -> dict[str, str]:
         needed = {"identity_secret", "api_token", "agent_user", "agent_password"}
         if not isinstance(creds, dict) or not needed <= set(creds):
             raise ConfigError(str(path), "(file)", f"must hold {sorted(needed)}")
+        if "segment_server_write_key" not in creds:  # a file from before [segment]
+            creds["segment_server_write_key"] = _segment_write_key()
+            _write_private(path, creds, replace=True)
         return Credentials({k: str(v) for k, v in creds.items()})
     data_dir.mkdir(parents=True, exist_ok=True)
     creds = {
@@ -618,11 +780,25 @@ def _demo_credentials(data_dir: Path) -> dict[str, str]:
         "api_token": "rb_" + secrets.token_urlsafe(32),
         "agent_user": "agent",
         "agent_password": secrets.token_urlsafe(12),
+        "segment_server_write_key": _segment_write_key(),
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(orjson.dumps(creds, option=orjson.OPT_INDENT_2))
+    _write_private(path, creds, replace=False)
     return Credentials(creds)
+
+
+def _segment_write_key() -> str:
+    return "rbseg_" + secrets.token_urlsafe(24)
+
+
+def _write_private(path: Path, data: dict[str, Any], *, replace: bool) -> None:
+    """Write `data` as JSON readable by this user only; `replace` swaps it in atomically."""
+    target = path.with_name(path.name + ".tmp") if replace else path
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(target, flags, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    if replace:
+        os.replace(target, path)
 
 
 def _learning(table: Learning) -> Learning:
@@ -724,4 +900,5 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
         webhooks=tuple(_webhook(table, f"webhooks[{i}]") for i, table in enumerate(file.webhooks)),
         metrics=_metrics(file.metrics),
         learning=_learning(file.learning),
+        segment=_segment(file.segment, sites, demo_creds),
     )

@@ -12,11 +12,13 @@ trace; the profile update itself is one atomic server-side function.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from engine.core.errors import NotFound, UnsupportedMedia
+from engine.core.settings import SiteConfig
 from engine.core.vocabulary import EventType
 from engine.decisions.inputs import decision_input
 from engine.http.errors import json_response
@@ -28,7 +30,7 @@ from engine.ingest.schema import Event, event_type
 from engine.learning.labels import page_outcomes
 from engine.valkey import keys
 
-__all__ = ["handle_events", "handle_events_preflight"]
+__all__ = ["Ingested", "handle_events", "handle_events_preflight", "ingest_batch"]
 
 _ACCEPTED_MEDIA = ("application/json", "text/plain")
 
@@ -57,12 +59,49 @@ async def handle_events(request: web.Request) -> web.Response:
     if batch.identity is not None:
         customer_id = app[VERIFIER].verify(site, batch.identity)
 
+    answer = await ingest_batch(app, site, batch.anonymous_id, customer_id, batch.events, now_ms)
+    metrics.ingest_seconds.observe(time.perf_counter() - started)
+    return json_response(
+        {
+            "accepted": answer.accepted,
+            "duplicates": answer.duplicates,
+            "decisions": answer.decisions,
+        },
+        headers=cors_headers(origin),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What one visitor's batch did: events new to the profile, repeats, decisions."""
+
+    accepted: int
+    duplicates: int
+    decisions: list[dict[str, Any]]
+
+
+async def ingest_batch(
+    app: web.Application,
+    site: SiteConfig,
+    anonymous_id: str,
+    customer_id: str | None,
+    events: list[Event],
+    now_ms: int,
+) -> Ingested:
+    """One visitor's checked, dated events -> profile -> [merge] -> decide -> [labels].
+
+    Every source of events ends here: the snippet's `/v1/events` and the
+    Segment-compatible routes (engine/http/segment.py). The caller has done every
+    check (site, origin, identity, event times); `customer_id` is a verified customer
+    or None. Counts events, duplicates, merges and decisions in the metrics.
+    """
+    settings, metrics = app[SETTINGS], app[METRICS]
     decider = app[DECIDER]
     result, merged = await app[PROFILES].ingest(
         site.key,
-        batch.anonymous_id,
+        anonymous_id,
         customer_id,
-        batch.events,
+        events,
         now_ms,
         reserve=decider.reservations(customer_id, now_ms),
     )
@@ -70,7 +109,7 @@ async def handle_events(request: web.Request) -> web.Response:
         metrics.merges.labels(merged).inc()
 
     custom: list[Event] = []  # accepted custom events: offer clicks and impressions?
-    for ev, flag in zip(batch.events, result.accepted_flags, strict=False):
+    for ev, flag in zip(events, result.accepted_flags, strict=False):
         if flag == "1":
             etype = event_type(ev)
             metrics.events_by_type[etype].inc()
@@ -78,7 +117,7 @@ async def handle_events(request: web.Request) -> web.Response:
                 custom.append(ev)
     if result.duplicates:
         metrics.duplicates.inc(result.duplicates)
-    metrics.batch_events.observe(len(batch.events))
+    metrics.batch_events.observe(len(events))
 
     decisions: list[dict[str, Any]] = []
     if result.accepted:
@@ -87,11 +126,11 @@ async def handle_events(request: web.Request) -> web.Response:
             decision_input(
                 result.fields,
                 site=site.key,
-                anonymous_id=batch.anonymous_id,
+                anonymous_id=anonymous_id,
                 customer_id=customer_id,
                 now_ms=now_ms,
                 intent_half_life_s=settings.profile.intent_half_life_s,
-                events=batch.events,
+                events=events,
                 reservations=result.reservations,
                 round_trips=result.round_trips,
             )
@@ -100,7 +139,7 @@ async def handle_events(request: web.Request) -> web.Response:
         for d in decisions:
             metrics.decisions.labels(str(d.get("action", "unknown"))).inc()
     if custom:  # labels for the learner (engine/learning/labels.py); most batches skip
-        visitor = [keys.anonymous_prefix(site.key, batch.anonymous_id)]
+        visitor = [keys.anonymous_prefix(site.key, anonymous_id)]
         if customer_id is not None:
             visitor.append(keys.customer_prefix(customer_id))
         ignored = await page_outcomes(app[STORE], visitor, custom, now_ms, settings)
@@ -108,11 +147,7 @@ async def handle_events(request: web.Request) -> web.Response:
             metrics.rejected.labels("offer_event_ignored").inc(ignored)
 
     metrics.batches.labels("accepted" if result.accepted else "duplicate").inc()
-    metrics.ingest_seconds.observe(time.perf_counter() - started)
-    return json_response(
-        {"accepted": result.accepted, "duplicates": result.duplicates, "decisions": decisions},
-        headers=cors_headers(origin),
-    )
+    return Ingested(result.accepted, result.duplicates, decisions)
 
 
 async def handle_events_preflight(request: web.Request) -> web.Response:

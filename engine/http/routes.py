@@ -27,6 +27,7 @@ from engine.http import (
     ingest,
     ops,
     reports,
+    segment,
     triggers,
 )
 from engine.http import answers as a
@@ -37,6 +38,7 @@ from engine.http.openapi import Auth, Reply, Route, build_document
 from engine.http.reports import UpliftQuery
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.schema import AnonymousId, Batch, SiteKey
+from engine.ingest.segment import Alias, BatchBody, Identify, Page, Track
 from engine.learning.labels import ConversionBody
 from engine.profile.attributes import CustomerAttributes
 
@@ -91,6 +93,42 @@ async def handle_openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
 
+_SEGMENT_REFUSALS: dict[int, Reply] = {
+    400: Reply("Invalid message (code + JSON path), Segment's shape", segment.SegmentRefusal),
+    401: Reply("Missing or unknown write key, Segment's shape", segment.SegmentRefusal),
+    403: Reply("Origin not allowed for the source's site", segment.SegmentRefusal),
+    413: Reply("Body over segment.max_body_bytes (after gzip)", segment.SegmentRefusal),
+    415: Reply("Unsupported media type or content encoding", segment.SegmentRefusal),
+    429: Reply("Rate limited (Retry-After)", segment.SegmentRefusal),
+}
+_SEGMENT_AUTH = (
+    "Segment's HTTP Tracking API, for Segment's server libraries "
+    'unchanged (README "Connect your existing tracking"). The source\'s write key is '
+    "the HTTP Basic user (no password; what the libraries send), a Bearer token or "
+    "`writeKey` in the body. A browser source's userId is only a hint; a server "
+    "source's (secret key) is the customer. `messageId` is the event id: a retry counts "
+    "once. Refusals are `{success: false, code, message, path}`; 503 is Ringback's error "
+    "body (retry)."
+)
+
+
+def _segment(path: str, handler: Any, summary: str, body: Any) -> Route:
+    """A route of the Segment-compatible API (engine/http/segment.py)."""
+    return Route(
+        "POST",
+        path,
+        handler,
+        Auth.API_TOKEN,  # the write key, as Basic or Bearer: see the description
+        summary,
+        ("segment",),
+        {200: Reply(OK, segment.SegmentAnswer), **_SEGMENT_REFUSALS},
+        {503: "Profile store unavailable (Retry-After)"},
+        body=body,
+        body_media=("application/json", "text/plain"),
+        description=_SEGMENT_AUTH,
+    )
+
+
 def _preflight(path: str) -> Route:
     """The CORS preflight of a browser route: only configured sites' origins get a yes."""
     return Route(
@@ -127,6 +165,27 @@ ROUTES: tuple[Route, ...] = (
         body_media=("application/json", "text/plain"),  # text/plain: no CORS preflight
     ),
     _preflight("/v1/events"),
+    # Segment's libraries, from bank pages (browser write key) and backends (server key).
+    _segment(
+        "/v1/batch",
+        segment.handle_batch,
+        "Segment batch: track/page/screen/identify/alias/group messages, 500 KB, gzip",
+        BatchBody,
+    ),
+    _segment("/v1/track", segment.handle_track, "Segment track: mapped by event name", Track),
+    _segment("/v1/page", segment.handle_page, "Segment page: a page_view", Page),
+    _segment(
+        "/v1/identify",
+        segment.handle_identify,
+        "Segment identify: links anonymousId to userId (trusted sources only)",
+        Identify,
+    ),
+    _segment(
+        "/v1/alias",
+        segment.handle_alias,
+        "Segment alias: links previousId to userId (trusted sources only)",
+        Alias,
+    ),
     Route(
         "GET",
         "/v1/decisions",
