@@ -189,6 +189,7 @@ shutdown_timeout_s = 3
 [store]
 redis_url = "redis://rb:pw@10.0.0.9:6379/0"
 durability = "fsync"
+cluster = true
 
 [metrics]
 token_file = "{dir}/metrics-token.txt"

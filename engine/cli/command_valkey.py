@@ -6,26 +6,39 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["command_valkey"]
+__all__ = ["add_cluster_option", "command_valkey"]
+
+
+def add_cluster_option(p: argparse.ArgumentParser) -> None:
+    """`--cluster`: the URL lists seed nodes of a Valkey Cluster (as for `serve`)."""
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="--redis lists seed nodes of a Valkey Cluster (also REDIS_CLUSTER=1)",
+    )
 
 
 @contextlib.contextmanager
-def command_valkey(args: argparse.Namespace) -> Iterator[str]:
-    """`--redis`, `REDIS_URL` or the config's store URL; without one, the data dir's
-    embedded valkey-server, started for the command and stopped when it ends (the
-    same files `serve` uses, so a command run beside a stopped engine sees its data)."""
+def command_valkey(args: argparse.Namespace) -> Iterator[tuple[str, bool]]:
+    """(url, cluster): `--redis`, `REDIS_URL` or the config's store URL, and whether it
+    names a Valkey Cluster (`--cluster`, `REDIS_CLUSTER=1`, `[store] cluster`); without
+    a URL, the data dir's embedded valkey-server, started for the command and stopped
+    when it ends (the same files `serve` uses, so a command run beside a stopped engine
+    sees its data)."""
     from engine.core.settings import load_settings
     from engine.valkey.embedded import EmbeddedValkey
 
     settings = load_settings(
-        args.config, data_dir=args.data_dir, overrides={"redis_url": args.redis}
+        args.config,
+        data_dir=args.data_dir,
+        overrides={"redis_url": args.redis, "redis_cluster": getattr(args, "cluster", None)},
     )
     if settings.redis_url:
-        yield settings.redis_url
+        yield settings.redis_url, settings.redis_cluster
         return
     embedded = EmbeddedValkey(settings.data_dir / "valkey")
     url = embedded.start()
     try:
-        yield url
+        yield url, False
     finally:
         embedded.stop()

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.cli.command_valkey import add_cluster_option
 from engine.profile.attributes import import_file, validate_import
 from engine.valkey.store import Store
 
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignor
         help="Valkey URL (default: REDIS_URL, or the data dir's "
         "embedded Valkey started for the import)",
     )
+    add_cluster_option(p)
     p.add_argument("--config")
     p.add_argument("--data-dir", default=".ringback")
     p.set_defaults(func=_run)
@@ -43,15 +45,15 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 1
 
-    async def run(url: str) -> int:
-        store = Store(url, Metrics())
+    async def run(url: str, cluster: bool) -> int:
+        store = Store(url, Metrics(), cluster=cluster)
         try:
             await store.load_library()
             return await import_file(store, lines)
         finally:
             await store.close()
 
-    with command_valkey(args) as url:
-        count = uvloop.run(run(url))
+    with command_valkey(args) as (url, cluster):
+        count = uvloop.run(run(url, cluster))
     print(f"imported attributes of {count} customer(s)")
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.cli.command_valkey import add_cluster_option
+
 __all__ = ["register"]
 
 
@@ -21,6 +23,7 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignor
         "--redis",
         help="Valkey URL (default: REDIS_URL, or the data dir's embedded Valkey)",
     )
+    add_cluster_option(p)
     p.add_argument("--config")
     p.add_argument("--data-dir", default=".ringback")
     p.set_defaults(func=_run)
@@ -37,9 +40,9 @@ def _run(args: argparse.Namespace) -> int:
     from engine.learning.learner import Learner
     from engine.valkey.store import Store
 
-    async def run(url: str) -> None:
+    async def run(url: str, cluster: bool) -> None:
         metrics = Metrics()
-        store = Store(url, metrics)
+        store = Store(url, metrics, cluster=cluster)
         learner = Learner(store, metrics)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -52,6 +55,6 @@ def _run(args: argparse.Namespace) -> int:
             await learner.stop()  # publishes what it learned and hands the lease on
             await store.close()
 
-    with command_valkey(args) as url:
-        uvloop.run(run(url))
+    with command_valkey(args) as (url, cluster):
+        uvloop.run(run(url, cluster))
     return 0

@@ -1,13 +1,14 @@
 """The `ringback` command line (also `python -m engine`).
 
     ringback serve [--host] [--port] [--public-url URL] [--workers N] [--rules DIR]
-                   [--redis URL] [--data-dir DIR] [--config FILE] [--durability aof|fsync]
+                   [--redis URL[,URL...] [--cluster]] [--data-dir DIR] [--config FILE]
+                   [--durability aof|fsync]
     ringback token --site SITE --customer ID [--data-dir DIR] [--config FILE]
     ringback rules check PATH | rules test PATH --events FILE.jsonl [--against PATH]
     ringback simulate --url URL [--rate N] [--duration S] [--speed X]
-    ringback import FILE.jsonl [--redis URL] [--data-dir DIR]
-    ringback learn [--redis URL] [--data-dir DIR]
-    ringback webhooks dead-letters --target NAME [--replay] --redis URL
+    ringback import FILE.jsonl [--redis URL [--cluster]] [--data-dir DIR]
+    ringback learn [--redis URL [--cluster]] [--data-dir DIR]
+    ringback webhooks dead-letters --target NAME [--replay] --redis URL [--cluster]
 
 Errors a user can fix (a bad config key, an unknown site) print one line and exit 2;
 they never print a traceback.
@@ -39,6 +40,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cluster_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="--redis lists seed nodes of a Valkey Cluster (redis://H:P[,redis://H:P...]); "
+        "also REDIS_CLUSTER=1 or [store] cluster = true",
+    )
+
+
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     return load_settings(args.config, data_dir=args.data_dir, overrides=overrides)
 
@@ -60,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes sharing the port")
     p.add_argument("--rules", help="rules directory (hot-reloaded)")
     p.add_argument("--redis", help="Valkey/Redis URL (default: REDIS_URL or embedded)")
+    _cluster_option(p)
     p.add_argument(
         "--durability",
         choices=["aof", "fsync"],
@@ -90,6 +101,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         rules_dir=args.rules,
         redis_url=args.redis,
+        redis_cluster=args.cluster or None,
         durability=args.durability,
     )
     return serve(settings)

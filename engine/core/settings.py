@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from fnmatch import translate
 from importlib import resources
@@ -330,6 +330,7 @@ class Settings:
     shutdown_timeout_s: float
     redis_url: str  # empty: the embedded valkey-server
     durability: Literal["aof", "fsync"]
+    redis_cluster: bool  # redis_url names seed nodes of a Valkey Cluster
     rules_dir: Path | None
     sites: dict[str, SiteConfig]
     api_tokens: tuple[ApiToken, ...]
@@ -392,6 +393,8 @@ class ServerTable(_Table):
 class StoreTable(_Table):
     redis_url: str = ""  # empty: start the embedded valkey-server under --data-dir
     durability: Literal["aof", "fsync"] = "aof"
+    # redis_url lists seed nodes of a Valkey Cluster ("redis://a:7000,redis://b:7000")
+    cluster: bool = False
 
 
 class RulesTable(_Table):
@@ -815,6 +818,23 @@ def _learning(table: Learning) -> Learning:
     raise ConfigError("RINGBACK_LEARNER", "value", f"expected 0 or 1, got {value!r}")
 
 
+def _cluster_flag(
+    overrides: Mapping[str, Any], store: StoreTable, redis_url: str, source: str
+) -> bool:
+    """`--cluster`, `REDIS_CLUSTER=1` or `[store] cluster = true`: the URL lists seed
+    nodes of a Valkey Cluster. There is no embedded cluster, so it needs a URL."""
+    env = os.environ.get("REDIS_CLUSTER", "").strip().lower()
+    cluster = bool(overrides.get("redis_cluster")) or env in ("1", "true", "yes") or store.cluster
+    if cluster and not redis_url:
+        raise ConfigError(
+            source,
+            "store.cluster",
+            "a Valkey Cluster needs its seed nodes: give --redis (or REDIS_URL, or "
+            "[store] redis_url) as redis://HOST:PORT[,redis://HOST:PORT...]",
+        )
+    return cluster
+
+
 def load_settings(
     config_file: str | Path | None = None,
     *,
@@ -875,6 +895,9 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
             )
         )
     rules_dir = overrides.get("rules_dir") or file.rules.dir
+    redis_url = str(
+        overrides.get("redis_url") or os.environ.get("REDIS_URL") or file.store.redis_url
+    )
     return Settings(
         source=source,
         data_dir=data_dir,
@@ -884,10 +907,9 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
         workers=int(overrides.get("workers") or file.server.workers),
         trusted_proxies=file.server.trusted_proxies,
         shutdown_timeout_s=file.server.shutdown_timeout_s,
-        redis_url=(
-            overrides.get("redis_url") or os.environ.get("REDIS_URL") or file.store.redis_url
-        ),
+        redis_url=redis_url,
         durability=overrides.get("durability") or file.store.durability,
+        redis_cluster=_cluster_flag(overrides, file.store, redis_url, source),
         rules_dir=Path(rules_dir) if rules_dir else None,
         sites=sites,
         api_tokens=tuple(tokens),

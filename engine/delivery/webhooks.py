@@ -415,6 +415,11 @@ def register(sub: Any, name: str) -> None:
     p.add_argument("--target", required=True, help="webhook target name from the config")
     p.add_argument("--replay", action="store_true", help="put them back in line")
     p.add_argument("--redis", help="Valkey URL (default: REDIS_URL or the config's)")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="--redis lists seed nodes of a Valkey Cluster (also REDIS_CLUSTER=1)",
+    )
     p.add_argument("--config")
     p.add_argument("--data-dir", default=".ringback")
     p.set_defaults(func=_run_cli)
@@ -426,14 +431,16 @@ def _run_cli(args: Any) -> int:
     from engine.core.settings import load_settings
 
     settings = load_settings(
-        args.config, data_dir=args.data_dir, overrides={"redis_url": args.redis}
+        args.config,
+        data_dir=args.data_dir,
+        overrides={"redis_url": args.redis, "redis_cluster": args.cluster or None},
     )
     if not settings.redis_url:
         print("ringback webhooks: give --redis (the engine's Valkey URL)")
         return 2
 
     async def run() -> int:
-        store = Store(settings.redis_url, Metrics())
+        store = Store(settings.redis_url, Metrics(), cluster=settings.redis_cluster)
         try:
             if args.replay:
                 n = await replay_dead_letters(store, args.target)

@@ -209,7 +209,12 @@ def build_app(
     )
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = Store(store_url, metrics, fsync=settings.durability == "fsync")
+        store = Store(
+            store_url,
+            metrics,
+            fsync=settings.durability == "fsync",
+            cluster=settings.redis_cluster,
+        )
         try:
             await store.load_library()
         except StoreUnavailable as exc:
