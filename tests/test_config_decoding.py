@@ -190,6 +190,7 @@ shutdown_timeout_s = 3
 redis_url = "redis://rb:pw@10.0.0.9:6379/0"
 durability = "fsync"
 cluster = true
+replica_acks = 2
 
 [metrics]
 token_file = "{dir}/metrics-token.txt"

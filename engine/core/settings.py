@@ -331,6 +331,7 @@ class Settings:
     redis_url: str  # empty: the embedded valkey-server
     durability: Literal["aof", "fsync"]
     redis_cluster: bool  # redis_url names seed nodes of a Valkey Cluster
+    replica_acks: int  # replicas a write must reach before it is acknowledged
     rules_dir: Path | None
     sites: dict[str, SiteConfig]
     api_tokens: tuple[ApiToken, ...]
@@ -395,6 +396,11 @@ class StoreTable(_Table):
     durability: Literal["aof", "fsync"] = "aof"
     # redis_url lists seed nodes of a Valkey Cluster ("redis://a:7000,redis://b:7000")
     cluster: bool = False
+    # Replicas that must have a write before it is acknowledged (WAIT on the write's
+    # connection). Unset: 1 on a cluster (a failover loses nothing acknowledged), 0 on
+    # one node. 0 on a cluster acknowledges sooner and may lose the last writes of a
+    # primary that dies: weaker, and said so in the README.
+    replica_acks: Annotated[int, Meta(ge=0, le=5)] | None = None
 
 
 class RulesTable(_Table):
@@ -898,6 +904,7 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
     redis_url = str(
         overrides.get("redis_url") or os.environ.get("REDIS_URL") or file.store.redis_url
     )
+    cluster = _cluster_flag(overrides, file.store, redis_url, source)
     return Settings(
         source=source,
         data_dir=data_dir,
@@ -909,7 +916,12 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
         shutdown_timeout_s=file.server.shutdown_timeout_s,
         redis_url=redis_url,
         durability=overrides.get("durability") or file.store.durability,
-        redis_cluster=_cluster_flag(overrides, file.store, redis_url, source),
+        redis_cluster=cluster,
+        replica_acks=(
+            file.store.replica_acks
+            if file.store.replica_acks is not None
+            else (1 if cluster else 0)
+        ),
         rules_dir=Path(rules_dir) if rules_dir else None,
         sites=sites,
         api_tokens=tuple(tokens),

@@ -214,6 +214,7 @@ def build_app(
             metrics,
             fsync=settings.durability == "fsync",
             cluster=settings.redis_cluster,
+            replica_acks=settings.replica_acks,
         )
         try:
             await store.load_library()

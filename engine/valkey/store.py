@@ -132,9 +132,16 @@ class Store:
         max_pipeline: int = 256,
         socket_timeout_s: float = 5.0,
         cluster: bool = False,
+        replica_acks: int = 0,
+        replica_timeout_ms: int = 500,
     ) -> None:
         self.url = url
         self.fsync = fsync
+        # Writes acknowledged only once this many replicas have them (WAIT, or WAITAOF's
+        # second count with fsync) on the same connection, per pipeline: a failover
+        # then loses nothing the engine said yes to.
+        self.replica_acks = replica_acks
+        self._replica_timeout_ms = replica_timeout_ms
         self.metrics = metrics
         self._waitaof_timeout_ms = waitaof_timeout_ms
         self._max_pipeline = max_pipeline
@@ -244,8 +251,25 @@ class Store:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
+    def _ack_command(self) -> tuple[Any, ...] | None:
+        """What ends a pipeline that wrote, so its replies mean durable: WAITAOF (fsync:
+        on this node's disk, and on `replica_acks` replicas'), WAIT (in `replica_acks`
+        replicas' memory), or nothing (the AOF append before the reply suffices)."""
+        if self.fsync:
+            timeout = max(self._waitaof_timeout_ms, self._replica_timeout_ms)
+            return ("WAITAOF", 1, self.replica_acks, timeout)
+        if self.replica_acks:
+            return ("WAIT", self.replica_acks, self._replica_timeout_ms)
+        return None
+
+    def _acked(self, reply: Any) -> bool:
+        if self.fsync:
+            return _waitaof_ok(reply, self.replica_acks)
+        return not isinstance(reply, Exception) and int(reply) >= self.replica_acks
+
     async def _send(self, calls: list[_Call]) -> None:
-        wait_aof = self.fsync and any(c.writes for c in calls)
+        ack = self._ack_command() if any(c.writes for c in calls) else None
+        wait_aof = ack is not None
         started = time.perf_counter()
         try:
             commands = [c.args for c in calls]
@@ -254,8 +278,8 @@ class Store:
                 results = await self._cluster_send(calls)
                 wait_aof = False  # per node, inside
             else:
-                if wait_aof:
-                    commands.append(("WAITAOF", 1, 0, self._waitaof_timeout_ms))
+                if ack is not None:
+                    commands.append(ack)
                 results = await self._pipeline(commands, frozenset(raw))
         except _UNAVAILABLE as exc:
             self.metrics.valkey_errors.inc()
@@ -277,11 +301,11 @@ class Store:
         self.metrics.valkey_seconds.observe(time.perf_counter() - started)
         self.metrics.valkey_pipeline_calls.observe(len(calls))
         if wait_aof:
-            fsync_ok = _waitaof_ok(results[-1])
+            fsync_ok = self._acked(results[-1])
             results = results[:-1]
             if not fsync_ok:
                 self.metrics.valkey_errors.inc()
-                err = StoreUnavailable("Valkey did not confirm the fsync in time")
+                err = StoreUnavailable(_NOT_DURABLE)
                 for c in calls:
                     if c.writes and not c.future.done():
                         c.future.set_exception(err)
@@ -384,7 +408,9 @@ class Store:
     async def _node_pipeline(
         self, node: ClusterNode, calls: list[_Call], asking: list[bool]
     ) -> list[Any]:
-        """`_pipeline` on one cluster node's connection; `fsync` adds WAITAOF per node."""
+        """`_pipeline` on one cluster node's connection, ending, when it wrote, in the
+        durability wait (`_ack_command`) on that node: WAIT counts only the writes of
+        its own connection, so each node's pipeline waits for itself."""
         commands: list[tuple[Any, ...]] = []
         positions: list[int] = []  # index in `commands` of each call's reply
         raw: set[int] = set()
@@ -395,18 +421,20 @@ class Store:
             if c.raw:
                 raw.add(len(commands))
             commands.append(c.args)
-        wait_aof = self.fsync and any(c.writes for c in calls)
-        if wait_aof:
-            commands.append(("WAITAOF", 1, 0, self._waitaof_timeout_ms))
+        ack = self._ack_command() if any(c.writes for c in calls) else None
+        if ack is not None:
+            commands.append(ack)
         conn = node.acquire_connection()
         try:
             replies = await self._exchange(conn, commands, frozenset(raw))
         finally:
             node.release(conn)
         out = [replies[p] for p in positions]
-        if wait_aof and not _waitaof_ok(replies[-1]):
+        if ack is not None and not self._acked(replies[-1]):
+            # Applied on the primary, not yet durable as configured: the client is told
+            # to retry (every write of ours is idempotent: event ids, reservations).
             self.metrics.valkey_errors.inc()
-            err = StoreUnavailable("Valkey did not confirm the fsync in time")
+            err = StoreUnavailable(f"{_NOT_DURABLE} ({node.name})")
             out = [err if c.writes else r for c, r in zip(calls, out, strict=True)]
         return out
 
@@ -458,8 +486,12 @@ class Store:
             return False
 
 
-def _waitaof_ok(result: Any) -> bool:
-    """WAITAOF answers [local fsynced, replicas fsynced]; we need the local one."""
+_NOT_DURABLE = "Valkey did not confirm the write durable in time (fsync or replicas)"
+
+
+def _waitaof_ok(result: Any, replicas: int = 0) -> bool:
+    """WAITAOF answers [local fsynced, replicas fsynced]: the local one, and as many
+    replicas as asked for."""
     if isinstance(result, Exception) or not isinstance(result, list | tuple) or not result:
         return False
-    return int(result[0]) >= 1
+    return int(result[0]) >= 1 and (replicas == 0 or int(result[1]) >= replicas)
