@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from conftest import new_anon
@@ -119,6 +120,8 @@ async def test_a_primary_failing_over_is_unavailable_then_served_again(
     pipe.execute_command("WAIT", 1, 2000)
     assert (await asyncio.to_thread(pipe.execute))[-1] == 1
     await asyncio.gather(*(store.call("SET", f"k:{t}", "v", writes=True) for t in elsewhere))
+    seen = store.metrics.registry.get_sample_value
+    assert seen("ringback_valkey_nodes", {"node": _name(victim), "role": "primary"}) == 1
     valkey_cluster.kill(victim)
 
     with pytest.raises(StoreUnavailable):
@@ -138,9 +141,17 @@ async def test_a_primary_failing_over_is_unavailable_then_served_again(
                 raise
             await asyncio.sleep(0.2)
     assert got == "v"
+    # The metrics say which node now serves those slots.
+    promoted = _name(failover.promoted)
+    assert seen("ringback_valkey_nodes", {"node": promoted, "role": "primary"}) == 1
+    assert seen("ringback_valkey_nodes", {"node": promoted, "role": "replica"}) is None
     assert await asyncio.gather(*(store.call("GET", f"k:{t}") for t in on_victim)) == ["v"] * len(
         on_victim
     )
+
+
+def _name(node: Any) -> str:
+    return f"127.0.0.1:{node.port}"
 
 
 def _owner(cluster: EmbeddedCluster, anonymous_id: str) -> object:
@@ -156,3 +167,34 @@ def _calc(now: int, eid: str) -> CalcEvent:
     return CalcEvent(id=eid, ts=now - 500, page="/mortgages/calculator", props=props)
 
 
+async def test_a_replica_alone_as_seed_finds_the_cluster_and_its_death_changes_nothing(
+    valkey_cluster: EmbeddedCluster, cluster_redis: RedisCluster
+) -> None:
+    primary = valkey_cluster.primaries()[0]
+    (seed,) = valkey_cluster.replicas_of(primary)
+    store = Store(seed.url, Metrics(), cluster=True, socket_timeout_s=2.0)
+    try:
+        await store.load_library()
+        tags = _tags_on_every_primary(valkey_cluster)
+        await asyncio.gather(*(store.call("SET", f"k:{t}", t, writes=True) for t in tags))
+        valkey_cluster.kill(seed)  # the only address it was given
+        # Writes to the seed's primary now have no replica to wait for (none asked here:
+        # replica_acks 0), so every node keeps answering reads and writes.
+        assert await asyncio.gather(*(store.call("GET", f"k:{t}") for t in tags)) == tags
+        await asyncio.gather(*(store.call("SET", f"k:{t}", "again", writes=True) for t in tags))
+        assert await cluster_redis.get(f"k:{tags[-1]}") == "again"
+        # A failover elsewhere makes it re-read the topology, from nodes it learnt.
+        other = valkey_cluster.primaries()[1]
+        key = f"k:{next(t for t in tags if valkey_cluster.primary_for_key(t) is other)}"
+        valkey_cluster.kill(other)
+        await asyncio.to_thread(valkey_cluster.wait_for_failover, other, 20.0)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert await store.call("GET", key) == "again"
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "never found the promoted replica"
+                await asyncio.sleep(0.2)
+    finally:
+        await store.close()

@@ -185,6 +185,14 @@ class Metrics:
             multiprocess_mode="max",
             registry=r,
         )
+        self.valkey_nodes = Gauge(
+            "ringback_valkey_nodes",
+            "Valkey Cluster nodes in this engine's last topology read, by address and role "
+            "(1 = routed to); none on a single node",
+            ["node", "role"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.agents_connected = Gauge(
             "ringback_agents_connected",
             "Agent dashboards connected to this engine",

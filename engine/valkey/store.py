@@ -24,6 +24,7 @@ library is loaded on every primary, and again on a node that lost it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -147,6 +148,7 @@ class Store:
         self._max_pipeline = max_pipeline
         self._cluster: RedisCluster | None = None
         self._topology_stale = True  # the cluster's slot map must be (re)read first
+        self._nodes_exported: set[tuple[str, str]] = set()  # ringback_valkey_nodes labels
         if cluster:
             self._cluster = RedisCluster(
                 startup_nodes=[ClusterNode(h, p) for h, p in seed_nodes(url)],
@@ -396,6 +398,24 @@ class Store:
         except (*_UNAVAILABLE, *_FAILOVER, ResponseError) as exc:
             raise StoreUnavailable(f"Valkey cluster topology unreadable: {exc}") from exc
         self._topology_stale = False
+        self._export_topology()
+
+    def _export_topology(self) -> None:
+        """`ringback_valkey_nodes{node, role}`: which nodes this worker now routes to, so
+        ops see a failover (a replica's address turning primary) from the engine's side."""
+        cluster = self._cluster
+        assert cluster is not None
+        seen = {
+            (node.name, "primary" if node.server_type == "primary" else "replica")
+            for node in cluster.nodes_manager.nodes_cache.values()
+        }
+        gauge = self.metrics.valkey_nodes
+        for name, role in self._nodes_exported - seen:
+            with contextlib.suppress(KeyError):
+                gauge.remove(name, role)
+        for name, role in seen:
+            gauge.labels(name, role).set(1)
+        self._nodes_exported = seen
 
     def _node_for(self, args: tuple[Any, ...]) -> ClusterNode:
         cluster = self._cluster
