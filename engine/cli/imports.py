@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from engine.cli.command_valkey import add_cluster_option
-from engine.profile.attributes import import_file, validate_import
+from engine.profile.attributes import file_digest, import_file, resume_point, validate_import
 from engine.valkey.store import Store
 
 __all__ = ["register"]
@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignor
         "embedded Valkey started for the import)",
     )
     add_cluster_option(p)
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start from the first line even if an earlier import of this file was "
+        "interrupted (default: resume where it stopped)",
+    )
     p.add_argument("--config")
     p.add_argument("--data-dir", default=".ringback")
     p.set_defaults(func=_run)
@@ -35,8 +41,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from engine.cli.command_valkey import command_valkey
     from engine.core.metrics import Metrics
+    from engine.core.progress import Progress, duration
 
-    lines, errors = validate_import(args.file)
+    checking = Progress("checking", unit="lines")
+    lines, errors = validate_import(args.file, on_line=checking.advance)
+    checking.close(f"checked {checking.done:,} line(s) in {duration(checking.elapsed_s)}")
     if errors:
         for e in errors[:50]:
             print(e, file=sys.stderr)
@@ -44,16 +53,35 @@ def _run(args: argparse.Namespace) -> int:
             f"ringback import: {len(errors)} invalid line(s); nothing was imported", file=sys.stderr
         )
         return 1
+    digest = file_digest(args.file)
 
-    async def run(url: str, cluster: bool) -> int:
+    async def run(url: str, cluster: bool) -> tuple[int, int]:
         store = Store(url, Metrics(), cluster=cluster)
         try:
             await store.load_library()
-            return await import_file(store, lines)
+            start = 0 if args.restart else await resume_point(store, digest)
+            if start:
+                print(
+                    f"resuming an interrupted import of this file at line {start + 1:,} "
+                    f"of {len(lines):,} (--restart to start over)",
+                    file=sys.stderr,
+                )
+            progress = Progress("importing", len(lines) - start, unit="customers")
+            try:
+                written = await import_file(
+                    store, lines, digest=digest, start=start, on_progress=progress.advance
+                )
+            finally:
+                progress.close(
+                    f"wrote {progress.done:,} customer(s) in {duration(progress.elapsed_s)}"
+                    f" ({progress.done / max(progress.elapsed_s, 1e-9):,.0f}/s)"
+                )
+            return start, written
         finally:
             await store.close()
 
     with command_valkey(args) as (url, cluster):
-        count = uvloop.run(run(url, cluster))
-    print(f"imported attributes of {count} customer(s)")
+        start, count = uvloop.run(run(url, cluster))
+    resumed = f" ({start:,} written before the interruption)" if start else ""
+    print(f"imported attributes of {start + count} customer(s){resumed}")
     return 0

@@ -859,8 +859,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"ringback: {path} lacks api_token or identity_secret", file=sys.stderr)
         return 2
 
+    from engine.core.progress import line
+
+    started = time.monotonic()
+
     def show(report: PopulationReport) -> None:
-        print(report.summary(), flush=True)
+        # done/total and time left by requests when --max-requests bounds the run,
+        # else the rate so far; then what the population did.
+        done = line(
+            "simulating", report.requests, args.max_requests, time.monotonic() - started, "requests"
+        )
+        print(f"{done}; {report.summary()}", file=sys.stderr, flush=True)
 
     try:
         report = uvloop.run(

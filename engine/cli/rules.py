@@ -115,7 +115,9 @@ async def replay(
     ]
 
 
-async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) -> list[Replayed]:
+async def replay_traced(
+    rules_dir: Path, batches: list[bytes], settings: Any, *, progress: bool = False
+) -> list[Replayed]:
     """Replay recorded lines through the real parse, identity, profile, decision and
     contact-policy code on a throwaway embedded Valkey, each batch at its own time.
 
@@ -129,11 +131,13 @@ async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) ->
     The TTLs replay does set are relative (anonymous profile and history, dedupe set,
     policy state: days from now on the real clock), so they outlast any replay.
     Lines `{"customer_id", "attributes"}` set CRM attributes, as `ringback import` does.
+    With `progress`, a day of recordings shows done/total, rate and time left on stderr.
     """
     import msgspec
 
     from engine.core.errors import ClientError, NotFound
     from engine.core.metrics import Metrics
+    from engine.core.progress import Progress
     from engine.decisions.inputs import Capacity, DecisionInput
     from engine.decisions.loader import load_rules
     from engine.decisions.plan import Contact, decide, settle
@@ -152,6 +156,7 @@ async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) ->
     capacity = Capacity()  # no floor is measured in a replay: never overloaded
     verifier = IdentityVerifier()
     out: list[Replayed] = []
+    shown = Progress(f"replaying through {rules_dir}", len(batches), unit="batches")
     with tempfile.TemporaryDirectory(prefix="ringback-replay-") as tmp:
         valkey = EmbeddedValkey(Path(tmp) / "valkey")
         valkey.start()
@@ -160,6 +165,8 @@ async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) ->
             await store.load_library()
             profiles = ProfileStore(store, replace(settings, rules_dir=rules_dir))
             for raw in batches:
+                if progress:
+                    shown.advance()
                 body = orjson.loads(raw)
                 if "attributes" in body and "customer_id" in body:
                     who = f"customer {body['customer_id']}"
@@ -250,6 +257,8 @@ async def replay_traced(rules_dir: Path, batches: list[bytes], settings: Any) ->
         finally:
             await store.close()
             valkey.stop()
+            if progress:
+                shown.close()
     return out
 
 
@@ -289,9 +298,11 @@ def _test(args: argparse.Namespace) -> int:
         # Recorded identity tokens verify only with the secret that signed them: give
         # the recording engine's --data-dir (demo) or --config (production keys).
         settings = load_settings(args.config, data_dir=args.data_dir or tmp)
-        first = uvloop.run(replay_traced(args.path, batches, settings))
+        first = uvloop.run(replay_traced(args.path, batches, settings, progress=True))
         second = (
-            uvloop.run(replay_traced(args.against, batches, settings)) if args.against else None
+            uvloop.run(replay_traced(args.against, batches, settings, progress=True))
+            if args.against
+            else None
         )
     changed = 0
     for i, r in enumerate(first, start=1):

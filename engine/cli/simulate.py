@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 
 from engine.cli import population
+from engine.core.progress import Progress
 
 __all__ = ["SimulationReport", "register", "simulate"]
 
@@ -198,19 +199,27 @@ async def simulate(
     site: str = "demo-bank",
     speed: float = 1.0,
     seed: int | None = None,
+    progress: bool = False,
 ) -> SimulationReport:
     """Start `rate` visitors per second for `duration_s` seconds; wait for them to leave."""
     rng = random.Random(seed)
     report = SimulationReport()
     url = url.rstrip("/")
     connector = aiohttp.TCPConnector(limit=200)
+    shown = Progress("arriving", int(duration_s), unit="s") if progress else None
     async with aiohttp.ClientSession(connector=connector) as session:
         tasks: list[asyncio.Task[None]] = []
         started = time.monotonic()
+        ticked = 0
         while time.monotonic() - started < duration_s:
             visitor = _Visitor(site, random.Random(rng.random()), speed)
             tasks.append(asyncio.create_task(_visit(session, url, visitor, report)))
             await asyncio.sleep(rng.expovariate(rate) if rate > 0 else duration_s)
+            if shown is not None and (now := int(time.monotonic() - started)) > ticked:
+                shown.advance(min(now, int(duration_s)) - ticked)
+                ticked = min(now, int(duration_s))
+        if shown is not None:
+            shown.close(f"{len(tasks)} visitor(s) arrived; waiting for them to leave")
         await asyncio.gather(*tasks)
     return report
 
@@ -240,7 +249,13 @@ def _run(args: argparse.Namespace) -> int:
         return population.run(args)
     report = uvloop.run(
         simulate(
-            args.url, args.rate, args.duration, site=args.site, speed=args.speed, seed=args.seed
+            args.url,
+            args.rate,
+            args.duration,
+            site=args.site,
+            speed=args.speed,
+            seed=args.seed,
+            progress=True,
         )
     )
     print(report.summary())

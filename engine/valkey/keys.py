@@ -43,6 +43,7 @@ __all__ = [
     "decision_label",
     "decision_learned",
     "erasures_stream",
+    "import_checkpoint",
     "is_anonymous",
     "key_slot",
     "learner_lease",
@@ -263,6 +264,12 @@ def decision_learned(decision_id: str) -> str:
 # decision ids scored by the ms their click window closes. One slot, so the sweep pops
 # what is due atomically. Decision ids only: no personal data.
 LABELS_PENDING = "rb:{labels}:pending"
+
+
+def import_checkpoint(digest: str) -> str:
+    """How far `ringback import` got with one file (a digest of its content): the count
+    of valid lines written, so an interrupted import resumes instead of starting over."""
+    return f"rb:{{import:{digest}}}"
 
 
 def conversion_seen(digest: str) -> str:
