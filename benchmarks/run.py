@@ -26,6 +26,7 @@ BENCHMARKS = {
     "learning": "benchmarks.learning_bench",
     "bandit": "benchmarks.bandit_bench",
     "memory": "benchmarks.memory_bench",
+    "import": "benchmarks.import_bench",
 }
 
 

@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 from engine.cli.command_valkey import add_cluster_option
-from engine.profile.attributes import file_digest, import_file, resume_point, validate_import
+from engine.profile.attributes import (
+    check_import,
+    file_digest,
+    import_file,
+    read_import,
+    resume_point,
+)
 from engine.valkey.store import Store
 
 __all__ = ["register"]
@@ -44,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     from engine.core.progress import Progress, duration
 
     checking = Progress("checking", unit="lines")
-    lines, errors = validate_import(args.file, on_line=checking.advance)
+    valid, errors = check_import(args.file, on_line=checking.advance)
     checking.close(f"checked {checking.done:,} line(s) in {duration(checking.elapsed_s)}")
     if errors:
         for e in errors[:50]:
@@ -63,13 +69,17 @@ def _run(args: argparse.Namespace) -> int:
             if start:
                 print(
                     f"resuming an interrupted import of this file at line {start + 1:,} "
-                    f"of {len(lines):,} (--restart to start over)",
+                    f"of {valid:,} (--restart to start over)",
                     file=sys.stderr,
                 )
-            progress = Progress("importing", len(lines) - start, unit="customers")
+            progress = Progress("importing", valid - start, unit="customers")
             try:
                 written = await import_file(
-                    store, lines, digest=digest, start=start, on_progress=progress.advance
+                    store,
+                    read_import(args.file),
+                    digest=digest,
+                    start=start,
+                    on_progress=progress.advance,
                 )
             finally:
                 progress.close(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -118,9 +119,39 @@ async def resume_point(store: Store, digest: str) -> int:
     return int(done or 0)
 
 
+def check_import(path: Path, on_line: Callable[[int], None] | None = None) -> tuple[int, list[str]]:
+    """`validate_import` without keeping the lines: (valid lines, errors). A file of
+    millions of rows is checked in constant memory, then `read_import` streams it."""
+    valid = 0
+    errors: list[str] = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if on_line is not None:
+                on_line(1)
+            if not raw.strip():
+                continue
+            try:
+                _line_decoder.decode(raw)
+                valid += 1
+            except msgspec.ValidationError as exc:
+                message, where = validation_error(exc)
+                errors.append(f"{path}:{lineno}: {message} at {where}")
+            except msgspec.DecodeError as exc:
+                errors.append(f"{path}:{lineno}: not valid JSON: {exc}")
+    return valid, errors
+
+
+def read_import(path: Path) -> Iterator[ImportLine]:
+    """The lines of a file `check_import` found valid, decoded one at a time."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                yield _line_decoder.decode(raw)
+
+
 async def import_file(
     store: Store,
-    lines: list[ImportLine],
+    lines: Iterable[ImportLine],
     concurrency: int = 256,
     *,
     digest: str | None = None,
@@ -136,16 +167,14 @@ async def import_file(
     checkpoint) changes nothing. Returns the lines written by this call."""
     done = 0
     checkpoint = keys.import_checkpoint(digest) if digest else None
-    for at in range(start, len(lines), concurrency):
-        chunk = lines[at : at + concurrency]
+    rest = itertools.islice(iter(lines), start, None)
+    while chunk := list(itertools.islice(rest, concurrency)):
         await asyncio.gather(
             *(store_attributes(store, ln.customer_id, ln.attributes) for ln in chunk)
         )
         done += len(chunk)
         if checkpoint is not None:
-            await store.call(
-                "SET", checkpoint, at + len(chunk), "EX", CHECKPOINT_TTL_S, writes=True
-            )
+            await store.call("SET", checkpoint, start + done, "EX", CHECKPOINT_TTL_S, writes=True)
         if on_progress is not None:
             on_progress(len(chunk))
     if checkpoint is not None:
