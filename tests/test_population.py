@@ -71,7 +71,10 @@ async def test_population_clicks_answers_and_converts_through_the_real_api(
         engine.url,
         engine.credentials,
         40,
-        duration_s=4.0,
+        # Bounded by requests, not only time: a loaded machine gets through fewer in
+        # 4 s, and the AUC below is then taken on too few decisions to be stable.
+        duration_s=30.0,
+        max_requests=2000,
         speed=50.0,  # 1-21 simulated days: at most 0.42 s
         seed=7,
         truth_path=truth_path,
@@ -117,7 +120,8 @@ async def test_population_clicks_answers_and_converts_through_the_real_api(
     assert all(e["by"] == "page" for e in page_entries)
 
     # The hidden probabilities explain what the population did.
-    assert _auc([(t["p_true"], t["label"]) for t in truth.values()]) > 0.65
+    oracle = _auc([(t["p_true"], t["label"]) for t in truth.values()])
+    assert oracle > 0.65, (oracle, sum(t["label"] for t in truth.values()))
 
     # And the learner learns from it (off in the suite: run it here), once per decision
     # the population was answered with (a later sale credited to a converted call is

@@ -29,7 +29,8 @@ import logging
 import time
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
+from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
@@ -69,20 +70,40 @@ _KEYLESS = frozenset({"PING", "INFO", "TIME", "FUNCTION", "DBSIZE", "CONFIG", "W
 _KEYS_AT_3 = frozenset({"FCALL", "FCALL_RO", "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO"})
 
 
-def seed_nodes(url: str) -> list[tuple[str, int]]:
-    """`redis://h1:p1,redis://h2:p2` (or bare `h:p` items) -> [(h1, p1), (h2, p2)].
+class Seeds(NamedTuple):
+    """A cluster's seed nodes and how to talk to every node (the first URL's)."""
 
-    >>> seed_nodes("redis://127.0.0.1:7000,127.0.0.1:7001")
+    nodes: list[tuple[str, int]]
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def seed_nodes(url: str) -> Seeds:
+    """`redis://h1:p1,redis://h2:p2` (or bare `h:p` items) -> the nodes, with the
+    credentials and scheme of the URLs (`rediss://` = TLS): one user and password for
+    the whole cluster, as Valkey's ACLs are per node but deployed alike.
+
+    >>> seed_nodes("redis://127.0.0.1:7000,127.0.0.1:7001").nodes
     [('127.0.0.1', 7000), ('127.0.0.1', 7001)]
+    >>> s = seed_nodes("rediss://rb:s%40cret@vk-0:6380,rediss://rb:s%40cret@vk-1:6380")
+    >>> s.nodes, s.username, s.password, s.tls
+    ([('vk-0', 6380), ('vk-1', 6380)], 'rb', 's@cret', True)
     """
-    out: list[tuple[str, int]] = []
+    nodes: list[tuple[str, int]] = []
+    username = password = None
+    tls = False
     for item in url.split(","):
-        item = item.strip().removeprefix("redis://").split("/", 1)[0]
+        item = item.strip()
         if not item:
             continue
-        host, _, port = item.rpartition(":")
-        out.append((host or "127.0.0.1", int(port or 6379)))
-    return out
+        parts = urlsplit(item if "://" in item else f"redis://{item}")
+        if not nodes:
+            tls = parts.scheme == "rediss"
+            username = unquote(parts.username) if parts.username else None
+            password = unquote(parts.password) if parts.password else None
+        nodes.append((parts.hostname or "127.0.0.1", parts.port or 6379))
+    return Seeds(nodes, username, password, tls)
 
 
 def first_key(args: tuple[Any, ...]) -> str | None:
@@ -150,8 +171,12 @@ class Store:
         self._topology_stale = True  # the cluster's slot map must be (re)read first
         self._nodes_exported: set[tuple[str, str]] = set()  # ringback_valkey_nodes labels
         if cluster:
+            seeds = seed_nodes(url)
             self._cluster = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in seed_nodes(url)],
+                startup_nodes=[ClusterNode(h, p) for h, p in seeds.nodes],
+                username=seeds.username,
+                password=seeds.password,
+                ssl=seeds.tls,
                 decode_responses=True,
                 socket_timeout=socket_timeout_s,
                 socket_connect_timeout=1.0,
