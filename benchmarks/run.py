@@ -27,6 +27,7 @@ BENCHMARKS = {
     "bandit": "benchmarks.bandit_bench",
     "memory": "benchmarks.memory_bench",
     "import": "benchmarks.import_bench",
+    "cluster": "benchmarks.cluster_bench",
 }
 
 
