@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
-__all__ = ["add_cluster_option", "command_valkey"]
+__all__ = ["Target", "add_cluster_option", "command_valkey"]
 
 
 def add_cluster_option(p: argparse.ArgumentParser) -> None:
@@ -18,13 +19,21 @@ def add_cluster_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+class Target(NamedTuple):
+    """Where a one-off command's Store points, and how durable its writes must be."""
+
+    url: str
+    cluster: bool
+    replica_acks: int  # as `serve` would use (1 on a cluster by default)
+
+
 @contextlib.contextmanager
-def command_valkey(args: argparse.Namespace) -> Iterator[tuple[str, bool]]:
-    """(url, cluster): `--redis`, `REDIS_URL` or the config's store URL, and whether it
-    names a Valkey Cluster (`--cluster`, `REDIS_CLUSTER=1`, `[store] cluster`); without
-    a URL, the data dir's embedded valkey-server, started for the command and stopped
-    when it ends (the same files `serve` uses, so a command run beside a stopped engine
-    sees its data)."""
+def command_valkey(args: argparse.Namespace) -> Iterator[Target]:
+    """`--redis`, `REDIS_URL` or the config's store URL, whether it names a Valkey
+    Cluster (`--cluster`, `REDIS_CLUSTER=1`, `[store] cluster`) and the replicas a write
+    waits for (`[store] replica_acks`); without a URL, the data dir's embedded
+    valkey-server, started for the command and stopped when it ends (the same files
+    `serve` uses, so a command run beside a stopped engine sees its data)."""
     from engine.core.settings import load_settings
     from engine.valkey.embedded import EmbeddedValkey
 
@@ -34,11 +43,11 @@ def command_valkey(args: argparse.Namespace) -> Iterator[tuple[str, bool]]:
         overrides={"redis_url": args.redis, "redis_cluster": getattr(args, "cluster", None)},
     )
     if settings.redis_url:
-        yield settings.redis_url, settings.redis_cluster
+        yield Target(settings.redis_url, settings.redis_cluster, settings.replica_acks)
         return
     embedded = EmbeddedValkey(settings.data_dir / "valkey")
     url = embedded.start()
     try:
-        yield url, False
+        yield Target(url, False, 0)
     finally:
         embedded.stop()

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:  # type: ignor
 def _run(args: argparse.Namespace) -> int:
     import uvloop
 
-    from engine.cli.command_valkey import command_valkey
+    from engine.cli.command_valkey import Target, command_valkey
     from engine.core.metrics import Metrics
     from engine.core.progress import Progress, duration
 
@@ -61,8 +61,10 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     digest = file_digest(args.file)
 
-    async def run(url: str, cluster: bool) -> tuple[int, int]:
-        store = Store(url, Metrics(), cluster=cluster)
+    async def run(target: Target) -> tuple[int, int]:
+        store = Store(
+            target.url, Metrics(), cluster=target.cluster, replica_acks=target.replica_acks
+        )
         try:
             await store.load_library()
             start = 0 if args.restart else await resume_point(store, digest)
@@ -90,8 +92,8 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    with command_valkey(args) as (url, cluster):
-        start, count = uvloop.run(run(url, cluster))
+    with command_valkey(args) as target:
+        start, count = uvloop.run(run(target))
     resumed = f" ({start:,} written before the interruption)" if start else ""
     print(f"imported attributes of {start + count} customer(s){resumed}")
     return 0

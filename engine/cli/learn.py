@@ -35,14 +35,15 @@ def _run(args: argparse.Namespace) -> int:
 
     import uvloop
 
-    from engine.cli.command_valkey import command_valkey
+    from engine.cli.command_valkey import Target, command_valkey
     from engine.core.metrics import Metrics
     from engine.learning.learner import Learner
     from engine.valkey.store import Store
 
-    async def run(url: str, cluster: bool) -> None:
+    async def run(target: Target) -> None:
         metrics = Metrics()
-        store = Store(url, metrics, cluster=cluster)
+        # Model snapshots and label bookkeeping as durable as the workers' writes.
+        store = Store(target.url, metrics, cluster=target.cluster, replica_acks=target.replica_acks)
         learner = Learner(store, metrics)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -55,6 +56,6 @@ def _run(args: argparse.Namespace) -> int:
             await learner.stop()  # publishes what it learned and hands the lease on
             await store.close()
 
-    with command_valkey(args) as (url, cluster):
-        uvloop.run(run(url, cluster))
+    with command_valkey(args) as target:
+        uvloop.run(run(target))
     return 0
