@@ -98,7 +98,37 @@ def test_a_young_model_already_tells_a_strong_segment_apart() -> None:
         return vip - m.predict_one({"value_tier": "standard", "hour": 12.0})
 
     assert gap(newton) > 0.15
-    assert gap(sgd) < 0.6 * gap(newton)
+    # 0.16 against 0.10: the prior (PRIOR_VARIANCE) holds a young weight back a little.
+    assert gap(sgd) < 0.65 * gap(newton)
+
+
+def test_a_young_model_is_not_thrown_off_by_features_that_do_not_matter() -> None:
+    """A request carries dozens of features and most say nothing about who clicks. An
+    offer model with 300 outcomes (the offer's own campaign and three pages of intent
+    matter; 20 numbers and 5 categories are noise) predicts within 0.1 of the hidden
+    probability on average: the prior keeps each new weight's first steps small, so the
+    noise features stay near zero instead of scattering the estimates."""
+    rng = random.Random(1)
+
+    def visitor() -> tuple[dict[str, float | str], float]:
+        campaign = rng.choice(["own", "other", "another", None, None])
+        pages = rng.choice([1, 2, 3])
+        x: dict[str, float | str] = {"intent": float(pages), "weekday": "wed"}
+        if campaign:
+            x["utm_campaign"] = campaign
+        x.update({f"noise_{i}": rng.gauss(0.0, 1.0) for i in range(20)})
+        x.update({f"kind_{i}": rng.choice("abcd") for i in range(5)})
+        if campaign == "own":
+            return x, 0.5 if pages >= 3 else 0.22
+        return x, 0.14 if pages >= 3 else 0.06
+
+    model = PropensityModel("offer:o1", [("utm_campaign", "intent")])
+    for _ in range(300):
+        x, p = visitor()
+        model.learn(x, rng.random() < p)
+    probes = [visitor() for _ in range(2000)]
+    error = sum(abs(model.predict_one(x) - p) for x, p in probes) / len(probes)
+    assert error < 0.1, error  # 0.12 with a prior variance of 1
 
 
 def test_a_model_restored_from_its_snapshot_predicts_as_before() -> None:

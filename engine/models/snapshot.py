@@ -60,10 +60,19 @@ MATURE_SAMPLES = 100
 MATURE_POSITIVES = 10
 
 # The prior's variance of every weight (and the intercept) in the transformed space (z
-# scores, one-hot 1.0): a weight of +-1 moves the log-odds by about one, what a single
-# feature plausibly does. The learner starts each weight's precision at its inverse;
-# the scorer gives it to the keys a snapshot has no variance for (never seen).
-PRIOR_VARIANCE = 1.0
+# scores, one-hot 1.0): a weight within +-0.5, a log-odds move of about a half, is what
+# a single feature plausibly does when a request carries some 60 features and their
+# crosses, most of them saying nothing about who responds. The learner starts each
+# weight's precision at its inverse (so it also caps a new weight's first Newton steps);
+# the scorer gives it to the keys a snapshot has no variance for (never seen). At 1.0
+# the noise features of a model with a few hundred samples took steps big enough to
+# scatter its estimates (tests/test_learner.py shows it on a toy offer):
+# benchmarks/learning_bench.py's engine / oracle AUC at 20,000 decisions 0.950 -> 0.959;
+# benchmarks/live_learning_bench.py's pooled engine / oracle 0.953 and 0.963 -> 0.968
+# and 0.973 run side by side on a loaded machine, but alone its first seed still ends
+# near 0.925. The price is a little less exploration of strong effects
+# (benchmarks/bandit_bench.py: 8.3 % -> 9.7 % of random's regret).
+PRIOR_VARIANCE = 0.25
 
 
 def is_mature(samples: int, positives: int) -> bool:
