@@ -250,6 +250,53 @@ type = "calc"
 properties = {{ amount = "loan.amount" }}
 defaults = {{ product = "loans", term_months = 12 }}
 
+[snowplow]
+page_views = "ignore"
+page_pings = "heartbeat"
+page_ping_interval_s = 5
+unmapped_structured = "ignore"
+unmapped_self_describing = "custom"
+max_body_bytes = 3000
+max_event_bytes = 400
+max_events_per_request = 8
+
+[[snowplow.apps]]
+app_id = "web-a"
+site = "bank-a"
+trust = "browser"
+demo = false
+
+[[snowplow.apps]]
+app_id = "backend-c"
+site = "bank-c"
+trust = "server"
+key_env = "RB_TEST_IDENTITY"
+
+[[snowplow.apps]]
+app_id = "backend-d"
+site = "bank-d"
+trust = "server"
+key = "inline-snowplow-key-0123"
+
+[[snowplow.apps]]
+app_id = "backend-a"
+site = "bank-a"
+trust = "server"
+key_file = "{dir}/identity.txt"
+
+[[snowplow.structured]]
+category = "calculator"
+action = "loan"
+type = "calc"
+properties = {{ amount = "value", term_months = "property", product = "label" }}
+defaults = {{ product = "loans" }}
+
+[[snowplow.self_describing]]
+schema = "iglu:com.bank/loan_calculated/jsonschema/1-*-*"
+type = "calc"
+properties = {{ amount = "loan.amount" }}
+defaults = {{ product = "loans", term_months = 12 }}
+
 [profile]
 anonymous_ttl_s = 11
 dedupe_window_s = 12

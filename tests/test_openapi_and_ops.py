@@ -91,6 +91,11 @@ PUBLIC = {
     ("GET", "/demo"),
     ("GET", "/demo/{name}"),
     ("POST", "/demo/login"),
+    # Snowplow's collector paths: browser trackers carry no credential (a server app's
+    # events need its key in the handler, engine/http/snowplow.py).
+    ("POST", "/com.snowplowanalytics.snowplow/tp2"),
+    ("OPTIONS", "/com.snowplowanalytics.snowplow/tp2"),
+    ("GET", "/i"),
 }
 
 

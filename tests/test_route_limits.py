@@ -31,6 +31,11 @@ PUBLIC_REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/v1/decisions"): (f"/v1/decisions?site=demo-bank&anonymous_id={ANON}", None),
     ("OPTIONS", "/v1/decisions"): ("/v1/decisions", None),
     ("OPTIONS", "/v1/events"): ("/v1/events", None),
+    # Snowplow's tp2 preflight; the tp2 POST and GET /i are ingest (their own IP limit).
+    ("OPTIONS", "/com.snowplowanalytics.snowplow/tp2"): (
+        "/com.snowplowanalytics.snowplow/tp2",
+        None,
+    ),
     ("POST", "/v1/agents/login"): ("/v1/agents/login", {"user": "nobody", "password": "x"}),
     ("POST", "/demo/login"): ("/demo/login", {"user": "alex"}),
     ("GET", "/sdk.js"): ("/sdk.js", None),

@@ -54,6 +54,8 @@ __all__ = [
     "SegmentSource",
     "Settings",
     "SiteConfig",
+    "SnowplowApp",
+    "SnowplowConfig",
     "TrackMapping",
     "load_settings",
 ]
@@ -314,6 +316,59 @@ class SegmentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SnowplowApp:
+    """A Snowplow app id (the trackers' `aid`) and the site its events land on.
+
+    Snowplow's protocol has no write key: `aid` is public, so a `browser` app's `uid`
+    is only a hint and never links a profile. A `server` app also has a secret key the
+    bank's backend sends as `Authorization: Bearer <key>` (the Python tracker through a
+    `requests.Session`, the JS and Java trackers as custom headers); only with it are its
+    events taken, and its `uid` is the customer. The key is held as its SHA-256."""
+
+    app_id: str
+    site: str
+    trusted: bool
+    key_sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, {"key_sha256": _mask})
+
+
+@dataclass(frozen=True, slots=True)
+class SnowplowConfig:
+    """`[snowplow]`: which app ids may send Snowplow tracker protocol events, and how
+    page views, structured and self-describing events map to Ringback's."""
+
+    apps: dict[str, SnowplowApp]  # by app id
+    # (category, action) -> mapping; its `properties` read `label`, `property`, `value`
+    # (or a context entity's data, `vendor/name:path`).
+    structured: dict[tuple[str, str], TrackMapping]
+    # Schema URI (`iglu:vendor/name/jsonschema/1-0-0`, or `1-*-*` for any 1-x-x) ->
+    # mapping; its `properties` are paths into the event's `data` (or `vendor/name:path`
+    # into a context entity's).
+    self_describing: dict[str, TrackMapping]
+    page_views: Literal["page_view", "ignore"] = "page_view"
+    page_pings: Literal["heartbeat", "ignore"] = "ignore"
+    page_ping_interval_s: int = 10
+    unmapped_structured: Literal["custom", "ignore"] = "custom"
+    unmapped_self_describing: Literal["custom", "ignore"] = "ignore"
+    max_body_bytes: int = 1_000_000
+    max_event_bytes: int = 65_536
+    max_events_per_request: int = 500
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, {"apps": lambda d: repr(list(d.values()))})
+
+    def app_for_key(self, key: str) -> SnowplowApp | None:
+        """The server app whose secret key this is, if any."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        for app in self.apps.values():
+            if app.key_sha256 is not None and hmac.compare_digest(app.key_sha256, digest):
+                return app
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the engine needs to know, resolved and validated."""
 
@@ -346,6 +401,7 @@ class Settings:
     metrics: MetricsConfig
     learning: Learning
     segment: SegmentConfig
+    snowplow: SnowplowConfig
 
     def __repr__(self) -> str:
         # demo_credentials is a Credentials (masked repr); secrets in sites/webhooks are
@@ -513,6 +569,82 @@ class SegmentTable(_Table):
     tracks: tuple[SegmentTrackTable, ...] = msgspec.field(default_factory=_default_tracks)
 
 
+SnowplowSchema = Annotated[
+    str,
+    Meta(
+        pattern=r"^iglu:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/jsonschema/"
+        r"[1-9][0-9]*-(?:[0-9]+-[0-9]+|\*-\*)$"
+    ),
+]
+SnowplowText = Annotated[str, Meta(min_length=1, max_length=255)]
+# Where a structured event's props come from: se_ca, se_ac, se_la, se_pr, se_va, or a
+# context entity's data, `vendor/name:path` (`com.bank/loan:amount`).
+StructuredSource = Annotated[
+    str,
+    Meta(
+        pattern=r"^(?:category|action|label|property|value|"
+        r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+:[A-Za-z0-9_.]{1,100})$"
+    ),
+]
+
+
+class SnowplowAppTable(_Table):
+    app_id: SnowplowText
+    site: SiteKey
+    # browser: `aid` ships in pages, `uid` only a hint; server: requests must also carry
+    # `Authorization: Bearer <key>`, a secret of the bank's backend; `uid` is the customer.
+    trust: Literal["browser", "server"]
+    key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    key_env: str | None = None
+    key_file: str | None = None
+    # server: the demo's generated server key (segment_server_write_key, demo-credentials.json)
+    demo: bool = False
+
+
+class SnowplowStructuredTable(_Table):
+    category: SnowplowText
+    action: SnowplowText
+    type: EventType
+    properties: dict[SegmentPropName, StructuredSource] = {}
+    defaults: dict[SegmentPropName, TrackValue] = {}
+
+
+class SnowplowSelfDescribingTable(_Table):
+    schema: SnowplowSchema
+    type: EventType
+    properties: dict[SegmentPropName, SegmentPropPath] = {}
+    defaults: dict[SegmentPropName, TrackValue] = {}
+
+
+def _default_self_describing() -> tuple[SnowplowSelfDescribingTable, ...]:
+    """The JS tracker's link clicks as Ringback clicks; a config's own
+    `[[snowplow.self_describing]]` replace these."""
+    return (
+        SnowplowSelfDescribingTable(
+            schema="iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-*-*",
+            type=EventType.CLICK,
+            properties={"href": "targetUrl", "element_id": "elementId", "text": "elementContent"},
+        ),
+    )
+
+
+class SnowplowTable(_Table):
+    page_views: Literal["page_view", "ignore"] = "page_view"
+    page_pings: Literal["heartbeat", "ignore"] = "ignore"
+    # The JS tracker's heartbeatDelay: each page ping is this much visible dwell time.
+    page_ping_interval_s: Annotated[int, Meta(gt=0, le=3600)] = 10
+    unmapped_structured: Literal["custom", "ignore"] = "custom"
+    unmapped_self_describing: Literal["custom", "ignore"] = "ignore"
+    max_body_bytes: PositiveInt = 1_000_000  # the Snowplow collector's default record cap
+    max_event_bytes: PositiveInt = 65_536
+    max_events_per_request: Annotated[int, Meta(gt=0, le=5000)] = 500
+    apps: tuple[SnowplowAppTable, ...] = ()
+    structured: tuple[SnowplowStructuredTable, ...] = ()
+    self_describing: tuple[SnowplowSelfDescribingTable, ...] = msgspec.field(
+        default_factory=_default_self_describing
+    )
+
+
 class ConfigFile(_Table):
     demo_credentials: bool = False
     server: ServerTable = msgspec.field(default_factory=ServerTable)
@@ -530,6 +662,7 @@ class ConfigFile(_Table):
     agents: tuple[AgentTable, ...] = ()
     webhooks: tuple[WebhookTable, ...] = ()
     segment: SegmentTable = msgspec.field(default_factory=SegmentTable)
+    snowplow: SnowplowTable = msgspec.field(default_factory=SnowplowTable)
 
 
 # msgspec refuses unknown keys in Structs only; these tables decode into dataclasses.
@@ -734,6 +867,66 @@ def _segment(
     )
 
 
+def _snowplow(
+    table: SnowplowTable, sites: dict[str, SiteConfig], demo_creds: dict[str, str] | None
+) -> SnowplowConfig:
+    apps: dict[str, SnowplowApp] = {}
+    digests: set[str] = set()
+    for i, app in enumerate(table.apps):
+        path = f"snowplow.apps[{i}]"
+        if app.app_id in apps:
+            raise _Invalid(f"{path}.app_id", f"duplicate app id {app.app_id!r}")
+        if app.site not in sites:
+            raise _Invalid(f"{path}.site", f"no site {app.site!r} in [[sites]]")
+        key = _secret(app, "key", path)
+        if key is None and app.demo and app.trust == "server" and demo_creds is not None:
+            # The demo backend's one generated secret serves Segment and Snowplow alike.
+            key = Secret(demo_creds["segment_server_write_key"])
+        digest = None
+        if app.trust == "browser" and key is not None:
+            raise _Invalid(f"{path}.key", "a browser app has no key: its pages are public")
+        if app.trust == "server":
+            if key is None:
+                raise _Invalid(f"{path}.key", "a server app needs key, key_env or key_file")
+            if len(key.reveal()) < 16:
+                raise _Invalid(f"{path}.key", "a server app's key is a secret: 16+ characters")
+            digest = hashlib.sha256(key.reveal().encode()).hexdigest()
+            if digest in digests:
+                raise _Invalid(f"{path}.key", "the same key as another app")
+            digests.add(digest)
+        apps[app.app_id] = SnowplowApp(app.app_id, app.site, app.trust == "server", digest)
+    structured: dict[tuple[str, str], TrackMapping] = {}
+    for i, st in enumerate(table.structured):
+        if (st.category, st.action) in structured:
+            raise _Invalid(f"snowplow.structured[{i}].action", "duplicate category and action")
+        structured[(st.category, st.action)] = TrackMapping(
+            f"{st.category}/{st.action}",
+            st.type,
+            tuple(st.properties.items()),
+            tuple(st.defaults.items()),
+        )
+    described: dict[str, TrackMapping] = {}
+    for i, sd in enumerate(table.self_describing):
+        if sd.schema in described:
+            raise _Invalid(f"snowplow.self_describing[{i}].schema", f"duplicate {sd.schema!r}")
+        described[sd.schema] = TrackMapping(
+            sd.schema, sd.type, tuple(sd.properties.items()), tuple(sd.defaults.items())
+        )
+    return SnowplowConfig(
+        apps=apps,
+        structured=structured,
+        self_describing=described,
+        page_views=table.page_views,
+        page_pings=table.page_pings,
+        page_ping_interval_s=table.page_ping_interval_s,
+        unmapped_structured=table.unmapped_structured,
+        unmapped_self_describing=table.unmapped_self_describing,
+        max_body_bytes=table.max_body_bytes,
+        max_event_bytes=table.max_event_bytes,
+        max_events_per_request=table.max_events_per_request,
+    )
+
+
 def _metrics(table: MetricsTable) -> MetricsConfig:
     if table.host is not None and table.port is None:
         raise _Invalid("metrics.host", "needs metrics.port too (the address to serve /metrics on)")
@@ -935,4 +1128,5 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
         metrics=_metrics(file.metrics),
         learning=_learning(file.learning),
         segment=_segment(file.segment, sites, demo_creds),
+        snowplow=_snowplow(file.snowplow, sites, demo_creds),
     )

@@ -26,8 +26,9 @@ __all__ = ["BROWSER_PATHS", "cors_middleware"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-BROWSER_PATHS = frozenset({"/v1/events", "/v1/decisions"})
-"""Routes the snippet calls from bank pages (their OPTIONS preflight included)."""
+BROWSER_PATHS = frozenset({"/v1/events", "/v1/decisions", "/com.snowplowanalytics.snowplow/tp2"})
+"""Routes the snippet (and Snowplow's JS tracker) call from bank pages (their OPTIONS
+preflight included)."""
 
 _ACAO = "Access-Control-Allow-Origin"
 

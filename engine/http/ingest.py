@@ -12,6 +12,7 @@ trace; the profile update itself is one atomic server-side function.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from engine.ingest.schema import Event, event_type
 from engine.learning.labels import page_outcomes
 from engine.valkey import keys
 
-__all__ = ["Ingested", "handle_events", "handle_events_preflight", "ingest_batch"]
+__all__ = ["Ingested", "handle_events", "handle_events_preflight", "ingest_batch", "ingest_visits"]
 
 _ACCEPTED_MEDIA = ("application/json", "text/plain")
 
@@ -78,6 +79,29 @@ class Ingested:
     accepted: int
     duplicates: int
     decisions: list[dict[str, Any]]
+
+
+async def ingest_visits(
+    app: web.Application,
+    visits: Iterable[tuple[SiteConfig, str, str | None, Sequence[Event]]],
+    now_ms: int,
+) -> Ingested:
+    """Events of many visitors in one request (a Segment batch, a Snowplow tp2 body):
+    each visitor's (site, anonymous id, customer id, events) through `ingest_batch` in
+    slices of at most `limits.max_events_per_batch`, as the snippet's batches are
+    bounded; the counts and decisions summed."""
+    step = app[SETTINGS].limits.max_events_per_batch
+    accepted = duplicates = 0
+    decisions: list[dict[str, Any]] = []
+    for site, anonymous_id, customer_id, events in visits:
+        for start in range(0, len(events), step):
+            one = await ingest_batch(
+                app, site, anonymous_id, customer_id, list(events[start : start + step]), now_ms
+            )
+            accepted += one.accepted
+            duplicates += one.duplicates
+            decisions.extend(one.decisions)
+    return Ingested(accepted, duplicates, decisions)
 
 
 async def ingest_batch(

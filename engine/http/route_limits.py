@@ -33,6 +33,8 @@ PUBLIC_ROUTE_BUDGETS_PER_MINUTE: dict[tuple[str, str], int] = {
     ("GET", "/v1/decisions"): 600,
     ("OPTIONS", "/v1/decisions"): 1200,
     ("OPTIONS", "/v1/events"): 1200,
+    # Snowplow's JS tracker preflights its POSTs (the POST itself checks IP_LIMITER).
+    ("OPTIONS", "/com.snowplowanalytics.snowplow/tp2"): 1200,
     # scrypt costs ~50 ms of CPU per attempt: few, and no password guessing at speed.
     ("POST", "/v1/agents/login"): 30,
     ("POST", "/demo/login"): 60,

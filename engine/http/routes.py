@@ -28,6 +28,7 @@ from engine.http import (
     ops,
     reports,
     segment,
+    snowplow,
     triggers,
 )
 from engine.http import answers as a
@@ -39,6 +40,7 @@ from engine.http.reports import UpliftQuery
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.schema import AnonymousId, Batch, SiteKey
 from engine.ingest.segment import Alias, BatchBody, Identify, Page, Track
+from engine.ingest.snowplow import PayloadData, TrackerEvent
 from engine.learning.labels import ConversionBody
 from engine.profile.attributes import CustomerAttributes
 
@@ -48,6 +50,7 @@ __all__ = [
     "DecisionsQuery",
     "DemoLoginBody",
     "FunnelQuery",
+    "PixelQuery",
     "handle_openapi",
     "openapi_document",
 ]
@@ -74,6 +77,11 @@ class DecisionsQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 class FunnelQuery(msgspec.Struct, forbid_unknown_fields=True):
     fresh: Literal["1"] | msgspec.UnsetType = msgspec.UNSET  # read now, not the 5 s cache
+
+
+class PixelQuery(TrackerEvent, frozen=True):
+    """`GET /i`'s query string: one tracker protocol event (`TrackerEvent`, declared
+    apart because its fields become query parameters, not a schema of their own)."""
 
 
 class DemoLoginBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -127,6 +135,23 @@ def _segment(path: str, handler: Any, summary: str, body: Any) -> Route:
         body_media=("application/json", "text/plain"),
         description=_SEGMENT_AUTH,
     )
+
+
+_SNOWPLOW_AUTH = (
+    "Snowplow's tracker protocol, for Snowplow's trackers unchanged (README \"Connect "
+    'your existing tracking"). `aid` names the app, `[[snowplow.apps]]` its site; a '
+    "browser app's `uid` is only a hint, a server app's events need `Authorization: "
+    "Bearer <its key>` and its `uid` is the customer. `eid` is the event id: a retry "
+    "counts once. Refusals are Ringback's error body; a body too large or of another "
+    "media type is a 400 (trackers retry 413 and 415)."
+)
+_SNOWPLOW_REFUSALS = {
+    400: "Invalid payload or event (code + JSON path); also payload_too_large and "
+    "unsupported_media_type (trackers would retry 413/415)",
+    401: "A server app's events without its key, or an unknown key",
+    403: "Origin not allowed for the app's site",
+    503: "Profile store unavailable (Retry-After)",
+}
 
 
 def _preflight(path: str) -> Route:
@@ -185,6 +210,42 @@ ROUTES: tuple[Route, ...] = (
         segment.handle_alias,
         "Segment alias: links previousId to userId (trusted sources only)",
         Alias,
+    ),
+    # Snowplow's trackers, from bank pages (JS) and backends (server apps, with a key).
+    Route(
+        "POST",
+        "/com.snowplowanalytics.snowplow/tp2",
+        snowplow.handle_tp2,
+        Auth.SITE_ORIGIN,
+        "Snowplow tracker protocol (payload_data 1-0-4): page views, structured and "
+        "self-describing events",
+        ("snowplow",),
+        {200: Reply(OK, snowplow.SnowplowAnswer)},
+        _SNOWPLOW_REFUSALS,
+        body=PayloadData,
+        body_media=("application/json", "text/plain"),
+        description=_SNOWPLOW_AUTH,
+    ),
+    Route(
+        "OPTIONS",
+        "/com.snowplowanalytics.snowplow/tp2",
+        snowplow.handle_tp2_preflight,
+        Auth.SITE_ORIGIN,
+        "CORS preflight (credentials allowed: the JS tracker sends them)",
+        ("snowplow",),
+        _PREFLIGHT,
+    ),
+    Route(
+        "GET",
+        "/i",
+        snowplow.handle_pixel,
+        Auth.SITE_ORIGIN,
+        "Snowplow tracker protocol, one event in the query string; a 1x1 GIF",
+        ("snowplow",),
+        {200: Reply("1x1 GIF", media=("image/gif",))},
+        _SNOWPLOW_REFUSALS,
+        query=PixelQuery,
+        description=_SNOWPLOW_AUTH,
     ),
     Route(
         "GET",

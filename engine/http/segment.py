@@ -37,7 +37,7 @@ from aiohttp import web
 
 from engine.core.errors import ClientError, RateLimited, Unauthorized, UnsupportedMedia
 from engine.core.settings import SegmentSource
-from engine.http.ingest import ingest_batch
+from engine.http.ingest import ingest_visits
 from engine.http.security import check_origin, cors_headers, preflight_origin_allowed
 from engine.http.state import IP_LIMITER, METRICS, PROFILES, SETTINGS
 from engine.ingest.bodies import read_json_body
@@ -144,22 +144,10 @@ async def _ingest(request: web.Request, kind: Kind) -> web.Response:
     for link in out.links:
         merged = await app[PROFILES].merge(site.key, link.anonymous_id, link.customer_id)
         metrics.merges.labels(merged).inc()
-    accepted = duplicates = 0
-    decisions: list[dict[str, Any]] = []
-    step = settings.limits.max_events_per_batch
-    for visit in out.visits:
-        for start in range(0, len(visit.events), step):
-            answer = await ingest_batch(
-                app,
-                site,
-                visit.anonymous_id,
-                visit.customer_id,
-                visit.events[start : start + step],
-                now_ms,
-            )
-            accepted += answer.accepted
-            duplicates += answer.duplicates
-            decisions.extend(answer.decisions)
+    done = await ingest_visits(
+        app, ((site, v.anonymous_id, v.customer_id, v.events) for v in out.visits), now_ms
+    )
+    accepted, duplicates, decisions = done.accepted, done.duplicates, done.decisions
     metrics.ingest_seconds.observe(time.perf_counter() - started)
     return _json(
         SegmentAnswer(
