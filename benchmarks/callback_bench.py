@@ -80,6 +80,20 @@ offers:
     product: mortgage
     value: 900
     channels: [web, callback]
+  - id: bench_web_offer
+    title: A fixed-rate mortgage for you
+    product: mortgage
+    value: 100
+    channels: [web]
+""",
+    # Issue 12's offer row: a page view on /offers gets a page offer in the HTTP answer.
+    "offer.yaml": """\
+rules:
+  - id: bench_offer
+    description: On the offers page - show the mortgage offer
+    when: event.type == "page_view" and event.page == "/offers"
+    action: {type: offer, offer: bench_web_offer, slot: hero}
+    priority: 5
 """,
     # Cooldowns 0 so a customer of the pool may fire again; the capacity check runs
     # (one agent online) but its bound is out of reach of the benchmark's queue. Nobody
@@ -269,7 +283,7 @@ class Harness:
 
         await asyncio.gather(*(one(*c) for c in self.pool))
 
-    def _body(self, anon: str, token: str, *, calc: bool) -> bytes:
+    def _body(self, anon: str, token: str, *, calc: bool, offer: bool = False) -> bytes:
         ev: dict[str, Any] = {
             "id": f"{self.run}.{next(self.seq)}",
             "ts": int(time.time() * 1000),
@@ -287,13 +301,15 @@ class Harness:
                 },
             }
         else:
-            ev |= {"type": "page_view", "page": "/mortgages"}
+            ev |= {"type": "page_view", "page": "/offers" if offer else "/mortgages"}
         return orjson.dumps({"site": SITE, "anonymous_id": anon, "identity": token, "events": [ev]})
 
-    async def fire(self, *, calc: bool = True) -> Sample | None:
-        """One batch; with calc=True, wait for its callback on the agent's socket."""
+    async def fire(self, *, calc: bool = True, offer: bool = False) -> Sample | None:
+        """One batch; with calc=True, wait for its callback on the agent's socket; with
+        offer=True, a page view whose answer must carry an offer (callback_s 0.0 when it
+        does, None when not)."""
         _, anon, token = self.pool[next(self.next_customer)]
-        body = self._body(anon, token, calc=calc)
+        body = self._body(anon, token, calc=calc, offer=offer)
         t0 = time.perf_counter()
         try:
             async with self.http.post(
@@ -309,6 +325,9 @@ class Harness:
         except aiohttp.ClientError as exc:
             self.refusals[type(exc).__name__] += 1
             return None
+        if offer:
+            shown = any(d.get("action") == "offer" for d in orjson.loads(raw)["decisions"])
+            return Sample(t_http, 0.0 if shown else None)
         if not calc:
             return Sample(t_http)
         ids = [d["id"] for d in orjson.loads(raw)["decisions"] if d.get("action") == "callback"]
@@ -345,7 +364,9 @@ class Harness:
         phase.wall_s = time.perf_counter() - started
         return phase
 
-    async def open_loop(self, rate: float, seconds: float, *, calc: bool) -> Phase:
+    async def open_loop(
+        self, rate: float, seconds: float, *, calc: bool, offer: bool = False
+    ) -> Phase:
         """Sends on a fixed schedule whatever the answers do (no coordinated omission)."""
         phase = Phase()
         tasks: list[asyncio.Task[Sample | None]] = []
@@ -357,14 +378,14 @@ class Harness:
             now = time.perf_counter()
             while i < n and started + i * interval <= now:
                 phase.lag_s.append(now - (started + i * interval))
-                tasks.append(asyncio.create_task(self.fire(calc=calc)))
+                tasks.append(asyncio.create_task(self.fire(calc=calc, offer=offer)))
                 i += 1
             if i < n:
                 await asyncio.sleep(max(0.0, started + i * interval - time.perf_counter()))
         for s in await asyncio.gather(*tasks):
             if s is None:
                 phase.errors += 1
-            elif calc and s.callback_s is None:
+            elif (calc or offer) and s.callback_s is None:
                 phase.missing += 1
             else:
                 phase.samples.append(s)
@@ -485,6 +506,9 @@ async def _bench(
         )
         cb = await _measured(h, pids, h.open_loop(half, args.duration, calc=True))
         base = await _measured(h, pids, h.open_loop(half, args.baseline_duration, calc=False))
+        offers = await _measured(
+            h, pids, h.open_loop(half, args.baseline_duration, calc=False, offer=True)
+        )
         # Context: a quarter of the maximum, to show where the knee is.
         quarter = await _measured(h, pids, h.open_loop(best / 4, args.baseline_duration, calc=True))
         mixed, plain, bg_max, bg_rate = None, None, 0.0, 0.0
@@ -502,6 +526,7 @@ async def _bench(
         "ramp": ramp,
         "cb": cb,
         "base": base,
+        "offers": offers,
         "quarter": quarter,
         "mixed": mixed,
         "plain": plain,
@@ -532,6 +557,7 @@ def _report(r: dict[str, Any], args: Any, machine: str) -> str:
     cb_ms = [(s.callback_s or 0.0) * 1000 for s in cb.samples]
     http_ms = [s.http_s * 1000 for s in cb.samples]
     base_ms = [s.http_s * 1000 for s in base.samples]
+    offer_ms = [s.http_s * 1000 for s in r["offers"].samples]
     quarter: Phase = r["quarter"]
     q_ms = [(s.callback_s or 0.0) * 1000 for s in quarter.samples]
     p99 = _pct(cb_ms, 99)
@@ -616,11 +642,21 @@ def _report(r: dict[str, Any], args: Any, machine: str) -> str:
         row("same batches: POST -> HTTP response", http_ms, len(http_ms), f"{cb.errors}"),
         row("baseline: no-rule batch, POST -> response", base_ms, len(base_ms), f"{base.errors}"),
         row(
+            "event -> offer in the HTTP answer (a page view an offer rule fires on)",
+            offer_ms,
+            len(offer_ms),
+            f"{r['offers'].errors} / {r['offers'].missing}",
+        ),
+        row(
             f"context: event -> callback at a quarter ({r['max'] / 4:,.0f}/s)",
             q_ms,
             len(q_ms),
             f"{quarter.errors} / {quarter.missing}",
         ),
+        "",
+        f"Offer target (issue 12): event -> offer in the HTTP answer p99 <= 2 ms at half "
+        f"load: **{'met' if offer_ms and _pct(offer_ms, 99) <= 2.0 else 'not met'}** "
+        f"({_pct(offer_ms, 99):.2f} ms).",
         "",
         f"Target p99 <= {TARGET_P99_MS:.0f} ms: **{'met' if met else 'not met'}** "
         f"({p99:.2f} ms; {p99 / _pct(base_ms, 99):.1f}x the no-rule batch's p99). "
