@@ -9,6 +9,9 @@
   for more than 50 ms, naming the code (started by `make_engine`).
 - `valkey_cluster`: a real 3-primary + 3-replica Valkey Cluster per session (tests
   marked `cluster`, `make test-cluster`); `cluster_redis` heals and flushes it.
+- `RINGBACK_TEST_CLUSTER=1` (`make test-cluster-suite`): `settings`, `make_engine`,
+  `live_engine` and `redis` use that cluster instead of the one valkey-server, so the
+  whole integration suite runs against a cluster unchanged (`store_target`).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 from loop_guard import LoopBlockedWarning, LoopBlockGuard, SlowCallback
 from redis.asyncio.cluster import RedisCluster
@@ -40,6 +44,7 @@ from engine.http.app import build_app
 from engine.ingest.identity import mint_token
 from engine.valkey.embedded import EmbeddedValkey, free_port
 from engine.valkey.embedded_cluster import EmbeddedCluster
+from engine.valkey.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,6 +53,57 @@ REPO = Path(__file__).resolve().parent.parent
 # change their propensities. The tests of the learner start their own, explicitly.
 os.environ["RINGBACK_LEARNER"] = "0"
 RULES_DIR = REPO / "rules"
+
+# `make test-cluster-suite`: the integration suite on a Valkey Cluster (issue 13). A
+# cross-slot command or a single-node assumption anywhere in the engine then fails a
+# test that passes on one node. Tests that are single-node by nature skip under it.
+CLUSTER = os.environ.get("RINGBACK_TEST_CLUSTER", "").strip() == "1"
+
+
+@dataclass(frozen=True)
+class StoreTarget:
+    """Where this run's engines keep their state: one valkey-server, or a cluster's seeds."""
+
+    url: str
+    cluster: bool
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """`load_settings` overrides; on a cluster it also sets `replica_acks` = 1."""
+        return {"redis_url": self.url, "redis_cluster": self.cluster or None}
+
+    @property
+    def cli_args(self) -> list[str]:
+        """`--redis URL` (and `--cluster`) for a `python -m engine ...` command."""
+        return ["--redis", self.url, *(["--cluster"] if self.cluster else [])]
+
+    def store(self, metrics: Metrics | None = None) -> Store:
+        """An engine `Store` on it, as the engine would open it."""
+        return Store(
+            self.url,
+            metrics or Metrics(),
+            cluster=self.cluster,
+            replica_acks=1 if self.cluster else 0,
+        )
+
+    def emptied_sync_client(self) -> Any:
+        """A blocking client on it, everything flushed first (for tests that run a
+        `ringback` command in a child process); single-key commands work alike."""
+        if self.cluster:
+            cluster = sync_redis.RedisCluster.from_url(
+                self.url.split(",")[0], decode_responses=True
+            )
+            cluster.flushall(target_nodes=cluster.get_primaries())
+            return cluster
+        client = sync_redis.Redis.from_url(self.url, decode_responses=True)
+        client.flushall()
+        return client
+
+    def client(self) -> Any:
+        """A plain client: single-key commands work alike on both."""
+        if self.cluster:
+            return WholeClusterClient.from_url(self.url.split(",")[0], decode_responses=True)
+        return aioredis.Redis.from_url(self.url, decode_responses=True)
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +114,53 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def store_target(request: pytest.FixtureRequest) -> StoreTarget:
+    """The one valkey-server, or with `RINGBACK_TEST_CLUSTER=1` the cluster's seeds."""
+    if CLUSTER:
+        cluster: EmbeddedCluster = request.getfixturevalue("valkey_cluster")
+        return StoreTarget(",".join(cluster.urls), cluster=True)
+    server: EmbeddedValkey = request.getfixturevalue("valkey")
+    return StoreTarget(server.url, cluster=False)
+
+
+class WholeClusterClient(RedisCluster):
+    """A cluster client whose KEYS and DBSIZE cover every primary, as on one node
+    (redis-py sends both to one default node: a test asserting "no key left" would
+    pass while the keys sit on another shard)."""
+
+    async def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
+        await self.initialize()
+        return await super().keys(pattern, target_nodes=self.get_primaries(), **kwargs)
+
+    async def dbsize(self, **kwargs: Any) -> Any:
+        await self.initialize()
+        return await super().dbsize(target_nodes=self.get_primaries(), **kwargs)
+
+
+async def _flushed_cluster(cluster: EmbeddedCluster) -> RedisCluster:
+    """A client on a healthy, empty cluster. The primaries as nodes, not the PRIMARIES
+    flag: redis-py 8.1 routes a flagged keyless command by slot once initialised."""
+    cluster.heal()
+    client = WholeClusterClient.from_url(cluster.urls[0], decode_responses=True)
+    await client.initialize()
+    await client.flushall(target_nodes=client.get_primaries())
+    return client
+
+
 @pytest.fixture
-async def redis(valkey: EmbeddedValkey) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(valkey.url, decode_responses=True)
-    await client.flushall()
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """A client on this run's empty store: the valkey-server, or (cluster run) a
+    `RedisCluster`, which takes the same single-key commands."""
+    client: aioredis.Redis
+    if CLUSTER:
+        client = cast(
+            aioredis.Redis, await _flushed_cluster(request.getfixturevalue("valkey_cluster"))
+        )
+    else:
+        valkey: EmbeddedValkey = request.getfixturevalue("valkey")
+        client = aioredis.Redis.from_url(valkey.url, decode_responses=True)
+        await client.flushall()
     yield client
     await client.aclose()
 
@@ -75,14 +174,24 @@ def write_pack(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, valkey: EmbeddedValkey) -> Settings:
+def settings(tmp_path: Path, store_target: StoreTarget) -> Settings:
     """The built-in demo config, with fresh demo credentials in a temp data dir.
 
     Without rules: tests of ingest see exactly what they sent. Decision tests opt in
     with `replace(settings, rules_dir=RULES_DIR)`.
     """
-    s = load_settings(None, data_dir=tmp_path / "data", overrides={"redis_url": valkey.url})
+    s = load_settings(None, data_dir=tmp_path / "data", overrides=store_target.overrides)
     return replace(s, rules_dir=None)
+
+
+def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
+    """A `Store` on the Valkey (or cluster) `settings` name, as the engine opens it."""
+    return Store(
+        settings.redis_url,
+        metrics or Metrics(),
+        cluster=settings.redis_cluster,
+        replica_acks=settings.replica_acks,
+    )
 
 
 def now_ms() -> int:
@@ -277,7 +386,7 @@ async def loop_guard(request: pytest.FixtureRequest) -> AsyncIterator[LoopBlockG
 @pytest.fixture
 async def make_engine(
     aiohttp_server: Any,
-    valkey: EmbeddedValkey,
+    store_target: StoreTarget,
     tmp_path: Path,
     redis: aioredis.Redis,
     loop_guard: LoopBlockGuard,
@@ -290,13 +399,13 @@ async def make_engine(
 
     async def start(settings: Settings | None = None, **changes: Any) -> EngineClient:
         s = settings or replace(
-            load_settings(None, data_dir=tmp_path / "data", overrides={"redis_url": valkey.url}),
+            load_settings(None, data_dir=tmp_path / "data", overrides=store_target.overrides),
             rules_dir=None,
         )
         if changes:
             s = replace(s, **changes)
         metrics = Metrics()
-        app = build_app(s, s.redis_url or valkey.url, metrics=metrics)
+        app = build_app(s, s.redis_url or store_target.url, metrics=metrics)
         server = await aiohttp_server(app, host="127.0.0.1", auto_decompress=False)  # as serve
         session = aiohttp.ClientSession()
         sessions.append(session)
@@ -330,15 +439,18 @@ class LiveEngine:
         redis_url: str,
         data_dir: Path,
         extra_args: list[str] | None = None,
+        *,
+        cluster: bool = False,
     ) -> None:
         self.settings = settings
         self.redis_url = redis_url
+        self.cluster = cluster
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
-        self.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        self.redis: aioredis.Redis = StoreTarget(redis_url, cluster).client()
         self.log_path = data_dir / "engine.log"
 
     @property
@@ -358,11 +470,11 @@ class LiveEngine:
             str(self.data_dir),
         ]
         if self.redis_url:
-            cmd += ["--redis", self.redis_url]
+            cmd += StoreTarget(self.redis_url, self.cluster).cli_args
         return cmd + self.extra_args
 
     async def start(self, timeout_s: float = 20.0) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "REDIS_CLUSTER")}
         # Starting a child is quick and happens once per test: blocking is fine here.
         log = open(self.log_path, "ab")  # noqa: ASYNC230 - lives as long as the child
         self.process = subprocess.Popen(  # noqa: ASYNC220
@@ -398,12 +510,12 @@ class LiveEngine:
 
 @pytest.fixture
 async def live_engine(
-    valkey: EmbeddedValkey, redis: aioredis.Redis, tmp_path: Path
+    store_target: StoreTarget, redis: aioredis.Redis, tmp_path: Path
 ) -> AsyncIterator[LiveEngine]:
     data_dir = tmp_path / "live"
     data_dir.mkdir()
-    settings = load_settings(None, data_dir=data_dir, overrides={"redis_url": valkey.url})
-    live = LiveEngine(settings, valkey.url, data_dir)
+    settings = load_settings(None, data_dir=data_dir, overrides=store_target.overrides)
+    live = LiveEngine(settings, store_target.url, data_dir, cluster=store_target.cluster)
     await live.start()
     yield live
     await live.stop()
@@ -431,9 +543,6 @@ def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
 @pytest.fixture
 async def cluster_redis(valkey_cluster: EmbeddedCluster) -> AsyncIterator[RedisCluster]:
     """A cluster client on a healthy, empty cluster (every primary flushed)."""
-    valkey_cluster.heal()
-    client = RedisCluster.from_url(valkey_cluster.urls[0], decode_responses=True)
-    await client.initialize()
-    await client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    client = await _flushed_cluster(valkey_cluster)
     yield client
     await client.aclose()

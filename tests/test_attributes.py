@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 import redis.asyncio as aioredis
-from conftest import REPO, EngineClient, event
+from conftest import REPO, EngineClient, StoreTarget, event
 
 
 async def _put(
@@ -81,11 +81,10 @@ async def test_attributes_need_an_api_token(engine: EngineClient) -> None:
     assert status == 401
 
 
-def test_import_validates_every_line_before_writing(tmp_path: Path, valkey) -> None:  # type: ignore[no-untyped-def]
-    import redis as sync_redis
-
-    client = sync_redis.Redis.from_url(valkey.url, decode_responses=True)
-    client.flushall()
+def test_import_validates_every_line_before_writing(
+    tmp_path: Path, store_target: StoreTarget
+) -> None:
+    client = store_target.emptied_sync_client()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
         '{"customer_id": "c1", "attributes": {"value_tier": "vip"}}\n'
@@ -98,8 +97,7 @@ def test_import_validates_every_line_before_writing(tmp_path: Path, valkey) -> N
             "engine",
             "import",
             str(bad),
-            "--redis",
-            valkey.url,
+            *store_target.cli_args,
             "--data-dir",
             str(tmp_path),
         ],
@@ -109,7 +107,7 @@ def test_import_validates_every_line_before_writing(tmp_path: Path, valkey) -> N
     )
     assert run.returncode == 1
     assert f"{bad}:2:" in run.stderr and "$.attributes.value_tier" in run.stderr
-    assert client.keys("*") == []  # nothing partially imported
+    assert list(client.scan_iter()) == []  # nothing partially imported (on any node)
 
     good = tmp_path / "good.jsonl"
     good.write_text(
@@ -134,8 +132,7 @@ def test_import_validates_every_line_before_writing(tmp_path: Path, valkey) -> N
             "engine",
             "import",
             str(good),
-            "--redis",
-            valkey.url,
+            *store_target.cli_args,
             "--data-dir",
             str(tmp_path),
         ],
@@ -147,4 +144,4 @@ def test_import_validates_every_line_before_writing(tmp_path: Path, valkey) -> N
     assert "500 customer" in run.stdout
     stored = orjson.loads(client.get("rb:{c:c10}:p"))["attrs"]
     assert stored["value_tier"] == "vip" and stored["consent_call"] is True
-    assert len(client.keys("rb:{c:*}:p")) == 500
+    assert len(list(client.scan_iter("rb:{c:*}:p"))) == 500

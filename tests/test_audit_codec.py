@@ -11,14 +11,13 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import StoreTarget
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.core.metrics import Metrics
 from engine.delivery import audit_codec
 from engine.delivery.records import read_audit, write_audit
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 json_values = st.recursive(
@@ -94,8 +93,8 @@ def test_a_decision_record_is_stored_in_a_third_of_its_json() -> None:
 
 
 @pytest.fixture
-async def store(redis: Any, valkey: EmbeddedValkey) -> AsyncIterator[Store]:
-    s = Store(valkey.url, Metrics())
+async def store(redis: Any, store_target: StoreTarget) -> AsyncIterator[Store]:
+    s = store_target.store()
     yield s
     await s.close()
 

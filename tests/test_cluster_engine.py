@@ -26,6 +26,7 @@ from engine.core.errors import ConfigError
 from engine.core.settings import Settings, load_settings
 from engine.http.state import GATEWAY
 from engine.valkey import keys
+from engine.valkey.embedded import free_port
 from engine.valkey.embedded_cluster import EmbeddedCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -267,3 +268,23 @@ async def test_a_shard_without_a_replica_refuses_writes_with_503_until_one_is_ba
         engine.batch([event("page_view", page="/")], anonymous_id=anon)
     )
     assert status == 200, answer
+
+
+async def test_an_engine_started_while_no_cluster_node_answers_serves_503_not_a_crash(
+    make_engine: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """As on one node: a cluster down at boot (redis-py's bare RedisClusterException
+    when no seed answers) starts the engine unready, answering 503 with Retry-After,
+    not failing its startup or answering 500; it reads the topology again on each try."""
+    seeds = f"redis://127.0.0.1:{free_port()},redis://127.0.0.1:{free_port()}"
+    engine = await make_engine(
+        replace(settings, redis_url=seeds, redis_cluster=True, replica_acks=1)
+    )
+    for _ in range(2):  # the second try re-reads the (still absent) topology
+        status, answer, headers = await engine.post_events(
+            engine.batch([event("page_view", page="/")])
+        )
+        assert status == 503 and answer["error"]["code"] == "store_unavailable", answer
+        assert headers.get("Retry-After")
+    status, body = await engine.get_json("/readyz")
+    assert status == 503 and body["store"] == "down", body

@@ -12,15 +12,13 @@ from typing import Any
 
 import pytest
 from browser import chromium
-from conftest import RULES_DIR, EngineClient
+from conftest import RULES_DIR, EngineClient, open_store
 from playwright.async_api import Page, expect
 
 from engine.core.ids import new_decision_id
-from engine.core.metrics import Metrics
 from engine.core.settings import Agent, Settings, hash_password
 from engine.delivery.records import write_trigger
 from engine.valkey import keys
-from engine.valkey.store import Store
 
 pytestmark = pytest.mark.browser
 
@@ -210,7 +208,7 @@ async def test_dashboard_is_served_with_a_strict_csp(engine: EngineClient) -> No
 async def test_a_callback_decided_out_of_hours_shows_when_it_is_due(
     engine: EngineClient,
 ) -> None:
-    store = Store(engine.settings.redis_url or "", Metrics())
+    store = open_store(engine.settings)
     now = int(time.time() * 1000)
     prefix = keys.customer_prefix("cust-night")
     due = now + 3 * 3_600_000

@@ -16,15 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-from conftest import REPO
+from conftest import REPO, StoreTarget
 
-from engine.core.metrics import Metrics
 from engine.core.settings import Settings
 from engine.ingest.schema import Event, decode_batch
 from engine.profile import layout as L
 from engine.profile.profiles import ProfileStore, decode_profile, dedupe_member
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 SITE = "demo-bank"
@@ -39,9 +37,9 @@ _EPOCH_MS = int(_EPOCH[1])  # dedupe scores count hours from it
 T = TypeVar("T")
 
 
-def _run(valkey: EmbeddedValkey, settings: Settings, body: Callable[..., Awaitable[T]]) -> T:
+def _run(store_target: StoreTarget, settings: Settings, body: Callable[..., Awaitable[T]]) -> T:
     async def main() -> T:
-        store = Store(valkey.url, Metrics())
+        store = store_target.store()
         await store.load_library()
         try:
             return await body(ProfileStore(store, settings), store)
@@ -78,7 +76,7 @@ async def _raw(store: Store, prefix: str) -> dict[str, Any]:
 
 
 def test_a_retried_batch_counts_once_and_the_set_holds_a_64_bit_hash_per_id(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
     anon = _anon()
     prefix = keys.anonymous_prefix(SITE, anon)
@@ -98,7 +96,7 @@ def test_a_retried_batch_counts_once_and_the_set_holds_a_64_bit_hash_per_id(
             await store.call("OBJECT", "ENCODING", seen),
         )
 
-    first, again, members, scores, encoding = _run(valkey, settings, body)
+    first, again, members, scores, encoding = _run(store_target, settings, body)
     assert (first.accepted, first.duplicates) == (2, 1)
     assert (again.accepted, again.duplicates) == (0, 3)
     assert sorted(members) == sorted([dedupe_member("e1"), dedupe_member("e2")])
@@ -108,7 +106,7 @@ def test_a_retried_batch_counts_once_and_the_set_holds_a_64_bit_hash_per_id(
 
 
 def test_an_id_is_a_duplicate_for_the_whole_window_and_new_after_it(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
     anon = _anon()
     prefix = keys.anonymous_prefix(SITE, anon)
@@ -131,11 +129,11 @@ def test_an_id_is_a_duplicate_for_the_whole_window_and_new_after_it(
             accepted.append(res.accepted)
         return accepted
 
-    assert _run(valkey, settings, body) == [2, 1, 1, 2]
+    assert _run(store_target, settings, body) == [2, 1, 1, 2]
 
 
 def test_ids_stored_before_hashing_are_trimmed_on_the_next_batch(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
     """A set written by an older engine: raw ids scored in ms, trim_ts in ms."""
     anon = _anon()
@@ -155,14 +153,14 @@ def test_ids_stored_before_hashing_are_trimmed_on_the_next_batch(
         )
         return res, await store.call("ZRANGE", seen, 0, -1), await _raw(store, prefix)
 
-    res, members, profile = _run(valkey, settings, body)
+    res, members, profile = _run(store_target, settings, body)
     assert res.accepted == 1
     assert sorted(members) == sorted([dedupe_member("e1"), dedupe_member("e2")])
     assert profile[L.TRIM_TS] == (T0_MS - _EPOCH_MS) // HOUR_MS
 
 
 def test_events_the_anonymous_profile_counted_are_duplicates_after_the_merge(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
     anon, customer = _anon(), "cust-" + uuid.uuid4().hex[:8]
     batch = _events(anon, _view("e1", T0_MS, "/"), _view("e2", T0_MS + 1, "/a"))
@@ -176,7 +174,7 @@ def test_events_the_anonymous_profile_counted_are_duplicates_after_the_merge(
             keys.customer_prefix(customer), SITE, batch, anonymous=False, now_ms=T0_MS + HOUR_MS
         )
 
-    res = _run(valkey, settings, body)
+    res = _run(store_target, settings, body)
     assert (res.accepted, res.duplicates) == (0, 2)
 
 
@@ -184,7 +182,7 @@ def test_events_the_anonymous_profile_counted_are_duplicates_after_the_merge(
 
 
 def test_pages_keep_gaps_and_a_repeated_path_once_and_read_back_in_full(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
     anon = _anon()
     prefix = keys.anonymous_prefix(SITE, anon)
@@ -202,7 +200,7 @@ def test_pages_keep_gaps_and_a_repeated_path_once_and_read_back_in_full(
         await profiles.apply_batch(prefix, SITE, late, anonymous=True, now_ms=t + 6000)
         return first, await _raw(store, prefix)
 
-    first, later = _run(valkey, settings, body)
+    first, later = _run(store_target, settings, body)
     assert first[L.PAGES] == [f"{t + 5000} /b", "-4000 /calc", "-1000"]
     assert L.LAST_PAGE not in first  # it is the newest page's path
     assert later[L.PAGES] == [f"{t + 5000} /b", "-3000 /c", "-1000 /calc", "-1000"]
@@ -217,7 +215,7 @@ def test_pages_keep_gaps_and_a_repeated_path_once_and_read_back_in_full(
 
 
 def test_pages_stored_by_an_older_engine_merge_with_new_ones(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
     anon = _anon()
     prefix = keys.anonymous_prefix(SITE, anon)
@@ -235,12 +233,12 @@ def test_pages_stored_by_an_older_engine_merge_with_new_ones(
         await profiles.apply_batch(prefix, SITE, late, anonymous=True, now_ms=t + 20)
         return await _raw(store, prefix)
 
-    profile = _run(valkey, settings, body)
+    profile = _run(store_target, settings, body)
     assert profile[L.PAGES] == [f"{t + 10} /x", "-5 /z", "-5 /y"]
 
 
 def test_a_page_longer_than_a_pages_entry_keeps_last_page_in_full(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
     anon = _anon()
     prefix = keys.anonymous_prefix(SITE, anon)
@@ -251,7 +249,7 @@ def test_a_page_longer_than_a_pages_entry_keeps_last_page_in_full(
         await profiles.apply_batch(prefix, SITE, batch, anonymous=True, now_ms=T0_MS)
         return await _raw(store, prefix)
 
-    profile = _run(valkey, settings, body)
+    profile = _run(store_target, settings, body)
     assert profile[L.LAST_PAGE] == long_page
     decoded = decode_profile(profile, T0_MS, settings.profile.intent_half_life_s)
     assert decoded["last_page"] == long_page
@@ -259,7 +257,7 @@ def test_a_page_longer_than_a_pages_entry_keeps_last_page_in_full(
 
 
 def test_a_newer_calculation_without_a_rate_leaves_none_an_older_one_changes_nothing(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
     anon = _anon()
     prefix = keys.anonymous_prefix(SITE, anon)
@@ -278,7 +276,7 @@ def test_a_newer_calculation_without_a_rate_leaves_none_an_older_one_changes_not
             out.append(await _raw(store, prefix))
         return out
 
-    with_rate, without, after_late = _run(valkey, settings, body)
+    with_rate, without, after_late = _run(store_target, settings, body)
     half_life_s = settings.profile.intent_half_life_s
     calc = decode_profile(with_rate, t, half_life_s)["calc"]["mortgage"]
     assert (calc["rate"], calc["monthly_payment"]) == (4.2, 1100)

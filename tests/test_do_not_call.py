@@ -15,13 +15,11 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from conftest import RULES_DIR, EngineClient, event
+from conftest import RULES_DIR, EngineClient, event, open_store
 
-from engine.core.metrics import Metrics
 from engine.core.settings import Secret, Settings, WebhookConfig
 from engine.http.state import GATEWAY
 from engine.valkey.keys import CALLBACK_QUEUE as QUEUE_KEY
-from engine.valkey.store import Store
 
 SECRET = "whsec_cmluZ2JhY2stdGVzdC1zZWNyZXQtMzItYnl0ZXMhISE="
 ALWAYS = ", ".join(f'{d}: "00:00-24:00"' for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
@@ -97,7 +95,7 @@ async def test_a_do_not_call_customer_who_asks_for_a_call_never_reaches_an_agent
     ) as r:
         assert r.status == 200, await r.text()
     agent, csrf = await engine.agent()
-    store = Store(engine.settings.redis_url or "", Metrics())
+    store = open_store(engine.settings)
     try:
         async with agent.ws_connect(f"{engine.url}/v1/triggers/ws") as ws:
             assert orjson.loads((await ws.receive(timeout=5)).data)["kind"] == "snapshot"

@@ -19,12 +19,18 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import EngineClient, event
+from conftest import CLUSTER, EngineClient, event
 
 from engine.core.settings import Settings
 from engine.valkey.embedded import EmbeddedValkey, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # Single-node by nature: each test kills and restarts a valkey-server of its own.
+    # On a cluster the same promise (a failover loses nothing acknowledged, the engine
+    # recovers by itself) is tested in test_cluster_engine.py and test_cluster_store.py.
+    pytest.mark.skipif(CLUSTER, reason="kills and restarts its own single valkey-server"),
+]
 
 _serial = itertools.count()
 

@@ -28,12 +28,12 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REPO, event, now_ms
+from conftest import REPO, StoreTarget, event, now_ms
 
 from engine.ingest.identity import mint_token
 from engine.profile import layout
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey, free_port
+from engine.valkey.embedded import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -103,9 +103,10 @@ def _listens(pid: int, port: int) -> bool:
 
 
 class Pool:
-    """`ringback serve --workers 2` on the test's valkey, as a child process group."""
+    """`ringback serve --workers 2` on the test's valkey (or cluster), as a child
+    process group."""
 
-    def __init__(self, tmp: Path, redis_url: str) -> None:
+    def __init__(self, tmp: Path, target: StoreTarget) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp / "data"
@@ -119,7 +120,7 @@ class Pool:
             self.proc = subprocess.Popen(
                 [
                     *(str(RINGBACK), "serve", "--port", str(self.port), "--workers", "2"),
-                    *("--redis", redis_url, "--data-dir", str(self.data_dir)),
+                    *(*target.cli_args, "--data-dir", str(self.data_dir)),
                 ],
                 cwd=REPO,
                 env=env,
@@ -244,9 +245,9 @@ async def _page_views(redis: aioredis.Redis, who: tuple[str, str]) -> int:
 
 
 async def test_a_worker_killed_under_load_loses_no_acknowledged_event(
-    valkey: EmbeddedValkey, redis: aioredis.Redis, tmp_path: Path, pools: list[Pool]
+    store_target: StoreTarget, redis: aioredis.Redis, tmp_path: Path, pools: list[Pool]
 ) -> None:
-    pool = Pool(tmp_path, valkey.url)
+    pool = Pool(tmp_path, store_target)
     pools.append(pool)
     await pool.ready()
     workers = _workers(pool.proc.pid)

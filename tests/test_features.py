@@ -15,10 +15,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
+from conftest import StoreTarget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.core.metrics import Metrics
 from engine.core.settings import Settings
 from engine.core.vocabulary import EVENT_TYPES
 from engine.decisions.features import (
@@ -47,8 +47,6 @@ from engine.profile import layout as L
 from engine.profile.attributes import CustomerAttributes, store_attributes
 from engine.profile.profiles import ProfileStore, decode_profile
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
-from engine.valkey.store import Store
 
 SITE = "demo-bank"
 HALF_LIFE_S = 86_400
@@ -135,9 +133,9 @@ def _check_bounded(f: dict[str, Any]) -> None:
 
 
 async def test_features_of_a_profile_built_by_real_ingest_and_crm_attributes(
-    valkey: EmbeddedValkey, settings: Settings
+    store_target: StoreTarget, settings: Settings
 ) -> None:
-    store = Store(valkey.url, Metrics())
+    store = store_target.store()
     await store.load_library()
     try:
         customer_id = "cust-features-1"

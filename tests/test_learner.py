@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import StoreTarget
 
 from engine.core.errors import ConfigError
 from engine.core.metrics import Metrics
@@ -23,7 +24,6 @@ from engine.learning.learner import GROUP, Learner
 from engine.learning.model import PropensityModel
 from engine.models.snapshot import decode
 from engine.valkey import keys, streams
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 CROSSES = [("value_tier", "amount"), ("value_tier", "campaign"), ("amount", "dwell_s"),
@@ -42,8 +42,8 @@ async def until(
 
 
 @pytest.fixture
-async def store(redis: Any, valkey: EmbeddedValkey) -> AsyncIterator[Store]:
-    s = Store(valkey.url, Metrics())
+async def store(redis: Any, store_target: StoreTarget) -> AsyncIterator[Store]:
+    s = store_target.store()
     yield s
     await s.close()
 
@@ -234,10 +234,10 @@ async def test_learner_learns_a_combination_from_outcomes_joined_to_audit_featur
 
 
 async def test_one_learner_holds_the_lease_and_another_takes_over_without_losing_outcomes(
-    store: Store, valkey: EmbeddedValkey
+    store: Store, store_target: StoreTarget
 ) -> None:
     rng = random.Random(5)
-    other = Store(valkey.url, Metrics())
+    other = store_target.store()
     options: dict[str, Any] = {
         "crosses": CROSSES,
         "lease_ttl_ms": 600,

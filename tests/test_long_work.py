@@ -17,9 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REPO
+from conftest import REPO, StoreTarget
 
-from engine.core.metrics import Metrics
 from engine.core.progress import Progress
 from engine.profile.attributes import (
     file_digest,
@@ -28,7 +27,6 @@ from engine.profile.attributes import (
     validate_import,
 )
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 
@@ -76,8 +74,8 @@ def test_a_log_gets_a_plain_line_now_and_then() -> None:
 
 
 @pytest.fixture
-async def store(valkey: EmbeddedValkey, redis: aioredis.Redis) -> AsyncIterator[Store]:
-    s = Store(valkey.url, Metrics())
+async def store(store_target: StoreTarget, redis: aioredis.Redis) -> AsyncIterator[Store]:
+    s = store_target.store()
     await s.load_library()
     yield s
     await s.close()
@@ -128,23 +126,20 @@ async def test_an_interrupted_import_resumes_where_it_stopped(
 
 
 def test_the_import_command_shows_progress_and_resumes(
-    tmp_path: Path, valkey: EmbeddedValkey
+    tmp_path: Path, store_target: StoreTarget
 ) -> None:
-    import redis as sync_redis
-
-    client = sync_redis.Redis.from_url(valkey.url, decode_responses=True)
-    client.flushall()
+    client = store_target.emptied_sync_client()
     path = _rows(tmp_path / "crm.jsonl", 2000)
     # As if an earlier run had written the first 1,500 before it was stopped.
     client.set(keys.import_checkpoint(file_digest(path)), 1500)
-    cmd = [sys.executable, "-m", "engine", "import", str(path), "--redis", valkey.url]
+    cmd = [sys.executable, "-m", "engine", "import", str(path), *store_target.cli_args]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "resuming an interrupted import of this file at line 1,501 of 2,000" in run.stderr
     assert "checked 2,000 line(s)" in run.stderr and "wrote 500 customer(s)" in run.stderr
     assert "imported attributes of 2000 customer(s) (1,500 written before" in run.stdout
-    assert len(client.keys("rb:{c:*}:p")) == 500  # only the rest was written
+    assert len(list(client.scan_iter("rb:{c:*}:p"))) == 500  # only the rest was written
 
     run = subprocess.run([*cmd, "--restart"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0 and "resuming" not in run.stderr
-    assert len(client.keys("rb:{c:*}:p")) == 2000
+    assert len(list(client.scan_iter("rb:{c:*}:p"))) == 2000

@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import StoreTarget
 
-from engine.core.metrics import Metrics
 from engine.profile.contact_history import Reservation, reserve
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 PREFIX = keys.customer_prefix("cust-policy")
@@ -19,8 +18,8 @@ T0 = 1_795_000_000_000
 
 
 @pytest.fixture
-async def store(valkey: EmbeddedValkey, redis: aioredis.Redis) -> AsyncIterator[Store]:
-    s = Store(valkey.url, Metrics())
+async def store(store_target: StoreTarget, redis: aioredis.Redis) -> AsyncIterator[Store]:
+    s = store_target.store()
     await s.load_library()
     yield s
     await s.close()
@@ -66,10 +65,10 @@ async def test_reservations_append_to_the_contact_history(
 
 
 async def test_two_workers_racing_on_one_customer_fire_one_callback(
-    valkey: EmbeddedValkey, redis: aioredis.Redis
+    store_target: StoreTarget, redis: aioredis.Redis
 ) -> None:
     """Separate Store objects = separate connections, as two worker processes have."""
-    stores = [Store(valkey.url, Metrics()) for _ in range(8)]
+    stores = [store_target.store() for _ in range(8)]
     await stores[0].load_library()
     r = Reservation("mortgage_callback", "callback", rule_cooldown_s=3600, channel_cooldown_s=600)
     try:

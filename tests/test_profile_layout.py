@@ -22,11 +22,10 @@ from math import isclose
 from typing import Any
 
 import orjson
-from conftest import REPO
+from conftest import REPO, StoreTarget
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.core.metrics import Metrics
 from engine.core.settings import Settings
 from engine.ingest.schema import Event, decode_batch
 from engine.profile import layout as L
@@ -38,7 +37,6 @@ from engine.profile.profiles import (
     page_entries,
 )
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 LUA = (REPO / "engine/valkey/lua/ringback.lua").read_text()
@@ -215,8 +213,8 @@ class _Run:
     store: Store
 
 
-async def _open(valkey: EmbeddedValkey, settings: Settings) -> _Run:
-    store = Store(valkey.url, Metrics())
+async def _open(store_target: StoreTarget, settings: Settings) -> _Run:
+    store = store_target.store()
     await store.load_library()
     return _Run(ProfileStore(store, settings), store)
 
@@ -385,12 +383,12 @@ def _with_profile_settings(settings: Settings) -> Settings:
 @_PROPERTY
 @given(history=histories())
 def test_a_history_through_rb_ingest_stores_what_each_declared_write_rule_says_and_decodes(
-    valkey: EmbeddedValkey, settings: Settings, history: list[list[dict[str, Any]]]
+    store_target: StoreTarget, settings: Settings, history: list[list[dict[str, Any]]]
 ) -> None:
     settings = _with_profile_settings(settings)
 
     async def scenario() -> tuple[dict[str, Any], ProfileStore]:
-        run = await _open(valkey, settings)
+        run = await _open(store_target, settings)
         try:
             anon = "anon" + uuid.uuid4().hex[:16]
             prefix = keys.anonymous_prefix(SITE, anon)
@@ -492,7 +490,7 @@ def _merged_value(field: Field, name: str, code: str, a: dict[str, Any], c: dict
 @_PROPERTY
 @given(anon_history=histories(), customer_history=histories())
 def test_rb_merge_apply_combines_each_field_as_its_declared_merge_rule_says(
-    valkey: EmbeddedValkey,
+    store_target: StoreTarget,
     settings: Settings,
     anon_history: list[list[dict[str, Any]]],
     customer_history: list[list[dict[str, Any]]],
@@ -500,7 +498,7 @@ def test_rb_merge_apply_combines_each_field_as_its_declared_merge_rule_says(
     settings = _with_profile_settings(settings)
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        run = await _open(valkey, settings)
+        run = await _open(store_target, settings)
         try:
             anon, customer = "anon" + uuid.uuid4().hex[:16], "cust-" + uuid.uuid4().hex[:8]
             a_prefix = keys.anonymous_prefix(SITE, anon)

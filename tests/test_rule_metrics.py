@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import StoreTarget
 
 from engine.core.metrics import Metrics, render_metrics
 from engine.decisions.inputs import DecisionInput
 from engine.decisions.loader import load_rules
 from engine.delivery.executor import RulesDecider
 from engine.ingest.schema import PageViewEvent
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 PACK = """
@@ -30,8 +30,8 @@ rules:
 
 
 @pytest.fixture
-async def store(redis: Any, valkey: EmbeddedValkey) -> AsyncIterator[Store]:
-    s = Store(valkey.url, Metrics())
+async def store(redis: Any, store_target: StoreTarget) -> AsyncIterator[Store]:
+    s = store_target.store()
     yield s
     await s.close()
 

@@ -18,14 +18,13 @@ from typing import Any
 import aiohttp
 import pytest
 from browser import chromium
-from conftest import LiveEngine
+from conftest import LiveEngine, StoreTarget
 from playwright.async_api import BrowserContext, Page, expect
 
 from engine.core.settings import load_settings
 from engine.profile import layout
 from engine.profile.profiles import decode_profile
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
 
 pytestmark = pytest.mark.browser
 
@@ -461,14 +460,20 @@ rules:
 
 
 @pytest.fixture
-async def hostile_engine(valkey: EmbeddedValkey, redis: Any, tmp_path: Path) -> Any:
+async def hostile_engine(store_target: StoreTarget, redis: Any, tmp_path: Path) -> Any:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "offers.yaml").write_text(HOSTILE_RULES)
     data_dir = tmp_path / "live"
     data_dir.mkdir()
-    settings = load_settings(None, data_dir=data_dir, overrides={"redis_url": valkey.url})
-    live = LiveEngine(settings, valkey.url, data_dir, extra_args=["--rules", str(rules)])
+    settings = load_settings(None, data_dir=data_dir, overrides=store_target.overrides)
+    live = LiveEngine(
+        settings,
+        store_target.url,
+        data_dir,
+        extra_args=["--rules", str(rules)],
+        cluster=store_target.cluster,
+    )
     await live.start()
     yield live
     await live.stop()

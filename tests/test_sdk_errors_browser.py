@@ -31,7 +31,7 @@ from engine.http.app import build_app
 from engine.ingest.identity import mint_token
 from engine.profile import layout
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey, free_port
+from engine.valkey.embedded import free_port
 
 SITE = "demo-bank"
 ALLOWED = "http://localhost:8080"  # allowed by the demo site's config
@@ -65,7 +65,7 @@ class CrossOrigin:
 
 @pytest.fixture
 async def cross_origin(
-    aiohttp_server: Any, valkey: EmbeddedValkey, settings: Settings, redis: aioredis.Redis
+    aiohttp_server: Any, settings: Settings, redis: aioredis.Redis
 ) -> AsyncIterator[Callable[..., Awaitable[CrossOrigin]]]:
     """Factory: a bank page server and an engine (with changed limits) that allows it."""
 
@@ -111,7 +111,7 @@ async def cross_origin(
                 )
             return response
 
-        app = build_app(s, valkey.url, metrics=Metrics())
+        app = build_app(s, s.redis_url, metrics=Metrics())
         app.middlewares.insert(0, note_arrivals)
         engine_server = await aiohttp_server(app, host="127.0.0.1")
         setup = CrossOrigin(

@@ -28,11 +28,11 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REPO, calc, event, now_ms
+from conftest import REPO, StoreTarget, calc, event, now_ms
 
 from engine.ingest.identity import mint_token
 from engine.profile import layout
-from engine.valkey.embedded import EmbeddedValkey, free_port
+from engine.valkey.embedded import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -410,11 +410,11 @@ async def test_one_data_dir_one_valkey_even_after_the_engine_is_killed(
 
 
 async def _two_worker_pool(
-    valkey: EmbeddedValkey, tmp_path: Path, serves: list[Serve]
+    store_target: StoreTarget, tmp_path: Path, serves: list[Serve]
 ) -> tuple[Serve, list[int]]:
     """`serve --workers 2` on a shared valkey, ready, and its two worker pids."""
     pool = Serve(
-        tmp_path, "--workers", "2", "--redis", valkey.url, "--data-dir", str(tmp_path / "d")
+        tmp_path, "--workers", "2", *store_target.cli_args, "--data-dir", str(tmp_path / "d")
     )
     serves.append(pool)
     await pool.ready()
@@ -424,9 +424,9 @@ async def _two_worker_pool(
 
 
 async def test_two_workers_both_serve_and_metrics_add_up_across_them(
-    valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve]
+    store_target: StoreTarget, redis: Any, tmp_path: Path, serves: list[Serve]
 ) -> None:
-    pool, workers = await _two_worker_pool(valkey, tmp_path, serves)
+    pool, workers = await _two_worker_pool(store_target, tmp_path, serves)
     metrics_dirs = {_environ(w).get("PROMETHEUS_MULTIPROC_DIR") for w in workers}
     assert len(metrics_dirs) == 1 and None not in metrics_dirs
 
@@ -470,9 +470,9 @@ async def test_two_workers_both_serve_and_metrics_add_up_across_them(
 
 
 async def test_a_killed_worker_is_replaced_and_the_pool_keeps_its_counts(
-    valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve]
+    store_target: StoreTarget, redis: Any, tmp_path: Path, serves: list[Serve]
 ) -> None:
-    pool, workers = await _two_worker_pool(valkey, tmp_path, serves)
+    pool, workers = await _two_worker_pool(store_target, tmp_path, serves)
     batches = _page_views(60, "rep")
     async with aiohttp.ClientSession() as s:
         assert [
@@ -512,11 +512,11 @@ async def test_a_killed_worker_is_replaced_and_the_pool_keeps_its_counts(
 
 @pytest.mark.parametrize("sig", ["SIGHUP", "SIGINT"])
 async def test_a_signal_while_the_pool_boots_kills_no_worker_and_prints_no_traceback(
-    valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve], sig: str
+    store_target: StoreTarget, redis: Any, tmp_path: Path, serves: list[Serve], sig: str
 ) -> None:
     """A rules deploy's `kill -HUP`, or Ctrl-C, in the second it takes workers to boot."""
     pool = Serve(
-        tmp_path, "--workers", "2", "--redis", valkey.url, "--data-dir", str(tmp_path / "d")
+        tmp_path, "--workers", "2", *store_target.cli_args, "--data-dir", str(tmp_path / "d")
     )
     serves.append(pool)
     deadline = time.monotonic() + 20
@@ -562,10 +562,10 @@ async def test_killing_the_supervisor_takes_its_workers_and_valkey_with_it(
 
 
 async def test_a_port_in_use_is_refused_not_shared_or_hung(
-    valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve]
+    store_target: StoreTarget, redis: Any, tmp_path: Path, serves: list[Serve]
 ) -> None:
     pool = Serve(
-        tmp_path, "--workers", "2", "--redis", valkey.url, "--data-dir", str(tmp_path / "d")
+        tmp_path, "--workers", "2", *store_target.cli_args, "--data-dir", str(tmp_path / "d")
     )
     serves.append(pool)
     await pool.ready()
@@ -575,8 +575,7 @@ async def test_a_port_in_use_is_refused_not_shared_or_hung(
         other = Serve(
             tmp_path,
             *args,
-            "--redis",
-            valkey.url,
+            *store_target.cli_args,
             "--data-dir",
             str(tmp_path / "other"),
             port=pool.port,
@@ -651,9 +650,9 @@ def _drain_batches(n: int, tag: str) -> list[bytes]:
 
 
 async def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
-    valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve]
+    store_target: StoreTarget, redis: Any, tmp_path: Path, serves: list[Serve]
 ) -> None:
-    serve = Serve(tmp_path, "--redis", valkey.url, "--data-dir", str(tmp_path / "d"))
+    serve = Serve(tmp_path, *store_target.cli_args, "--data-dir", str(tmp_path / "d"))
     serves.append(serve)
     await serve.ready()
     bodies = _drain_batches(50, "drain")
@@ -703,14 +702,14 @@ async def test_ctrl_c_with_the_embedded_valkey_drains_before_valkey_stops(
 
 
 async def test_sighup_without_a_rules_dir_is_logged_not_fatal(
-    valkey: EmbeddedValkey, redis: Any, tmp_path: Path, serves: list[Serve]
+    store_target: StoreTarget, redis: Any, tmp_path: Path, serves: list[Serve]
 ) -> None:
     """`kill -HUP` asks for a reload; with nothing to reload it must not stop the engine
     (terminating is SIGHUP's default action)."""
     cfg = tmp_path / "no-rules.toml"
     cfg.write_text("")
     serve = Serve(
-        tmp_path, "--config", str(cfg), "--redis", valkey.url, "--data-dir", str(tmp_path / "d")
+        tmp_path, "--config", str(cfg), *store_target.cli_args, "--data-dir", str(tmp_path / "d")
     )
     serves.append(serve)
     await serve.ready()

@@ -10,14 +10,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import EngineClient, event
+from conftest import EngineClient, event, open_store
 
 from engine.core.ids import new_decision_id
-from engine.core.metrics import Metrics
 from engine.delivery.records import write_audit, write_trigger
 from engine.http.state import GATEWAY
 from engine.valkey import keys
-from engine.valkey.store import Store
 
 
 async def _agent(engine: EngineClient) -> tuple[aiohttp.ClientSession, str]:
@@ -25,7 +23,7 @@ async def _agent(engine: EngineClient) -> tuple[aiohttp.ClientSession, str]:
 
 
 async def _trigger(engine: EngineClient, customer: str = "cust-t", ttl_ms: int = 600_000) -> str:
-    store = Store(engine.settings.redis_url, Metrics())
+    store = open_store(engine.settings)
     trigger_id = new_decision_id()
     now = int(time.time() * 1000)
     prefix = keys.customer_prefix(customer)

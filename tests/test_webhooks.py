@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from conftest import StoreTarget
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from engine.core.ids import new_decision_id
@@ -26,7 +27,6 @@ from engine.delivery.webhooks import (
     replay_stream,
 )
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 SECRET = "whsec_" + base64.b64encode(b"ringback-test-secret-32-bytes!!!").decode()
@@ -70,8 +70,8 @@ async def start_receiver(aiohttp_server: Any) -> Receiver:
 
 
 @pytest.fixture
-async def store(valkey: EmbeddedValkey, redis: aioredis.Redis) -> AsyncIterator[Store]:
-    s = Store(valkey.url, Metrics())
+async def store(store_target: StoreTarget, redis: aioredis.Redis) -> AsyncIterator[Store]:
+    s = store_target.store()
     await s.load_library()
     yield s
     await s.close()
@@ -403,15 +403,13 @@ async def test_each_channel_reaches_the_targets_that_serve_it(
     assert receivers["sms"].verified_ids() == [text]
 
 
-def test_dead_letters_cli_lists_and_replays(valkey: EmbeddedValkey, tmp_path: Any) -> None:
+def test_dead_letters_cli_lists_and_replays(store_target: StoreTarget, tmp_path: Any) -> None:
     import subprocess
     import sys
 
-    import redis as sync_redis
     from conftest import REPO
 
-    client = sync_redis.Redis.from_url(valkey.url, decode_responses=True)
-    client.flushall()
+    client = store_target.emptied_sync_client()
     client.xadd(
         dead_letter_stream("cti"),
         {"id": "d1", "kind": "callback", "webhook_id": "d1", "failed_attempts": "8"},
@@ -424,8 +422,7 @@ def test_dead_letters_cli_lists_and_replays(valkey: EmbeddedValkey, tmp_path: An
         "dead-letters",
         "--target",
         "cti",
-        "--redis",
-        valkey.url,
+        *store_target.cli_args,
         "--data-dir",
         str(tmp_path),
     ]

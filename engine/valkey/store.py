@@ -41,6 +41,7 @@ from redis.exceptions import (
     MasterDownError,
     MaxConnectionsError,
     MovedError,
+    RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
     TryAgainError,
@@ -227,7 +228,7 @@ class Store:
                 if self._cluster is not None:
                     # The primaries as nodes, not the PRIMARIES flag: redis-py 8.1 routes
                     # a flagged keyless command by slot once it knows a default node.
-                    await self._cluster.initialize()
+                    await self._initialize_cluster()
                     await self._cluster.execute_command(
                         "FUNCTION",
                         "LOAD",
@@ -415,7 +416,7 @@ class Store:
         """Re-read who serves which slot (`RedisCluster.initialize` does it only once)."""
         cluster = self._cluster
         assert cluster is not None
-        await cluster.initialize()
+        await self._initialize_cluster()
         if not self._topology_stale:
             return
         try:
@@ -424,6 +425,17 @@ class Store:
             raise StoreUnavailable(f"Valkey cluster topology unreadable: {exc}") from exc
         self._topology_stale = False
         self._export_topology()
+
+    async def _initialize_cluster(self) -> None:
+        """`RedisCluster.initialize`, failing as StoreUnavailable: with no seed answering
+        redis-py raises a bare RedisClusterException, which would crash the engine's
+        startup and answer 500 after, where one node down gives 503 until it is back."""
+        cluster = self._cluster
+        assert cluster is not None
+        try:
+            await cluster.initialize()
+        except (*_UNAVAILABLE, *_FAILOVER, RedisClusterException) as exc:
+            raise StoreUnavailable(f"Valkey cluster unreachable: {exc}") from exc
 
     def _export_topology(self) -> None:
         """`ringback_valkey_nodes{node, role}`: which nodes this worker now routes to, so
@@ -527,7 +539,7 @@ class Store:
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self.client.ping(), timeout=1.0))
-        except (TimeoutError, *_UNAVAILABLE):
+        except (TimeoutError, RedisClusterException, *_UNAVAILABLE):  # cluster: no seed up
             return False
 
 
