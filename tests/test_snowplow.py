@@ -33,6 +33,7 @@ from engine.core.errors import ConfigError
 from engine.core.settings import Settings, TrackMapping, load_settings
 from engine.core.vocabulary import EventType
 from engine.http.snowplow import PIXEL, SnowplowAnswer
+from engine.ingest.snowplow import PIXEL_VALUE_MAX
 
 TP2 = "/com.snowplowanalytics.snowplow/tp2"
 PAYLOAD_DATA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
@@ -213,6 +214,20 @@ async def test_get_i_takes_one_event_and_answers_a_gif(engine: EngineClient) -> 
     async with engine.session.get(f"{engine.url}/i", params=query) as r:
         assert r.status == 200 and r.content_type == "image/gif"
         assert await r.read() == PIXEL
+
+
+async def test_get_i_bounds_each_value_so_an_event_fits_a_url(engine: EngineClient) -> None:
+    """A value past PIXEL_VALUE_MAX is refused as ours (JSON, code, path), never left to
+    the HTTP layer's plain-text 'line too long'; such events go by POST."""
+    duid = new_anon()
+    query = {"e": "pv", "aid": BROWSER_APP, "duid": duid, "page": "x" * (PIXEL_VALUE_MAX + 1)}
+    async with engine.session.get(f"{engine.url}/i", params=query) as r:
+        assert r.status == 400 and r.content_type == "application/json"
+        error = (await r.json())["error"]
+    assert (error["code"], error["path"]) == ("invalid_event", "$.page")
+    query["page"] = "x" * PIXEL_VALUE_MAX
+    async with engine.session.get(f"{engine.url}/i", params=query) as r:
+        assert r.status == 200
 
 
 async def test_a_resent_eid_counts_once(engine: EngineClient) -> None:

@@ -206,6 +206,10 @@ async def _serve_async(
         access_log=None,
         shutdown_timeout=settings.shutdown_timeout_s,
         auto_decompress=False,  # engine.ingest.bodies inflates request bodies, capped and in steps
+        # Snowplow's GET /i carries a whole event in its query string (up to the 64 KB
+        # `[snowplow] max_event_bytes`); aiohttp's default request line is 8 KB, past
+        # which its own parser answers a plain-text 400 no client can read as ours.
+        max_line_size=65_536,
     )
     # From the app's startup on its background tasks run: whatever happens, clean them up,
     # or the event loop's shutdown waits on them forever (seen: a busy port hung `serve`).

@@ -40,7 +40,7 @@ from engine.http.reports import UpliftQuery
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.schema import AnonymousId, Batch, SiteKey
 from engine.ingest.segment import Alias, BatchBody, Identify, Page, Track
-from engine.ingest.snowplow import PayloadData, TrackerEvent
+from engine.ingest.snowplow import PayloadData, PixelEvent
 from engine.learning.labels import ConversionBody
 from engine.profile.attributes import CustomerAttributes
 
@@ -79,9 +79,9 @@ class FunnelQuery(msgspec.Struct, forbid_unknown_fields=True):
     fresh: Literal["1"] | msgspec.UnsetType = msgspec.UNSET  # read now, not the 5 s cache
 
 
-class PixelQuery(TrackerEvent, frozen=True):
-    """`GET /i`'s query string: one tracker protocol event (`TrackerEvent`, declared
-    apart because its fields become query parameters, not a schema of their own)."""
+# `GET /i`'s query string: one tracker protocol event, each text value at most
+# PIXEL_VALUE_MAX characters (engine.ingest.snowplow.PixelEvent, what the handler checks).
+PixelQuery = PixelEvent
 
 
 class DemoLoginBody(msgspec.Struct, forbid_unknown_fields=True):

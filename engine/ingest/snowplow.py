@@ -67,7 +67,9 @@ from engine.ingest.schema import AnonymousIdPattern, Event
 
 __all__ = [
     "PAYLOAD_DATA_SCHEMA",
+    "PIXEL_VALUE_MAX",
     "PayloadData",
+    "PixelEvent",
     "TrackerEvent",
     "Translated",
     "Translator",
@@ -216,10 +218,31 @@ def split_body(body: bytes, sp: SnowplowConfig) -> list[bytes]:
     return [bytes(item) for item in raw.data]
 
 
+# `GET /i` carries an event in a URL: each text value at most this many characters, so
+# a whole event's request line stays under the server's 64 KB even percent-encoded (26
+# fields x 800 x 3). Longer events go by POST, as the trackers do by themselves past
+# their own GET limit.
+PIXEL_VALUE_MAX = 800
+_PixelText = Annotated[str, Meta(max_length=PIXEL_VALUE_MAX)]
+
+# `TrackerEvent` with every free-text field bounded as above: made from its fields, so
+# the two cannot drift apart (and `GET /i`'s OpenAPI query says the same).
+PixelEvent: type[Struct] = msgspec.defstruct(
+    "PixelEvent",
+    [
+        (f.name, _PixelText | None if f.type == (Text | None) else f.type, f.default)
+        for f in msgspec.structs.fields(TrackerEvent)
+    ],
+    forbid_unknown_fields=False,
+    frozen=True,
+)
+
+
 def query_event(query: Mapping[str, str]) -> TrackerEvent:
     """`GET /i`'s query string as one event (its fields at `$.<name>`)."""
     try:
-        return msgspec.convert(dict(query), TrackerEvent)
+        checked = msgspec.convert(dict(query), PixelEvent)
+        return msgspec.convert(msgspec.structs.asdict(checked), TrackerEvent)
     except msgspec.ValidationError as exc:
         message, path = validation_error(exc)
         raise BadRequest("invalid_event", message, path) from exc
