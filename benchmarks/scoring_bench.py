@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from benchmarks.results import write_section
-from engine.models.snapshot import Snapshot
+from engine.models.snapshot import Snapshot, clip_z
 
 N_NUMERIC = 20
 N_CATEGORICAL = 10
@@ -88,7 +88,7 @@ def direct(snap: Snapshot, feats: Mapping[str, float | str]) -> float:
 
     def z(name: str, x: float) -> float:
         mean, std = snap.scale.get(name, (0.0, 0.0))
-        return (x - mean) / std if std else 0.0
+        return clip_z((x - mean) / std) if std else 0.0
 
     total = snap.intercept
     for name, v in feats.items():

@@ -16,17 +16,17 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import EngineClient
+from conftest import EngineClient, StoreTarget
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from engine.core.metrics import Metrics
 from engine.http.answers import ModelsAnswer
 from engine.http.state import MODELS
+from engine.learning.model import transform
 from engine.models.registry import ModelRegistry, publish
-from engine.models.snapshot import Snapshot, decode, encode
+from engine.models.snapshot import Z_CLIP, Snapshot, decode, encode
 from engine.valkey import keys
-from engine.valkey.embedded import EmbeddedValkey
 from engine.valkey.store import Store
 
 # -- the contract, written out ----------------------------------------------------------
@@ -37,7 +37,7 @@ def reference(snap: Snapshot, feats: Mapping[str, float | str]) -> float:
 
     def z(name: str, x: float) -> float:
         mean, std = snap.scale.get(name, (0.0, 0.0))
-        return (x - mean) / std if std != 0 else 0.0
+        return max(-Z_CLIP, min(Z_CLIP, (x - mean) / std)) if std != 0 else 0.0
 
     terms: list[tuple[str, float]] = []
     for name, v in feats.items():
@@ -186,6 +186,21 @@ def test_the_scorer_scores_the_contract_example() -> None:
     assert s.compile().predict({}) == pytest.approx(1 / (1 + math.exp(1.2)), abs=1e-12)
 
 
+def test_a_value_far_outside_what_the_model_learnt_moves_it_at_most_z_clip_deviations() -> None:
+    """Trained within one hour, `hour`'s spread is tiny: the next hours are dozens of
+    deviations away. Their z is clipped, so the model says 'later than I know' with
+    the weight of Z_CLIP deviations, not of hundreds."""
+    s = snap(scale={"hour": (10.0, 0.05)}, crosses=[], weights={"hour": 1.0}, intercept=0.0)
+    scorer = s.compile()
+    at_23 = scorer.predict({"hour": 23.0})  # z = 260 without the clip
+    assert at_23 == pytest.approx(1 / (1 + math.exp(-Z_CLIP)), abs=1e-12)
+    assert scorer.predict({"hour": 10.1}) == pytest.approx(1 / (1 + math.exp(-2.0)))
+    # The learner's transform says the same (what it learns on is what is scored).
+    assert transform({"hour": 23.0}, {"hour": 10.0}, {"hour": 0.0025}, []) == {"hour": Z_CLIP}
+    # And the posterior draw's variance stays bounded too.
+    assert scorer.sample({"hour": 23.0}, 1.0) < 1.0
+
+
 def test_a_value_of_the_unexpected_kind_scores_as_the_contract_says() -> None:
     # The weights say `amount` is numeric; a string there is a categorical after all.
     s = snap(
@@ -222,8 +237,8 @@ def test_values_holding_the_separators_score_as_their_joined_key() -> None:
 
 
 @pytest.fixture
-async def store(valkey: EmbeddedValkey, redis: Any) -> AsyncIterator[Store]:
-    s = Store(valkey.url, Metrics())
+async def store(store_target: StoreTarget, redis: Any) -> AsyncIterator[Store]:
+    s = store_target.store()
     yield s
     await s.close()
 
@@ -335,11 +350,11 @@ async def test_a_model_removed_from_the_index_stops_being_served(
 
 
 async def test_models_endpoint_needs_the_api_token_and_lists_published_models(
-    engine: EngineClient, valkey: EmbeddedValkey
+    engine: EngineClient, store_target: StoreTarget
 ) -> None:
     status, body = await engine.get_json("/v1/models")
     assert status == 401 and body["error"]["code"] == "missing_credentials"
-    store = Store(valkey.url, Metrics())
+    store = store_target.store()
     try:
         await publish(store, snap("callback:mortgage_call", 3))
         await publish(store, snap("offer:young", 1, mature=False, auc=None, prior=0.05))

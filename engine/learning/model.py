@@ -56,7 +56,7 @@ from typing import Any, Literal
 import msgspec
 from river import linear_model, metrics, optim, preprocessing, utils
 
-from engine.models.snapshot import PRIOR_VARIANCE, Snapshot, is_mature
+from engine.models.snapshot import PRIOR_VARIANCE, Snapshot, clip_z, is_mature
 
 __all__ = [
     "Features",
@@ -71,8 +71,9 @@ VALIDATION_WINDOW = 2000  # rolling AUC and log loss over the last this many sam
 
 
 def _z(x: float, mean: float, var: float) -> float:
-    # river's StandardScaler.transform_one, term for term (same float operations).
-    return (x - mean) / var**0.5 if var else 0.0
+    # river's StandardScaler.transform_one, term for term (same float operations), then
+    # clipped to +-Z_CLIP as the scorer does (engine/models/snapshot.py's contract).
+    return clip_z((x - mean) / var**0.5) if var else 0.0
 
 
 def transform(
