@@ -59,6 +59,7 @@ from engine.ingest.bodies import validation_error
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.parse import MAX_CLOCK_OFFSET_S
 from engine.ingest.schema import AnonymousIdPattern, Event
+from engine.ingest.vendor_mapping import MISSING, lookup, props_path
 
 __all__ = [
     "KINDS",
@@ -352,24 +353,11 @@ def _page_view(msg: Page | Screen, event_id: str, ts: int) -> dict[str, Any]:
     }
 
 
-_MISSING = object()
-
-
-def _lookup(properties: Mapping[str, Any], path: str) -> Any:
-    """`loan.amount` -> properties["loan"]["amount"]; `_MISSING` when absent or null."""
-    value: Any = properties
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return _MISSING if value is None else value
-
-
 def _mapped(msg: Track, mapping: TrackMapping, event_id: str, ts: int) -> dict[str, Any]:
     props: dict[str, Any] = dict(mapping.defaults)
     for name, path in mapping.properties:
-        value = _lookup(msg.properties, path)
-        if value is not _MISSING:
+        value = lookup(msg.properties, path)
+        if value is not MISSING:
             props[name] = value
     if isinstance(props.get("product"), str):  # "Personal Loan" -> personal_loan
         props["product"] = _NOT_PRODUCT.sub("_", props["product"].strip().lower()).strip("_")
@@ -420,14 +408,10 @@ def _event(shape: dict[str, Any], mapping: TrackMapping | None, where: str) -> E
         ) from exc
 
 
-_MISSING_FIELD = re.compile(r"Object missing required field `([^`]+)`")
-
-
 def _segment_path(message: str, path: str, mapping: TrackMapping | None, where: str) -> str:
     """`$.props.amount` of the mapped event (or `$.props` missing `amount`) -> where the
     Segment message should have had it: `$.batch[3].properties.amount`."""
-    if path == "$.props" and (missing := _MISSING_FIELD.fullmatch(message)):
-        path = f"$.props.{missing[1]}"
+    path = props_path(message, path)
     if not path.startswith("$.props"):
         return where
     prop = path.removeprefix("$.props.").partition(".")[0]

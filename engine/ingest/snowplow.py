@@ -64,6 +64,7 @@ from engine.ingest.bodies import nesting_overflow, too_deeply_nested, validation
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.parse import MAX_CLOCK_OFFSET_S
 from engine.ingest.schema import AnonymousIdPattern, Event
+from engine.ingest.vendor_mapping import MISSING, lookup, props_path
 
 __all__ = [
     "PAYLOAD_DATA_SCHEMA",
@@ -368,18 +369,6 @@ def _event_id(ev: TrackerEvent, arrival: str) -> str:
 
 # -- Mapping -------------------------------------------------------------------------
 
-_MISSING = object()
-
-
-def _lookup(data: Mapping[str, Any], path: str) -> Any:
-    """`loan.amount` -> data["loan"]["amount"]; `_MISSING` when absent or null."""
-    value: Any = data
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return _MISSING if value is None else value
-
 
 def _mapped(
     mapping: TrackMapping, source: Mapping[str, Any], ev: TrackerEvent, where: str
@@ -391,10 +380,10 @@ def _mapped(
             if contexts is None:
                 contexts = _contexts(ev, where)
             entity = contexts.get(ctx[1])
-            value = _MISSING if entity is None else _lookup(entity, ctx[2])
+            value = MISSING if entity is None else lookup(entity, ctx[2])
         else:
-            value = _lookup(source, path)
-        if value is not _MISSING:
+            value = lookup(source, path)
+        if value is not MISSING:
             props[name] = value
     if isinstance(props.get("product"), str):  # "Personal Loan" -> personal_loan
         props["product"] = _NOT_PRODUCT.sub("_", props["product"].strip().lower()).strip("_")
@@ -504,14 +493,10 @@ def _event(shape: dict[str, Any], wire: dict[str, str], where: str) -> Event:
         return event
     except msgspec.ValidationError as exc:
         message, path = validation_error(exc)
-        if path == "$.props" and (missing := _MISSING_FIELD.fullmatch(message)):
-            path = f"$.props.{missing[1]}"
+        path = props_path(message, path)
         prop = path.removeprefix("$.props.").partition(".")[0]
         at = where + "." + wire[prop] if path.startswith("$.props.") and prop in wire else where
         raise BadRequest("invalid_event", message, at) from exc
-
-
-_MISSING_FIELD = re.compile(r"Object missing required field `([^`]+)`")
 
 
 # -- The whole request ---------------------------------------------------------------
