@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import aiohttp
 import orjson
 import uvloop
 
-from benchmarks.procs import cpu_seconds, stop
+from benchmarks.procs import cpu_seconds, stop, wait_ready
 from benchmarks.results import write_section
 from engine.ingest.identity import mint_token
 from engine.valkey.embedded import free_port
@@ -161,17 +160,8 @@ def _start_engine(tmp: Path, port: int, workers: int = 1) -> tuple[subprocess.Po
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"engine exited: {log_path.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return proc, log_path
-        time.sleep(0.1)
-    stop(proc)
-    raise RuntimeError(f"engine not ready: {log_path.read_text()[-2000:]}")
+    wait_ready(proc, port, log_path)
+    return proc, log_path
 
 
 def _valkey_pid(log_path: Path) -> int | None:

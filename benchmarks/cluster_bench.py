@@ -49,7 +49,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from benchmarks.procs import cpu_seconds, stop
+from benchmarks.procs import cpu_seconds, stop, wait_ready
 from benchmarks.results import write_section
 from engine.valkey.embedded import EmbeddedValkey, free_port
 from engine.valkey.embedded_cluster import EmbeddedCluster
@@ -231,24 +231,11 @@ def start_engine(
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(proc, port, log_path)
+        wait_ready(proc, port, log_path, timeout_s=40)
     except BaseException:
         stop(proc)
         raise
     return proc, log_path
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"engine exited: {log_path.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.1)
-    raise RuntimeError(f"engine not ready: {log_path.read_text()[-2000:]}")
 
 
 def probe(port: int, tag: str) -> None:

@@ -3,12 +3,15 @@ a process has used. Only processes a benchmark started itself, by their PID."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "stop"]
+__all__ = ["cpu_seconds", "stop", "wait_ready"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -30,3 +33,21 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout_s: float = 30.0
+) -> None:
+    """Until `ringback serve` on 127.0.0.1:`port` answers /readyz 200; an engine that
+    exits or is not ready in time is stopped and its log's tail raised."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"engine exited: {log_path.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"engine not ready: {log_path.read_text()[-2000:]}")

@@ -127,11 +127,7 @@ async def test_batches_of_a_failing_over_primary_get_503_then_land(
 ) -> None:
     engine = await _engine(make_engine, settings, valkey_cluster, tmp_path)
     victim = valkey_cluster.primaries()[0]
-    anon = next(
-        a
-        for a in (new_anon() for _ in range(500))
-        if valkey_cluster.primary_for_key(keys.anonymous_prefix("demo-bank", a)) is victim
-    )
+    (anon,) = _visitors_on(valkey_cluster, victim, 1)
     body = engine.batch([event("page_view", page="/")], anonymous_id=anon)
     assert (await engine.post_events(body))[0] == 200
     valkey_cluster.kill(victim)
