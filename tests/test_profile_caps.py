@@ -15,13 +15,14 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from conftest import EngineClient, calc, event, new_anon, now_ms
+from conftest import EngineClient, calc, event, new_anon, now_ms, open_store
 
 from engine.core.settings import Settings
 from engine.profile import layout
+from engine.profile.segments_store import apply_segment_changes
 from engine.valkey import keys
 
-MAX_PROFILE_BYTES = 16 * 1024
+MAX_PROFILE_BYTES = 24 * 1024  # ringback.lua "Bounded size": 21,067 B at worst
 KEPT_CALC_PRODUCTS = 10
 KEPT_INTEREST_PRODUCTS = 10
 KEPT_INTENT_KEYS = 16
@@ -34,6 +35,9 @@ CATEGORIES = [f"k{i:02d}" + "c" * 29 for i in range(N_CATEGORIES)]
 CONTROL = "\u0001"
 LONG_PAGE = ("/" + CONTROL) * 1024  # 2048 chars
 LONG_UTM = CONTROL * 256
+LONG_REFERRER = "https://" + '"' * 300 + "/path?q=1"  # a host of 128 B once encoded
+# Segment ids come from config (rule-pack ids: <= 64 characters); more than are kept.
+SEGMENT_IDS = [f"s{i:02d}" + "g" * 61 for i in range(layout.SEGMENT_SPACE.cap + 8)]
 LONG_FORM = CONTROL * 64
 
 PACK = """
@@ -78,30 +82,34 @@ async def _drive_worst_case(
             t += 10
             product = _product(f"c{tag}", n)
             calc_products.append(product)
-            events.append(
-                calc(
-                    product,
-                    1234567.89123456 + n,
-                    360,
-                    ts=t,
-                    props={"rate": 12.3456789012345, "monthly_payment": 98765.4321098765},
+            for k in (1, 0):  # two scenarios: the first becomes c:<product>:was
+                events.append(
+                    calc(
+                        product,
+                        1234567.89123456 + n + k,
+                        360,
+                        ts=t - k,
+                        props={"rate": 12.3456789012345, "monthly_payment": 98765.4321098765},
+                    )
                 )
-            )
             events.append(
                 event("interest", ts=t, props={"product": _product(f"x{tag}", n), "call_me": True})
             )
             events.append(event("page_view", ts=t, page=f"/{CATEGORIES[n % N_CATEGORIES]}/x"))
         await _post(engine, events, anon, **kw)
-    for _ in range(6):  # 24 long pages, campaigns and abandoned forms
+    for _ in range(12):  # 24 long pages, campaigns and abandoned forms (in 64 KB bodies)
         events = []
-        for _ in range(4):
+        for _ in range(2):
             t += 10
             events.append(
                 event(
                     "page_view",
                     ts=t,
                     page=LONG_PAGE,
-                    props={"utm_source": LONG_UTM, "utm_campaign": LONG_UTM},
+                    props={
+                        **{f"utm_{k}": LONG_UTM for k in _UTM},
+                        "referrer": LONG_REFERRER,
+                    },
                 )
             )
             events.append(
@@ -114,6 +122,23 @@ async def _drive_worst_case(
     return calc_products
 
 
+_UTM = ("source", "medium", "campaign", "term", "content")
+
+
+async def _worst_segments(settings: Settings, prefix: str, t0_ms: int) -> None:
+    """Every segment entered, most left and entered again: both objects full."""
+    store = open_store(settings)
+    try:
+        every = {s: t0_ms + i for i, s in enumerate(SEGMENT_IDS)}
+        await apply_segment_changes(store, prefix, every, {})
+        await apply_segment_changes(store, prefix, {}, {s: ms + 1 for s, ms in every.items()})
+        await apply_segment_changes(store, prefix, every, {})
+        await apply_segment_changes(store, prefix, {}, {s: ms + 2 for s, ms in every.items()})
+        await apply_segment_changes(store, prefix, every, {})
+    finally:
+        await store.close()
+
+
 async def _profile_bytes(redis: aioredis.Redis, prefix: str) -> int:
     return int(await redis.strlen(keys.profile_keys(prefix)[0]))
 
@@ -124,9 +149,16 @@ async def test_worst_case_anonymous_profile_stays_under_16_kb_and_keeps_the_newe
     probe = await make_engine(_settings(settings))
     anon = new_anon()
     sent = await _drive_worst_case(probe, anon, "a", now_ms() - 3_600_000)
+    await _worst_segments(settings, keys.anonymous_prefix("demo-bank", anon), now_ms())
 
     size = await _profile_bytes(redis, keys.anonymous_prefix("demo-bank", anon))
     assert size <= MAX_PROFILE_BYTES, size
+    stored = orjson.loads(
+        await redis.get(keys.profile_keys(keys.anonymous_prefix("demo-bank", anon))[0])
+    )
+    assert len(stored[layout.SEGMENTS]) == len(stored[layout.SEGMENTS_EXITED]) == 32
+    assert all(stored.get(c) for c in (*layout.LAST_TOUCH, *layout.FIRST_TOUCH))
+    assert sum(1 for k in stored if k.endswith(":" + layout.CALC_WAS)) == KEPT_CALC_PRODUCTS
     status, body = await probe.get_json(f"/v1/decisions?site=demo-bank&anonymous_id={anon}")
     assert status == 200, body
 
@@ -169,9 +201,11 @@ async def test_merging_a_worst_case_visitor_into_a_worst_case_customer_stays_und
     first = new_anon()
     await _post(engine, [event("page_view", page="/", ts=t0)], first, identity=token)
     await _drive_worst_case(engine, first, "k", t0 + 1, identity=token)
+    await _worst_segments(settings, keys.customer_prefix(customer), t0)
     # A second device, anonymous, worst case too (its products are newer).
     second = new_anon()
     newer = await _drive_worst_case(engine, second, "b", t0 + 100_000)
+    await _worst_segments(settings, keys.anonymous_prefix("demo-bank", second), t0 + 50)
     assert await _profile_bytes(redis, keys.anonymous_prefix("demo-bank", second)) <= (
         MAX_PROFILE_BYTES
     )
@@ -184,3 +218,7 @@ async def test_merging_a_worst_case_visitor_into_a_worst_case_customer_stays_und
     assert len(await redis.smembers(keys.profile_keys(prefix)[2])) == 2  # both merged
     body = await engine.profile(customer)
     assert sorted(body["profile"]["calc"]) == sorted(newer[-KEPT_CALC_PRODUCTS:])
+    # The union of both sides' segments, capped: the longest-standing members stay.
+    members = body["profile"]["segments"]
+    assert len(members) == len(body["profile"]["segments_exited"]) == layout.SEGMENT_SPACE.cap
+    assert members == {s: t0 + i for i, s in enumerate(SEGMENT_IDS[: len(members)])}

@@ -77,6 +77,7 @@ def test_the_lua_caps_are_the_caps_layout_py_declares() -> None:
         assert consts[space.lua_const] == space.cap, space
         assert f"['{space.count_code}'] = {space.lua_const}" in LUA, space
     assert consts["MAX_PAGES"] == L.MAX_PAGES
+    assert consts[L.SEGMENT_SPACE.lua_const] == L.SEGMENT_SPACE.cap
 
 
 # Literals of the profile functions that are not profile codes: replies and patterns.
@@ -116,7 +117,26 @@ def test_every_profile_code_the_lua_functions_name_is_declared_in_layout_py() ->
 PAGES = ["/mortgages/rates", "/loans/personal", "/cards", "/about", "/savings/isa", None]
 CALC_PRODUCTS = ["mortgage", "car", "boat"]
 INTEREST_PRODUCTS = ["mortgage", "loan", "pension"]
-CAMPAIGNS = [None, ("newsletter", "spring"), ("search", "brand")]
+# Page-view props: campaigns (a touch: any utm_* or an external referrer) and not.
+CAMPAIGNS: list[dict[str, str] | None] = [
+    None,
+    {"utm_source": "newsletter", "utm_campaign": "spring"},
+    {
+        "utm_source": "search",
+        "utm_medium": "cpc",
+        "utm_campaign": "brand",
+        "utm_term": "loan",
+        "utm_content": "a",
+    },
+    {"referrer": "https://www.Google.com/search?q=salary"},  # a touch: host only
+    {"utm_medium": "email", "referrer": "https://mail.example/inbox"},
+    {"referrer": "/loans"},  # an in-site navigation: no touch
+    {"referrer": "http://localhost:8080/loans"},  # the site's own host: no touch
+]
+_REFERRER_HOSTS = {
+    "https://www.Google.com/search?q=salary": "www.google.com",
+    "https://mail.example/inbox": "mail.example",
+}
 
 _BODIES = (
     st.fixed_dictionaries(
@@ -190,8 +210,7 @@ def histories(draw: st.DrawFn) -> list[list[dict[str, Any]]]:
         ev["type"] = etype
         if etype == "page_view":
             ev["page"] = ev["page"] or "/"
-            utm = body["utm"]
-            ev["props"] = {} if utm is None else {"utm_source": utm[0], "utm_campaign": utm[1]}
+            ev["props"] = body["utm"] or {}
         elif etype == "custom":
             ev["props"] = {"name": "quiz"}
         elif "props" in body:
@@ -272,14 +291,14 @@ def _expected_written(
         want[L.DWELL] = sum(dwell)
     if last := _newest(views):  # latest: the newest event's value and its ms
         want[L.LAST_PAGE], want[L.LAST_PAGE_TS] = last["page"], last["ts"]
-    utm_views = [e for e in views if e["props"]]
-    if last := _newest(utm_views):
-        want[L.UTM_SOURCE] = last["props"]["utm_source"]
-        want[L.UTM_CAMPAIGN] = last["props"]["utm_campaign"]
+    if last := _newest([e for e in views if _touch(e)]):  # a touch replaces all of one
+        want.update(_touch(last))
         want[L.UTM_TS] = last["ts"]
-        first = next(e for batch in history for e in batch if e in utm_views)  # first written
-        want[L.FIRST_UTM_SOURCE] = first["props"]["utm_source"]
-        want[L.FIRST_UTM_CAMPAIGN] = first["props"]["utm_campaign"]
+        # first: written once, by the first batch with a touch; its earliest touch
+        batch = next(b for b in history if any(_touch(e) for e in b))
+        first = min((e for e in batch if _touch(e)), key=lambda e: e["ts"])
+        want.update({L.FIRST_PREFIX + k: v for k, v in _touch(first).items()})
+        want[L.FIRST_UTM_TS] = first["ts"]
     pages = sorted(((e["ts"], e["page"]) for e in views), reverse=True)[: L.MAX_PAGES]
     if pages:
         want[L.PAGES] = [f"{ts} {page}" for ts, page in pages]
@@ -287,6 +306,8 @@ def _expected_written(
         calcs = [e for e in by_type.get("calc", []) if e["props"]["product"] == product]
         if not (last := _newest(calcs)):
             continue
+        if was := _calc_was(history, product):
+            want[L.calc(product, L.CALC_WAS)] = was
         p = last["props"]
         want[L.calc(product, L.CALC_N)] = len(calcs)
         want[L.calc(product, L.CALC_MAX)] = max(e["props"]["amount"] for e in calcs)
@@ -311,6 +332,39 @@ def _expected_written(
             code = L.interest_call(product)
             want[code] = max(want.get(code, 0), e["ts"])
     return want
+
+
+def _touch(view: dict[str, Any]) -> dict[str, str]:
+    """A page view's touch codes, {} when it is no touch (in-site, own host, none)."""
+    props = view.get("props") or {}
+    touch = {k: v for k, v in props.items() if k.startswith("utm_")}
+    if host := _REFERRER_HOSTS.get(props.get("referrer", "")):
+        touch[L.REFERRER] = host
+    return touch
+
+
+def _calc_was(history: list[list[dict[str, Any]]], product: str) -> list[Any] | None:
+    """c:<product>:was by its declared rule: each batch newer than the stored scenario
+    keeps the scenario before its newest change of amount or term, its own or else the
+    stored one; a late batch changes nothing."""
+    stored: tuple[int, int, int] | None = None  # ts, amount, term
+    was = None
+    for batch in history:
+        runs = sorted(
+            (e["ts"], e["props"]["amount"], e["props"]["term_months"])
+            for e in batch
+            if e["type"] == "calc" and e["props"]["product"] == product
+        )
+        if not runs or (stored is not None and runs[-1][0] < stored[0]):
+            continue
+        changes = [i for i in range(1, len(runs)) if runs[i][1:] != runs[i - 1][1:]]
+        if changes:
+            ts, amount, term = runs[changes[-1] - 1]
+            was = [amount, term, ts]
+        elif stored is not None and stored[1:] != runs[-1][1:]:
+            was = [stored[1], stored[2], stored[0]]
+        stored = runs[-1]
+    return was
 
 
 def _expected_intent(
@@ -360,6 +414,8 @@ def _check_decoded(raw: dict[str, Any], decoded: dict[str, Any]) -> None:
             continue
         got = _at(decoded, field.decoded.replace("<" + _placeholder(field) + ">", name))
         want = None if value == "" else page_entries(value) if code == L.PAGES else value
+        if field.code == L.calc_code(L.CALC_WAS):
+            want = dict(zip(("amount", "term_months", "ts"), value, strict=True))
         assert _same(got, want), (code, got, want)
 
 
@@ -484,6 +540,19 @@ def _merged_value(field: Field, name: str, code: str, a: dict[str, Any], c: dict
         return a[code] if code in a and (newer or code not in c) else c.get(code)
     if rule is Merge.KEPT:
         return c.get(code)
+    # Touches merge whole: A's last touch when newer; C's first touch when it has one.
+    if rule is Merge.NEWEST_TOUCH:
+        return a.get(code) if _num(a, L.UTM_TS) > _num(c, L.UTM_TS) else c.get(code)
+    if rule is Merge.FIRST_TOUCH:
+        c_has = any(k in c for k in (*L.FIRST_TOUCH, L.FIRST_UTM_TS))
+        return c.get(code) if c_has else a.get(code)
+    if rule in (Merge.UNION_MIN, Merge.UNION_MAX):
+        pick = min if rule is Merge.UNION_MIN else max
+        union: dict[str, int] = {}
+        for side in (a.get(code) or {}, c.get(code) or {}):
+            for k, v in side.items():
+                union[k] = pick(union.get(k, v), v)
+        return union or None
     raise AssertionError(f"{rule} is checked on its own")
 
 
@@ -561,6 +630,10 @@ def _sample_profile() -> tuple[dict[str, Any], dict[str, Any]]:
         code = re.sub(r"<\w+>", name, field.code)
         if field.write is Write.RECENT:
             value: Any = [f"{T0_MS + i} /p{i}"]
+        elif field.space is L.SEGMENT_SPACE:
+            value = {"seg_a": T0_MS + i, "seg_b": T0_MS}
+        elif field.code == L.calc_code(L.CALC_WAS):
+            value = [250_000, 300, T0_MS + i]
         elif field.code == L.ATTRS:
             value = {"segment": "gold"}
         elif field.write in (Write.LATEST, Write.FIRST, Write.EXTERNAL) and not (
@@ -570,6 +643,8 @@ def _sample_profile() -> tuple[dict[str, Any], dict[str, Any]]:
         else:
             value = T0_MS + i if field.write is not Write.DECAYED else 4.0
         h[code] = value
+        if field.code == L.calc_code(L.CALC_WAS):
+            value = {"amount": 250_000, "term_months": 300, "ts": T0_MS + i}
         if field.decoded is not None:
             shown[field.decoded.replace("<" + _placeholder(field) + ">", name)] = value
     return h, shown
@@ -593,8 +668,15 @@ def test_every_value_decode_profile_shows_comes_from_a_declared_field() -> None:
     decoded = decode_profile(h, NOW_MS, HALF_LIFE_S)
     derived = {"known", "online", "last_call_request"}  # computed from declared fields
 
+    # Values that are objects themselves: {segment: ms}, a calculator's previous scenario.
+    whole = ("pages", "segments", "segments_exited")
+
     def leaves(node: Any, path: str) -> list[str]:
-        if isinstance(node, dict) and path.split(".")[0] not in ("pages",):
+        if (
+            isinstance(node, dict)
+            and path.split(".")[0] not in whole
+            and not path.endswith(".previous")
+        ):
             return [p for k, v in node.items() for p in leaves(v, f"{path}.{k}".lstrip("."))]
         return [path]
 

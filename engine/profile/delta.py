@@ -14,7 +14,12 @@ concatenates strings):
     inc     {field: n}            counters (per type, per category, dwell, forms, calcs)
     max     {field: v}            last_ts, online_until, calc max, interest ts
     min     {field: v}            first_ts
-    setnx   {field: v}            first campaign, site
+    touch1  {field: v}            the batch's first campaign touch: written only when the
+                                  profile has no first touch, all its fields together
+    was     {"c:<product>:": [ts, amount, term, was]}  per calculator product, its newest
+                                  scenario and the batch's own `was` (the scenario before
+                                  its newest change of amount or term; null if none):
+                                  rb_ingest compares it with the stored one
     latest  [[ts_field, ts, {field: v}]]   values that only a newer event may replace
                                   (v null: the newer event has none, the field goes)
     decay   {key: [t, v]}         intent contributions, pre-decayed to time t
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from engine.ingest.schema import (
     _TYPE_OF,
@@ -65,8 +71,9 @@ from engine.profile.layout import (
     CATEGORY,
     COUNT,
     DWELL,
-    FIRST_PREFIX,
+    FIRST_TOUCH,
     FIRST_TS,
+    FIRST_UTM_TS,
     FORM,
     FORM_ABANDON,
     FORM_LAST_ABANDON,
@@ -74,10 +81,9 @@ from engine.profile.layout import (
     INTEREST,
     LAST_PAGE,
     LAST_PAGE_TS,
+    LAST_TOUCH,
     LAST_TS,
     ONLINE_UNTIL,
-    UTM_CAMPAIGN,
-    UTM_SOURCE,
     UTM_TS,
 )
 
@@ -88,13 +94,14 @@ __all__ = [
     "PAGE_ENTRY_MAX_BYTES",
     "build_delta",
     "clip_json",
+    "referrer_host",
 ]
 
 # Encoded-byte budgets of client-chosen strings kept in a profile (ringback.lua's header
 # adds them up to the worst-case profile size; change both together).
 LAST_PAGE_MAX_BYTES = 256  # last_page
 PAGE_ENTRY_MAX_BYTES = 96  # the path of each of the 20 "ts path" entries in `pages`
-CAMPAIGN_MAX_BYTES = 128  # utm_source, utm_campaign and their first_* copies
+CAMPAIGN_MAX_BYTES = 128  # each utm_* and referrer host, last and first touch
 FORM_NAME_MAX_BYTES = 128  # f:last_abandon
 
 _ESCAPED_2 = frozenset('"\\/')
@@ -134,6 +141,42 @@ def clip_json(text: str, max_bytes: int) -> str:
     return text
 
 
+def referrer_host(referrer: str | None, own_hosts: frozenset[str]) -> str | None:
+    """The host of an external referrer, lower-cased; None for a path (the snippet sends
+    the previous path on an in-site navigation), a non-http(s) URL, or one of the site's
+    own hosts (`own_hosts`, lower-cased, without port). Never the path or query: a
+    search engine's query string is the visitor's search terms.
+
+    >>> own = frozenset({"bank.example"})
+    >>> referrer_host("https://www.Google.com:443/search?q=x", own)
+    'www.google.com'
+    >>> referrer_host("/loans", own), referrer_host("https://bank.example/a", own)
+    (None, None)
+    """
+    if not referrer or referrer[:4].lower() != "http":
+        return None
+    try:
+        split = urlsplit(referrer)
+        host = split.hostname  # lower-cased, without userinfo and port
+    except ValueError:  # a malformed port or IPv6 literal
+        return None
+    host = host.rstrip(".") if host else None
+    if split.scheme.lower() not in ("http", "https") or not host or host in own_hosts:
+        return None
+    return clip_json(host, CAMPAIGN_MAX_BYTES)
+
+
+def _calc_was(runs: list[tuple[int, float, int]]) -> list[float] | None:
+    """The batch's calculations of one product, (ts, amount, term): the scenario before
+    the newest change of amount or term, as [amount, term, ts]; None without a change."""
+    runs.sort()
+    for i in range(len(runs) - 1, 0, -1):
+        ts, amount, term = runs[i - 1]
+        if (amount, term) != runs[i][1:]:
+            return [amount, term, ts]
+    return None
+
+
 def build_delta(
     events: Sequence[Event],
     *,
@@ -143,12 +186,17 @@ def build_delta(
     session_gap_ms: int,
     presence_ttl_ms: int,
     now_ms: int,
+    own_hosts: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Aggregate `events` (all assumed new) into the delta `rb_ingest` applies."""
+    """Aggregate `events` (all assumed new) into the delta `rb_ingest` applies.
+
+    `own_hosts`: the site's own host names; a referrer from one is no campaign touch.
+    """
     inc: dict[str, float] = {}
     mx: dict[str, float] = {}
-    setnx: dict[str, Any] = {}
     latest: dict[str, list[Any]] = {}  # ts_field -> [ts_field, ts, fields]
+    touch1: tuple[int, list[Any]] | None = None  # the batch's earliest touch
+    calcs: dict[str, list[tuple[int, float, int]]] = {}  # c:<product>: -> (ts, amount, term)
     contributions: dict[str, list[tuple[int, float]]] = {}
     pages: list[tuple[int, str]] = []
     first_ts = 1 << 62
@@ -180,18 +228,32 @@ def build_delta(
                 newest(LAST_PAGE_TS, ts, {LAST_PAGE: clip_json(ev.page, LAST_PAGE_MAX_BYTES)})
                 pages.append((ts, clip_json(ev.page, PAGE_ENTRY_MAX_BYTES)))
             props: PageViewProps = ev.props  # type: ignore[assignment]  # etype narrows
-            if props.utm_source or props.utm_campaign:
-                utm = {
-                    k: clip_json(v, CAMPAIGN_MAX_BYTES)
-                    for k, v in (
-                        (UTM_SOURCE, props.utm_source),
-                        (UTM_CAMPAIGN, props.utm_campaign),
+            # A touch: any utm_* or an external referrer. It replaces every last-touch
+            # field (null: the newer touch has none, the older value goes).
+            ref = props.referrer
+            host = referrer_host(ref, own_hosts) if ref and ref[0] != "/" else None
+            if (
+                host
+                or props.utm_source
+                or props.utm_medium
+                or props.utm_campaign
+                or props.utm_term
+                or props.utm_content
+            ):
+                touch = [
+                    clip_json(v, CAMPAIGN_MAX_BYTES) if v else None
+                    for v in (
+                        props.utm_source,
+                        props.utm_medium,
+                        props.utm_campaign,
+                        props.utm_term,
+                        props.utm_content,
                     )
-                    if v
-                }
-                newest(UTM_TS, ts, utm)
-                for k, v in utm.items():
-                    setnx.setdefault(FIRST_PREFIX + k, v)
+                ]
+                touch.append(host)
+                newest(UTM_TS, ts, dict(zip(LAST_TOUCH, touch, strict=True)))
+                if touch1 is None or ts < touch1[0]:
+                    touch1 = (ts, touch)
         elif etype == "heartbeat":
             hp: HeartbeatProps = ev.props  # type: ignore[assignment]
             inc[DWELL] = inc.get(DWELL, 0) + hp.dwell_ms
@@ -204,6 +266,7 @@ def build_delta(
             key = c + CALC_MAX
             if p.amount > mx.get(key, -1.0):
                 mx[key] = p.amount
+            calcs.setdefault(c, []).append((ts, p.amount, p.term_months))
             newest(
                 c + CALC_TS,
                 ts,
@@ -243,6 +306,16 @@ def build_delta(
         mx[LAST_TS] = last_ts
         mx[ONLINE_UNTIL] = seen_ms + presence_ttl_ms
 
+    first: dict[str, Any] = {}
+    if touch1 is not None:  # only the touch's values: no null is stored
+        first = {k: v for k, v in zip(FIRST_TOUCH, touch1[1], strict=True) if v}
+        first[FIRST_UTM_TS] = touch1[0]
+    was: dict[str, list[Any]] = {}
+    for c, runs in calcs.items():
+        inner = _calc_was(runs)  # sorts runs by ts
+        ts, amount, term = runs[-1]
+        was[c] = [ts, amount, term, inner]
+
     decay: dict[str, list[float]] = {}
     for key, items in contributions.items():
         t = max(ts for ts, _ in items)
@@ -252,7 +325,8 @@ def build_delta(
         "inc": inc,
         "max": mx,
         "min": {FIRST_TS: first_ts} if events else {},
-        "setnx": setnx,
+        "touch1": first,
+        "was": was,
         "latest": list(latest.values()),
         "decay": decay,
         "sess": _sessions(events, session_gap_ms),

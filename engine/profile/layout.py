@@ -40,6 +40,7 @@ __all__ = [
     "CALC_SPACE",
     "CALC_TERM",
     "CALC_TS",
+    "CALC_WAS",
     "CALL_SUFFIX",
     "CATEGORY",
     "CATEGORY_SPACE",
@@ -48,9 +49,15 @@ __all__ = [
     "FIELDS",
     "FIELD_BY_CODE",
     "FIRST_PREFIX",
+    "FIRST_REFERRER",
+    "FIRST_TOUCH",
     "FIRST_TS",
     "FIRST_UTM_CAMPAIGN",
+    "FIRST_UTM_CONTENT",
+    "FIRST_UTM_MEDIUM",
     "FIRST_UTM_SOURCE",
+    "FIRST_UTM_TERM",
+    "FIRST_UTM_TS",
     "FORM",
     "FORM_ABANDON",
     "FORM_FOCUS",
@@ -64,13 +71,18 @@ __all__ = [
     "INTEREST_SPACE",
     "LAST_PAGE",
     "LAST_PAGE_TS",
+    "LAST_TOUCH",
     "LAST_TS",
     "MAX_PAGES",
     "MERGED_INTO",
     "ONLINE_UNTIL",
     "PAGES",
+    "REFERRER",
     "RL_COUNT",
     "RL_WINDOW",
+    "SEGMENTS",
+    "SEGMENTS_EXITED",
+    "SEGMENT_SPACE",
     "SITE",
     "SPACES",
     "S_DWELL",
@@ -81,7 +93,10 @@ __all__ = [
     "S_START",
     "TRIM_TS",
     "UTM_CAMPAIGN",
+    "UTM_CONTENT",
+    "UTM_MEDIUM",
     "UTM_SOURCE",
+    "UTM_TERM",
     "UTM_TS",
     "Field",
     "Merge",
@@ -108,6 +123,7 @@ class Write(StrEnum):
     MIN = "min"  # min: keeps the smaller
     FIRST = "first"  # setnx: written once, never replaced
     LATEST = "latest"  # latest: replaced together with its timestamp field by a newer event
+    PREVIOUS = "previous"  # was: the stored value a newer event changed (calc scenario)
     DECAYED = "decayed"  # decay: exponentially decayed sum (value, paired with its it: time)
     DECAY_TS = "decay_ts"  # decay: the ms the decayed value was computed at
     SESSION = "session"  # sess: the current session's segment, restarted after a gap
@@ -123,6 +139,8 @@ class Merge(StrEnum):
     MAX = "max"  # the larger
     MIN = "min"  # the smaller
     FIRST = "first"  # C's when it has one, else A's
+    FIRST_TOUCH = "first_touch"  # C's first touch when it has one, else A's: all its fields
+    NEWEST_TOUCH = "newest_touch"  # A's last touch when its utm_ts is newer: all its fields
     NEWEST_PRODUCT = "newest_product"  # A's when A's c:<product>:ts is newer, else C's
     NEWEST_SESSION = "newest_session"  # A's when A's s_last is newer, else C's
     NEWER_PROFILE = "newer_profile"  # A's when A's last_ts is newer or C has none
@@ -130,6 +148,8 @@ class Merge(StrEnum):
     RECENT = "recent"  # the newest MAX_PAGES of both lists
     KEPT = "kept"  # C's own; A's is bookkeeping of the anonymous profile and dropped
     RECOUNTED = "recounted"  # recounted from the merged profile (cap counts)
+    UNION_MIN = "union_min"  # {name: ms} of both; per name the smaller (entered)
+    UNION_MAX = "union_max"  # {name: ms} of both; per name the larger (exited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +158,7 @@ class Space:
     worst-case size (`ringback.lua` "Bounded size"; tests/test_profile_caps.py)."""
 
     name: str
-    count_code: str  # the kn:<space> field that counts the names kept
+    count_code: str  # the kn:<space> field that counts the names kept ('': the object's size)
     cap: int  # names kept; the least recent (or least viewed) go first
     lua_const: str  # the Lua constant holding `cap`
     ranked_by: str  # the field deciding which names stay
@@ -171,12 +191,29 @@ S_EVENTS: Final = "s_events"
 PAGES: Final = "pages"
 LAST_PAGE: Final = "last_page"
 LAST_PAGE_TS: Final = "lp_ts"
+# Campaign attribution: the last touch (a page view carrying any utm_* or an external
+# referrer), replaced as a whole by a newer touch, and the first touch, written once.
 UTM_SOURCE: Final = "utm_source"
+UTM_MEDIUM: Final = "utm_medium"
 UTM_CAMPAIGN: Final = "utm_campaign"
+UTM_TERM: Final = "utm_term"
+UTM_CONTENT: Final = "utm_content"
+REFERRER: Final = "ref"  # the referring host, never the URL (its query carries search terms)
 UTM_TS: Final = "utm_ts"
-FIRST_PREFIX: Final = "first_"  # first_<utm field>: the first campaign seen
+FIRST_PREFIX: Final = "first_"  # first_<last-touch code>: the first touch
 FIRST_UTM_SOURCE: Final = FIRST_PREFIX + UTM_SOURCE
+FIRST_UTM_MEDIUM: Final = FIRST_PREFIX + UTM_MEDIUM
 FIRST_UTM_CAMPAIGN: Final = FIRST_PREFIX + UTM_CAMPAIGN
+FIRST_UTM_TERM: Final = FIRST_PREFIX + UTM_TERM
+FIRST_UTM_CONTENT: Final = FIRST_PREFIX + UTM_CONTENT
+FIRST_REFERRER: Final = FIRST_PREFIX + REFERRER
+FIRST_UTM_TS: Final = FIRST_PREFIX + UTM_TS
+# A touch's value codes (without its ms), last and first; the Lua TOUCH table repeats them.
+LAST_TOUCH: Final = (UTM_SOURCE, UTM_MEDIUM, UTM_CAMPAIGN, UTM_TERM, UTM_CONTENT, REFERRER)
+FIRST_TOUCH: Final = tuple(FIRST_PREFIX + c for c in LAST_TOUCH)
+# Segment membership ({segment id: ms}), written by rb_segments (segments_store.py).
+SEGMENTS: Final = "sg"  # current members: the ms each was entered
+SEGMENTS_EXITED: Final = "sgx"  # the last exit of each segment left
 FORM_LAST_ABANDON: Final = "f:last_abandon"
 FORM_LAST_ABANDON_TS: Final = "f:last_abandon_ts"
 SITE: Final = "site"
@@ -204,6 +241,7 @@ CALC_MONTHLY: Final = "monthly"
 CALC_TS: Final = "ts"
 CALC_N: Final = "n"
 CALC_MAX: Final = "max"
+CALC_WAS: Final = "was"  # [amount, term, ts]: the scenario before the newest change
 
 # Form actions (f:<action>), as FormProps.action spells them.
 FORM_FOCUS: Final = FORM + "focus"
@@ -218,6 +256,9 @@ INTEREST_SPACE: Final = Space("interest", "kn:x", 10, "MAX_INTEREST", "x:<produc
 INTENT_SPACE: Final = Space("intent", "kn:i", 16, "MAX_INTENT", "it:<key>")
 CATEGORY_SPACE: Final = Space("categories", "kn:cat", 16, "MAX_CATEGORIES", "cat:<category>")
 SPACES: Final = (CALC_SPACE, INTEREST_SPACE, INTENT_SPACE, CATEGORY_SPACE)
+# Names chosen by config (segment ids), inside one JSON object each: its size is its
+# count, so no kn: field. Members: the earliest entered stay; exits: the latest.
+SEGMENT_SPACE: Final = Space("segments", "", 32, "MAX_SEGMENTS", "sg/sgx ms")
 
 
 def count(event_type: str) -> str:
@@ -266,6 +307,15 @@ def form(action: str) -> str:
 
 
 _W, _M = Write, Merge
+# A touch's codes: (code, meaning, decode_profile's key in `campaign`).
+_TOUCH: Final = (
+    (UTM_SOURCE, "utm_source", "utm_source"),
+    (UTM_MEDIUM, "utm_medium", "utm_medium"),
+    (UTM_CAMPAIGN, "utm_campaign", "utm_campaign"),
+    (UTM_TERM, "utm_term", "utm_term"),
+    (UTM_CONTENT, "utm_content", "utm_content"),
+    (REFERRER, "referrer host", "referrer"),
+)
 
 FIELDS: Final[tuple[Field, ...]] = (
     Field(FIRST_TS, "first event (ms)", _W.MIN, _M.MIN, "first_seen"),
@@ -358,6 +408,14 @@ FIELDS: Final[tuple[Field, ...]] = (
         CALC_SPACE,
     ),
     Field(
+        calc_code(CALC_WAS),
+        "[amount, term, ts] before the newest amount/term change",
+        _W.PREVIOUS,
+        _M.NEWEST_PRODUCT,
+        "calc.<product>.previous",
+        CALC_SPACE,
+    ),
+    Field(
         calc_code(CALC_N),
         "calculator events",
         _W.COUNTER,
@@ -415,13 +473,38 @@ FIELDS: Final[tuple[Field, ...]] = (
         "last_page",
     ),
     Field(LAST_PAGE_TS, "its ms", _W.LATEST, _M.NEWER_PROFILE, None),
-    Field(UTM_SOURCE, "newest campaign source", _W.LATEST, _M.NEWER_PROFILE, "campaign.utm_source"),
-    Field(UTM_CAMPAIGN, "newest campaign", _W.LATEST, _M.NEWER_PROFILE, "campaign.utm_campaign"),
-    Field(UTM_TS, "their ms", _W.LATEST, _M.NEWER_PROFILE, None),
-    Field(
-        FIRST_UTM_SOURCE, "first campaign source", _W.FIRST, _M.FIRST, "campaign.first_utm_source"
+    *(
+        Field(code, f"last touch {what}", _W.LATEST, _M.NEWEST_TOUCH, f"campaign.{name}")
+        for code, what, name in _TOUCH
     ),
-    Field(FIRST_UTM_CAMPAIGN, "first campaign", _W.FIRST, _M.FIRST, "campaign.first_utm_campaign"),
+    Field(UTM_TS, "last touch (ms)", _W.LATEST, _M.NEWEST_TOUCH, "campaign.ts"),
+    *(
+        Field(
+            FIRST_PREFIX + code,
+            f"first touch {what}",
+            _W.FIRST,
+            _M.FIRST_TOUCH,
+            f"campaign.first_{name}",
+        )
+        for code, what, name in _TOUCH
+    ),
+    Field(FIRST_UTM_TS, "first touch (ms)", _W.FIRST, _M.FIRST_TOUCH, "campaign.first_ts"),
+    Field(
+        SEGMENTS,
+        "{segment: ms entered}, current members",
+        _W.EXTERNAL,
+        _M.UNION_MIN,
+        "segments",
+        SEGMENT_SPACE,
+    ),
+    Field(
+        SEGMENTS_EXITED,
+        "{segment: ms of its last exit}",
+        _W.EXTERNAL,
+        _M.UNION_MAX,
+        "segments_exited",
+        SEGMENT_SPACE,
+    ),
     Field(SITE, "site of the first batch", _W.FIRST, _M.KEPT, None),
     Field(RL_WINDOW, "rate-limit window start (ms)", _W.BOOKKEEPING, _M.KEPT, None),
     Field(RL_COUNT, "batches in the window", _W.BOOKKEEPING, _M.KEPT, None),

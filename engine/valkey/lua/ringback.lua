@@ -49,6 +49,7 @@ chosen by the client (products, forms) or config (types, categories).
   c:<product>:rate     latest       newest_product  newest calculator rate (absent: none)
   c:<product>:monthly  latest       newest_product  newest monthly payment (absent: none)
   c:<product>:ts       latest       newest_product  newest calculator event (ms)
+  c:<product>:was      previous     newest_product  [amount, term, ts] before the newest amount/term change
   c:<product>:n        counter      sum             calculator events
   c:<product>:max      max          max             largest amount
   f:focus              counter      sum             form fields focused
@@ -61,19 +62,30 @@ chosen by the client (products, forms) or config (types, categories).
   pages                recent       recent          newest first: 'ts path', then '-<gap ms>[ path]'
   last_page            latest       newer_profile   newest page (absent: pages' newest path)
   lp_ts                latest       newer_profile   its ms
-  utm_source           latest       newer_profile   newest campaign source
-  utm_campaign         latest       newer_profile   newest campaign
-  utm_ts               latest       newer_profile   their ms
-  first_utm_source     first        first           first campaign source
-  first_utm_campaign   first        first           first campaign
+  utm_source           latest       newest_touch    last touch utm_source
+  utm_medium           latest       newest_touch    last touch utm_medium
+  utm_campaign         latest       newest_touch    last touch utm_campaign
+  utm_term             latest       newest_touch    last touch utm_term
+  utm_content          latest       newest_touch    last touch utm_content
+  ref                  latest       newest_touch    last touch referrer host
+  utm_ts               latest       newest_touch    last touch (ms)
+  first_utm_source     first        first_touch     first touch utm_source
+  first_utm_medium     first        first_touch     first touch utm_medium
+  first_utm_campaign   first        first_touch     first touch utm_campaign
+  first_utm_term       first        first_touch     first touch utm_term
+  first_utm_content    first        first_touch     first touch utm_content
+  first_ref            first        first_touch     first touch referrer host
+  first_utm_ts         first        first_touch     first touch (ms)
+  sg                   external     union_min       {segment: ms entered}, current members
+  sgx                  external     union_max       {segment: ms of its last exit}
   site                 first        kept            site of the first batch
   rl_w                 bookkeeping  kept            rate-limit window start (ms)
   rl_n                 bookkeeping  kept            batches in the window
   trim_ts              bookkeeping  kept            last dedupe-set trim (h, DEDUPE_EPOCH_MS)
   kn:c                 bookkeeping  recounted       calc names kept
-  kn:x                 bookkeeping  recounted       interest names kept
-  kn:i                 bookkeeping  recounted       intent names kept
-  kn:cat               bookkeeping  recounted       categories names kept
+  kn:x                 bookkeeping  recounted       interest names kept (absent: 0)
+  kn:i                 bookkeeping  recounted       intent names kept (absent: 0)
+  kn:cat               bookkeeping  recounted       categories names kept (absent: 0)
   attrs                external     kept            (customers) CRM attributes
   merged_into          external     kept            (anonymous) the customer it merged into
 </profile-fields>
@@ -83,18 +95,20 @@ space it can grow is capped here (rb_ingest counts new keys per space in kn:<spa
 and ranks the profile only when a count passes its cap; rb_merge_apply always ranks;
 the least recent go first) and each string it sends is clipped to a budget of
 cjson-encoded bytes in engine/profile/delta.py (`/` and `"` count 2, control chars 6):
-  c:<product>:*      10 products, newest by c:<product>:ts             <= 4470 B
+  c:<product>:*      10 products, newest by c:<product>:ts             <= 5560 B
   x:<product>[:call] 10 products, newest by x:<product>                <= 1230 B
   i:<key> it:<key>   16 keys (categories, products), newest by it:<key> <= 1904 B
   cat:<category>     16 categories, most viewed (names from config)     <=  976 B
   pages              20 entries, path <= 96 B each, a '-' on 19 of them  <= 2330 B
-  last_page 256 B; utm_source, utm_campaign, first_*, f:last_abandon 128 B each;
-  site 64 B; merged_into 128 B                                          <= 1230 B
-  27 fixed numeric fields (n:<type> for 8 types, f:<action> for 3, ...)  <=  879 B
+  sg, sgx            32 segments each (ids from config, <= 64 chars)     <= 5711 B
+  last_page 256 B; the 6 codes of each touch (utm_*, ref; first_*) and
+  f:last_abandon 128 B each; site 64 B; merged_into 128 B               <= 2390 B
+  28 fixed numeric fields (n:<type> for 8 types, f:<action> for 3, ...)  <=  916 B
   kn:c kn:x kn:i kn:cat (two-digit counts)                               <=   48 B
-So a profile is at most 13,069 bytes (every name at its longest, every number 21
-characters), under the 16 KB (MAX_PROFILE_BYTES) that tests/test_profile_caps.py
-asserts; `attrs`, which the bank writes (PUT .../attributes), comes on top. A profile
+So a profile is at most 21,067 bytes (every name at its longest, every number 21
+characters), under the 24 KB (MAX_PROFILE_BYTES) that tests/test_profile_caps.py
+asserts (a typical one, with a touch, a product and a few segments, is well under
+2 KB); `attrs`, which the bank writes (PUT .../attributes), comes on top. A profile
 stored before the caps (no kn:* counts, or over LEGACY_TRIM_BYTES) is trimmed by its
 next batch.
 ]]
@@ -206,7 +220,7 @@ local MAX_CALC = 10       -- c:<product>:*      newest by c:<product>:ts
 local MAX_INTEREST = 10   -- x:<product>[:call]  newest by x:<product>
 local MAX_INTENT = 16     -- i:<key> it:<key>    newest by it:<key>
 local MAX_CATEGORIES = 16 -- cat:<category>      most viewed (names come from config)
-local MAX_PROFILE_BYTES = 16384  -- the documented worst case (without `attrs`)
+local MAX_PROFILE_BYTES = 24576  -- the documented worst case (without `attrs`)
 -- A stored profile past this was written before the caps: trim it on its next batch.
 -- Past the worst case by the largest CRM attributes (50 held products, ~3.4 KB), so a
 -- capped customer with full attributes is never re-ranked on every batch.
@@ -277,6 +291,67 @@ local function cap_profile(h)
     end
   end
   return true
+end
+
+-- A touch's value codes (layout.py LAST_TOUCH), last and first; utm_ts is its ms.
+local TOUCH = {'utm_source', 'utm_medium', 'utm_campaign', 'utm_term', 'utm_content', 'ref'}
+
+-- All codes of both touches, each merged as a whole (loading the library runs no loop).
+local TOUCH_CODES = {
+  utm_source = true, utm_medium = true, utm_campaign = true, utm_term = true,
+  utm_content = true, ref = true, utm_ts = true,
+  first_utm_source = true, first_utm_medium = true, first_utm_campaign = true,
+  first_utm_term = true, first_utm_content = true, first_ref = true, first_utm_ts = true,
+}
+
+-- Whether `h` holds a first touch (first_utm_ts, or a first_* code stored before it).
+local function has_first_touch(h)
+  if h['first_utm_ts'] ~= nil then return true end
+  for _, k in ipairs(TOUCH) do
+    if h['first_' .. k] ~= nil then return true end
+  end
+  return false
+end
+
+-- Segment membership (sg: {segment: ms entered}, sgx: {segment: ms of its last exit})
+-- holds ids from config, capped per object; rb_segments writes it, merges union it.
+local MAX_SEGMENTS = 32
+
+-- A {name: ms} object with at most MAX_SEGMENTS names, keeping the earliest ms (members:
+-- the longest standing) or the latest (exits: the most recent); ties, the smaller name.
+-- nil when empty: an empty object is never stored.
+local function capped_ms(t, earliest)
+  local names = {}
+  for name in pairs(t) do names[#names + 1] = name end
+  if #names == 0 then return nil end
+  if #names <= MAX_SEGMENTS then return t end
+  table.sort(names, function(x, y)
+    if t[x] ~= t[y] then
+      if earliest then return t[x] < t[y] end
+      return t[x] > t[y]
+    end
+    return x < y
+  end)
+  local kept = {}
+  for i = 1, MAX_SEGMENTS do kept[names[i]] = t[names[i]] end
+  return kept
+end
+
+-- The union of two stored {name: ms} objects (either may be absent), per name the
+-- earliest or the latest ms; capped.
+local function union_ms(x, y, earliest)
+  local u = {}
+  for _, t in ipairs({x or {}, y or {}}) do
+    if type(t) == 'table' then
+      for name, ms in pairs(t) do
+        local cur = u[name]
+        if cur == nil or (earliest and ms < cur) or (not earliest and ms > cur) then
+          u[name] = ms
+        end
+      end
+    end
+  end
+  return capped_ms(u, earliest)
 end
 
 -- Keys a capped key space has, kept in the profile (kn:<space>) by cap_profile and
@@ -472,8 +547,24 @@ local function ingest(keys, args)
   for k, v in pairs(d.min) do
     if h[k] == nil or v < num(h, k) then set(h, dirty, k, v) end
   end
-  for k, v in pairs(d.setnx) do
-    if h[k] == nil then set(h, dirty, k, v) end
+  -- The first campaign touch, written once with all its fields: a profile that has one
+  -- (first_utm_ts, or a first_* field stored before it existed) keeps it whole.
+  if d.touch1 and next(d.touch1) ~= nil and not has_first_touch(h) then
+    for k, v in pairs(d.touch1) do set(h, dirty, k, v) end
+  end
+  -- Calculator history: a newer scenario that changes amount or term makes the stored
+  -- one (or the batch's own earlier one) c:<product>:was. Read before `latest` below
+  -- replaces the stored scenario.
+  for c, w in pairs(d.was or {}) do
+    local ts, amount, term, inner = w[1], w[2], w[3], w[4]
+    local sts = tonumber(h[c .. 'ts'])
+    if sts == nil or ts >= sts then
+      if inner ~= cjson.null then
+        set(h, dirty, c .. 'was', inner)
+      elseif sts ~= nil and (num(h, c .. 'amount') ~= amount or num(h, c .. 'term') ~= term) then
+        set(h, dirty, c .. 'was', {tonumber(h[c .. 'amount']), tonumber(h[c .. 'term']), sts})
+      end
+    end
   end
   for _, group in ipairs(d.latest) do
     local ts_field, ts, fields = group[1], group[2], group[3]
@@ -591,8 +682,21 @@ local function merge_apply(keys, args)
   local dirty = {}
   local a_newer = num(a, 'last_ts') > num(h0, 'last_ts')
 
+  -- Campaign touches, each as a whole (no medium of one touch beside another's source):
+  -- A's last touch when it is newer, C's first touch when C has one.
+  if num(a, 'utm_ts') > num(h0, 'utm_ts') then
+    for _, k in ipairs(TOUCH) do set(h, dirty, k, a[k]) end
+    set(h, dirty, 'utm_ts', a['utm_ts'])
+  end
+  if has_first_touch(a) and not has_first_touch(h0) then
+    for _, k in ipairs(TOUCH) do set(h, dirty, 'first_' .. k, a['first_' .. k]) end
+    set(h, dirty, 'first_utm_ts', a['first_utm_ts'])
+  end
+
   for k, v in pairs(a) do
-    if k == 'merged_into' or k == 'site' or k == 'trim_ts' or k == 'rl_w' or k == 'rl_n'
+    if TOUCH_CODES[k] then
+      -- merged above
+    elseif k == 'merged_into' or k == 'site' or k == 'trim_ts' or k == 'rl_w' or k == 'rl_n'
         or k:sub(1, 3) == 'kn:'
         or k == 'attrs' then
       -- anonymous-only bookkeeping
@@ -602,6 +706,9 @@ local function merge_apply(keys, args)
       incr(h, dirty, k, tonumber(v))
     elseif k == 'pages' then
       set(h, dirty, 'pages', recent_pages(h0['pages'], v))
+    elseif k == 'sg' or k == 'sgx' then
+      -- Segments: the union; a member since the earlier entry, the later exit.
+      set(h, dirty, k, union_ms(h0[k], v, k == 'sg'))
     elseif k:sub(1, 2) == 'i:' then
       local key = k:sub(3)
       local at = tonumber(a['it:' .. key]) or 0
@@ -618,14 +725,13 @@ local function merge_apply(keys, args)
         if k == prefix .. 'ts' then
           h[prefix .. 'rate'] = a[prefix .. 'rate']
           h[prefix .. 'monthly'] = a[prefix .. 'monthly']
+          h[prefix .. 'was'] = a[prefix .. 'was']
         end
       end
     elseif k == 'first_ts' then
       if h[k] == nil or tonumber(v) < num(h, k) then set(h, dirty, k, tonumber(v)) end
     elseif k == 'last_ts' or k == 'online_until' or k:sub(1, 2) == 'x:' then
       max_field(h, dirty, k, tonumber(v))
-    elseif k:sub(1, 6) == 'first_' then
-      if h[k] == nil then set(h, dirty, k, v) end
     elseif k:sub(1, 2) == 's_' then
       if num(a, 's_last') > num(h0, 's_last') then
         set(h, dirty, k, v)
@@ -726,6 +832,41 @@ local function set_attrs(keys, args)
 end
 
 --[[
+rb_segments: segment membership changes of one profile (engine/profile/segments_store.py).
+ARGV[1]: JSON {entered: {segment: ms}, exited: {segment: ms}}. An entered segment keeps
+its older entry ms when already a member; an exited one leaves `sg`, and its ms becomes
+its last exit in `sgx` (only if it was a member: a repeated exit changes nothing). Both
+objects are capped (MAX_SEGMENTS). Never creates a profile: one that does not exist
+(erased, expired, never seen) stays absent. Returns 1 if the profile exists, else 0.
+]]
+local function segments(keys, args)
+  local P = keys[1]
+  local raw = redis.call('GET', P)
+  if not raw then return 0 end
+  local h = cjson.decode(raw)
+  local a = cjson.decode(args[1])
+  local sg = type(h['sg']) == 'table' and h['sg'] or {}
+  local sgx = type(h['sgx']) == 'table' and h['sgx'] or {}
+  local changed = false
+  for name, ms in pairs(a.entered or {}) do
+    if sg[name] == nil or ms < sg[name] then sg[name] = ms; changed = true end
+  end
+  for name, ms in pairs(a.exited or {}) do
+    if sg[name] ~= nil then
+      sg[name] = nil
+      if sgx[name] == nil or ms > sgx[name] then sgx[name] = ms end
+      changed = true
+    end
+  end
+  if changed then
+    h['sg'] = capped_ms(sg, true)
+    h['sgx'] = capped_ms(sgx, false)
+    redis.call('SET', P, cjson.encode(h), 'KEEPTTL')
+  end
+  return 1
+end
+
+--[[
 rb_reserve: the contact policy, atomically. Two workers deciding for the same customer
 at the same moment both call this; the second finds the cooldown the first just set.
 ARGV[1]: JSON {now, rule, channel, rule_cooldown_ms, channel_cooldown_ms, max_per_day
@@ -822,6 +963,7 @@ redis.register_function('rb_reserve', reserve)
 redis.register_function('rb_release', release)
 redis.register_function('rb_history', history)
 redis.register_function('rb_set_attrs', set_attrs)
+redis.register_function('rb_segments', segments)
 redis.register_function('rb_merge_export', merge_export)
 redis.register_function('rb_merge_apply', merge_apply)
 redis.register_function('rb_erase', erase)
