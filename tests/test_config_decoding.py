@@ -315,12 +315,23 @@ none_yet = []
 [rules]
 dir = "{dir}/rules"
 
+[quotes.mortgage]
+rate = 4.1
+label = "Fixed 10 years"
+min_term_months = 60
+max_term_months = 420
+
+[quotes.personal_loan]
+rate = 7
+
 [[sites]]
 key = "bank-a"
 allowed_origins = ["self", "https://a.example"]
 consent = "required"
 honor_gpc = false
 demo = false
+locale = "de-CH"
+currency = "CHF"
 
 [sites.identity]
 algorithms = ["HS256", "ES256"]
@@ -438,6 +449,11 @@ def test_a_full_config_round_trips_into_settings(
     assert (a.identity_secret, a.identity.public_key) == ("file-identity-secret", "PEM-A")
     assert (b.identity.public_key, b.identity_secret) == ("PEM-B", None)
     assert (b.consent, b.honor_gpc, b.identity.max_lifetime_s) == ("implied", True, 86400)
+    assert (a.locale, a.currency, b.locale, b.currency) == ("de-CH", "CHF", "en-GB", "EUR")
+    mortgage, loan = s.quotes["mortgage"], s.quotes["personal_loan"]
+    assert (mortgage.rate_pct, mortgage.label) == (4.1, "Fixed 10 years")
+    assert (mortgage.min_term_months, mortgage.max_term_months) == (60, 420)
+    assert (loan.rate_pct, loan.label, loan.max_term_months) == (7.0, "Personal loan", None)
     assert (c.identity_secret, d.identity_secret) == (
         "env-identity-secret",
         "inline-identity-secret",

@@ -102,7 +102,11 @@ async def test_a_visitor_on_the_demo_reaches_exactly_one_of_two_agents(
         trigger_id = await item_a.get_attribute("data-id")
         assert trigger_id == await item_b.get_attribute("data-id")
         await expect(item_a.locator(".reason")).to_contain_text("Reworked the mortgage calculator")
-        await expect(item_a.locator(".context")).to_contain_text("mortgage: 265000 over 300 months")
+        # The agent reads the bank's quote in the site's currency, not raw figures.
+        await expect(item_a.locator(".guide-quote")).to_contain_text(
+            "€265,000.00 over 25 years at 4.10%"
+        )
+        await expect(item_a.locator(".context")).not_to_contain_text("265000")
         await expect(item_a.locator(".context")).to_contain_text(f"offer shown: {XSS}")  # as text
         await expect(item_a.locator(".presence")).to_have_text("online now")
         # The supervisor (agent a) sees the floor at a glance.

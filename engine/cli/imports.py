@@ -60,6 +60,11 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 1
     digest = file_digest(args.file)
+    # Phone numbers are indexed by their keyed hash, with the key `serve` derives.
+    from engine.core.settings import load_settings
+    from engine.profile.phones import phone_hash_key
+
+    phone_key = phone_hash_key(load_settings(args.config, data_dir=args.data_dir))
 
     async def run(target: Target) -> tuple[int, int]:
         store = Store(
@@ -82,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
                     digest=digest,
                     start=start,
                     on_progress=progress.advance,
+                    phone_key=phone_key,
                 )
             finally:
                 progress.close(

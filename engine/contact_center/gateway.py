@@ -1,5 +1,9 @@
 """The live queue: every worker follows the triggers shard streams and fans entries
 out to its agents' WebSockets, with who is online now (engine/contact_center/presence.py).
+Each callback goes out with its call guide (engine/contact_center/quote.py): the bank's
+quote for the visitor's calculator, in the site's locale and currency, and the offer
+and why, worked out here from the trigger's own context, so a rate changed in the
+config shows on the next trigger without touching those already written.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import orjson
 from aiohttp import web
 
 from engine.contact_center.presence import PresenceWatcher
+from engine.contact_center.quote import site_guide
 from engine.core.metrics import Metrics
+from engine.core.settings import Settings
 from engine.core.tasks import finish
 from engine.core.vocabulary import EntryKind, is_phone_work
 from engine.valkey import keys, streams
@@ -35,9 +41,11 @@ class Gateway:
         *,
         presence_poll_s: float = 1.0,
         metrics: Metrics | None = None,
+        settings: Settings | None = None,  # None: triggers go out without a call guide
     ) -> None:
         self.store = store
         self.metrics = metrics
+        self.settings = settings
         self.streams = [keys.trigger_stream(i) for i in range(shards)]
         self.sockets: set[web.WebSocketResponse] = set()
         # "Online now" for the open triggers, polled only while an agent is connected.
@@ -104,7 +112,7 @@ class Gateway:
                 for stream, entries in reply:
                     for entry_id, fields in entries:
                         last[stream] = entry_id
-                        msg = _decode(entry_id, fields)
+                        msg = self._decode(entry_id, fields)
                         if not _for_agents(msg):
                             continue  # an e-mail/SMS notification: webhooks' work, not agents'
                         self.presence.observe(msg)
@@ -144,7 +152,7 @@ class Gateway:
         now_ms = int(time.time() * 1000)
         for stream in self.streams:
             for entry_id, fields in reversed(await streams.xrevrange(client, stream, count=limit)):
-                msg = _decode(entry_id, fields)
+                msg = self._decode(entry_id, fields)
                 kind = msg.get("kind")
                 if kind in _NEW:
                     if is_phone_work(msg):  # only phone work is claimable
@@ -154,6 +162,26 @@ class Gateway:
                 elif kind in _CLOSED:
                     open_.pop(str(msg.get("trigger_id")), None)
         return [t for t in open_.values() if int(t.get("expires_ms") or 0) > now_ms]
+
+    def _decode(self, entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+        """A stream entry as the dashboards get it: a new trigger with its call guide."""
+        msg = _decode(entry_id, fields)
+        if self.settings is not None and msg.get("kind") in _NEW:
+            ctx = msg.get("context")
+            ctx = ctx if isinstance(ctx, dict) else {}
+            calc = ctx.get("calc")
+            factors = msg.get("factors")
+            offer = ctx.get("offer")
+            msg["call_guide"] = site_guide(
+                self.settings,
+                str(msg.get("site") or ""),
+                calc if isinstance(calc, dict) else {},
+                offer=offer if isinstance(offer, dict) else None,
+                rule=str(msg.get("rule") or ""),
+                reason=str(msg.get("reason") or ""),
+                factors=factors if isinstance(factors, dict) else None,
+            )
+        return msg
 
 
 # Entry kinds that open a trigger, and those that take one off the floor. Nothing

@@ -27,7 +27,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from fnmatch import translate
 from importlib import resources
 from pathlib import Path
@@ -49,6 +49,7 @@ __all__ = [
     "Limits",
     "MetricsConfig",
     "ProfileTuning",
+    "QuoteConfig",
     "Secret",
     "SegmentConfig",
     "SegmentSource",
@@ -80,6 +81,15 @@ ScryptHash = Annotated[str, Meta(pattern=r"^scrypt\$")]
 # 'none' never is: an unsigned token would let anyone claim any customer.
 Algorithm = Literal["HS256", "HS384", "HS512", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"]
 WebhookChannel = Literal["callback", "email", "sms"]  # web offers go in the HTTP answer
+# A BCP 47 language tag as browsers' Intl takes it (`en-GB`, `de-DE`, `fr-CH`), and an
+# ISO 4217 currency code: the call guide formats the bank's quote with them.
+Locale = Annotated[
+    str,
+    Meta(max_length=35, pattern=r"^[a-zA-Z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?$"),
+]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+ProductName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]  # as events' `product`
+TermMonths = Annotated[int, Meta(ge=1, le=600)]  # as events' `term_months`
 
 
 class Secret:
@@ -158,11 +168,27 @@ class SiteConfig:
     honor_gpc: bool
     identity: IdentityConfig
     demo: bool
+    locale: str = "en-GB"  # how the call guide formats the site's money (BCP 47)
+    currency: str = "EUR"  # ISO 4217
 
     @property
     def identity_secret(self) -> str | None:
         s = self.identity.secret
         return s.reveal() if s else None
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteConfig:
+    """`[quotes.<product>]`: the bank's rate for a calculator product, which the agent's
+    call guide quotes (engine/contact_center/quote.py). `rate_pct` is the nominal
+    yearly rate in percent; a visitor's term outside the bank's range is quoted at the
+    nearest term the bank offers."""
+
+    product: str
+    rate_pct: float
+    label: str
+    min_term_months: int | None = None
+    max_term_months: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +428,7 @@ class Settings:
     learning: Learning
     segment: SegmentConfig
     snowplow: SnowplowConfig
+    quotes: dict[str, QuoteConfig] = field(default_factory=dict)  # by calculator product
 
     def __repr__(self) -> str:
         # demo_credentials is a Credentials (masked repr); secrets in sites/webhooks are
@@ -488,6 +515,15 @@ class SiteTable(_Table):
     honor_gpc: bool = True
     demo: bool = False  # an HS* site without a secret uses the demo's generated one
     identity: IdentityTable = msgspec.field(default_factory=IdentityTable)
+    locale: Locale = "en-GB"  # the call guide's number and currency format
+    currency: Currency = "EUR"
+
+
+class QuoteTable(_Table):
+    rate: Annotated[float, Meta(gt=0, lt=100)]  # % a year, nominal
+    label: Annotated[str, Meta(min_length=1, max_length=80)] | None = None
+    min_term_months: TermMonths | None = None
+    max_term_months: TermMonths | None = None
 
 
 class ApiTokenTable(_Table):
@@ -663,6 +699,7 @@ class ConfigFile(_Table):
     webhooks: tuple[WebhookTable, ...] = ()
     segment: SegmentTable = msgspec.field(default_factory=SegmentTable)
     snowplow: SnowplowTable = msgspec.field(default_factory=SnowplowTable)
+    quotes: dict[ProductName, QuoteTable] = {}
 
 
 # msgspec refuses unknown keys in Structs only; these tables decode into dataclasses.
@@ -787,8 +824,28 @@ def _site(table: SiteTable, path: str, demo_creds: dict[str, str] | None) -> Sit
         )
     identity = IdentityConfig(ident.algorithms, secret, public_key, ident.max_lifetime_s)
     return SiteConfig(
-        table.key, table.allowed_origins, table.consent, table.honor_gpc, identity, table.demo
+        table.key,
+        table.allowed_origins,
+        table.consent,
+        table.honor_gpc,
+        identity,
+        table.demo,
+        locale=table.locale,
+        currency=table.currency,
     )
+
+
+def _quotes(tables: dict[str, QuoteTable]) -> dict[str, QuoteConfig]:
+    out: dict[str, QuoteConfig] = {}
+    for product, t in tables.items():
+        low, high = t.min_term_months, t.max_term_months
+        if low is not None and high is not None and low > high:
+            raise _Invalid(
+                f"quotes.{product}.max_term_months", f"{high} is below min_term_months ({low})"
+            )
+        label = t.label or product.replace("_", " ").capitalize()
+        out[product] = QuoteConfig(product, t.rate, label, low, high)
+    return out
 
 
 def _api_token(table: ApiTokenTable, i: int) -> ApiToken:
@@ -1129,4 +1186,5 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
         learning=_learning(file.learning),
         segment=_segment(file.segment, sites, demo_creds),
         snowplow=_snowplow(file.snowplow, sites, demo_creds),
+        quotes=_quotes(file.quotes),
     )

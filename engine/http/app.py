@@ -225,7 +225,7 @@ def build_app(
         app[STORE] = store
         app[PROFILES] = ProfileStore(store, settings)
         app[ERASER] = Eraser(store, settings)
-        gateway = Gateway(store, metrics=metrics)
+        gateway = Gateway(store, metrics=metrics, settings=settings)  # with call guides
         app[GATEWAY] = gateway
         await gateway.start()
         monitor = CapacityMonitor(store, lambda: len(gateway.sockets), metrics=metrics)

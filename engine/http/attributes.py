@@ -11,6 +11,7 @@ from engine.http.state import SETTINGS, STORE
 from engine.ingest.bodies import read_json_body
 from engine.ingest.identity import customer_id_from_path
 from engine.profile.attributes import attributes_doc, decode_attributes, store_attributes
+from engine.profile.phones import phone_hash_key
 
 __all__ = ["handle_attributes_put"]
 
@@ -22,7 +23,10 @@ async def handle_attributes_put(request: web.Request) -> web.Response:
         raise UnsupportedMedia("unsupported_media_type", "send application/json")
     body = await read_json_body(request, request.app[SETTINGS].limits.max_body_bytes)
     attrs = decode_attributes(body)
-    existed = await store_attributes(request.app[STORE], customer_id, attrs)
+    settings = request.app[SETTINGS]
+    existed = await store_attributes(
+        request.app[STORE], customer_id, attrs, phone_key=phone_hash_key(settings)
+    )
     return json_response(
         {"customer_id": customer_id, "attributes": attributes_doc(attrs), "created": not existed}
     )

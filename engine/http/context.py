@@ -1,28 +1,61 @@
-"""`GET /v1/customers/{id}/context`: the inbound screen-pop for agents and CTI.
+"""The screen-pop for agents and CTI: `GET /v1/customers/{id}/context` and, for a call
+coming in, `POST /v1/agents/inbound`.
 
 When a customer phones in, the agent (dashboard session) or the bank's CTI (API
 token) sees what the customer just did online: live presence, recent pages, calculator
 state, intent, the current best offer (the same decider the website uses, so phone
-and web propose the same thing) and the contact history across channels.
+and web propose the same thing), the contact history across channels, and the call
+guide: the bank's quote for what the customer was calculating, what they changed and
+when, and the offer chosen and why (engine/contact_center/quote.py).
+
+An inbound call is found by the caller's number (its keyed hash, engine/profile/
+phones.py) or by customer id, and is written to the contact history (`inbound_call`,
+by whom, when) before the screen-pop is read, so the answer already shows it.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from aiohttp import web
 
-from engine.core.errors import NotFound
+from engine.contact_center.quote import CallGuide, site_guide
+from engine.core.errors import BadRequest, NotFound
 from engine.decisions.inputs import decision_input
 from engine.http.agents import authenticate
+from engine.http.answers import ContextAnswer
 from engine.http.errors import json_response
-from engine.http.state import DECIDER, PROFILES, SETTINGS
-from engine.ingest.identity import customer_id_from_path
+from engine.http.state import DECIDER, PROFILES, RULES, SETTINGS, STORE
+from engine.ingest.bodies import read_typed_body
+from engine.ingest.identity import CUSTOMER_ID_RE, customer_id_from_path
+from engine.profile.contact_history import append_history
+from engine.profile.phones import PHONE_REF_FIELD, Phone, find_customer, phone_hash_key
 from engine.profile.profiles import customer_attributes
 from engine.valkey import keys
 
-__all__ = ["customer_context", "handle_context"]
+__all__ = [
+    "InboundBody",
+    "ScreenPopAnswer",
+    "customer_context",
+    "handle_context",
+    "handle_inbound",
+]
+
+
+class ScreenPopAnswer(ContextAnswer, kw_only=True):
+    """The screen-pop: the customer's context and the agent's call guide."""
+
+    call_guide: CallGuide
+
+
+class InboundBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /v1/agents/inbound`: the caller's number (E.164, as the phone system
+    gives it) or, when the caller identified themselves, the customer id."""
+
+    phone: Phone | None = None
+    customer_id: Annotated[str, msgspec.Meta(pattern=CUSTOMER_ID_RE.pattern)] | None = None
 
 
 async def customer_context(app: web.Application, customer_id: str) -> dict[str, Any] | None:
@@ -46,6 +79,8 @@ async def customer_context(app: web.Application, customer_id: str) -> dict[str, 
     for entry in pages:
         ts, _, path = str(entry).partition(" ")
         recent.append({"ts": int(ts) if ts.isdigit() else None, "path": path})
+    best = next((d for d in offers if d.get("action") == "offer"), None)
+    attributes = {k: v for k, v in customer_attributes(fields).items() if k != PHONE_REF_FIELD}
     return {
         "customer_id": customer_id,
         "presence": {
@@ -59,10 +94,33 @@ async def customer_context(app: web.Application, customer_id: str) -> dict[str, 
         "interest": profile["interest"],
         "call_requested": profile["call_requested"],
         "forms": profile["forms"],
-        "attributes": customer_attributes(fields),
-        "best_offer": next((d for d in offers if d.get("action") == "offer"), None),
+        "attributes": attributes,
+        "best_offer": best,
         "contact_history": history,
+        "call_guide": site_guide(
+            settings,
+            site,
+            profile["calc"],
+            offer=(best or {}).get("offer"),
+            rule=str((best or {}).get("rule") or ""),
+            reason=_rule_reason(app, str((best or {}).get("rule") or "")),
+            factors=(best or {}).get("factors"),
+        ),
     }
+
+
+async def _known(app: web.Application, customer_id: str) -> bool:
+    """Whether the engine knows the customer (as `customer_context` decides it)."""
+    fields, _, links, history = await app[PROFILES].read(keys.customer_prefix(customer_id))
+    return bool(fields or links or history)
+
+
+def _rule_reason(app: web.Application, rule_id: str) -> str:
+    """The rule's description (what the callback card calls its reason), if loaded."""
+    holder = app.get(RULES)
+    if not rule_id or holder is None:
+        return ""
+    return next((r.description for r in holder.current.rules if r.id == rule_id), "")
 
 
 async def handle_context(request: web.Request) -> web.Response:
@@ -71,4 +129,37 @@ async def handle_context(request: web.Request) -> web.Response:
     context = await customer_context(request.app, customer_id)
     if context is None:
         raise NotFound("not_found", f"nothing known about customer {customer_id!r}")
+    return json_response(context)
+
+
+async def handle_inbound(request: web.Request) -> web.Response:
+    """A call is coming in: find the caller, note the call in their contact history
+    (which agent or system took it, when), answer with the screen-pop."""
+    principal = await authenticate(request, state_changing=True)
+    settings = request.app[SETTINGS]
+    body = await read_typed_body(
+        request, InboundBody, "invalid_inbound", settings.limits.max_body_bytes
+    )
+    if (body.phone is None) == (body.customer_id is None):
+        raise BadRequest("invalid_inbound", "give phone or customer_id (one of them)", "$")
+    store = request.app[STORE]
+    if body.phone is not None:
+        customer_id = await find_customer(store, phone_hash_key(settings), body.phone)
+        by = "phone"
+    else:
+        customer_id, by = body.customer_id, "customer_id"
+    if customer_id is None or not await _known(request.app, customer_id):
+        # The number is not said back: the agent typed it, and it names nobody here.
+        raise NotFound("unknown_caller", f"no customer matches this {by.replace('_', ' ')}")
+    entry = {
+        "kind": "inbound_call",
+        "channel": "phone",
+        "by": principal.name,
+        "matched_by": by,
+        "ts": int(time.time() * 1000),
+    }
+    await append_history(store, keys.customer_prefix(customer_id), entry)
+    context = await customer_context(request.app, customer_id)
+    if context is None:  # erased between the two reads
+        raise NotFound("unknown_caller", f"no customer matches this {by.replace('_', ' ')}")
     return json_response(context)

@@ -22,7 +22,7 @@ from engine.http.state import DECIDER, ERASER, PROFILES, SETTINGS, STORE
 from engine.ingest.identity import customer_id_from_path
 from engine.ingest.schema import AnonymousIdPattern
 from engine.privacy.erasure import write_erasure_receipt
-from engine.profile.profiles import decode_profile
+from engine.profile.profiles import customer_attributes, decode_profile
 from engine.valkey import keys
 
 __all__ = ["handle_decisions_get", "handle_profile_delete", "handle_profile_get"]
@@ -60,7 +60,7 @@ async def handle_profile_get(request: web.Request) -> web.Response:
             "linked_anonymous_ids": [
                 {"site": s, "anonymous_id": a} for s, a in map(keys.parse_link_member, links)
             ],
-            "attributes": fields.get("attrs") or {},
+            "attributes": customer_attributes(fields),
             "contact_history": history,
         }
     )

@@ -2,10 +2,12 @@
 
 `Eraser.erase_customer` deletes the customer's profile, every anonymous profile ever
 merged into it, and follows each profile's index (`refs`, engine/valkey/refs.py) to
-its data in other slots: audit and trigger records and the entries of shared streams.
-Open callbacks are withdrawn from the floor (the queue and every dashboard). This
-reaches across stages (profiles, delivery records, the callback queue), which is why
-it is a stage of its own above them.
+its data in other slots: audit and trigger records, the entries of shared streams,
+and the phone index entry of the CRM's number for the customer (engine/profile/
+phones.py indexes it in `refs` as a key to delete). Open callbacks are withdrawn
+from the floor (the queue and every dashboard). This reaches across stages
+(profiles, delivery records, the callback queue), which is why it is a stage of its
+own above them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ Set one customer at a time with `PUT /v1/profiles/{id}/attributes`
 (engine/http/attributes.py) or in bulk with `ringback import FILE.jsonl`
 (engine/cli/imports.py). PUT replaces the whole set (the CRM is the source of truth).
 Attributes live inside the profile value, so ingest reads them for free.
-Only what decisions need: no names, no contact details, no balances.
+Only what decisions need: no names, no addresses; `balance` (the total of the
+customer's balances) because the customer-value score weighs it. The one contact
+detail accepted, `phone` (E.164), is never stored: only its keyed hash, as the index
+an inbound call finds the customer by (engine/profile/phones.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from msgspec import Meta, Struct
 
 from engine.ingest.bodies import decode_json, validation_error
 from engine.ingest.identity import CUSTOMER_ID_RE
+from engine.profile.phones import PHONE_REF_FIELD, Phone, phone_ref, stored_phone_ref
+from engine.profile.phones import update_phone_index as _update_phone_index
 from engine.valkey import keys
 from engine.valkey.store import Store
 
@@ -47,6 +52,9 @@ class CustomerAttributes(Struct, forbid_unknown_fields=True, omit_defaults=True)
     do_not_call: bool = False
     branch: Code | None = None
     language: Annotated[str, Meta(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] | None = None
+    balance: Annotated[float, Meta(ge=0, le=1e12)] | None = None  # total of all balances
+    # For the inbound screen-pop only: never stored, never shown (see `attributes_doc`).
+    phone: Phone | None = None
 
 
 class ImportLine(Struct, forbid_unknown_fields=True):
@@ -58,17 +66,39 @@ _line_decoder = msgspec.json.Decoder(ImportLine)
 
 
 def attributes_doc(attrs: CustomerAttributes) -> dict[str, Any]:
-    """All fields, defaults included: rules see `consent_call: false`, not unknown."""
-    return msgspec.structs.asdict(attrs)
+    """All fields, defaults included: rules see `consent_call: false`, not unknown.
+    Never the phone number (what is stored and what answers show)."""
+    doc = msgspec.structs.asdict(attrs)
+    del doc["phone"]
+    return doc
 
 
-async def store_attributes(store: Store, customer_id: str, attrs: CustomerAttributes) -> bool:
-    """Write attributes; True if the customer's profile already existed."""
+async def store_attributes(
+    store: Store,
+    customer_id: str,
+    attrs: CustomerAttributes,
+    *,
+    phone_key: bytes | None = None,
+) -> bool:
+    """Write attributes; True if the customer's profile already existed.
+
+    The phone number becomes its keyed hash (`phone_key`, engine/profile/phones.py):
+    the stored attributes name the hash, the index maps it to the customer, and the
+    index entry of a number the customer no longer has is dropped."""
+    doc = attributes_doc(attrs)
+    new_ref = None
+    if attrs.phone is not None:
+        if phone_key is None:
+            raise ValueError("a phone number needs the phone hash key")
+        new_ref = doc[PHONE_REF_FIELD] = phone_ref(phone_key, attrs.phone)
+    old_ref = await stored_phone_ref(store, customer_id)
     created = await store.fcall(
         "rb_set_attrs",
         keys.profile_keys(keys.customer_prefix(customer_id)),
-        [msgspec.json.encode(attributes_doc(attrs))],
+        [msgspec.json.encode(doc)],
     )
+    if old_ref or new_ref:
+        await _update_phone_index(store, customer_id, old_ref, new_ref)
     return bool(int(created))
 
 
@@ -157,6 +187,7 @@ async def import_file(
     digest: str | None = None,
     start: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    phone_key: bytes | None = None,
 ) -> int:
     """Write validated lines from `start`; concurrent calls coalesce into pipelines.
 
@@ -164,13 +195,17 @@ async def import_file(
     (every earlier chunk is written by then: chunks are awaited in order), so an
     interrupted import resumes at `resume_point`; it is deleted at the end. Writing
     attributes replaces them, so a chunk written twice (interrupted before its
-    checkpoint) changes nothing. Returns the lines written by this call."""
+    checkpoint) changes nothing. `phone_key` hashes the lines' phone numbers
+    (engine/profile/phones.py). Returns the lines written by this call."""
     done = 0
     checkpoint = keys.import_checkpoint(digest) if digest else None
     rest = itertools.islice(iter(lines), start, None)
     while chunk := list(itertools.islice(rest, concurrency)):
         await asyncio.gather(
-            *(store_attributes(store, ln.customer_id, ln.attributes) for ln in chunk)
+            *(
+                store_attributes(store, ln.customer_id, ln.attributes, phone_key=phone_key)
+                for ln in chunk
+            )
         )
         done += len(chunk)
         if checkpoint is not None:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -37,13 +38,13 @@ from engine.profile.layout import (
     CALC_INT_FIELDS,
     CALC_MONTHLY,
     CALC_RATE,
+    CALC_WAS,
     CALL_SUFFIX,
     CATEGORY,
     COUNT,
     DWELL,
+    FIELDS,
     FIRST_TS,
-    FIRST_UTM_CAMPAIGN,
-    FIRST_UTM_SOURCE,
     FORM_ABANDON,
     FORM_FOCUS,
     FORM_LAST_ABANDON,
@@ -63,9 +64,10 @@ from engine.profile.layout import (
     S_N,
     S_PAGES,
     S_START,
-    UTM_CAMPAIGN,
-    UTM_SOURCE,
+    SEGMENTS,
+    SEGMENTS_EXITED,
 )
+from engine.profile.phones import PHONE_REF_FIELD
 from engine.valkey import keys
 from engine.valkey.store import Store
 
@@ -77,6 +79,7 @@ __all__ = [
     "ProfileStore",
     "decode_profile",
     "dedupe_member",
+    "own_hosts",
     "page_entries",
 ]
 
@@ -129,6 +132,30 @@ class PageClassifier:
         return found
 
 
+def own_hosts(allowed_origins: Sequence[str], public_url: str = "") -> frozenset[str]:
+    """A site's own host names, from its allowed origins (`self`: the engine's public
+    URL): a referrer from one is an in-site navigation, not a campaign touch. Each with
+    and without `www.`, since a bank serves both.
+
+    >>> sorted(own_hosts(["https://www.Bank.example", "self"], "http://127.0.0.1:8080"))
+    ['127.0.0.1', 'bank.example', 'www.bank.example']
+    """
+    hosts: set[str] = set()
+    for origin in allowed_origins:
+        url = public_url if origin == "self" else origin
+        try:
+            host = urlsplit(url).hostname if url else None
+        except ValueError:
+            host = None
+        if host:
+            bare = host.rstrip(".").removeprefix("www.")
+            hosts.update((bare, "www." + bare) if not _IP.fullmatch(bare) else (bare,))
+    return frozenset(hosts)
+
+
+_IP = re.compile(r"[0-9.]+|\[?[0-9a-f:]+\]?")
+
+
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     accepted: int
@@ -156,8 +183,12 @@ class ProfileStore:
         self._half_life_ms = p.intent_half_life_s * 1000
         self._session_gap_ms = p.session_gap_s * 1000
         self._presence_ttl_ms = p.presence_ttl_s * 1000
+        self._own_hosts = {
+            site_id: own_hosts(site.allowed_origins, settings.public_url)
+            for site_id, site in settings.sites.items()
+        }
 
-    def delta(self, events: Sequence[Event], now_ms: int) -> dict[str, Any]:
+    def delta(self, events: Sequence[Event], now_ms: int, site: str = "") -> dict[str, Any]:
         return build_delta(
             events,
             classify=self.classifier.category,
@@ -166,6 +197,7 @@ class ProfileStore:
             session_gap_ms=self._session_gap_ms,
             presence_ttl_ms=self._presence_ttl_ms,
             now_ms=now_ms,
+            own_hosts=self._own_hosts.get(site, frozenset()),
         )
 
     async def apply_batch(
@@ -213,7 +245,7 @@ class ProfileStore:
         for _ in range(4):
             calls += 1
             header["expect"] = expect
-            header["delta"] = self.delta(fresh, now_ms)
+            header["delta"] = self.delta(fresh, now_ms, site)
             res = await self.store.fcall(
                 "rb_ingest", keys.profile_keys(prefix), [orjson.dumps(header)]
             )
@@ -358,7 +390,10 @@ def decode_profile(
     """The profile hash as the plain dict that rules, scores and APIs read.
 
     Intent is decayed to `now_ms` here, so a stored value is never stale when read.
-    The codes are `engine/profile/layout.py`'s; each declared field says where it lands.
+    The codes are `engine/profile/layout.py`'s; each declared field says where it lands:
+    `campaign` holds the last touch (utm_*, `referrer` host, `ts`) and the first
+    (`first_*`), only what is known; `calc.<product>.previous` the scenario before the
+    newest change; `segments` / `segments_exited` {segment id: ms}.
 
     >>> p = decode_profile({"n:page_view": "3", "i:mortgage": "4", "it:mortgage": "0"},
     ...                    now_ms=86_400_000, half_life_s=86_400)
@@ -388,7 +423,10 @@ def decode_profile(
             name = CALC_DECODED.get(field)
             if not c:  # stored only when the newest calculation had them (else none)
                 c.update(_CALC_OPTIONAL)
-            if name:
+            if field == CALC_WAS:
+                if previous := _previous(v):
+                    c[_PREVIOUS] = previous
+            elif name:
                 c[name] = float(v) if v not in ("",) else None
                 if name in CALC_INT_FIELDS and c[name] is not None:
                     c[name] = int(c[name])
@@ -431,14 +469,35 @@ def decode_profile(
         # Left out of the profile while it is the newest entry's path (rb_ingest).
         "last_page": h.get(LAST_PAGE) or (pages[0].partition(" ")[2] if pages else None),
         "pages": pages,
-        "campaign": {k: h[k] for k in _CAMPAIGN if k in h},
+        "campaign": {name: h[k] for k, name in _CAMPAIGN if k in h},
+        "segments": _ms_by_name(h.get(SEGMENTS)),
+        "segments_exited": _ms_by_name(h.get(SEGMENTS_EXITED)),
         "merged_into": h.get(MERGED_INTO),
     }
 
 
+def _previous(stored: Any) -> dict[str, Any] | None:
+    """c:<product>:was, stored [amount, term, ts], as {amount, term_months, ts}."""
+    if not isinstance(stored, list) or len(stored) != 3:
+        return None
+    amount, term, ts = stored
+    return {"amount": float(amount), "term_months": int(term), "ts": int(ts)}
+
+
+def _ms_by_name(stored: Any) -> dict[str, int]:
+    """A stored {name: ms} object (segments), {} when absent (cjson writes {} as [])."""
+    return {k: int(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
+
+
 _N_LEN, _CAT_LEN, _I_LEN = len(COUNT), len(CATEGORY), len(INTENT)
+_PREVIOUS = CALC_DECODED[CALC_WAS]
 _CALC_OPTIONAL: dict[str, Any] = {CALC_DECODED[CALC_RATE]: None, CALC_DECODED[CALC_MONTHLY]: None}
-_CAMPAIGN = (UTM_SOURCE, UTM_CAMPAIGN, FIRST_UTM_SOURCE, FIRST_UTM_CAMPAIGN)
+# (code, key in decode_profile's `campaign`): the touch codes, as layout.py places them.
+_CAMPAIGN = tuple(
+    (f.code, f.decoded.partition(".")[2])
+    for f in FIELDS
+    if f.decoded is not None and f.decoded.startswith("campaign.")
+)
 
 
 def history_entry(entry_id: str, flat: list[str] | dict[str, str]) -> dict[str, Any]:
@@ -457,6 +516,12 @@ def history_entry(entry_id: str, flat: list[str] | dict[str, str]) -> dict[str, 
 
 
 def customer_attributes(h: dict[str, Any]) -> dict[str, Any]:
-    """The CRM attributes stored with a known customer's profile ({} if none)."""
+    """The CRM attributes stored with a known customer's profile ({} if none), as rules,
+    agents and the profiles API see them: without the phone number's hash, which is the
+    phone index's bookkeeping (engine/profile/phones.py), not something to decide on."""
     attrs = h.get(ATTRS)
-    return attrs if isinstance(attrs, dict) else {}
+    if not isinstance(attrs, dict):
+        return {}
+    if PHONE_REF_FIELD in attrs:
+        return {k: v for k, v in attrs.items() if k != PHONE_REF_FIELD}
+    return attrs

@@ -96,20 +96,102 @@
     return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
   }
 
-  function describeContext(ctx) {
+  // The card's one-line summary. A calculator the call guide quotes is left to the
+  // guide; any other is still shown in the site's locale and currency, never as raw
+  // figures ("400000 over 300 months").
+  function describeContext(ctx, guide) {
     if (!ctx || typeof ctx !== "object") return "";
     const parts = [];
     const calc = ctx.calc || ctx.calculator;
+    const quoted = new Set(((guide && guide.quotes) || []).map((q) => q.product));
     if (calc && typeof calc === "object") {
+      const f = formats(guide || {});
       for (const [product, c] of Object.entries(calc)) {
-        if (c && typeof c === "object" && c.amount !== undefined) {
-          parts.push(`${product}: ${c.amount} over ${c.term_months} months`);
+        if (c && typeof c === "object" && c.amount !== undefined && !quoted.has(product)) {
+          const term = Number(c.term_months) > 0 ? ` over ${fmtTerm(Number(c.term_months))}` : "";
+          parts.push(`${product}: ${f.money.format(Number(c.amount))}${term}`);
         }
       }
     }
     if (Array.isArray(ctx.pages)) parts.push(`pages: ${ctx.pages.slice(0, 3).join(", ")}`);
     if (ctx.offer && ctx.offer.title) parts.push(`offer shown: ${ctx.offer.title}`);
     return parts.join(" · ");
+  }
+
+  // --- call guide ---------------------------------------------------------------------
+  // The server sends numbers with the site's locale and currency; they are formatted
+  // here, in the agent's browser (Intl), and put on the page as text only.
+  function formats(guide) {
+    const locale = guide.locale || "en-GB";
+    const currency = guide.currency || "EUR";
+    const make = (loc) => ({
+      money: new Intl.NumberFormat(loc, { style: "currency", currency }),
+      rate: new Intl.NumberFormat(loc, { style: "percent", minimumFractionDigits: 2, maximumFractionDigits: 2 }),
+      whole: new Intl.NumberFormat(loc, { style: "percent", maximumFractionDigits: 0 }),
+      when: (ms) => new Date(Number(ms)).toLocaleString(loc, {
+        weekday: "short", day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" }),
+      loc,
+    });
+    try { return make(locale); } catch (_) { return make("en-GB"); } // a bad tag: still show
+  }
+
+  const fmtTerm = (m) => (m % 12 === 0 ? `${m / 12} year${m === 12 ? "" : "s"}` : `${m} months`);
+
+  function quoteLines(q, f) {
+    const lines = [];
+    const money = (x) => f.money.format(Number(x));
+    lines.push(["quote", `Quote (${q.label}): ${money(q.amount)} over ${fmtTerm(q.term_months)} at ` +
+      `${f.rate.format(q.rate_pct / 100)} = ${money(q.monthly)}/month`]);
+    let detail = `Total repayable ${money(q.total)} (interest ${money(q.interest)})`;
+    if (q.term_months !== q.visitor_term_months) {
+      detail += `; the visitor asked for ${fmtTerm(q.visitor_term_months)}`;
+    }
+    lines.push(["detail", detail]);
+    if (q.visitor_monthly !== null && q.visitor_monthly !== undefined) {
+      const rate = q.visitor_rate_pct === null || q.visitor_rate_pct === undefined
+        ? "" : ` at ${f.rate.format(q.visitor_rate_pct / 100)}`;
+      const diff = Number(q.monthly_difference) || 0;
+      const sign = diff > 0 ? "+" : diff < 0 ? "−" : "±";
+      lines.push(["visitor", `Visitor's own figure${rate}: ${money(q.visitor_monthly)}/month ` +
+        `(bank ${sign}${money(Math.abs(diff))})`]);
+    }
+    const c = q.changed;
+    if (c && Array.isArray(c.fields) && c.fields.length) {
+      const show = (k, v) => (v === null || v === undefined ? "?" : k === "amount" ? money(v) : fmtTerm(v));
+      const what = c.fields.map((k) =>
+        `${k === "amount" ? "amount" : "term"} ${show(k, c.before[k])} → ${show(k, c.after[k])}`).join(", ");
+      lines.push(["changed", `Changed ${what}${c.at_ms ? ` at ${f.when(c.at_ms)}` : ""}`]);
+    }
+    return lines;
+  }
+
+  // The guide as a list of text lines; `el` is emptied and refilled only when the
+  // guide changed (the card is updated every second).
+  const drawnGuides = new WeakMap();
+  function renderGuide(el, guide) {
+    const key = guide ? JSON.stringify(guide) : "";
+    if (drawnGuides.get(el) === key) return;
+    drawnGuides.set(el, key);
+    el.replaceChildren();
+    if (!guide || typeof guide !== "object") return;
+    const f = formats(guide);
+    const lines = [];
+    for (const q of guide.quotes || []) lines.push(...quoteLines(q, f));
+    const w = guide.why || {};
+    const parts = [];
+    if (w.reason) parts.push(w.reason);
+    if (typeof w.propensity === "number") parts.push(`propensity ${f.whole.format(w.propensity)}`);
+    if (guide.offer && guide.offer.title) {
+      lines.push(["offer", `Offer: ${guide.offer.title}${parts.length ? ` — why: ${parts.join(", ")}` : ""}`]);
+    } else if (parts.length) {
+      lines.push(["offer", `Why: ${parts.join(", ")}`]);
+    }
+    for (const [cls, text] of lines) {
+      const p = document.createElement("p");
+      p.className = `guide-${cls}`;
+      p.textContent = text;
+      el.append(p);
+    }
   }
 
   // Items are keyed by trigger id and updated in place, so the element under the
@@ -152,7 +234,8 @@
     pres.textContent = online ? "online now" : "offline";
     pres.classList.toggle("online", online);
     li.querySelector(".reason").textContent = t.reason || t.rule || "";
-    li.querySelector(".context").textContent = describeContext(t.context);
+    li.querySelector(".context").textContent = describeContext(t.context, t.call_guide);
+    renderGuide(li.querySelector(".guide"), t.call_guide);
     const mine = Boolean(t.claimed_by) && t.claimed_by === state.user;
     li.classList.toggle("claimed", Boolean(t.claimed_by));
     li.classList.toggle("mine", mine);
@@ -219,11 +302,28 @@
   }
 
   async function openCustomer(id) {
-    const box = $("#customer");
     const { status, data } = await api("GET", `/v1/customers/${encodeURIComponent(id)}/context`);
+    showCustomer(status, data);
+  }
+
+  // An inbound call: the number as the agent typed it ("+44 20 7946 0958", "0044...")
+  // in E.164, then the screen-pop (which also writes the call to the contact history).
+  async function inboundCall(raw) {
+    let phone = String(raw || "").replace(/[\s().\-\/]/g, "");
+    if (phone.startsWith("00")) phone = `+${phone.slice(2)}`;
+    const { status, data } = await api("POST", "/v1/agents/inbound", { phone });
+    showCustomer(status, data);
+  }
+
+  function showCustomer(status, data) {
+    const box = $("#customer");
     if (status !== 200) {
       const p = document.createElement("p");
-      p.textContent = data?.error?.message || `error ${status}`;
+      p.className = "error";
+      const code = data?.error?.code;
+      p.textContent = code === "unknown_caller" ? "Unknown caller: no customer has this number"
+        : code === "invalid_inbound" ? "Enter the number in international form, e.g. +44 20 7946 0958"
+        : data?.error?.message || `error ${status}`;
       box.replaceChildren(p);
       return;
     }
@@ -240,7 +340,11 @@
       hist.append(li);
     }
     const histTitle = document.createElement("h4"); histTitle.textContent = "Contact history";
-    box.replaceChildren(head, dl([
+    const guideTitle = document.createElement("h4"); guideTitle.textContent = "Call guide";
+    const guide = document.createElement("div"); guide.className = "guide";
+    renderGuide(guide, data.call_guide);
+    if (!guide.childElementCount) guide.textContent = "No quote: nothing calculated for a product the bank quotes";
+    box.replaceChildren(head, guideTitle, guide, dl([
       ["Presence", data.presence?.online ? "online now" : "offline"],
       ["Recent pages", pages || "—"],
       ["Calculators", calcs || "—"],
@@ -386,6 +490,10 @@
     $("#search-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       openCustomer(new FormData(ev.target).get("customer"));
+    });
+    $("#inbound-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      inboundCall(new FormData(ev.target).get("phone"));
     });
     $("#refresh-funnel").addEventListener("click", () => refreshFunnel(true));
     setInterval(() => { if (state.user) render(); }, 1000); // SLA timers, expiry

@@ -1,0 +1,202 @@
+"""The call guide in real Chromium: a callback card and an inbound screen-pop show the
+bank's quote formatted in the site's locale and currency, as the agent sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+import zlib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import chromium
+from conftest import EngineClient, calc, open_store
+from playwright.async_api import Page, expect
+
+from engine.core.ids import new_decision_id
+from engine.core.settings import Settings
+from engine.delivery.records import write_trigger
+from engine.valkey import keys
+
+pytestmark = pytest.mark.browser
+
+PHONE = "+441632960001"
+
+
+async def _sign_in(page: Page, engine: EngineClient) -> None:
+    await page.goto(f"{engine.url}/dashboard")
+    await page.fill("input[name=user]", engine.credentials["agent_user"])
+    await page.fill("input[name=password]", engine.credentials["agent_password"])
+    await page.press("input[name=password]", "Enter")
+    await expect(page.locator("#connection")).to_have_text("Live")
+
+
+def _plain(text: str | None) -> str:
+    """Intl puts no-break spaces in numbers ("400.000,00\u00a0€"): as plain spaces."""
+    return (text or "").replace("\u00a0", " ").replace("\u202f", " ")
+
+
+def _png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows of RGBA/RGB bytes) of an 8-bit non-interlaced PNG, as
+    Chromium writes screenshots; enough to tell a drawn card from a blank box."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, b""
+    width = height = channels = 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and body[12] == 0, "8-bit, non-interlaced"
+            channels = {2: 3, 6: 4}[colour]
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw, stride = zlib.decompress(idat), width * channels
+    rows: list[bytes] = []
+    prev = bytearray(stride)
+    for y in range(height):
+        filt = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up, up_left = prev[i], prev[i - channels] if i >= channels else 0
+            if filt == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif filt == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif filt == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif filt == 4:
+                p = left + up - up_left
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                pred = left if pa <= pb and pa <= pc else up if pb <= pc else up_left
+                line[i] = (line[i] + pred) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return width, height, [bytes(r) for r in rows]
+
+
+def _ink(path: Path) -> tuple[float, int]:
+    """(share of pixels clearly darker than the card's white, distinct colours)."""
+    width, height, rows = _png_pixels(path)
+    channels = len(rows[0]) // width
+    dark = 0
+    colours: set[bytes] = set()
+    for row in rows:
+        for x in range(0, len(row), channels):
+            px = row[x : x + 3]
+            colours.add(px)
+            if sum(px) < 3 * 160:
+                dark += 1
+    return dark / (width * height), len(colours)
+
+
+async def test_a_callback_card_shows_the_quote_in_the_sites_locale(
+    make_engine: Any, settings: Settings, tmp_path: Path
+) -> None:
+    sites = {k: replace(v, locale="de-DE", currency="EUR") for k, v in settings.sites.items()}
+    engine: EngineClient = await make_engine(settings, sites=sites)
+    now = int(time.time() * 1000)
+    prefix = keys.customer_prefix("cust-card")
+    trigger = {
+        "id": new_decision_id(now),
+        "kind": "callback",
+        "channel": "callback",
+        "customer_id": "cust-card",
+        "site": engine.site,
+        "prefix": prefix,
+        "rule": "mortgage_calculator_callback",
+        "reason": "Reworked the mortgage calculator",
+        "priority": 20,
+        "created_ms": now,
+        "expires_ms": now + 600_000,
+        "factors": {"propensity": 0.41, "value": 30, "lever": 1.0, "score": 12.3},
+        "context": {
+            "calc": {
+                "mortgage": {
+                    "amount": 400_000.0,
+                    "term_months": 300,
+                    "rate": 3.5,
+                    "ts": now - 5_000,
+                    "previous": {"amount": 300_000.0, "term_months": 300, "ts": now - 65_000},
+                }
+            },
+            "offer": {"id": "mortgage_adviser", "title": "<b>Talk</b> to a mortgage adviser"},
+        },
+    }
+    store = open_store(engine.settings)
+    await write_trigger(store, prefix, trigger)
+    await store.close()
+    async with chromium() as browser:
+        page = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+        await _sign_in(page, engine)
+        card = page.locator(f"li[data-id='{trigger['id']}']")
+        quote_line = card.locator(".guide .guide-quote")
+        await expect(quote_line).to_have_count(1)
+        text = _plain(await quote_line.text_content())
+        assert text == (
+            "Quote (Mortgage, 10-year fixed): 400.000,00 € over 25 years at 4,10 % "
+            "= 2.133,50 €/month"
+        ), text
+        guide = _plain(await card.locator(".guide").text_content())
+        assert "Total repayable 640.050,00 €" in guide
+        assert "Visitor's own figure at 3,50 %: 2.002,49 €/month (bank +131,01 €)" in guide
+        assert "Changed amount 300.000,00 € → 400.000,00 €" in guide
+        offer = _plain(await card.locator(".guide .guide-offer").text_content())
+        assert offer == (
+            "Offer: <b>Talk</b> to a mortgage adviser — why: Reworked the mortgage "
+            "calculator, propensity 41 %"
+        )  # the title as text, never markup
+        assert await card.locator(".guide b").count() == 0
+
+        shot = tmp_path / "callback-card.png"
+        await card.screenshot(path=str(shot))
+        assert shot.exists() and shot.stat().st_size > 0
+        box = await card.bounding_box()
+        assert box is not None
+        # Decoded off the event loop (pure-Python PNG filters take a moment).
+        width, height, _ = await asyncio.to_thread(_png_pixels, shot)
+        assert abs(width - box["width"]) <= 3 and abs(height - box["height"]) <= 3  # the card
+        ink, colours = await asyncio.to_thread(_ink, shot)
+        assert ink > 0.01 and colours > 20, (ink, colours)  # text drawn, not a blank box
+
+
+async def test_an_inbound_call_typed_by_the_agent_opens_the_customer_with_the_guide(
+    make_engine: Any, settings: Settings, tmp_path: Path
+) -> None:
+    engine: EngineClient = await make_engine(settings)  # the demo site: en-GB, EUR
+    async with engine.session.put(
+        f"{engine.url}/v1/profiles/cust-caller/attributes",
+        json={"consent_call": True, "phone": PHONE},
+        headers=engine.api_headers,
+    ) as r:
+        assert r.status == 200, await r.text()
+    status, body, _ = await engine.post_events(
+        engine.batch([calc("mortgage", 400_000, 300)], identity=engine.token("cust-caller"))
+    )
+    assert status == 200, body
+    async with chromium() as browser:
+        page = await (await browser.new_context()).new_page()
+        await _sign_in(page, engine)
+        await page.fill("#inbound-form input[name=phone]", "+44 1632 960-001")  # as typed
+        await page.press("#inbound-form input[name=phone]", "Enter")
+        panel = page.locator("#customer")
+        await expect(panel.locator("h3")).to_have_text("cust-caller")
+        await expect(panel.locator(".guide .guide-quote")).to_have_count(1)
+        quote = _plain(await panel.locator(".guide .guide-quote").text_content())
+        assert "€400,000.00 over 25 years at 4.10% = €2,133.50/month" in quote, quote
+        await expect(panel.locator("ol li").first).to_contain_text("inbound_call")
+        await expect(panel.locator("ol li").first).to_contain_text(engine.credentials["agent_user"])
+        await page.screenshot(path=str(tmp_path / "inbound.png"))
+
+        await page.fill("#inbound-form input[name=phone]", "+44 1632 960999")
+        await page.press("#inbound-form input[name=phone]", "Enter")
+        await expect(panel).to_have_text("Unknown caller: no customer has this number")
+        await page.fill("#inbound-form input[name=phone]", "01632 960001")  # no country code
+        await page.press("#inbound-form input[name=phone]", "Enter")
+        await expect(panel).to_contain_text("Enter the number in international form")
