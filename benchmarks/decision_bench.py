@@ -58,8 +58,11 @@ CONDITIONS = [
 class _NoIO:
     """Audit writes go nowhere: we measure deciding, not Valkey."""
 
-    async def call(self, *args: Any, **kw: Any) -> None:
-        return None
+    def call(self, *args: Any, **kw: Any) -> asyncio.Future[Any]:
+        """A done future, as `Store.call` returns one (callers may read `.result()`)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(1)
+        return fut
 
 
 def _pack(n_rules: int) -> str:

@@ -70,6 +70,14 @@ async def dump(redis: aioredis.Redis) -> str:
         value: Any
         if kind == "string" and key.startswith("rb:{uplift:"):
             value = "<hyperloglog of decision ids>"  # binary; holds no readable id
+        elif (
+            kind == "string"
+            and (await redis.execute_command("GETRANGE", key, 0, 3, **{NEVER_DECODE: True}))
+            == b"HYLL"
+        ):
+            # Report counts (per dimension, segment members): HyperLogLogs, binary;
+            # they hold hashed registers, no readable id.
+            value = "<hyperloglog>"
         elif kind == "string" and key.startswith("rb:{d:"):
             # Audit records are stored deflated: read them as the engine does, so the
             # scan sees every identifier they hold.

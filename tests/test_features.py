@@ -28,6 +28,7 @@ from engine.decisions.features import (
     HOLDS_MAX,
     INTENT_MAX,
     MAX_KEYS,
+    SEGMENTS_MAX,
     TEXT_MAX,
     features,
 )
@@ -120,7 +121,7 @@ CUSTOMER = {
 
 
 def _check_bounded(f: dict[str, Any]) -> None:
-    assert len(f) <= MAX_KEYS <= 64
+    assert len(f) <= MAX_KEYS <= 72  # 64, and 8 real-time segments (issue 15)
     for name, v in f.items():
         assert isinstance(name, str) and name
         if isinstance(v, str):
@@ -389,11 +390,15 @@ def _at_every_cap() -> tuple[dict[str, Any], dict[str, Any], list[Event]]:
     return _decoded(h), customer, batch
 
 
-def test_a_profile_at_every_cap_stays_within_64_keys() -> None:
+def test_a_profile_at_every_cap_stays_within_72_keys() -> None:
     profile, customer, batch = _at_every_cap()
-    f = features(profile, customer, batch, NOW_MS, LONDON)
+    segments = frozenset(f"seg_{i:02}" for i in range(32))  # a rule set's most
+    f = features(profile, customer, batch, NOW_MS, LONDON, segments)
     _check_bounded(f)
     assert len(f) == MAX_KEYS  # every slot filled, none more
+    assert {k for k in f if k.startswith("seg_")} == {
+        f"seg_seg_{i:02}" for i in range(SEGMENTS_MAX)
+    }  # the first ids, in order
     calcs = {m[1] for k in f if (m := re.match(r"calc_(product_\d+)_", k))}
     assert calcs == {f"product_{i}" for i in range(CALC_PRODUCTS_MAX)}  # the newest
     assert {k for k in f if k.startswith("intent_")} == {

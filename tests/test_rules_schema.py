@@ -31,7 +31,8 @@ def _errors(tmp_path: Path, text: str) -> list[str]:
     [
         (
             OFFER + "colour: red\n",
-            "r.yaml:3:1: unknown key 'colour' (allowed: calendars, levers, offers, rules)",
+            "r.yaml:3:1: unknown key 'colour' (allowed: arbitration, calendars, "
+            "customer_value, levers, offers, rules, segments)",
         ),
         (
             "offers:\n  - {id: o, title: T, colour: red}\n",
@@ -145,8 +146,8 @@ def test_every_problem_is_reported_at_once_structural_and_semantic(tmp_path: Pat
         "r.yaml:4:42: type: 'fax' is not one of offer, callback, notify",
         "r.yaml:5:20: syntax error: invalid syntax",
         "r.yaml:6:70: priority: expected int, got str",
-        "r.yaml:6:73: unknown key 'colour' (allowed: action, description, enabled, "
-        "holdout_pct, id, policy, priority, value, when)",
+        "r.yaml:6:73: unknown key 'colour' (allowed: action, customer_value_weight, "
+        "description, enabled, holdout_pct, id, policy, priority, value, when)",
         "r.yaml:7:56: unknown offer 'nope'",
         "r.yaml:10:39: channel: 'pigeon' is not one of web, callback, email, sms",
         "r.yaml:11:26: cooldown_s: expected int >= 0",

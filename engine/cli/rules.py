@@ -62,10 +62,13 @@ def _check(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{args.path}: {exc.strerror}")
         return 1
+    segments = [s.id for s in rs.segments.segments]
     print(
         f"ok: {len(rs.rules)} rules, {len(rs.offers)} offers, {len(rs.calendars)} "
-        f"calendars (version {rs.version})"
+        f"calendars, {len(segments)} segments (version {rs.version})"
     )
+    if segments:
+        print(f"segments: {', '.join(segments)}")
     return 0
 
 

@@ -232,6 +232,20 @@ class Metrics:
             "posterior means would pick (exploration)",
             registry=r,
         )
+        # Real-time segments (engine/delivery/segment_counts.py); ids come from the rule
+        # set's config (at most 32), a closed set.
+        self.segment_entries = Counter(
+            "ringback_segment_entries_total",
+            "Visitors who entered a real-time segment, by segment",
+            ["segment"],
+            registry=r,
+        )
+        self.segment_exits = Counter(
+            "ringback_segment_exits_total",
+            "Visitors who left a real-time segment, by segment",
+            ["segment"],
+            registry=r,
+        )
         self.learner_outcomes = Counter(
             "ringback_learner_outcomes_total",
             "Outcome entries the learner learned from",

@@ -40,7 +40,9 @@ from engine.core.errors import RingbackError
 
 __all__ = ["UNKNOWN", "VARIABLES", "Checked", "Expression", "ExpressionError", "compile_expression"]
 
-VARIABLES = frozenset({"event", "profile", "session", "customer", "now", "score"})
+# `segments`: the ids of the segments the visitor is in now (engine/decisions/segments.py),
+# a frozenset, tested with `"id" in segments`.
+VARIABLES = frozenset({"event", "profile", "session", "customer", "now", "score", "segments"})
 MAX_LENGTH = 2000
 MAX_DEPTH = 32
 MAX_NODES = 400

@@ -1,6 +1,6 @@
 """Features: what a model learns from and scores with, one flat dict per decided batch.
 
-`features(profile, customer, events, now_ms, zone)` turns the decoded profile
+`features(profile, customer, events, now_ms, zone, segments)` turns the decoded profile
 (`engine.profile.profiles.decode_profile`), the customer's CRM attributes (the
 `CustomerAttributes` document stored with the profile, `{}` when anonymous), the batch's
 events and the decision time into `dict[str, float | str]`. Numeric values are finite
@@ -46,12 +46,17 @@ the hot path, so it reads the decoded profile as is and builds names from cached
 | `since_last_calc_s`            | num  | s since the newest calculator event                 |
 | `since_call_request_s`         | num  | s since the visitor last asked for a call           |
 | `since_first_seen_days`        | num  | days since the first event                          |
+| `seg_<id>`                     | num  | 1.0 per real-time segment the visitor is in now     |
+|                                |      | (engine/decisions/segments.py; first `SEGMENTS_MAX` |
+|                                |      | ids in order)                                       |
 
 Bounded: the profile caps its products, intent keys and categories (layout.py `SPACES`),
 but at those caps (10 products x 4, 16 + 16) a model would see more than it can use, so
 the families keep their strongest members: the `CALC_PRODUCTS_MAX` most recently used
 calculators, the `INTENT_MAX` highest intents, the `CATEGORY_MAX` most viewed categories
-(ties by name), the first `HOLDS_MAX` products held. `MAX_KEYS` (<= 64) is the sum.
+(ties by name), the first `HOLDS_MAX` products held, the first `SEGMENTS_MAX` segments.
+`MAX_KEYS` (<= 72) is the sum. Segment ids come from the rule set (a closed set of at
+most 32), but a visitor in many at once would crowd out the rest.
 Names built from a profile's own keys (products, categories) keep `[a-z0-9_]` only and
 at most 32 characters, as the ingest schema and settings already require of them.
 
@@ -70,7 +75,7 @@ carry one, `Calendar.zone`), so the caller passes it; None means UTC.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -95,6 +100,7 @@ __all__ = [
     "HOLDS_MAX",
     "INTENT_MAX",
     "MAX_KEYS",
+    "SEGMENTS_MAX",
     "SIGNIFICANCE",
     "TEXT_MAX",
     "features",
@@ -106,6 +112,7 @@ CALC_PRODUCTS_MAX: Final = 3
 INTENT_MAX: Final = 6
 CATEGORY_MAX: Final = 6
 HOLDS_MAX: Final = 8
+SEGMENTS_MAX: Final = 8
 TEXT_MAX: Final = 64  # characters of a categorical value
 NAME_MAX: Final = 32  # characters of a profile key inside a feature name
 
@@ -145,8 +152,9 @@ MAX_KEYS: Final = (
     + INTENT_MAX
     + CATEGORY_MAX
     + HOLDS_MAX
+    + SEGMENTS_MAX
 )
-assert MAX_KEYS <= 64, MAX_KEYS
+assert MAX_KEYS <= 72, MAX_KEYS
 
 # Which event of a batch names it: an explicit ask beats a calculator (the strongest
 # implicit signal), which beats form work, clicks, then browsing. Ties: the first.
@@ -309,6 +317,7 @@ def features(
     events: Sequence[Event],
     now_ms: int,
     zone: ZoneInfo | None = None,
+    segments: Collection[str] = (),
 ) -> Features:
     """The feature dict of one decided batch; see the module docstring for every name."""
     out: Features = {"known": 1.0 if profile.get("known") else 0.0}
@@ -398,4 +407,9 @@ def features(
         out["since_call_request_s"] = max(0.0, now_ms - x) / 1000
     if (x := _num(profile.get("first_seen"))) is not None and x > 0:
         out["since_first_seen_days"] = max(0.0, now_ms - x) / 86_400_000
+
+    # Real-time segments: membership is the feature (absent: not a member).
+    if segments:
+        for seg in sorted(segments)[:SEGMENTS_MAX]:
+            out[_name("seg_", seg)] = 1.0
     return out

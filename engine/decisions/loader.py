@@ -16,10 +16,17 @@ about their size or shape before it has checked them: a file over `MAX_FILE_BYTE
 YAML anchors and aliases are refused before anything is built from the document (a
 1 KB "billion laughs" file expands into gigabytes wherever a value is copied or
 printed), as is nesting deeper than `MAX_DEPTH`.
+
+Besides rules, offers, calendars and levers, a file may declare `segments`
+(engine/decisions/segments.py: a segment's `when` may not read `segments`; a rule that
+tests `"x" in segments` must name a declared segment), and at most one file of the set
+may hold the `customer_value` weights (engine/decisions/value.py) and the
+`arbitration` settings (`customer_value_weight`, 0 = off: rankings as before).
 """
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import functools
 import hashlib
@@ -43,10 +50,19 @@ from engine.core.vocabulary import DEFAULT_CHANNEL, Action, Channel
 from engine.decisions.calendar import DAYS, Calendar
 from engine.decisions.compiled import CompiledRules, compile_rules, per_rule
 from engine.decisions.expr import Expression, ExpressionError, compile_expression
+from engine.decisions.segments import (
+    MAX_SEGMENTS,
+    NO_SEGMENTS,
+    Segment,
+    Segments,
+    compile_segments,
+)
+from engine.decisions.value import CustomerValue
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
+    "Arbitration",
     "Offer",
     "Policy",
     "Rule",
@@ -54,6 +70,7 @@ __all__ = [
     "RuleFile",
     "RuleSet",
     "RuleSetError",
+    "SegmentSpec",
     "load_rules",
 ]
 
@@ -134,6 +151,9 @@ class RuleSpec(_Shape, frozen=True):
     policy: Policy = msgspec.field(default_factory=Policy)
     holdout_pct: Annotated[float, Meta(ge=0, le=100)] = 0.0
     enabled: Enabled = msgspec.field(default_factory=Enabled)
+    # Arbitration: this rule's score x (1 + weight x customer value / 100); unset, the
+    # set's `arbitration: {customer_value_weight}` (0: off).
+    customer_value_weight: Annotated[float, Meta(ge=0, le=100)] | None = None
 
 
 class Hours(_Shape, frozen=True):
@@ -162,6 +182,26 @@ class CalendarSpec(_Shape, frozen=True):
     closed: list[dt.date] = []
 
 
+class SegmentSpec(_Shape, frozen=True):
+    id: Id
+    when: str
+    description: str = ""
+
+
+class Arbitration(_Shape, frozen=True):
+    """How candidates are ranked beyond propensity x value x lever.
+
+    `customer_value_weight` w multiplies a candidate's score by
+    (1 + w x customer value / 100): at 0.5 a customer valued 100 makes a rule's offer
+    rank as one worth 1.5x. It is the default of every rule that does not set its own
+    `customer_value_weight`: one weight for all scales a batch's candidates alike (the
+    recorded scores change, their order does not); weights that differ by rule let a
+    valuable customer's premium offers outrank mass ones (a mass offer opts out with
+    0). 0 everywhere (the default) leaves rankings exactly as they were."""
+
+    customer_value_weight: Annotated[float, Meta(ge=0, le=100)] = 0.0
+
+
 class RuleFile(_Shape, frozen=True):
     """One rules file; a rule set is the union of its directory's files."""
 
@@ -169,6 +209,9 @@ class RuleFile(_Shape, frozen=True):
     rules: list[RuleSpec] = []
     calendars: list[CalendarSpec] = []
     levers: dict[str, float] = {}  # product -> arbitration weight
+    segments: list[SegmentSpec] = []
+    customer_value: CustomerValue | None = None  # at most one file of a set
+    arbitration: Arbitration | None = None  # at most one file of a set
 
 
 @dataclass(frozen=True)
@@ -190,6 +233,7 @@ class Rule:
     enabled_from: dt.date | None
     enabled_until: dt.date | None
     source: str  # file:line
+    value_weight: float = 0.0  # arbitration: its customer value weight (or the set's)
 
     def enabled_on(self, today: dt.date) -> bool:
         return (self.enabled_from is None or today >= self.enabled_from) and (
@@ -205,10 +249,16 @@ class RuleSet:
     offers: dict[str, Offer]
     calendars: dict[str, Calendar]
     levers: dict[str, float] = field(default_factory=dict)
+    segments: Segments = NO_SEGMENTS
+    value: CustomerValue = field(default_factory=CustomerValue)
+    value_weight: float = 0.0  # arbitration's customer_value_weight (0: off)
     # False: `conditions` evaluates each rule's own closure (the reference the
     # generated function is tested against); the live path leaves it True.
     generated: bool = True
     conditions: CompiledRules = field(init=False, repr=False, compare=False)
+    # Whether a rule or segment reads `customer.value`: only then does deciding score
+    # the customer before the conditions run (else lazily, when a record needs it).
+    reads_value: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Every condition of the set in one generated function, built once here (and
@@ -220,6 +270,17 @@ class RuleSet:
             fns = [e._fn for e in exprs]
             conditions = CompiledRules(functools.partial(per_rule, fns), "", len(fns))
         object.__setattr__(self, "conditions", conditions)
+        every = [*exprs, *(s.when for s in self.segments.segments)]
+        object.__setattr__(
+            self, "reads_value", any(_reads(e, ("customer", "value")) for e in every)
+        )
+
+
+def _reads(e: Expression, path: tuple[str, ...]) -> bool:
+    """Whether `e` reads `path` (or, unchecked, anything of its root variable)."""
+    if e.checked is None:
+        return path[0] in e.names
+    return any(p[: len(path)] == path for p in e.checked.paths.values())
 
 
 class RuleError(RingbackError):
@@ -410,7 +471,19 @@ def load_rules(
     calendars: dict[str, Calendar] = {}
     offers: dict[str, Offer] = {}
     levers: dict[str, float] = {}
+    value: CustomerValue | None = None
+    arbitration: Arbitration | None = None
     for doc, shape, index in decoded:
+        if shape.customer_value is not None:
+            if value is not None:
+                doc.at(("customer_value",), "customer_value is already set in another file")
+            elif _weight_sum(shape.customer_value) <= 0:
+                doc.at(("customer_value", "weights"), "weights: at least one must be above 0")
+            value = value or shape.customer_value
+        if shape.arbitration is not None:
+            if arbitration is not None:
+                doc.at(("arbitration",), "arbitration is already set in another file")
+            arbitration = arbitration or shape.arbitration
         for i, spec in zip(index.get("calendars", []), shape.calendars, strict=True):
             if spec.name in calendars:
                 doc.at(("calendars", i), f"duplicate calendar {spec.name!r}")
@@ -422,10 +495,24 @@ def load_rules(
         levers.update(shape.levers)
 
     functions = functions_for(calendars) if functions_for else default_functions(calendars)
+    segments: dict[str, Segment] = {}
+    for doc, shape, index in decoded:
+        for i, seg_spec in zip(index.get("segments", []), shape.segments, strict=True):
+            seg = _segment(doc, ("segments", i), seg_spec, functions)
+            if seg and seg.id in segments:
+                doc.at(("segments", i), f"duplicate segment id {seg.id!r}")
+            elif seg and len(segments) >= MAX_SEGMENTS:
+                doc.at(("segments", i), f"a rule set may declare at most {MAX_SEGMENTS} segments")
+            elif seg:
+                segments[seg.id] = seg
     rules: dict[str, Rule] = {}
+    weight = arbitration.customer_value_weight if arbitration else 0.0
     for doc, shape, index in decoded:
         for i, rule_spec in zip(index.get("rules", []), shape.rules, strict=True):
-            rule = _rule(doc, ("rules", i), rule_spec, offers, calendars, functions)
+            rule = _rule(doc, ("rules", i), rule_spec, offers, calendars, functions, weight)
+            if rule:
+                for name in sorted(_segment_names(rule.when) - segments.keys()):
+                    doc.at(("rules", i, "when"), f"unknown segment {name!r}")
             if rule and rule.id in rules:
                 doc.at(("rules", i), f"duplicate rule id {rule.id!r}")
             elif rule:
@@ -439,7 +526,61 @@ def load_rules(
         offers=offers,
         calendars=calendars,
         levers=levers,
+        segments=compile_segments(tuple(segments.values())),
+        value=value or CustomerValue(),
+        value_weight=weight,
     )
+
+
+def _weight_sum(cfg: CustomerValue) -> float:
+    return float(sum(msgspec.structs.asdict(cfg.weights).values()))
+
+
+def _segment_names(e: Expression) -> set[str]:
+    """The segment ids `e` tests with `"id" in segments` / `"id" not in segments`."""
+    chk = e.checked
+    if chk is None:
+        return set()
+    out: set[str] = set()
+    for node in ast.walk(chk.body):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Subscript)
+            and isinstance(node.func.slice, ast.Constant)
+            and node.func.slice.value in ("in", "not in")
+            and len(node.args) == 2
+        ):
+            continue
+        item, where = node.args
+        if (
+            isinstance(where, ast.Call)
+            and isinstance(where.func, ast.Name)
+            and chk.paths.get(where.func.id) == ("segments",)
+        ):
+            if isinstance(item, ast.Constant) and isinstance(item.value, str):
+                out.add(item.value)
+    return out
+
+
+def _segment(
+    doc: _Doc, at: YamlPath, spec: SegmentSpec, functions: dict[str, Any]
+) -> Segment | None:
+    """The segment compiled, or None (its problems reported to `doc`)."""
+    try:
+        expr = compile_expression(spec.when, functions)
+    except ExpressionError as exc:
+        line, col = _expr_error_position(doc.values[(*at, "when")], exc)
+        doc.errors.append(RuleError(doc.file, line, col, exc.message))
+        return None
+    if "segments" in expr.names:
+        doc.at(
+            (*at, "when"),
+            "a segment's condition cannot read 'segments' (segments are evaluated "
+            "together, before the rules)",
+        )
+        return None
+    line = doc.values[at].start_mark.line + 1
+    return Segment(spec.id, spec.description, expr, f"{doc.file}:{line}")
 
 
 def _compose(file: str, text: str, errors: list[RuleError]) -> _Doc | None:
@@ -606,6 +747,7 @@ def _rule(
     offers: dict[str, Offer],
     calendars: dict[str, Calendar],
     functions: dict[str, Any],
+    default_weight: float = 0.0,
 ) -> Rule | None:
     """The rule compiled, or None; problems the shape cannot see go to `doc`."""
     expr = None
@@ -643,4 +785,5 @@ def _rule(
         spec.enabled.from_,
         spec.enabled.until,
         f"{doc.file}:{doc.values[at].start_mark.line + 1}",
+        default_weight if spec.customer_value_weight is None else spec.customer_value_weight,
     )

@@ -92,3 +92,11 @@ class Trigger(_Record, frozen=True, omit_defaults=True, gc=False):
     context: dict[str, Any]  # what the agent sees: calculators, intent, pages, offer
     factors: dict[str, float]  # as the decision's: propensity, value, lever, score
     model: dict[str, Any]  # as the decision's: {name, version, source}
+    # Who it is for (issue 15), for reports and the agent: the campaign (last and first
+    # touch: campaign, source, medium, term, content, referrer, first_campaign,
+    # first_source, first_medium, first_referrer; only those known), the segments the
+    # visitor was in (sorted), the CRM branch ("" unknown) and the customer value.
+    attribution: dict[str, str]
+    segments: list[str]
+    branch: str
+    customer_value: float

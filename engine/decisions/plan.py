@@ -17,13 +17,23 @@ the first one that is reserved (one contact per batch: the best-ranked one polic
 allows), then `settle` (pure too) turns the answers into the batch's decisions and
 final trace, and `audit_record` into what each audit record says: the rules that did
 not fire and what suppressed them included.
+
+Before the rules, the set's segments are evaluated on the same inputs
+(engine/decisions/segments.py), so rules can test `"id" in segments`; the plan carries
+the visitor's segments and the entries and exits against the stored membership. The
+customer value (engine/decisions/value.py) is scored once per plan: before the rules
+when a condition reads `customer.value`, else only when something is recorded (a
+candidate eligible, held out or suppressed), with the campaign attribution, the branch
+and the report dimensions (`Plan.dims`) that records and counts carry.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
-from collections.abc import Callable, Container
+import re
+from collections.abc import Callable, Container, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,6 +47,9 @@ from engine.decisions.features import features
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import Offer, Rule, RuleSet
 from engine.decisions.model import Decision, Trigger
+from engine.decisions.segments import changes
+from engine.decisions.value import band
+from engine.decisions.value import score as value_score
 from engine.ingest.schema import event_type
 from engine.models.registry import NO_MODELS, Models, estimate
 from engine.profile.contact_history import Reservation
@@ -51,8 +64,10 @@ __all__ = [
     "Settled",
     "Trigger",
     "asked_for_call",
+    "attribution",
     "audit_record",
     "decide",
+    "dims",
     "exploration_draw",
     "holdout",
     "offer_decision_id",
@@ -137,6 +152,36 @@ class Plan(msgspec.Struct, frozen=True):
     # those whose offer under sampling is not the one the posterior means would pick.
     slots: int = 0
     explored: int = 0
+    # Segments (engine/decisions/segments.py): the ids the visitor is in now, and those
+    # entered and exited against the profile's stored membership (sorted).
+    segments: frozenset[str] = frozenset()
+    entered: tuple[str, ...] = ()
+    exited: tuple[str, ...] = ()
+    # Who the decisions are about (`customer_value`, `attribution`, `branch`, `dims`):
+    # worked out on first use, once (most batches record nothing new and need none of
+    # it); empty when no candidate was eligible, held out or suppressed.
+    _who: list[Callable[[], _About]] = []
+
+    def who(self) -> _About:
+        """Value, attribution, segments, branch and report dimensions of the plan."""
+        return self._who[0]() if self._who else _NOBODY
+
+    @property
+    def customer_value(self) -> float:
+        return self.who().value
+
+    @property
+    def attribution(self) -> dict[str, str]:
+        return self.who().attribution
+
+    @property
+    def branch(self) -> str:
+        return self.who().branch
+
+    @property
+    def dims(self) -> tuple[tuple[str, str], ...]:
+        """The report dimensions every count of the plan's decisions carries (`dims`)."""
+        return self.who().dims
 
 
 class Settled(msgspec.Struct, frozen=True):
@@ -251,14 +296,31 @@ def decide(
     rs = rules
     now = now_ms
     subject = inp.customer_id or f"{inp.site}:{inp.anonymous_id}"
+    profile = inp.profile
+    customer = inp.customer
+    value: float | None = None
+    if rs.reads_value:  # else scored below, only if something is recorded
+        value = value_score(rs.value, profile, customer, now)
+        customer = {**customer, "value": value}
     variables = {
         "event": _event_dict(inp, classify),
-        "profile": inp.profile,
-        "session": inp.profile.get("session", {}),
-        "customer": inp.customer,
+        "profile": profile,
+        "session": profile.get("session", {}),
+        "customer": customer,
         "now": now,
-        "score": inp.profile.get("scores", {}),
+        "score": profile.get("scores", {}),
+        "segments": _NO_SEGMENTS,
     }
+    members = _NO_SEGMENTS
+    if rs.segments.segments:
+        members = variables["segments"] = rs.segments.members(variables)
+    stored = profile.get("segments")
+    entered: tuple[str, ...] = ()
+    exited: tuple[str, ...] = ()
+    if members or stored:
+        entered, exited = changes(
+            members, stored if isinstance(stored, dict) else {}, rs.segments.ids
+        )
     trace: dict[str, dict[str, Any]] = {}
     hits: list[str] = []
     suppressions: list[tuple[str, str]] = []
@@ -299,10 +361,21 @@ def decide(
     ranked: list[Decision | Contact] = []
     contacts: list[Contact] = []
     feats: dict[str, float | str] = {}
+    who: list[Callable[[], _About]] = []
+    if eligible or held or suppressions:
+        known: list[_About] = []
+
+        def about() -> _About:
+            if not known:
+                v = value_score(rs.value, profile, inp.customer, now) if value is None else value
+                known.append(_About.of(profile, inp.customer, members, v))
+            return known[0]
+
+        who.append(about)
     if eligible or held:
-        feats = features(inp.profile, inp.customer, inp.events, now, _zone(rs))
+        feats = features(profile, inp.customer, inp.events, now, _zone(rs), members)
     holdouts = [
-        _holdout_decision(rule, channel, rs, feats, models, offer_key, subject, now)
+        _holdout_decision(rule, channel, rs, feats, models, offer_key, subject, now, who)
         for rule, channel in held
         if rule.action == _OFFER or inp.events  # as treated: page loads don't contact
     ]
@@ -319,10 +392,11 @@ def decide(
             if rule.action == _OFFER and models and model_name(rule) in models:
                 z = exploration_draw(offer_key, subject, now, rule.id)
                 sampling = True
-            factors, model = _factors(rule, rs, feats, models, z)
+            factors, model = _factors(rule, rs, feats, models, z, who)
             rank = factors["score"]
             if "sampled" in factors:
                 rank = factors["sampled"] * max(factors["value"], 0.01) * factors["lever"]
+                rank *= factors.get("customer_value_boost", 1.0)
             scored.append((rank, factors, model, rule, ch, sch))
         # The slot each offer would fill ranked by the mean: exploring is taking another.
         by_mean: dict[str | None, str] = {}
@@ -369,7 +443,7 @@ def decide(
                 model,
                 offer=offer.public() if offer is not None else None,
             )
-            contact = _contact(decision, rule, offer, inp, rs, prefix, now, scheduled)
+            contact = _contact(decision, rule, offer, inp, rs, prefix, now, scheduled, who[0]())
             ranked.append(contact)
             contacts.append(contact)
     return Plan(
@@ -388,6 +462,10 @@ def decide(
         holdouts=holdouts,
         slots=len(slots),
         explored=explored,
+        segments=members,
+        entered=entered,
+        exited=exited,
+        _who=who,
     )
 
 
@@ -447,7 +525,121 @@ def audit_record(plan: Plan, decision: Decision, trace: list[dict[str, Any]]) ->
         "holdout": decision.holdout,
         "inputs": sorted(rule_inputs(plan.rule_set, decision.rule)),
         "trace": trace,
+        "attribution": plan.attribution,
+        "segments": sorted(plan.segments),
+        "branch": plan.branch,
+        "customer_value": plan.customer_value,
+        "dims": plan.dims,
     }
+
+
+# -- who the decisions are about ---------------------------------------------------------
+
+# Last touch and first touch, as the profile keeps them (`profile["campaign"]`), under
+# the names records and reports use.
+_ATTRIBUTION = (
+    ("utm_campaign", "campaign"),
+    ("utm_source", "source"),
+    ("utm_medium", "medium"),
+    ("utm_term", "term"),
+    ("utm_content", "content"),
+    ("referrer", "referrer"),
+    ("first_utm_campaign", "first_campaign"),
+    ("first_utm_source", "first_source"),
+    ("first_utm_medium", "first_medium"),
+    ("first_referrer", "first_referrer"),
+)
+_NO_SEGMENTS: frozenset[str] = frozenset()
+_EMPTY: Mapping[str, Any] = {}
+_DIM_UNSAFE = re.compile(r"[^a-z0-9_.\-]+")
+DIM_MAX = 64  # characters of a dimension's value
+
+
+def attribution(profile: Mapping[str, Any]) -> dict[str, str]:
+    """The campaign a decision is attributed to: the profile's last and first touch,
+    only what is known.
+
+    >>> attribution({"campaign": {"utm_campaign": "spring", "referrer": "www.google.com",
+    ...                           "first_utm_source": "news", "ts": 5}})
+    {'campaign': 'spring', 'referrer': 'www.google.com', 'first_source': 'news'}
+    """
+    campaign = profile.get("campaign") or _EMPTY
+    if not campaign:
+        return {}
+    out: dict[str, str] = {}
+    for stored, name in _ATTRIBUTION:
+        v = campaign.get(stored)
+        if isinstance(v, str) and v:
+            out[name] = v
+    return out
+
+
+@functools.lru_cache(maxsize=1024)  # campaigns and branches repeat
+def _dim(value: str) -> str:
+    """A dimension's value as reports key it: lower case, `[a-z0-9_.-]`, clipped (a
+    campaign name is whatever a link said)."""
+    return _DIM_UNSAFE.sub("_", value.lower())[:DIM_MAX] or "_"
+
+
+def dims(
+    attributed: Mapping[str, str], segments: frozenset[str], branch: str, value: float
+) -> tuple[tuple[str, str], ...]:
+    """A decision's report dimensions: campaign (last touch; else "(referral)" with a
+    referrer, else "(direct)"), each segment (or "(none)"), branch (or "(none)") and the
+    customer value's band. Every decision has each dimension, so campaign, branch and value
+    each add up to the total (a visitor in two segments counts in both).
+
+    >>> for d in dims({"campaign": "Spring Mortgage"}, frozenset({"b", "a"}), "b12", 70.0):
+    ...     print(*d)
+    campaign spring_mortgage
+    segment a
+    segment b
+    branch b12
+    value high
+    >>> dims({"referrer": "www.google.com"}, frozenset(), "", 10.0)
+    (('campaign', '(referral)'), ('segment', '(none)'), ('branch', '(none)'), ('value', 'low'))
+    """
+    if c := attributed.get("campaign"):
+        campaign = _dim(c)
+    else:
+        campaign = "(referral)" if attributed.get("referrer") else "(direct)"
+    out = [("campaign", campaign)]
+    out += [("segment", s) for s in sorted(segments)] or [("segment", "(none)")]
+    out.append(("branch", _dim(branch) if branch else "(none)"))
+    out.append(("value", band(value)))
+    return tuple(out)
+
+
+class _About(msgspec.Struct, frozen=True, gc=False):
+    """What records and counts say about who a plan's decisions are for."""
+
+    value: float = 0.0
+    attribution: dict[str, str] = {}
+    segments: tuple[str, ...] = ()  # sorted
+    branch: str = ""
+    dims: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        profile: Mapping[str, Any],
+        customer: Mapping[str, Any],
+        segments: frozenset[str],
+        value: float,
+    ) -> _About:
+        attributed = attribution(profile)
+        b = customer.get("branch")
+        branch = b if isinstance(b, str) else ""
+        return cls(
+            value,
+            attributed,
+            tuple(sorted(segments)),
+            branch,
+            dims(attributed, segments, branch, value),
+        )
+
+
+_NOBODY = _About()
 
 
 # -- steps -------------------------------------------------------------------------------
@@ -519,6 +711,7 @@ def _holdout_decision(
     offer_key: bytes,
     subject: str,
     now: int,
+    who: Sequence[Callable[[], _About]] = (),
 ) -> Decision:
     """What a control-group member would have been given: recorded (audit record,
     uplift counts, conversions attributed to it), never shown or sent.
@@ -528,7 +721,7 @@ def _holdout_decision(
     about as often as a treated one, whom the cooldown lets be contacted once per
     window; a fresh id per batch would swell the control group."""
     offer = rs.offers.get(rule.offer) if rule.offer else None
-    factors, model = _factors(rule, rs, feats, models)
+    factors, model = _factors(rule, rs, feats, models, None, who)
     window_ms = max(rule.policy.cooldown_s * 1000, OFFER_DECISION_WINDOW_MS)
     start = now - now % window_ms
     msg = f"holdout\0{subject}\0{rule.id}\0{rs.version}\0{start}".encode()
@@ -579,8 +772,10 @@ def suppressed_decision(
     decision_id = f"{start:012x}{hashlib.blake2b(msg, key=offer_key, digest_size=6).hexdigest()}"
     if decision_id in skip:
         return None
-    feats = plan.features or features(inp.profile, inp.customer, inp.events, now, _zone(rs))
-    factors, model = _factors(rule, rs, feats, models)
+    feats = plan.features or features(
+        inp.profile, inp.customer, inp.events, now, _zone(rs), plan.segments
+    )
+    factors, model = _factors(rule, rs, feats, models, None, plan._who)
     offer = rs.offers.get(rule.offer) if rule.offer else None
     decision = Decision(
         decision_id,
@@ -610,6 +805,7 @@ def _factors(
     feats: dict[str, float | str],
     models: Models,
     z: float | None = None,
+    who: Sequence[Callable[[], _About]] = (),
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """(factors, model): propensity from the rule's model (or its prior, or 1.0 with
     none published), value and lever from the rule set, score their product; the
@@ -619,13 +815,23 @@ def _factors(
     `sampled` is the propensity drawn from the model's posterior (`estimate`), what the
     offer ranks by; `propensity` and `score` stay the posterior mean's (the estimate an
     audit or a calibration check wants), so an explored offer is one whose score is
-    not the slot's highest."""
+    not the slot's highest.
+
+    With a customer value weight w for the rule (its own `customer_value_weight`, else
+    the set's `arbitration: {customer_value_weight}`), the score is multiplied by
+    `customer_value_boost` = 1 + w x customer value / 100 (the value from `who`, the
+    plan's), which the factors name; with none (the default) the factors are exactly
+    what they were before it existed."""
     offer = rs.offers.get(rule.offer) if rule.offer else None
     est = estimate(models, model_name(rule), feats, z)
     value = rule.value or (offer.value if offer else 0.0)
     lever = rs.levers.get(offer.product if offer else "", 1.0)
     score = est.propensity * max(value, 0.01) * lever
     factors = {"propensity": est.propensity, "value": value, "lever": lever, "score": score}
+    if rule.value_weight > 0:
+        boost = 1.0 + rule.value_weight * (who[0]().value if who else 0.0) / 100
+        factors["customer_value_boost"] = boost
+        factors["score"] = score * boost
     if est.sampled is not None:
         factors["sampled"] = est.sampled
     return factors, {"name": est.model, "version": est.version, "source": est.source}
@@ -671,6 +877,7 @@ def _contact(
     prefix: str,
     now: int,
     scheduled: int | None,
+    about: _About,
 ) -> Contact:
     """A contact candidate: its reservation, its history entry and its trigger."""
     day = ""
@@ -724,5 +931,9 @@ def _contact(
             "offer": decision.offer,
             "language": inp.customer.get("language"),
         },
+        attribution=about.attribution,
+        segments=list(about.segments),
+        branch=about.branch,
+        customer_value=about.value,
     )
     return Contact(rule.id, chosen, decision, reservation, history, trigger)

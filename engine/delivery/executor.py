@@ -8,7 +8,9 @@ order (cooldowns, daily caps; two workers racing on one customer fire once), sto
 at the first one policy allows (one contact per batch), then writes that contact's
 trigger, queues phone work, writes the audit records, and counts what happened.
 Every decision gets an id and an audit record saying why, including the rules that
-did not fire and what suppressed them.
+did not fire and what suppressed them. A batch's segment entries and exits, and the
+per-day segment counts, go out with the same writes (engine/delivery/segment_counts.py),
+and every count of a decision carries the plan's report dimensions (`Plan.dims`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from engine.decisions.plan import (
 from engine.decisions.precheck import Candidates
 from engine.delivery.queue import enqueue
 from engine.delivery.records import write_audit, write_trigger
+from engine.delivery.segment_counts import SegmentCounter
 from engine.delivery.uplift import count_decision
 from engine.models.registry import NO_MODELS, Models
 from engine.profile.contact_history import append_history, release, reserve
@@ -94,6 +97,7 @@ class RulesDecider:
         self._offer_key = offer_key if offer_key is not None else os.urandom(16)
         self._audited: OrderedDict[str, None] = OrderedDict()
         self._candidates: Candidates | None = None  # the current rule set's pre-checks
+        self.segments = SegmentCounter(store, metrics)
 
     def flush_hits(self) -> None:
         """Add the rule hits counted since the last flush to `ringback_rule_hits_total`."""
@@ -176,13 +180,19 @@ class RulesDecider:
         settled = settle(plan, refused, taken)
 
         deliveries: list[Awaitable[Any]] = []
+        if inp.events and (plan.segments or plan.entered or plan.exited):
+            deliveries += self.segments.deliveries(plan)  # batches only: see segment_counts
         if held is not None:  # reserved with the profile, but no contact made of it
             deliveries.append(release(self.store, plan.prefix, held))
         if taken is not None:
             if prepaid:  # rb_reserve would have appended it: the same entry
                 deliveries.append(append_history(self.store, plan.prefix, taken.history))
             deliveries.append(write_trigger(self.store, plan.prefix, taken.trigger))
-            deliveries.append(count_decision(self.store, taken.rule, now, False, taken.decision.id))
+            deliveries.append(
+                count_decision(
+                    self.store, taken.rule, now, False, taken.decision.id, dims=plan.dims
+                )
+            )
             if taken.phone_work:  # phone work only: never an e-mail fallback
                 deliveries.append(enqueue(self.store, taken.trigger.id, taken.trigger.expires_ms))
         new_offers: list[str] = []  # offer decisions to remember once their record is out
@@ -196,7 +206,9 @@ class RulesDecider:
                     self._audited.move_to_end(d.id)
                     continue
                 new_offers.append(d.id)
-                deliveries.append(count_decision(self.store, d.rule, now, False, d.id))
+                deliveries.append(
+                    count_decision(self.store, d.rule, now, False, d.id, dims=plan.dims)
+                )
             if trace is None:
                 trace = list(settled.trace.values())
             deliveries.append(write_audit(self.store, d.id, audit_record(plan, d, trace)))
@@ -210,7 +222,7 @@ class RulesDecider:
             if trace is None:
                 trace = list(settled.trace.values())
             deliveries.append(write_audit(self.store, d.id, audit_record(plan, d, trace)))
-            deliveries.append(count_decision(self.store, d.rule, now, True, d.id))
+            deliveries.append(count_decision(self.store, d.rule, now, True, d.id, dims=plan.dims))
         # Contacts that matched but were suppressed (eligibility) or refused (policy):
         # recorded with what suppressed them, so the audit says why this customer was
         # not called. Stable ids per window, written once per worker: a visitor browsing
