@@ -175,6 +175,10 @@ MAIN_ROUTES = {
     ("POST", "/v1/triggers/{trigger_id}/complete"),
     ("GET", "/v1/customers/{customer_id}/context"),
     ("GET", "/v1/supervisor/funnel"),
+    ("GET", "/v1/reports/funnel"),
+    ("GET", "/v1/reports/conversions"),
+    ("GET", "/v1/reports/segments"),
+    ("POST", "/v1/agents/inbound"),
     ("POST", "/demo/login"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -280,6 +284,19 @@ async def test_real_answers_match_the_declared_answer_structs(
         ("GET", "/v1/supervisor/funnel"), "/v1/supervisor/funnel?fresh=1", headers=api
     )
     assert funnel["rules"], funnel  # the callback above was counted
+    report = await c.call(("GET", "/v1/reports/funnel"), "/v1/reports/funnel", headers=api)
+    assert report["rows"], report  # and in the dated funnel
+    await c.call(
+        ("GET", "/v1/reports/conversions"), "/v1/reports/conversions?by=campaign", headers=api
+    )
+    await c.call(("GET", "/v1/reports/segments"), "/v1/reports/segments", headers=api)
+    inbound = await c.call(
+        ("POST", "/v1/agents/inbound"),
+        "/v1/agents/inbound",
+        json={"customer_id": customer},
+        headers=api,
+    )
+    assert inbound["contact_history"][0]["kind"] == "inbound_call"
     await c.call(("POST", "/v1/admin/rules/reload"), "/v1/admin/rules/reload", headers=api)
     await c.call(("POST", "/demo/login"), "/demo/login", json={"user": "alex"})
     await c.call(("GET", "/healthz"), "/healthz")

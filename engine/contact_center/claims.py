@@ -5,12 +5,15 @@ agent wins; the others get 409 with who took it, and every dashboard hears about
 at once because the claim is published on the trigger's shard stream, which every
 worker's gateway follows (engine/contact_center/gateway.py). Outcomes go to the
 outcomes stream (for the learner) and to the customer's contact history (for the
-next agent and the rules), through engine/delivery/outcomes.py.
+next agent and the rules), through engine/delivery/outcomes.py. Claims and completions
+count in the funnel of the trigger's day (engine/delivery/reports.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from typing import Any
 
 import orjson
 
@@ -20,6 +23,7 @@ from engine.core.vocabulary import EntryKind, is_phone_work
 from engine.delivery.outcomes import OUTCOMES_MAXLEN, born_ms, record_outcome
 from engine.delivery.queue import dequeue
 from engine.delivery.records import publish_event, read_audit
+from engine.delivery.reports import count_claimed, count_completed
 from engine.valkey import keys, refs
 from engine.valkey.store import Store
 
@@ -49,10 +53,17 @@ async def claim(
         raise Gone("expired", "this callback has expired and was withdrawn")
     if res[0] == "taken":
         raise Conflict("already_claimed", f"already claimed by {res[1]}")
+    trigger: dict[str, Any] = {}
+    with contextlib.suppress(ValueError, TypeError, orjson.JSONDecodeError):
+        loaded = orjson.loads(created) if created is not None else None
+        trigger = loaded if isinstance(loaded, dict) else {}
+    # The funnel of the trigger's day (reports), with the SLA bucket of this claim:
+    # issued now, in the same pipeline as the shard's read.
+    counted = count_claimed(store, trigger, now_ms)
     shard = int(await store.call("HGET", keys.trigger_record(trigger_id), "shard") or 0)
-    await dequeue(store, trigger_id)
-    with contextlib.suppress(ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
-        created_ms = int(orjson.loads(created).get("created_ms") or 0)
+    await asyncio.gather(dequeue(store, trigger_id), counted)
+    with contextlib.suppress(ValueError, TypeError):
+        created_ms = int(trigger.get("created_ms") or 0)
         if created_ms and metrics is not None:
             metrics.trigger_to_claim_seconds.observe(max(0.0, (now_ms - created_ms) / 1000))
     await publish_event(
@@ -106,17 +117,15 @@ async def complete(
             {"kind": EntryKind.WITHDRAWN, "trigger_id": trigger_id, "reason": "erased"},
         )
         raise NotFound("not_found", "no such trigger") from None
-    await publish_event(
-        store,
-        shard,
-        {
-            "kind": EntryKind.COMPLETED,
-            "trigger_id": trigger_id,
-            "by": agent,
-            "outcome": outcome,
-            "at_ms": now_ms,
-        },
-    )
+    counted = count_completed(store, trigger, outcome, now_ms)  # the funnel, as claim
+    event = {
+        "kind": EntryKind.COMPLETED,
+        "trigger_id": trigger_id,
+        "by": agent,
+        "outcome": outcome,
+        "at_ms": now_ms,
+    }
+    await asyncio.gather(publish_event(store, shard, event), counted)
 
 
 async def outcome_for_decision(

@@ -17,6 +17,7 @@ import orjson
 
 from engine.core.vocabulary import Channel, Outcome
 from engine.delivery.records import index_entry
+from engine.delivery.reports import count_converted, dims_of
 from engine.delivery.uplift import count_conversion
 from engine.profile.contact_history import ANONYMOUS_HISTORY_TTL_S, HISTORY_MAX
 from engine.valkey import keys, refs, streams
@@ -101,7 +102,11 @@ async def record_outcome(
     rule = str(trigger.get("rule") or "")
     if outcome in _CONVERSIONS and rule:  # proof of value: the decision's cohort converted
         holdout = trigger.get("holdout") is True
-        await count_conversion(store, rule, born, holdout, str(trigger.get("id") or ""))
+        decision_id = str(trigger.get("id") or "")
+        await asyncio.gather(
+            count_conversion(store, rule, born, holdout, decision_id, dims=dims_of(trigger)),
+            count_converted(store, trigger, born),  # the trigger's funnel, once
+        )
 
 
 async def _append_history(store: Store, prefix: str, entry: dict[str, Any], born: int) -> bool:

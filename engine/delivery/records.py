@@ -17,6 +17,10 @@ customer was erased while the trigger was being written, the trigger deletes its
 (record, entry, place in the callback queue) and is withdrawn from the dashboards.
 A page-offer audit is indexed with a plain ZADD (hot path); an erasure's second sweep
 catches one in flight (engine/profile.py).
+
+A trigger also counts as fired in its day's funnel (engine/delivery/reports.py), in the
+same pipeline; a trigger withdrawn because its customer was erased stays counted, as
+it does in `ringback_rule_triggers_total` (a count holds no personal data).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from engine.core.vocabulary import EntryKind
 from engine.decisions.model import Trigger
 from engine.delivery import audit_codec
 from engine.delivery.queue import dequeue
+from engine.delivery.reports import count_fired
 from engine.valkey import keys, refs, streams
 from engine.valkey.store import Store
 
@@ -98,8 +103,10 @@ async def write_trigger(
     index = refs.add(
         store, profile_prefix, [(refs.trigger_ref(trigger_id), record_until_ms)], born_ms, now_ms
     )
+    # The day's funnel (reports): issued now, so it rides in the same pipeline.
+    fired = count_fired(store, trigger, now_ms)
     # gather: every failure taken, not just one
-    _, _, entry_id, _, indexed = await asyncio.gather(rec, ttl, add, trim, index)
+    _, _, entry_id, _, indexed, _ = await asyncio.gather(rec, ttl, add, trim, index, fired)
     if indexed:
         indexed = await refs.add(
             store,

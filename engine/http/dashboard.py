@@ -23,7 +23,11 @@ from engine.valkey import keys, streams
 
 __all__ = ["add_state", "handle_asset", "handle_dashboard", "handle_funnel", "security_headers"]
 
-_ASSETS = {"app.js": "application/javascript", "app.css": "text/css"}
+_ASSETS = {
+    "app.js": "application/javascript",
+    "app.css": "text/css",
+    "reports.js": "application/javascript",  # the supervisor's Reports section
+}
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "

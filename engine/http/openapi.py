@@ -53,7 +53,8 @@ CREDENTIALED = frozenset({Auth.API_TOKEN, Auth.AGENT})
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One answer of a route: JSON of type `body`, or content of the `media` types."""
+    """One answer of a route: JSON of type `body`, and/or content of the `media` types
+    (with a body: the other forms it can take, e.g. a report's `format=csv`)."""
 
     description: str
     body: Any = None
@@ -145,10 +146,12 @@ def build_document(
         responses: dict[str, Any] = {}
         for status, reply in route.replies.items():
             answer: dict[str, Any] = {"description": reply.description}
+            content: dict[str, Any] = {}
             if reply.body is not None:
-                answer["content"] = {"application/json": {"schema": schema_of[id(reply.body)]}}
-            elif reply.media:
-                answer["content"] = {media: {} for media in reply.media}
+                content["application/json"] = {"schema": schema_of[id(reply.body)]}
+            content |= {media: {} for media in reply.media}  # with a body: alternatives
+            if content:
+                answer["content"] = content
             responses[str(status)] = answer
         for status, why in {**_common_refusals(route), **route.refusals}.items():
             responses.setdefault(str(status), _error(why))

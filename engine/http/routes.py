@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
+from engine.delivery.reports import ConversionsReport, FunnelReport
 from engine.delivery.uplift import Uplift
 from engine.http import (
     agents,
@@ -36,7 +37,8 @@ from engine.http import models as api_models
 from engine.http import profiles as api_profiles
 from engine.http.errors import json_response
 from engine.http.openapi import Auth, Reply, Route, build_document
-from engine.http.reports import UpliftQuery
+from engine.http.reports import ConversionsQuery, SegmentSizes, SegmentsQuery, UpliftQuery
+from engine.http.reports import FunnelQuery as ReportFunnelQuery
 from engine.ingest.identity import CUSTOMER_ID_RE
 from engine.ingest.schema import AnonymousId, Batch, SiteKey
 from engine.ingest.segment import Alias, BatchBody, Identify, Page, Track
@@ -92,6 +94,7 @@ class DemoLoginBody(msgspec.Struct, forbid_unknown_fields=True):
 
 OK = "OK"
 _HTML = ("text/html",)
+_CSV = ("text/csv",)  # a report's format=csv
 _PREFLIGHT: dict[int, Reply] = {204: Reply("Allowed"), 403: Reply("Origin not allowed")}
 _NO_TOKEN = "No/bad API token"
 
@@ -441,11 +444,35 @@ ROUTES: tuple[Route, ...] = (
         context.handle_context,
         Auth.AGENT,
         "Screen-pop for agents and CTI: presence, recent activity, calculators, best "
-        "offer, contact history",
+        "offer, contact history, and the call guide (the bank's quote, what changed, "
+        "the offer and why)",
         ("agents",),
-        {200: Reply(OK, a.ContextAnswer)},
+        {200: Reply(OK, context.ScreenPopAnswer)},
         {401: "No credentials", 404: "Unknown customer"},
     ),
+    # -- call guide: inbound screen-pop (helper G's block) --
+    Route(
+        "POST",
+        "/v1/agents/inbound",
+        context.handle_inbound,
+        Auth.AGENT,
+        "A call is coming in: find the caller by phone number (E.164) or customer id, "
+        "write `inbound_call` to their contact history, answer with the screen-pop",
+        ("agents",),
+        {200: Reply(OK, context.ScreenPopAnswer)},
+        {
+            401: "No credentials",
+            403: "CSRF token missing",
+            404: "No customer has this number or id (`unknown_caller`)",
+        },
+        body=context.InboundBody,
+        description=(
+            "The number is looked up by its keyed hash (numbers are never stored: the "
+            "CRM's `phone` attribute becomes an index entry). The contact history entry "
+            "names the agent (or API token) who took the call and when."
+        ),
+    ),
+    # -- end of helper G's block --
     Route(
         "GET",
         "/v1/customers/{customer_id}/decisions",
@@ -493,6 +520,54 @@ ROUTES: tuple[Route, ...] = (
         {200: Reply(OK, Uplift)},
         {400: "Invalid parameters", 403: "Supervisors only"},
         query=UpliftQuery,
+    ),
+    # Reports (helper R's block): dated, by rule and dimension, JSON or CSV.
+    Route(
+        "GET",
+        "/v1/reports/funnel",
+        reports.handle_funnel,
+        Auth.AGENT,
+        "Per-rule funnel of the triggers fired over a range of days: fired -> claimed "
+        "(and within sla_s of being due) -> completed -> connected -> converted "
+        "(supervisors, API token)",
+        ("reports",),
+        {200: Reply(OK, FunnelReport, media=_CSV)},
+        {400: "Invalid parameters", 403: "Supervisors only"},
+        query=ReportFunnelQuery,
+        description=(
+            "Counted by the UTC day each trigger fired: a later claim, call or sale counts "
+            "with its trigger's day. `by` groups by rule (default) or by the trigger's "
+            "campaign, segment, branch or customer value band; `total` counts every "
+            "trigger once. `connected`: completed having reached the customer (connected, "
+            "converted or not interested); `converted`: the trigger's decision converted "
+            "(an agent's or the bank's report, counted once). `sla_s` is one of the "
+            "claim-delay buckets, measured from when the callback was due (its scheduled "
+            "opening, else its creation). `format=csv` gives the rows as CSV (an attachment)."
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/reports/conversions",
+        reports.handle_conversions,
+        Auth.AGENT,
+        "Decisions (treated and holdout), conversions, rates and uplift with its 95% "
+        "interval by campaign, segment, branch or value band (supervisors, API token)",
+        ("reports",),
+        {200: Reply(OK, ConversionsReport, media=_CSV)},
+        {400: "Invalid parameters", 403: "Supervisors only"},
+        query=ConversionsQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/reports/segments",
+        reports.handle_segments,
+        Auth.AGENT,
+        "Each segment's size over time: distinct members, entries and exits per day "
+        "(supervisors, API token)",
+        ("reports",),
+        {200: Reply(OK, SegmentSizes, media=_CSV)},
+        {400: "Invalid parameters", 403: "Supervisors only"},
+        query=SegmentsQuery,
     ),
     Route(
         "GET",

@@ -232,6 +232,52 @@ def uplift_counts(rule_id: str, day: str, group: str) -> str:
     return f"rb:{{uplift:{rule_id}}}:{day}:{group}"
 
 
+# -- reports (engine/delivery/reports.py; helper R's block) ----------------------------
+REPORT_TTL_S = 400 * 86400  # as the uplift cohorts: a year of days, and a bit
+
+
+def uplift_dim_counts(kind: str, value: str, day: str, group: str) -> str:
+    """As `uplift_counts`, for every decision of one report dimension (campaign,
+    segment, branch, value band) across rules. One slot per dimension value, so a
+    report over any day range is one multi-key PFCOUNT. `value` is already cleaned to
+    `[A-Za-z0-9_.()-]` (no braces: the hash tag stays the tag); a rule id has no `:`,
+    so no rule's cohorts are named like these.
+
+    >>> key_slot(uplift_dim_counts("campaign", "x", "2026-01-01", "t")) == key_slot(
+    ...     uplift_dim_counts("campaign", "x", "2026-12-31", "hc"))
+    True
+    """
+    return f"rb:{{uplift:dim:{kind}:{value}}}:{day}:{group}"
+
+
+def uplift_dim_values(day: str, kind: str) -> str:
+    """Set: the values of one dimension that have uplift cohorts on `day` (what a report
+    reads to know its rows), capped so URL-borne campaign names cannot grow it without
+    bound (engine/delivery/reports.py)."""
+    return f"rb:{{rep:{day}}}:udims:{kind}"
+
+
+def report_funnel(day: str, kind: str = "rule") -> str:
+    """Hash: the funnel of the triggers fired on `day` (UTC), field `<name>|<stage>`,
+    by rule (`kind` "rule") or by one dimension. A day's hashes share a slot; field
+    names are bounded (rules, cleaned dimension values, capped per hash)."""
+    return f"rb:{{rep:{day}}}:funnel:{kind}"
+
+
+def decision_converted(decision_id: str) -> str:
+    """Set NX once a trigger's decision counted as converted in the funnel, so a sale
+    reported twice (agent, then the bank) counts once. In the audit record's slot; no
+    personal data.
+
+    >>> key_slot(decision_converted("ab")) == key_slot(decision_key("ab"))
+    True
+    """
+    return f"rb:{{d:{decision_id}}}:converted"
+
+
+# -- end of helper R's block -----------------------------------------------------------
+
+
 def decision_key(decision_id: str) -> str:
     return f"rb:{{d:{decision_id}}}"
 
@@ -270,6 +316,23 @@ def import_checkpoint(digest: str) -> str:
     """How far `ringback import` got with one file (a digest of its content): the count
     of valid lines written, so an interrupted import resumes instead of starting over."""
     return f"rb:{{import:{digest}}}"
+
+
+# -- call guide (engine/profile/phones.py; helper G's block) ----------------------------
+
+
+def phone_index(phone_ref: str) -> str:
+    """String: the customer id whose CRM phone number has this keyed hash (HMAC-SHA256,
+    hex), for the inbound screen-pop. Never the number itself; its own slot. The
+    customer's profile names it in its `refs`, so erasure deletes it.
+
+    >>> phone_index("ab12")
+    'rb:{ph:ab12}'
+    """
+    return f"rb:{{ph:{phone_ref}}}"
+
+
+# -- end of helper G's block -------------------------------------------------------------
 
 
 def conversion_seen(digest: str) -> str:
@@ -320,3 +383,23 @@ def login_user_key(user: str) -> str:
 def login_address_key(ip: str) -> str:
     """Login attempts from one client address (a fixed window)."""
     return f"rb:{{login}}:a:{ip}"
+
+
+# -- real-time segments (engine/delivery/segment_counts.py; helper D's block) -----------
+SEGMENT_COUNTS_TTL_S = 400 * 86400  # as the uplift cohorts: a year of days, and a bit
+
+
+def segment_members(segment_id: str, day: str) -> str:
+    """HyperLogLog: the distinct profiles (prefixes) seen in a segment on `day` (UTC).
+    One slot per segment, so a report over a range of days stays on one node. No
+    profile can be read back out of it.
+
+    >>> key_slot(segment_members("s", "2026-01-01")) == key_slot(segment_flow("s", "2026-12-31"))
+    True
+    """
+    return f"rb:{{seg:{segment_id}}}:{day}:m"
+
+
+def segment_flow(segment_id: str, day: str) -> str:
+    """Hash: the entries (`entered`) and exits (`exited`) of a segment on `day` (UTC)."""
+    return f"rb:{{seg:{segment_id}}}:{day}:f"
