@@ -21,6 +21,7 @@ from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import RuleSetError, load_rules
 from engine.decisions.plan import decide
 from engine.decisions.value import CustomerValue, ValueWeights, band, score
+from engine.delivery.reports import dims_of
 from engine.valkey import keys
 from engine.valkey.streams import decode_fields
 
@@ -291,7 +292,7 @@ async def test_trigger_and_audit_carry_attribution_segments_branch_and_value(
         "b12",
         value,
     )
-    assert [tuple(d) for d in audit["dims"]] == [
+    assert list(dims_of(audit)) == [
         ("campaign", "spring_mortgage"),
         ("segment", "calculator_users"),
         ("branch", "b12"),
@@ -316,4 +317,4 @@ async def test_an_anonymous_visitor_has_a_value_and_no_branch(
     assert status == 200, audit
     assert audit["branch"] == "" and audit["attribution"] == {}
     assert 0 < audit["customer_value"] <= 40  # engagement only
-    assert ["campaign", "(direct)"] in audit["dims"] and ["branch", "(none)"] in audit["dims"]
+    assert ("campaign", "(direct)") in dims_of(audit) and ("branch", "(none)") in dims_of(audit)

@@ -19,6 +19,7 @@ from engine.core.settings import Settings
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import RuleSetError, load_rules
 from engine.decisions.plan import decide
+from engine.delivery.reports import dims_of
 from engine.delivery.segment_counts import segment_sizes
 from engine.http.state import STORE
 from engine.profile.profiles import ProfileStore, decode_profile
@@ -183,7 +184,7 @@ async def test_segments_are_model_features_and_recorded_with_the_decision(
     assert audit["features"]["seg_calculator_users"] == 1.0
     assert audit["features"]["seg_big_mortgage"] == 1.0
     assert "segments" in audit["inputs"]  # what the rule read
-    assert ["segment", "calculator_users"] in audit["dims"]
+    assert ("segment", "calculator_users") in dims_of(audit)  # what reports count it under
 
 
 async def test_the_shipped_segments_find_a_researcher_coming_back_after_a_price_check(

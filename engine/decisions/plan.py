@@ -529,7 +529,6 @@ def audit_record(plan: Plan, decision: Decision, trace: list[dict[str, Any]]) ->
         "segments": sorted(plan.segments),
         "branch": plan.branch,
         "customer_value": plan.customer_value,
-        "dims": plan.dims,
     }
 
 

@@ -94,21 +94,17 @@ _DIM_FIELDS = ("attribution", "segments", "branch", "customer_value")
 
 def dims_of(record: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """The report dimensions of a trigger or audit record, as the decision's
-    `Plan.dims` (engine/decisions/plan.py `dims`): an audit record carries them
-    (`dims`); a trigger carries what they are made of (attribution, segments, branch,
-    customer_value). A record written before these fields existed has none.
+    `Plan.dims` (engine/decisions/plan.py `dims`), rebuilt from what both records carry
+    (attribution, segments, branch, customer_value): storing the dimensions as well
+    would cost every audit record ~50 bytes for what these four already say. A record
+    written before these fields existed has none.
 
     >>> dims_of({"attribution": {"campaign": "Spring"}, "segments": ["a"],
     ...          "branch": "b12", "customer_value": 80.0})
     (('campaign', 'spring'), ('segment', 'a'), ('branch', 'b12'), ('value', 'high'))
-    >>> dims_of({"dims": [["campaign", "(direct)"]]}), dims_of({"rule": "r"})
-    ((('campaign', '(direct)'),), ())
+    >>> dims_of({"rule": "r"})
+    ()
     """
-    carried = record.get("dims")
-    if isinstance(carried, list | tuple):
-        return tuple(
-            (str(d[0]), str(d[1])) for d in carried if isinstance(d, list | tuple) and len(d) == 2
-        )
     if not any(name in record for name in _DIM_FIELDS):
         return ()
     attribution = record.get("attribution")
