@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from PIL import Image
 from playwright.async_api import Browser, async_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -29,3 +31,10 @@ async def chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+def screenshot_rgb(png: bytes) -> Image.Image:
+    """A screenshot's pixels as RGB, for tests that check what was drawn. Chromium writes
+    RGB or RGBA PNGs of an opaque page; dropping alpha keeps each pixel's colour."""
+    with Image.open(io.BytesIO(png)) as image:
+        return image.convert("RGB")

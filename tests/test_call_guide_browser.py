@@ -4,15 +4,13 @@ bank's quote formatted in the site's locale and currency, as the agent sees it."
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
-import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import chromium
+from browser import chromium, screenshot_rgb
 from conftest import EngineClient, calc, open_store
 from playwright.async_api import Page, expect
 
@@ -39,61 +37,15 @@ def _plain(text: str | None) -> str:
     return (text or "").replace("\u00a0", " ").replace("\u202f", " ")
 
 
-def _png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
-    """(width, height, rows of RGBA/RGB bytes) of an 8-bit non-interlaced PNG, as
-    Chromium writes screenshots; enough to tell a drawn card from a blank box."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    pos, idat = 8, b""
-    width = height = channels = 0
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
-            assert depth == 8 and body[12] == 0, "8-bit, non-interlaced"
-            channels = {2: 3, 6: 4}[colour]
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    raw, stride = zlib.decompress(idat), width * channels
-    rows: list[bytes] = []
-    prev = bytearray(stride)
-    for y in range(height):
-        filt = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        for i in range(stride):
-            left = line[i - channels] if i >= channels else 0
-            up, up_left = prev[i], prev[i - channels] if i >= channels else 0
-            if filt == 1:
-                line[i] = (line[i] + left) & 0xFF
-            elif filt == 2:
-                line[i] = (line[i] + up) & 0xFF
-            elif filt == 3:
-                line[i] = (line[i] + (left + up) // 2) & 0xFF
-            elif filt == 4:
-                p = left + up - up_left
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
-                pred = left if pa <= pb and pa <= pc else up if pb <= pc else up_left
-                line[i] = (line[i] + pred) & 0xFF
-        rows.append(bytes(line))
-        prev = line
-    return width, height, [bytes(r) for r in rows]
-
-
-def _ink(path: Path) -> tuple[float, int]:
-    """(share of pixels clearly darker than the card's white, distinct colours)."""
-    width, height, rows = _png_pixels(path)
-    channels = len(rows[0]) // width
-    dark = 0
-    colours: set[bytes] = set()
-    for row in rows:
-        for x in range(0, len(row), channels):
-            px = row[x : x + 3]
-            colours.add(px)
-            if sum(px) < 3 * 160:
-                dark += 1
-    return dark / (width * height), len(colours)
+def _ink(png: bytes) -> tuple[tuple[int, int], float, int]:
+    """((width, height), share of pixels clearly darker than the card's white, distinct
+    colours): enough to tell a drawn card from a blank box."""
+    image = screenshot_rgb(png)
+    width, height = image.size
+    colours = image.getcolors(maxcolors=width * height)  # [(count, (r, g, b)), ...]
+    assert colours is not None
+    dark = sum(count for count, px in colours if sum(px) < 3 * 160)
+    return image.size, dark / (width * height), len(colours)
 
 
 async def test_a_callback_card_shows_the_quote_in_the_sites_locale(
@@ -155,14 +107,13 @@ async def test_a_callback_card_shows_the_quote_in_the_sites_locale(
         assert await card.locator(".guide b").count() == 0
 
         shot = tmp_path / "callback-card.png"
-        await card.screenshot(path=str(shot))
+        png = await card.screenshot(path=str(shot))
         assert shot.exists() and shot.stat().st_size > 0
         box = await card.bounding_box()
         assert box is not None
-        # Decoded off the event loop (pure-Python PNG filters take a moment).
-        width, height, _ = await asyncio.to_thread(_png_pixels, shot)
+        # Counted off the event loop: the engine under test shares it.
+        (width, height), ink, colours = await asyncio.to_thread(_ink, png)
         assert abs(width - box["width"]) <= 3 and abs(height - box["height"]) <= 3  # the card
-        ink, colours = await asyncio.to_thread(_ink, shot)
         assert ink > 0.01 and colours > 20, (ink, colours)  # text drawn, not a blank box
 
 

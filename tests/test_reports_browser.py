@@ -9,14 +9,12 @@ the tables must show the API's numbers; the CSV links must download the same row
 from __future__ import annotations
 
 import asyncio
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from browser import chromium
+from browser import chromium, screenshot_rgb
 from conftest import EngineClient
 from playwright.async_api import Page, expect
 from test_reports import _engine, drive
@@ -37,54 +35,9 @@ HOLDOUT = (0x9A, 0xA5, 0xB1)
 TRACK_PX, FUNNEL_BAR_PX, CONVERSION_BAR_PX = 260, 8, 10  # reports.js
 
 
-def _decode_png(data: bytes) -> tuple[int, int, list[bytes], int]:
-    """(width, height, unfiltered rows, bytes a pixel) of an 8-bit RGB(A) PNG."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, width = 8, b"", 0
-    height = color = 0
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            assert depth == 8 and color in (2, 6) and interlace == 0
-        elif kind == b"IDAT":
-            idat += body
-    bpp = 4 if color == 6 else 3
-    raw = zlib.decompress(idat)
-    stride = width * bpp
-    rows: list[bytes] = []
-    prev = bytearray(stride)
-    for y in range(height):
-        f, line = (
-            raw[y * (stride + 1)],
-            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
-        )
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b = prev[i]
-            c = prev[i - bpp] if i >= bpp else 0
-            if f == 1:
-                line[i] = (line[i] + a) & 0xFF
-            elif f == 2:
-                line[i] = (line[i] + b) & 0xFF
-            elif f == 3:
-                line[i] = (line[i] + (a + b) // 2) & 0xFF
-            elif f == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
-        rows.append(bytes(line))
-        prev = line
-    return width, height, rows, bpp
-
-
 def _pixels(png: bytes) -> np.ndarray[Any, Any]:
     """The screenshot's RGB pixels, height x width x 3."""
-    width, height, rows, bpp = _decode_png(png)
-    flat = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(height, width, bpp)
-    return flat[:, :, :3].astype(np.int16)
+    return np.asarray(screenshot_rgb(png), dtype=np.int16)
 
 
 async def _count(png: bytes, colour: tuple[int, int, int], tolerance: int = 0) -> int:
