@@ -21,7 +21,7 @@ from engine.decisions.loader import RuleSetError, load_rules
 from engine.decisions.plan import decide
 from engine.delivery.reports import dims_of
 from engine.delivery.segment_counts import segment_sizes
-from engine.http.state import STORE
+from engine.http.state import DECIDER, STORE
 from engine.profile.profiles import ProfileStore, decode_profile
 from engine.valkey import keys
 
@@ -168,6 +168,27 @@ async def test_a_browsing_visitor_costs_one_pfadd_per_segment_and_day(
     assert stats["cmdstat_pfadd"]["calls"] == 2
     profile = await _anonymous_profile(engine, anon)
     assert set(profile["segments"]) == {"browsers", "card_browsers"}
+
+
+async def test_the_daily_member_count_cannot_be_tested_for_a_customer_id(
+    make_engine: Any, settings: Settings, tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    """Someone with a copy of Valkey, but not the config's secrets, must not learn from
+    the year-long member counts whether a (maybe since erased) customer was in one."""
+    engine = await _engine(make_engine, settings, write_pack(tmp_path, SEGMENTS_ONLY))
+    await engine.post_events(engine.batch([event("page_view")], identity=engine.token("c-hll")))
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    key = keys.segment_members("browsers", day)
+    assert await redis.pfcount(key) == 1
+    dump = await redis.dump(key)
+    assert dump is not None
+    for guess in (keys.customer_prefix("c-hll"), "c-hll"):
+        await redis.restore("probe", 0, dump, replace=True)
+        assert await redis.pfadd("probe", guess) == 1  # the id is not what was counted
+    # What was counted is the keyed hash, which the engine reproduces.
+    counter = engine.extra["app"][DECIDER].segments
+    await redis.restore("probe", 0, dump, replace=True)
+    assert await redis.pfadd("probe", counter.member(day, keys.customer_prefix("c-hll"))) == 0
 
 
 async def test_segments_are_model_features_and_recorded_with_the_decision(

@@ -97,7 +97,7 @@ class RulesDecider:
         self._offer_key = offer_key if offer_key is not None else os.urandom(16)
         self._audited: OrderedDict[str, None] = OrderedDict()
         self._candidates: Candidates | None = None  # the current rule set's pre-checks
-        self.segments = SegmentCounter(store, metrics)
+        self.segments = SegmentCounter(store, metrics, self._offer_key)
 
     def flush_hits(self) -> None:
         """Add the rule hits counted since the last flush to `ringback_rule_hits_total`."""

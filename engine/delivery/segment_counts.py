@@ -7,9 +7,13 @@ the batch's other deliveries (the executor gathers them in one loop tick):
 
 - membership, through `engine.profile.segments_store.apply_segment_changes`, only when
   it changed: a visitor who stays in a segment costs no write;
-- per segment and UTC day, the distinct members (a HyperLogLog of profile prefixes:
-  ~0.8 % error, 12 KB at most, nothing can be read back) and the entries and exits (a
-  hash), kept a year like the uplift cohorts (`keys.SEGMENT_COUNTS_TTL_S`);
+- per segment and UTC day, the distinct members (a HyperLogLog, ~0.8 % error, 12 KB at
+  most) and the entries and exits (a hash), kept a year like the uplift cohorts
+  (`keys.SEGMENT_COUNTS_TTL_S`). A HyperLogLog cannot be read back, but with a copy of
+  it anyone could test "was customer X in it that day" (add the id, see whether it
+  changed) long after X was erased; so it counts a keyed hash of the profile, keyed by
+  the deployment's secret (the page-offer key) and salted with the day: counting still
+  works across workers, testing needs the config's secrets;
 - Prometheus `ringback_segment_entries_total{segment}` / `..._exits_total{segment}`,
   counted once the writes landed, so /metrics agrees with the daily counts (on one
   worker; summed across workers by the multiprocess collector).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable
 from typing import Any
@@ -49,8 +54,11 @@ SEEN_MAX = 50_000  # (segment, day, profile) triples a worker remembers having c
 class SegmentCounter:
     """One worker's segment delivery: `deliveries(plan)` for each batch of events."""
 
-    def __init__(self, store: Store, metrics: Metrics, seen_max: int = SEEN_MAX) -> None:
+    def __init__(
+        self, store: Store, metrics: Metrics, key: bytes, seen_max: int = SEEN_MAX
+    ) -> None:
         self.store = store
+        self._key = hashlib.blake2b(key, digest_size=32, person=b"rb-segment-hll").digest()
         self.metrics = metrics
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._seen_max = seen_max
@@ -96,7 +104,7 @@ class SegmentCounter:
         for seen in new:
             key = keys.segment_members(seen.partition("\0")[0], day)
             writes += [
-                call("PFADD", key, prefix, writes=True),
+                call("PFADD", key, self.member(day, prefix), writes=True),
                 call("EXPIRE", key, ttl, writes=True),
             ]
         for field, ids in (("entered", entered), ("exited", exited)):
@@ -115,6 +123,11 @@ class SegmentCounter:
             self._counter(self._entries, self.metrics.segment_entries, s).inc()
         for s in exited:
             self._counter(self._exits, self.metrics.segment_exits, s).inc()
+
+    def member(self, day: str, prefix: str) -> str:
+        """What the day's HyperLogLog counts for a profile: its keyed, day-salted hash."""
+        h = hashlib.blake2b(prefix.encode(), key=self._key, digest_size=12, salt=day.encode()[:16])
+        return h.hexdigest()
 
     @staticmethod
     def _counter(bound: dict[str, Any], metric: Any, segment: str) -> Any:

@@ -96,14 +96,26 @@ def sign(secrets: tuple[str, ...], msg_id: str, timestamp_s: int, body: bytes) -
     return " ".join(sigs)
 
 
+# What a trigger carries for the bank's own reports (campaign attribution, segments,
+# branch, customer value) is not sent out: an e-mail or SMS gateway, or a dialler,
+# needs whom to contact and why, not the customer's value score or search keyword.
+_KEPT_INSIDE = frozenset({"attribution", "segments", "branch", "customer_value"})
+
+
 def webhook_body(trigger: dict[str, Any]) -> bytes:
-    """Standard Webhooks payload shape: {type, timestamp, data}."""
+    """Standard Webhooks payload shape: {type, timestamp, data}.
+
+    >>> import orjson
+    >>> sorted(orjson.loads(webhook_body({"id": "d1", "kind": "notify",
+    ...                                   "customer_value": 80.0, "segments": ["a"]}))["data"])
+    ['id', 'kind']
+    """
     created = int(trigger.get("created_ms", 0) or 0)
     return orjson.dumps(
         {
             "type": f"ringback.{trigger.get('kind', 'trigger')}",
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created / 1000)),
-            "data": trigger,
+            "data": {k: v for k, v in trigger.items() if k not in _KEPT_INSIDE},
         }
     )
 

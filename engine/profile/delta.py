@@ -326,6 +326,10 @@ def build_delta(
         "max": mx,
         "min": {FIRST_TS: first_ts} if events else {},
         "touch1": first,
+        # Read by no current rb_ingest; a library from before `touch1` iterates it
+        # unguarded, so during a rolling upgrade (an old worker reloads its library)
+        # an absent `setnx` would fail every batch. Drop it one release later.
+        "setnx": {},
         "was": was,
         "latest": list(latest.values()),
         "decay": decay,
