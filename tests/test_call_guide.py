@@ -5,9 +5,12 @@ a keyed hash) and written to the contact history."""
 from __future__ import annotations
 
 import asyncio
+import stat
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,8 +20,15 @@ import redis.asyncio as aioredis
 from conftest import REPO, EngineClient, StoreTarget, calc, event, open_store
 
 from engine.contact_center.quote import annuity_monthly, quote
+from engine.core.errors import ConfigError
 from engine.core.ids import new_decision_id
-from engine.core.settings import QuoteConfig, Settings
+from engine.core.settings import (
+    DEMO_CREDENTIALS_FILE,
+    PHONE_KEY_FILE,
+    QuoteConfig,
+    Settings,
+    load_settings,
+)
 from engine.delivery.records import write_trigger
 from engine.http.state import GATEWAY
 from engine.profile.phones import phone_hash_key, phone_ref
@@ -56,6 +66,18 @@ def test_a_quote_sets_the_banks_figures_beside_the_visitors() -> None:
     assert q["visitor_monthly"] == 1999.0  # what their calculator showed wins
     assert q["monthly_difference"] == 134.50
     assert q["changed"] is None
+
+
+def test_the_visitors_figure_is_what_their_calculator_showed_compared_at_one_term() -> None:
+    rate_only = quote(MORTGAGE, {"amount": 400_000.0, "term_months": 300, "rate": 3.5})
+    assert rate_only is not None
+    # Their rate is shown; a monthly figure they never saw is not made up for them.
+    assert (rate_only["visitor_rate_pct"], rate_only["visitor_monthly"]) == (3.5, None)
+    assert rate_only["monthly_difference"] is None
+    # Quoted at the bank's longest term: their 40-year payment is not a price comparison.
+    other_term = quote(MORTGAGE, {"amount": 200_000.0, "term_months": 480, "monthly": 800.0})
+    assert other_term is not None and other_term["term_months"] == 420
+    assert other_term["visitor_monthly"] == 800.0 and other_term["monthly_difference"] is None
 
 
 def test_a_term_the_bank_does_not_offer_is_quoted_at_the_nearest_it_does() -> None:
@@ -344,6 +366,152 @@ async def test_erasure_deletes_the_phone_index(engine: EngineClient, redis: aior
     assert await _phone_keys(redis) == []
     status, body = await _inbound(engine, {"phone": PHONE})
     assert (status, body["error"]["code"]) == (404, "unknown_caller")
+
+
+async def _history_kinds(engine: EngineClient, customer: str) -> list[str]:
+    status, ctx = await engine.get_json(
+        f"/v1/customers/{customer}/context", headers=engine.api_headers
+    )
+    assert status == 200, ctx
+    return [h["kind"] for h in ctx["contact_history"]]
+
+
+async def _erase(engine: EngineClient, customer: str) -> None:
+    async with engine.session.delete(
+        f"{engine.url}/v1/profiles/{customer}", headers=engine.api_headers
+    ) as r:
+        assert r.status == 200, await r.text()
+
+
+async def _members(redis: aioredis.Redis, engine: EngineClient, phone: str) -> set[str]:
+    entry = keys.phone_index(phone_ref(phone_hash_key(engine.settings), phone))
+    return {m.decode() if isinstance(m, bytes) else m for m in await redis.smembers(entry)}
+
+
+async def test_a_shared_number_asks_the_agent_to_pick_and_writes_nothing_until_then(
+    engine: EngineClient,
+) -> None:
+    """A joint account: the number opens neither customer's screen-pop on a guess."""
+    await _put(engine, "cust-joint-b", {"consent_call": True, "phone": PHONE})
+    await _put(engine, "cust-joint-a", {"consent_call": True, "phone": PHONE})
+    status, body = await _inbound(engine, {"phone": PHONE})
+    assert (status, body["error"]["code"]) == (409, "ambiguous_caller")
+    assert body["candidates"] == ["cust-joint-a", "cust-joint-b"]
+    assert set(body) == {"error", "candidates"}  # ids only, nothing about either customer
+    assert PHONE not in orjson.dumps(body).decode()
+    for customer in ("cust-joint-a", "cust-joint-b"):
+        assert "inbound_call" not in await _history_kinds(engine, customer)
+    # The caller says who they are; the agent opens that one.
+    status, ctx = await _inbound(engine, {"customer_id": "cust-joint-b"})
+    assert (status, ctx["customer_id"], ctx["matched_by"]) == (200, "cust-joint-b", "customer_id")
+    assert (await _history_kinds(engine, "cust-joint-b")).count("inbound_call") == 1
+    assert "inbound_call" not in await _history_kinds(engine, "cust-joint-a")
+
+
+async def test_the_screen_pop_says_it_was_matched_by_phone(engine: EngineClient) -> None:
+    await _put(engine, "cust-matched", {"phone": PHONE})
+    status, ctx = await _inbound(engine, {"phone": PHONE})
+    assert (status, ctx["matched_by"]) == (200, "phone")
+    status, ctx = await _inbound(engine, {"customer_id": "cust-matched"})
+    assert (status, ctx["matched_by"]) == (200, "customer_id")
+
+
+async def test_erasing_the_old_owner_of_a_moved_number_keeps_the_new_owner_found(
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
+    """The CRM gave the number to someone else before updating (or erasing) the old
+    owner: the old owner's erasure takes only their own membership."""
+    await _put(engine, "cust-was-mine", {"phone": PHONE})
+    await _put(engine, "cust-now-mine", {"phone": PHONE})
+    await _erase(engine, "cust-was-mine")
+    status, ctx = await _inbound(engine, {"phone": PHONE})
+    assert (status, ctx["customer_id"]) == (200, "cust-now-mine")
+    assert await _members(redis, engine, PHONE) == {"cust-now-mine"}
+    # The new owner's erasure leaves nothing behind: no empty set, no index key at all.
+    await _erase(engine, "cust-now-mine")
+    assert await _phone_keys(redis) == []
+    assert (await _inbound(engine, {"phone": PHONE}))[0] == 404
+
+
+async def test_a_changed_number_leaves_the_others_sharing_the_old_one(
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
+    await _put(engine, "cust-house-1", {"phone": PHONE})
+    await _put(engine, "cust-house-2", {"phone": PHONE})
+    await _put(engine, "cust-house-1", {"phone": OTHER_PHONE})  # moved out
+    assert await _members(redis, engine, PHONE) == {"cust-house-2"}
+    assert (await _inbound(engine, {"phone": OTHER_PHONE}))[1]["customer_id"] == "cust-house-1"
+    assert (await _inbound(engine, {"phone": PHONE}))[1]["customer_id"] == "cust-house-2"
+
+
+async def test_an_index_entry_from_before_sets_is_replaced_when_the_number_changes(
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
+    """The first cut kept one customer id per number as a plain string."""
+    await _put(engine, "cust-legacy", {"phone": PHONE})
+    (entry,) = await _phone_keys(redis)
+    await redis.delete(entry)
+    await redis.set(entry, "cust-legacy")
+    status, body = await _put(engine, "cust-legacy", {"phone": OTHER_PHONE})
+    assert status == 200, body
+    assert await redis.exists(entry) == 0
+    assert await _members(redis, engine, OTHER_PHONE) == {"cust-legacy"}
+
+
+async def test_rotating_the_api_token_and_identity_secret_keeps_every_number_found(
+    make_engine: Any, settings: Settings, store_target: StoreTarget
+) -> None:
+    first: EngineClient = await make_engine(settings)
+    await _put(first, "cust-rotate", {"phone": PHONE})
+    path = settings.data_dir / DEMO_CREDENTIALS_FILE
+    creds = orjson.loads(path.read_bytes())
+    creds["api_token"] = "rb_rotated_" + "t" * 32
+    creds["identity_secret"] = "rotated_" + "s" * 32
+    path.write_bytes(orjson.dumps(creds))
+    reloaded = await asyncio.to_thread(
+        load_settings, None, data_dir=settings.data_dir, overrides=store_target.overrides
+    )
+    rotated = replace(reloaded, rules_dir=None)
+    assert {t.sha256 for t in rotated.api_tokens}.isdisjoint(t.sha256 for t in settings.api_tokens)
+    second: EngineClient = await make_engine(rotated)
+    status, ctx = await _inbound(second, {"phone": PHONE})
+    assert (status, ctx["customer_id"]) == (200, "cust-rotate")
+
+
+def test_the_generated_phone_key_is_private_and_the_same_for_every_worker(
+    tmp_path: Path,
+) -> None:
+    """Workers starting together on a fresh data dir agree on one key, kept 0600."""
+    data = tmp_path / "data"
+    config = tmp_path / "ringback.toml"
+    config.write_text("# no [privacy] phone key: generated\n")
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: load_settings(config, data_dir=data), range(8)))
+    assert len({phone_hash_key(s) for s in loaded}) == 1
+    key_file = data / PHONE_KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert [p.name for p in data.iterdir() if p.name.startswith(PHONE_KEY_FILE)] == [
+        PHONE_KEY_FILE
+    ]  # no leftovers of the race
+    assert phone_hash_key(load_settings(config, data_dir=data)) == phone_hash_key(loaded[0])
+    other = load_settings(config, data_dir=tmp_path / "other")
+    assert phone_hash_key(other) != phone_hash_key(loaded[0])
+
+
+def test_a_configured_phone_key_is_used_and_a_short_one_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "ringback.toml"
+    config.write_text('[privacy]\nphone_key_env = "RB_TEST_PHONE_KEY"\n')
+    monkeypatch.setenv("RB_TEST_PHONE_KEY", "k" * 40)
+    one = load_settings(config, data_dir=tmp_path / "one")
+    two = load_settings(config, data_dir=tmp_path / "two")
+    assert phone_hash_key(one) == phone_hash_key(two)  # hosts sharing a Valkey agree
+    assert not (tmp_path / "one" / PHONE_KEY_FILE).exists()
+    assert "k" * 40 not in repr(one)
+    monkeypatch.setenv("RB_TEST_PHONE_KEY", "short")
+    with pytest.raises(ConfigError, match=r"privacy\.phone_key"):
+        load_settings(config, data_dir=tmp_path / "one")
 
 
 async def test_ringback_import_indexes_phone_numbers_without_storing_them(

@@ -74,6 +74,7 @@ async def test_a_callback_card_shows_the_quote_in_the_sites_locale(
                     "amount": 400_000.0,
                     "term_months": 300,
                     "rate": 3.5,
+                    "monthly": 2002.49,  # what the visitor's calculator showed
                     "ts": now - 5_000,
                     "previous": {"amount": 300_000.0, "term_months": 300, "ts": now - 65_000},
                 }
@@ -145,9 +146,56 @@ async def test_an_inbound_call_typed_by_the_agent_opens_the_customer_with_the_gu
         await expect(panel.locator("ol li").first).to_contain_text(engine.credentials["agent_user"])
         await page.screenshot(path=str(tmp_path / "inbound.png"))
 
+        await expect(panel.locator(".matched-by")).to_have_text(
+            "matched by phone number — verify identity"
+        )
+
         await page.fill("#inbound-form input[name=phone]", "+44 1632 960999")
         await page.press("#inbound-form input[name=phone]", "Enter")
         await expect(panel).to_have_text("Unknown caller: no customer has this number")
         await page.fill("#inbound-form input[name=phone]", "01632 960001")  # no country code
         await page.press("#inbound-form input[name=phone]", "Enter")
         await expect(panel).to_contain_text("Enter the number in international form")
+
+
+async def test_a_shared_number_lets_the_agent_pick_the_caller(
+    make_engine: Any, settings: Settings
+) -> None:
+    """A joint account's number: the ids as buttons, nothing written until one is picked."""
+    engine: EngineClient = await make_engine(settings)
+    for customer in ("cust-joint-x", "cust-joint-w"):
+        async with engine.session.put(
+            f"{engine.url}/v1/profiles/{customer}/attributes",
+            json={"consent_call": True, "phone": PHONE},
+            headers=engine.api_headers,
+        ) as r:
+            assert r.status == 200, await r.text()
+    async with chromium() as browser:
+        page = await (await browser.new_context()).new_page()
+        await _sign_in(page, engine)
+        await page.fill("#inbound-form input[name=phone]", "+44 1632 960001")
+        await page.press("#inbound-form input[name=phone]", "Enter")
+        panel = page.locator("#customer")
+        await expect(panel.locator("button.candidate")).to_have_text(
+            ["cust-joint-w", "cust-joint-x"]
+        )
+        await expect(panel).to_contain_text("2 customers share this number")
+        for customer in ("cust-joint-x", "cust-joint-w"):
+            assert "inbound_call" not in await _history_kinds(engine, customer)
+
+        await panel.locator("button.candidate", has_text="cust-joint-x").click()
+        await expect(panel.locator("h3")).to_have_text("cust-joint-x")
+        await expect(panel.locator(".matched-by")).to_have_text(
+            "matched by phone number — verify identity"
+        )
+        await expect(panel.locator("ol li").first).to_contain_text("inbound_call")
+        assert (await _history_kinds(engine, "cust-joint-x")).count("inbound_call") == 1
+        assert "inbound_call" not in await _history_kinds(engine, "cust-joint-w")
+
+
+async def _history_kinds(engine: EngineClient, customer: str) -> list[str]:
+    status, ctx = await engine.get_json(
+        f"/v1/customers/{customer}/context", headers=engine.api_headers
+    )
+    assert status == 200, ctx
+    return [h["kind"] for h in ctx["contact_history"]]

@@ -315,6 +315,11 @@ none_yet = []
 [rules]
 dir = "{dir}/rules"
 
+[privacy]
+phone_key = "inline-phone-key-0123456789abcdef0123"
+phone_key_env = "RB_TEST_PHONE_KEY"
+phone_key_file = "{dir}/phone.key"
+
 [quotes.mortgage]
 rate = 4.1
 label = "Fixed 10 years"
@@ -442,6 +447,7 @@ def test_a_full_config_round_trips_into_settings(
     assert [name for name, _ in s.categories] == ["loans", "none_yet"]
     assert s.categories[0][1].match("/loans/car") and not s.categories[1][1].match("/")
     assert s.rules_dir == tmp_path / "rules"
+    assert s.phone_key.reveal() == "inline-phone-key-0123456789abcdef0123"  # inline wins
     a, b, c, d = (s.sites[k] for k in ("bank-a", "bank_b", "bank-c", "bank-d"))
     assert a.allowed_origins == ("self", "https://a.example")
     assert (a.consent, a.honor_gpc, a.demo) == ("required", False, False)

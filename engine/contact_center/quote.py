@@ -30,7 +30,7 @@ class Change(TypedDict):
     before: dict[str, float | int | None]  # {"amount", "term_months"}
     after: dict[str, float | int | None]
     before_ms: int | None  # when they had calculated the previous scenario
-    at_ms: int | None  # when they changed it (the newest calculation)
+    at_ms: int | None  # the newest calculation: the change came after before_ms, by this
 
 
 class Quote(TypedDict):
@@ -85,7 +85,7 @@ def quote(conf: QuoteConfig, calc: Mapping[str, Any]) -> Quote | None:
 
     >>> from engine.core.settings import QuoteConfig
     >>> q = quote(QuoteConfig("mortgage", 4.1, "Mortgage", 60, 420),
-    ...           {"amount": 400_000.0, "term_months": 300, "rate": 3.5, "monthly": None,
+    ...           {"amount": 400_000.0, "term_months": 300, "rate": 3.5, "monthly": 2002.49,
     ...            "ts": 2000, "previous": {"amount": 300_000.0, "term_months": 300, "ts": 1000}})
     >>> q["monthly"], q["total"], q["visitor_monthly"], q["monthly_difference"]
     (2133.5, 640050.0, 2002.49, 131.01)
@@ -106,9 +106,12 @@ def quote(conf: QuoteConfig, calc: Mapping[str, Any]) -> Quote | None:
     monthly = annuity_monthly(amount, conf.rate_pct, term)
     total = _cents(monthly * term)
     visitor_rate = _num(calc.get("rate"))
+    # Only the figure the visitor's calculator showed: one worked out here from their
+    # rate would be a number they never saw, put in their mouth on the card.
     visitor_monthly = _num(calc.get("monthly"))
-    if visitor_monthly is None and visitor_rate is not None:
-        visitor_monthly = annuity_monthly(amount, visitor_rate, visitor_term)
+    # Compared only over the same term: the bank's payment over its nearest term
+    # against the visitor's over theirs says nothing about price.
+    comparable = visitor_monthly is not None and term == visitor_term
     return Quote(
         product=conf.product,
         label=conf.label,
@@ -121,7 +124,11 @@ def quote(conf: QuoteConfig, calc: Mapping[str, Any]) -> Quote | None:
         interest=_cents(total - amount),
         visitor_rate_pct=visitor_rate,
         visitor_monthly=visitor_monthly,
-        monthly_difference=(None if visitor_monthly is None else _cents(monthly - visitor_monthly)),
+        monthly_difference=(
+            _cents(monthly - visitor_monthly)
+            if comparable and visitor_monthly is not None
+            else None
+        ),
         calculated_ms=_int(calc.get("ts")),
         changed=_change(calc),
     )

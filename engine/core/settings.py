@@ -43,6 +43,7 @@ from engine.core.vocabulary import EventType, TriggerKind
 
 __all__ = [
     "DEMO_CREDENTIALS_FILE",
+    "PHONE_KEY_FILE",
     "ApiToken",
     "ConfigFile",
     "Learning",
@@ -62,6 +63,9 @@ __all__ = [
 ]
 
 DEMO_CREDENTIALS_FILE = "demo-credentials.json"
+# The key of phone-number hashes when `[privacy]` names none: generated once (0600).
+PHONE_KEY_FILE = "phone-hash.key"
+PHONE_KEY_MIN_CHARS = 32
 MASK = "'***'"
 # An identity token older-to-newer than this is refused unless the site allows more:
 # a leaked long-lived token would link a profile for as long as it claims to be valid.
@@ -429,6 +433,9 @@ class Settings:
     segment: SegmentConfig
     snowplow: SnowplowConfig
     quotes: dict[str, QuoteConfig] = field(default_factory=dict)  # by calculator product
+    # The key of the phone-number index's hashes (engine/profile/phones.py): its own
+    # secret, so rotating API tokens or identity secrets leaves the index readable.
+    phone_key: Secret | None = None
 
     def __repr__(self) -> str:
         # demo_credentials is a Credentials (masked repr); secrets in sites/webhooks are
@@ -488,6 +495,15 @@ class StoreTable(_Table):
 
 class RulesTable(_Table):
     dir: str | None = None
+
+
+class PrivacyTable(_Table):
+    # The key of phone-number hashes (engine/profile/phones.py). Unset: generated once
+    # into <data-dir>/phone-hash.key. Several hosts sharing one Valkey need the same
+    # key: give it here. Changing it means re-importing the numbers.
+    phone_key: str | None = None
+    phone_key_env: str | None = None
+    phone_key_file: str | None = None
 
 
 class MetricsTable(_Table):
@@ -686,6 +702,7 @@ class ConfigFile(_Table):
     server: ServerTable = msgspec.field(default_factory=ServerTable)
     store: StoreTable = msgspec.field(default_factory=StoreTable)
     rules: RulesTable = msgspec.field(default_factory=RulesTable)
+    privacy: PrivacyTable = msgspec.field(default_factory=PrivacyTable)
     metrics: MetricsTable = msgspec.field(default_factory=MetricsTable)
     limits: Limits = msgspec.field(default_factory=Limits)
     profile: ProfileTuning = msgspec.field(default_factory=ProfileTuning)
@@ -1045,6 +1062,42 @@ def _demo_credentials(data_dir: Path) -> dict[str, str]:
     return Credentials(creds)
 
 
+def _phone_key(table: PrivacyTable, data_dir: Path) -> Secret:
+    """The configured key of phone hashes, or the one generated once into the data dir.
+
+    A random key rather than one derived from other secrets: phone numbers are few
+    enough to enumerate, so their hash is only as strong as its key, and rotating an
+    API token must not silently change it. Workers starting together race to create
+    the file; it appears whole (written aside, then hard-linked), and the loser reads it."""
+    key = _secret(table, "phone_key", "privacy")
+    if key is not None:
+        if len(key.reveal()) < PHONE_KEY_MIN_CHARS:
+            raise _Invalid("privacy.phone_key", f"at least {PHONE_KEY_MIN_CHARS} characters")
+        return key
+    path = data_dir / PHONE_KEY_FILE
+    try:
+        if not path.exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            aside = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass  # another worker's key won: use it
+            finally:
+                aside.unlink()
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise _Invalid("privacy.phone_key_file", f"cannot create or read {path}: {exc}") from exc
+    if len(value) < PHONE_KEY_MIN_CHARS:
+        raise _Invalid(
+            "privacy.phone_key_file", f"{path} holds fewer than {PHONE_KEY_MIN_CHARS} characters"
+        )
+    return Secret(value)
+
+
 def _segment_write_key() -> str:
     return "rbseg_" + secrets.token_urlsafe(24)
 
@@ -1187,4 +1240,5 @@ def _settings(source: str, file: ConfigFile, data_dir: Path, overrides: dict[str
         segment=_segment(file.segment, sites, demo_creds),
         snowplow=_snowplow(file.snowplow, sites, demo_creds),
         quotes=_quotes(file.quotes),
+        phone_key=_phone_key(file.privacy, data_dir),
     )

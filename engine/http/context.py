@@ -10,13 +10,17 @@ when, and the offer chosen and why (engine/contact_center/quote.py).
 
 An inbound call is found by the caller's number (its keyed hash, engine/profile/
 phones.py) or by customer id, and is written to the contact history (`inbound_call`,
-by whom, when) before the screen-pop is read, so the answer already shows it.
+by whom, when) before the screen-pop is read, so the answer already shows it. A number
+several customers share (a joint account, a household landline) is not guessed: 409
+`ambiguous_caller` lists their ids, nothing is written, and the agent asks the caller
+and opens the one they are by customer id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
@@ -25,17 +29,18 @@ from engine.contact_center.quote import CallGuide, site_guide
 from engine.core.errors import BadRequest, NotFound
 from engine.decisions.inputs import decision_input
 from engine.http.agents import authenticate
-from engine.http.answers import ContextAnswer
+from engine.http.answers import ContextAnswer, ErrorBody
 from engine.http.errors import json_response
 from engine.http.state import DECIDER, PROFILES, RULES, SETTINGS, STORE
 from engine.ingest.bodies import read_typed_body
 from engine.ingest.identity import CUSTOMER_ID_RE, customer_id_from_path
 from engine.profile.contact_history import append_history
-from engine.profile.phones import PHONE_REF_FIELD, Phone, find_customer, phone_hash_key
+from engine.profile.phones import PHONE_REF_FIELD, Phone, find_customers, phone_hash_key
 from engine.profile.profiles import customer_attributes
 from engine.valkey import keys
 
 __all__ = [
+    "AmbiguousCaller",
     "InboundBody",
     "ScreenPopAnswer",
     "customer_context",
@@ -48,6 +53,21 @@ class ScreenPopAnswer(ContextAnswer, kw_only=True):
     """The screen-pop: the customer's context and the agent's call guide."""
 
     call_guide: CallGuide
+    # Inbound only: how the caller was found ("phone": the number is the CRM's, the
+    # person may not be: the agent verifies who is speaking).
+    matched_by: Literal["phone", "customer_id"] | None = None
+
+
+class AmbiguousCaller(ErrorBody, kw_only=True):
+    """409 `ambiguous_caller`: several customers have the caller's number. Their ids
+    only (nothing else about them before the caller is identified)."""
+
+    candidates: list[str]
+
+
+# A number shared by more customers than this is not a household: the agent is told
+# there are many rather than shown a list to pick from.
+MAX_CANDIDATES = 20
 
 
 class InboundBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -143,9 +163,17 @@ async def handle_inbound(request: web.Request) -> web.Response:
     if (body.phone is None) == (body.customer_id is None):
         raise BadRequest("invalid_inbound", "give phone or customer_id (one of them)", "$")
     store = request.app[STORE]
+    customer_id: str | None
     if body.phone is not None:
-        customer_id = await find_customer(store, phone_hash_key(settings), body.phone)
         by = "phone"
+        found = await find_customers(store, phone_hash_key(settings), body.phone)
+        known = found
+        if len(found) <= MAX_CANDIDATES:  # past that it is ambiguous whoever is known
+            alive = await asyncio.gather(*(_known(request.app, c) for c in found))
+            known = [c for c, ok in zip(found, alive, strict=True) if ok]
+        if len(known) > 1:
+            return _ambiguous(known)
+        customer_id = known[0] if known else None
     else:
         customer_id, by = body.customer_id, "customer_id"
     if customer_id is None or not await _known(request.app, customer_id):
@@ -162,4 +190,19 @@ async def handle_inbound(request: web.Request) -> web.Response:
     context = await customer_context(request.app, customer_id)
     if context is None:  # erased between the two reads
         raise NotFound("unknown_caller", f"no customer matches this {by.replace('_', ' ')}")
-    return json_response(context)
+    return json_response({**context, "matched_by": by})
+
+
+def _ambiguous(candidates: list[str]) -> web.Response:
+    """409: the customers sharing the number, by id, for the agent to pick one (then
+    `{"customer_id": ...}`); no history is written for any of them."""
+    shown = candidates[:MAX_CANDIDATES]
+    more = len(candidates) - len(shown)
+    message = f"{len(candidates)} customers share this number: ask the caller who they are"
+    if more:
+        message += f" ({more} not listed)"
+    body = {
+        "error": {"code": "ambiguous_caller", "message": message, "path": None},
+        "candidates": shown,
+    }
+    return json_response(body, status=409)

@@ -459,7 +459,14 @@ ROUTES: tuple[Route, ...] = (
         "A call is coming in: find the caller by phone number (E.164) or customer id, "
         "write `inbound_call` to their contact history, answer with the screen-pop",
         ("agents",),
-        {200: Reply(OK, context.ScreenPopAnswer)},
+        {
+            200: Reply(OK, context.ScreenPopAnswer),
+            409: Reply(
+                "Several customers share this number (`ambiguous_caller`): their ids, to "
+                "pick one and ask again by `customer_id`; nothing is written",
+                context.AmbiguousCaller,
+            ),
+        },
         {
             401: "No credentials",
             403: "CSRF token missing",
@@ -467,9 +474,11 @@ ROUTES: tuple[Route, ...] = (
         },
         body=context.InboundBody,
         description=(
-            "The number is looked up by its keyed hash (numbers are never stored: the "
-            "CRM's `phone` attribute becomes an index entry). The contact history entry "
-            "names the agent (or API token) who took the call and when."
+            "The number is looked up by its keyed hash (`[privacy] phone_key`; numbers are "
+            "never stored: the CRM's `phone` attribute puts the customer in the number's "
+            "index set, which a household or joint account may share). The contact history "
+            "entry names the agent (or API token) who took the call, how the caller was "
+            "matched, and when."
         ),
     ),
     # -- end of helper G's block --

@@ -3,8 +3,9 @@
 `Eraser.erase_customer` deletes the customer's profile, every anonymous profile ever
 merged into it, and follows each profile's index (`refs`, engine/valkey/refs.py) to
 its data in other slots: audit and trigger records, the entries of shared streams,
-and the phone index entry of the CRM's number for the customer (engine/profile/
-phones.py indexes it in `refs` as a key to delete). Open callbacks are withdrawn
+and the customer's membership of the phone index (engine/profile/phones.py names it
+in `refs`; only this customer's id leaves the set, a number shared with or passed on
+to another customer stays theirs). Open callbacks are withdrawn
 from the floor (the queue and every dashboard). This reaches across stages
 (profiles, delivery records, the callback queue), which is why it is a stage of its
 own above them.
@@ -277,7 +278,9 @@ async def write_erasure_receipt(
 
 
 async def follow_refs(store: Store, references: Sequence[str], out: Erased) -> None:
-    """Delete everything index references point at; withdraw open triggers.
+    """Delete everything index references point at; withdraw open triggers; take the
+    profile out of the shared sets it belongs to (counted in `keys` when its id was
+    there: Valkey deletes a set with its last member).
 
     A trigger's record is deleted, so claiming or completing it answers 404 and writes
     nothing; one still open also leaves the callback queue, and every dashboard hears
@@ -292,6 +295,7 @@ async def follow_refs(store: Store, references: Sequence[str], out: Erased) -> N
     )
     deletes = [store.call("DEL", k, writes=True) for k in dels]
     deletes += [store.call("DEL", keys.trigger_record(t), writes=True) for t in triggers]
+    deletes += [store.call("SREM", k, m, writes=True) for k, m in refs.parse_members(references)]
     xdels = [store.call("XDEL", s, *ids, writes=True) for s, ids in entries.items()]
     others: list[Awaitable[Any]] = [dequeue(store, t) for t in triggers]
     for trigger_id, (shard, outcome) in zip(triggers, states, strict=True):

@@ -83,8 +83,9 @@ async def store_attributes(
     """Write attributes; True if the customer's profile already existed.
 
     The phone number becomes its keyed hash (`phone_key`, engine/profile/phones.py):
-    the stored attributes name the hash, the index maps it to the customer, and the
-    index entry of a number the customer no longer has is dropped."""
+    the stored attributes name the hash, the customer joins the number's index set
+    (shared numbers hold several customers), and leaves the set of a number they no
+    longer have (the others in it stay)."""
     doc = attributes_doc(attrs)
     new_ref = None
     if attrs.phone is not None:

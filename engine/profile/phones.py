@@ -2,16 +2,24 @@
 
 An inbound call arrives with the caller's number; the agent's screen-pop needs the
 customer. The CRM sends the number with the customer's attributes (`phone`, E.164),
-but Ringback never stores it: it stores HMAC-SHA256(number) under a key derived from
-the config's secrets (`phone_hash_key`), as an index `rb:{ph:<hash>}` -> customer id,
-and the profile keeps only the hash (`attrs.phone_ref`). So a copy of Valkey does not
-hold the numbers, and cannot test a list of numbers against the index without the
-config. A changed (or removed) number drops the old index entry; the entry is named
-in the profile's `refs` (engine/valkey/refs.py), so erasing the customer deletes it.
+but Ringback never stores it: it stores HMAC-SHA256(number) under the phone key
+(`[privacy] phone_key*`, else a random key generated once into the data dir; see
+engine/core/settings.py), and the profile keeps only the hash (`attrs.phone_ref`). So
+a copy of Valkey neither holds the numbers nor can test a list of numbers against
+the index without the key.
 
-Rotating the secrets the key derives from (API tokens, site identity secrets) starts
-a new key: numbers indexed before are no longer found until the CRM sends them again
-(`ringback import` re-indexes them all).
+The index `rb:{ph:<hash>}` is a SET of customer ids: a joint account or a household
+landline is one number for several customers, and the inbound screen-pop asks the
+agent to pick rather than guess. Each customer owns only their membership: a changed
+number, a removed one, or an erasure SREMs that customer's id and never touches
+another's (Valkey deletes a set with its last member, so nothing empty is left). The
+membership is named in the profile's `refs` (`refs.member_ref`), which is how an
+erasure finds it.
+
+The key is independent of API tokens and identity secrets: rotating those changes
+nothing here. Changing the phone key itself orphans every hash made before it:
+numbers are found again once the CRM sends them again (`ringback import` re-indexes
+them all).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Annotated
 
 import orjson
 from msgspec import Meta
+from redis.exceptions import ResponseError
 
 from engine.core.settings import Settings
 from engine.valkey import keys, refs
@@ -32,7 +41,7 @@ __all__ = [
     "E164",
     "PHONE_REF_FIELD",
     "Phone",
-    "find_customer",
+    "find_customers",
     "phone_hash_key",
     "phone_ref",
     "stored_phone_ref",
@@ -45,22 +54,20 @@ Phone = Annotated[str, Meta(pattern=E164)]
 
 PHONE_REF_FIELD = "phone_ref"  # in the stored attributes: the hash, never the number
 
-# The index entry's reference in the profile's `refs` needs an "until" (engine/valkey/
-# refs.py); the entry lives as long as the CRM says the number is the customer's.
+# The membership's reference in the profile's `refs` needs an "until" (engine/valkey/
+# refs.py); it lives as long as the CRM says the number is the customer's.
 _FOREVER_MS = 100 * 365 * 86_400_000
 
 
 def phone_hash_key(settings: Settings) -> bytes:
-    """The key of phone hashes, the same in every worker, across restarts and for
-    `ringback import`: derived from the config's secrets (API token hashes, per-site
-    identity secrets), as the offer-decision and erasure-receipt keys are."""
-    h = hashlib.blake2b(digest_size=32, person=b"rb-phones")
-    for token in sorted(t.sha256 for t in settings.api_tokens):
-        h.update(token.encode() + b"\0")
-    for key in sorted(settings.sites):
-        h.update(key.encode() + b"\0" + (settings.sites[key].identity_secret or "").encode())
-        h.update(b"\0")
-    return h.digest()
+    """The key of phone hashes: the configured or generated phone key (the same in
+    every worker, across restarts and for `ringback import` on the same data dir),
+    never derived from API tokens, so rotating a token keeps every number found."""
+    if settings.phone_key is None:
+        raise ValueError("settings without a phone key (use load_settings)")
+    return hashlib.blake2b(
+        settings.phone_key.reveal().encode(), digest_size=32, person=b"rb-phones"
+    ).digest()
 
 
 def phone_ref(key: bytes, phone: str) -> str:
@@ -96,34 +103,46 @@ async def update_phone_index(
     new_ref: str | None,
     now_ms: int | None = None,
 ) -> bool:
-    """Point `new_ref`'s index entry at the customer (and name it in the profile's
-    `refs`); drop `old_ref`'s when the number changed and the entry is still this
-    customer's (a number the CRM gave to someone since is theirs now).
+    """Add the customer to `new_ref`'s set (and name the membership in the profile's
+    `refs`); take them out of `old_ref`'s when the number changed, leaving any other
+    customer who shares (or has since been given) that number.
 
-    The entry is written before its reference, so an erasure either finds the
-    reference (and deletes the entry) or has left its marker (then the reference is
-    refused and the entry deleted here). Returns False in that case."""
+    The membership is added before its reference, so an erasure either finds the
+    reference (and removes the membership) or has left its marker (then the reference
+    is refused and the membership removed here). Returns False in that case."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     prefix = keys.customer_prefix(customer_id)
     indexed = True
     if new_ref:
         entry = keys.phone_index(new_ref)
-        await store.call("SET", entry, customer_id, writes=True)
-        ok = await refs.add(
-            store, prefix, [(refs.key_ref(entry), now_ms + _FOREVER_MS)], born_ms=now_ms
-        )
+        await store.call("SADD", entry, customer_id, writes=True)
+        member = refs.member_ref(entry, customer_id)
+        ok = await refs.add(store, prefix, [(member, now_ms + _FOREVER_MS)], born_ms=now_ms)
         if not ok:
-            await store.call("DEL", entry, writes=True)
+            await store.call("SREM", entry, customer_id, writes=True)
             indexed = False
     if old_ref and old_ref != new_ref:
         entry = keys.phone_index(old_ref)
-        if await store.call("GET", entry) == customer_id:
-            await store.call("DEL", entry, writes=True)
-        await store.call("ZREM", keys.profile_refs(prefix), refs.key_ref(entry), writes=True)
+        await _leave(store, entry, customer_id)
+        stale = (refs.member_ref(entry, customer_id), refs.key_ref(entry))
+        await store.call("ZREM", keys.profile_refs(prefix), *stale, writes=True)
     return indexed
 
 
-async def find_customer(store: Store, key: bytes, phone: str) -> str | None:
-    """The customer whose CRM number this is, if any."""
-    found = await store.call("GET", keys.phone_index(phone_ref(key, phone)))
-    return str(found) if found else None
+async def _leave(store: Store, entry: str, customer_id: str) -> None:
+    """Take the customer out of an index entry. An entry from before the index held
+    sets (a plain string, one customer id, hashed under the old derived key) is
+    deleted only if it is still this customer's."""
+    try:
+        await store.call("SREM", entry, customer_id, writes=True)
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        if await store.call("GET", entry) == customer_id:
+            await store.call("DEL", entry, writes=True)
+
+
+async def find_customers(store: Store, key: bytes, phone: str) -> list[str]:
+    """Every customer whose CRM number this is (several for a shared number), sorted."""
+    found = await store.call("SMEMBERS", keys.phone_index(phone_ref(key, phone)))
+    return sorted(str(c) for c in found)

@@ -322,9 +322,10 @@ def import_checkpoint(digest: str) -> str:
 
 
 def phone_index(phone_ref: str) -> str:
-    """String: the customer id whose CRM phone number has this keyed hash (HMAC-SHA256,
-    hex), for the inbound screen-pop. Never the number itself; its own slot. The
-    customer's profile names it in its `refs`, so erasure deletes it.
+    """Set: the ids of the customers whose CRM phone number has this keyed hash
+    (HMAC-SHA256, hex), for the inbound screen-pop; a shared number (joint account,
+    household) has several. Never the number itself; its own slot. Each customer's
+    profile names its membership in its `refs`, so erasure removes that member only.
 
     >>> phone_index("ab12")
     'rb:{ph:ab12}'

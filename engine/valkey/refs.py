@@ -29,6 +29,9 @@ References (sorted-set members):
     t|<trigger_id>          a trigger: its record, its place in the callback queue, and
                             a `withdrawn` event to the dashboards while it is open
     x|<stream>|<entry_id>   a stream entry to delete
+    m|<set>|<member>        the profile's membership of a shared set (the phone index):
+                            SREM the member only, never the others' (`parse` skips
+                            these; `parse_members` reads them)
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ __all__ = [
     "entry_ref",
     "erased_since",
     "key_ref",
+    "member_ref",
     "parse",
+    "parse_members",
     "stream_trim",
     "stream_until_ms",
     "trigger_ref",
@@ -79,6 +84,15 @@ class Erased(RingbackError):
 
 def key_ref(key: str) -> str:
     return f"k|{key}"
+
+
+def member_ref(key: str, member: str) -> str:
+    """A set membership's reference; neither the key nor the member contains '|'.
+
+    >>> member_ref("rb:{ph:ab}", "cust-1")
+    'm|rb:{ph:ab}|cust-1'
+    """
+    return f"m|{key}|{member}"
 
 
 def trigger_ref(trigger_id: str) -> str:
@@ -182,3 +196,18 @@ def parse(refs: Iterable[str]) -> tuple[list[str], list[str], dict[str, list[str
             if stream and entry_id:
                 entries[stream].append(entry_id)
     return dels, triggers, dict(entries)
+
+
+def parse_members(refs: Iterable[str]) -> list[tuple[str, str]]:
+    """The (set, member) pairs of membership references.
+
+    >>> parse_members(["m|rb:{ph:ab}|cust-1", "k|rb:{d:1}", "m|broken"])
+    [('rb:{ph:ab}', 'cust-1')]
+    """
+    pairs: list[tuple[str, str]] = []
+    for ref in refs:
+        kind, _, rest = ref.partition("|")
+        key, _, member = rest.partition("|")
+        if kind == "m" and key and member:
+            pairs.append((key, member))
+    return pairs

@@ -150,17 +150,31 @@
     if (q.visitor_monthly !== null && q.visitor_monthly !== undefined) {
       const rate = q.visitor_rate_pct === null || q.visitor_rate_pct === undefined
         ? "" : ` at ${f.rate.format(q.visitor_rate_pct / 100)}`;
-      const diff = Number(q.monthly_difference) || 0;
-      const sign = diff > 0 ? "+" : diff < 0 ? "−" : "±";
-      lines.push(["visitor", `Visitor's own figure${rate}: ${money(q.visitor_monthly)}/month ` +
-        `(bank ${sign}${money(Math.abs(diff))})`]);
+      // No difference when the bank quoted another term: the two are not comparable.
+      let vs = "";
+      if (q.monthly_difference !== null && q.monthly_difference !== undefined) {
+        const diff = Number(q.monthly_difference) || 0;
+        const sign = diff > 0 ? "+" : diff < 0 ? "−" : "±";
+        vs = ` (bank ${sign}${money(Math.abs(diff))})`;
+      }
+      lines.push(["visitor", `Visitor's own figure${rate}: ${money(q.visitor_monthly)}/month${vs}`]);
     }
     const c = q.changed;
     if (c && Array.isArray(c.fields) && c.fields.length) {
       const show = (k, v) => (v === null || v === undefined ? "?" : k === "amount" ? money(v) : fmtTerm(v));
       const what = c.fields.map((k) =>
         `${k === "amount" ? "amount" : "term"} ${show(k, c.before[k])} → ${show(k, c.after[k])}`).join(", ");
-      lines.push(["changed", `Changed ${what}${c.at_ms ? ` at ${f.when(c.at_ms)}` : ""}`]);
+      // The profile knows the last calculation with the old figures (before_ms) and the
+      // newest one (at_ms): the change happened between them, so say so unless they
+      // are within a minute (a visitor who recalculated the new figures later would
+      // otherwise read as having changed them then).
+      let when = "";
+      if (c.at_ms && c.before_ms && Number(c.at_ms) - Number(c.before_ms) > 60000) {
+        when = ` between ${f.when(c.before_ms)} and ${f.when(c.at_ms)}`;
+      } else if (c.at_ms) {
+        when = ` at ${f.when(c.at_ms)}`;
+      }
+      lines.push(["changed", `Changed ${what}${when}`]);
     }
     return lines;
   }
@@ -312,10 +326,35 @@
     let phone = String(raw || "").replace(/[\s().\-\/]/g, "");
     if (phone.startsWith("00")) phone = `+${phone.slice(2)}`;
     const { status, data } = await api("POST", "/v1/agents/inbound", { phone });
-    showCustomer(status, data);
+    if (status === 409 && data?.error?.code === "ambiguous_caller") showCandidates(data);
+    else showCustomer(status, data, { byPhone: true });
   }
 
-  function showCustomer(status, data) {
+  // A number several customers share (joint account, household line): their ids as
+  // buttons, text only; nothing is written until the agent asks who is calling and
+  // picks one, which opens it by customer id (and writes the call to that history).
+  function showCandidates(data) {
+    const ids = (Array.isArray(data.candidates) ? data.candidates : []).map(String);
+    const p = document.createElement("p");
+    p.className = "candidates-note";
+    p.textContent = `${ids.length} customers share this number — ask who is calling, then pick:`;
+    const list = document.createElement("div");
+    list.className = "candidates";
+    for (const id of ids) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "candidate";
+      b.textContent = id;
+      b.addEventListener("click", async () => {
+        const { status, data: ctx } = await api("POST", "/v1/agents/inbound", { customer_id: id });
+        showCustomer(status, ctx, { byPhone: true });
+      });
+      list.append(b);
+    }
+    $("#customer").replaceChildren(p, list);
+  }
+
+  function showCustomer(status, data, { byPhone = false } = {}) {
     const box = $("#customer");
     if (status !== 200) {
       const p = document.createElement("p");
@@ -344,7 +383,15 @@
     const guide = document.createElement("div"); guide.className = "guide";
     renderGuide(guide, data.call_guide);
     if (!guide.childElementCount) guide.textContent = "No quote: nothing calculated for a product the bank quotes";
-    box.replaceChildren(head, guideTitle, guide, dl([
+    // Found by the number: the number is the CRM's, the voice may be someone else's.
+    const matched = [];
+    if (byPhone || data.matched_by === "phone") {
+      const p = document.createElement("p");
+      p.className = "matched-by";
+      p.textContent = "matched by phone number — verify identity";
+      matched.push(p);
+    }
+    box.replaceChildren(head, ...matched, guideTitle, guide, dl([
       ["Presence", data.presence?.online ? "online now" : "offline"],
       ["Recent pages", pages || "—"],
       ["Calculators", calcs || "—"],
