@@ -18,9 +18,12 @@ from typing import Any
 import aiohttp
 import msgspec
 import orjson
-from conftest import EngineClient, event, write_pack
+import pytest
+import redis.asyncio as aioredis
+from conftest import CLUSTER, EngineClient, event, open_store, write_pack
 
 from engine.contact_center.claims import claim
+from engine.core.errors import Gone
 from engine.core.settings import Agent, Settings, hash_password
 from engine.core.vocabulary import Outcome
 from engine.delivery.records import write_trigger
@@ -131,6 +134,7 @@ async def drive(engine: EngineClient) -> Floor:
 EXPECTED_BY_RULE = {
     "adviser_call": {
         "fired": 6,
+        "due": 6,  # every one a callback: a5, never claimed, is a miss of the SLA
         "claimed": 5,
         "claimed_in_sla": 4,
         "completed": 5,
@@ -139,6 +143,7 @@ EXPECTED_BY_RULE = {
     },
     "card_call": {
         "fired": 2,
+        "due": 2,
         "claimed": 1,
         "claimed_in_sla": 1,
         "completed": 1,
@@ -198,7 +203,9 @@ async def test_the_funnel_agrees_with_the_queue_and_metrics(
     assert body["sla_s"] == 60 and body["by"] == "rule"
     rows = {r["name"]: r for r in body["rows"]}
     assert {name: _counts(r) for name, r in rows.items()} == EXPECTED_BY_RULE
-    assert rows["adviser_call"]["sla_attainment"] == 4 / 5
+    # Of the 6 callbacks due, 4 were claimed within 60 s (a4 late, a5 never).
+    assert rows["adviser_call"]["sla_attainment"] == 4 / 6
+    assert rows["card_call"]["sla_attainment"] == 1 / 2
     assert [r["name"] for r in body["rows"]] == ["adviser_call", "card_call"]  # most fired
     assert _counts(body["total"]) == {
         k: sum(e[k] for e in EXPECTED_BY_RULE.values()) for k in EXPECTED_BY_RULE["card_call"]
@@ -227,9 +234,38 @@ async def test_the_funnel_agrees_with_the_queue_and_metrics(
     status, body = await engine.get_json("/v1/reports/funnel?sla_s=300", headers=api)
     assert status == 200
     adviser = next(r for r in body["rows"] if r["name"] == "adviser_call")
-    assert adviser["claimed_in_sla"] == 5 and adviser["sla_attainment"] == 1.0
+    assert adviser["claimed_in_sla"] == 5 and adviser["sla_attainment"] == 5 / 6
     status, body = await engine.get_json("/v1/reports/funnel?sla_s=120", headers=api)
     assert next(r for r in body["rows"] if r["name"] == "adviser_call")["claimed_in_sla"] == 4
+
+
+async def test_a_callback_that_expired_unclaimed_is_an_sla_miss_and_an_email_is_not_due(
+    make_engine: Any, settings: Settings, tmp_path: Path
+) -> None:
+    engine = await _engine(make_engine, settings, tmp_path)
+    store = engine.extra["app"][STORE]
+    now = int(time.time() * 1000)
+    base = {"rule": "adviser_call", "created_ms": now - 900_000, "attribution": {}}
+    fired = {
+        "taken": {**base, "kind": "callback", "channel": "callback", "expires_ms": now + 60_000},
+        "expired": {**base, "kind": "callback", "channel": "callback", "expires_ms": now - 1},
+        "emailed": {**base, "kind": "notify", "channel": "email", "expires_ms": now + 60_000},
+    }
+    for i, (name, trigger) in enumerate(fired.items()):
+        trigger["id"] = f"{i:024d}"
+        assert await write_trigger(store, keys.customer_prefix(f"sla-{name}"), trigger)
+    agent = engine.credentials["agent_user"]
+    await claim(store, fired["taken"]["id"], agent, now - 900_000 + 10_000, engine.metrics)
+    with pytest.raises(Gone):  # nobody took it in time; now nobody can
+        await claim(store, fired["expired"]["id"], agent, now, engine.metrics)
+
+    status, body = await engine.get_json("/v1/reports/funnel", headers=engine.api_headers)
+    assert status == 200, body
+    [row] = body["rows"]
+    got = {k: row[k] for k in ("fired", "due", "claimed", "claimed_in_sla", "sla_attainment")}
+    # Two callbacks were due, one was taken in time: 50 %, not the 100 % of claims.
+    assert got == {"fired": 3, "due": 2, "claimed": 1, "claimed_in_sla": 1, "sla_attainment": 0.5}
+    assert body["total"]["sla_attainment"] == 0.5
 
 
 async def test_the_funnel_and_conversions_split_by_campaign_segment_and_value(
@@ -245,6 +281,7 @@ async def test_the_funnel_and_conversions_split_by_campaign_segment_and_value(
     assert rows == {
         "spring": {
             "fired": 4,
+            "due": 4,
             "claimed": 4,
             "claimed_in_sla": 4,
             "completed": 4,
@@ -253,6 +290,7 @@ async def test_the_funnel_and_conversions_split_by_campaign_segment_and_value(
         },
         "(direct)": {
             "fired": 4,
+            "due": 4,
             "claimed": 2,
             "claimed_in_sla": 1,
             "completed": 2,
@@ -476,3 +514,114 @@ async def test_a_bad_query_is_refused_with_its_code_and_path(
         assert status == 400, (path, body)
         assert body["error"]["code"] == "invalid_query", path
         assert body["error"]["path"] == where, (path, body)
+
+
+# -- what counting costs ----------------------------------------------------------------
+
+COUNTED = ("pfadd", "sadd", "scard", "srem", "del", "expire", "hincrby", "hexists", "hdel")
+
+
+async def _reset_commands(redis: Any) -> None:
+    if CLUSTER:
+        await redis.config_resetstat(target_nodes=redis.get_primaries())
+    else:
+        await redis.config_resetstat()
+
+
+async def _commands(redis: Any) -> dict[str, int]:
+    """The counting commands Valkey ran since `_reset_commands` (every primary's)."""
+    if CLUSTER:
+        per_node = await redis.info("commandstats", target_nodes=redis.get_primaries())
+        stats = list(per_node.values())
+    else:
+        stats = [await redis.info("commandstats")]
+    calls: dict[str, int] = {}
+    for node in stats:
+        for name, s in node.items():
+            if (command := name.removeprefix("cmdstat_")) in COUNTED:
+                calls[command] = calls.get(command, 0) + int(s["calls"])
+    return calls
+
+
+def _callback(i: int, now: int, campaign: str = "spring") -> dict[str, Any]:
+    return {
+        "id": f"t{i}",
+        "kind": "callback",
+        "channel": "callback",
+        "rule": "adviser_call",
+        "created_ms": now,
+        "attribution": {"campaign": campaign},
+        "segments": ["mortgage_askers", "returning"],
+        "branch": "b12",
+        "customer_value": 80.0,
+    }
+
+
+async def test_the_same_trigger_again_that_day_costs_one_hincrby_per_counter(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    store = open_store(settings)
+    try:
+        now = int(time.time() * 1000)
+        await count_fired(store, _callback(0, now), now)  # lists its names, sets the TTLs
+        await _reset_commands(redis)
+        await count_fired(store, _callback(1, now), now)
+        # fired and due, for the rule, the campaign, two segments, the branch, the band:
+        # no EXPIRE (this worker set them today), no check of names it knows.
+        assert await _commands(redis) == {"hincrby": 12}
+        day = day_of(now)
+        for kind, name in [
+            ("rule", "adviser_call"),
+            ("campaign", "spring"),
+            ("segment", "returning"),
+        ]:
+            key = keys.report_funnel(day, kind)
+            assert await redis.hget(key, f"{name}|due") == "2"
+            assert await redis.ttl(key) > 0
+
+        # Another worker (its own Store) counts beside it; its first trigger sets the
+        # TTLs again, its second costs what this one's does.
+        other = open_store(settings)
+        try:
+            await count_fired(other, _callback(2, now), now)
+            await _reset_commands(redis)
+            await count_fired(other, _callback(3, now), now)
+            assert await _commands(redis) == {"hincrby": 12}
+        finally:
+            await other.close()
+        assert await redis.hget(keys.report_funnel(day, "segment"), "returning|fired") == "4"
+    finally:
+        await store.close()
+
+
+async def test_a_campaign_past_the_cap_pays_its_check_once_then_counts_as_other(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    store = open_store(settings)
+    try:
+        now = int(time.time() * 1000)
+        day = day_of(now)
+        for i in range(MAX_VALUES + 5):
+            await count_fired(store, _callback(i, now, f"c{i}"), now)
+            await count_decision(
+                store, "adviser_call", now, False, f"d{i}", [("campaign", f"c{i}")]
+            )
+        late = f"c{MAX_VALUES + 4}"  # past the cap: counted as OTHER
+        funnel = keys.report_funnel(day, "campaign")
+        assert await redis.hget(funnel, f"{late}|fired") is None
+        assert not await redis.sismember(keys.uplift_dim_values(day, "campaign"), late)
+        others = int(await redis.hget(funnel, f"{OTHER}|fired") or 0)
+        assert others >= 4
+
+        await _reset_commands(redis)
+        await count_fired(store, _callback(999, now, late), now)
+        await count_decision(store, "adviser_call", now, False, "d999", [("campaign", late)])
+        # As a name under the cap costs: one HINCRBY a counter (fired, due; 6 names),
+        # one PFADD a cohort (the rule's, the campaign's): no SADD, SCARD, SREM, DEL.
+        assert await _commands(redis) == {"hincrby": 12, "pfadd": 2}
+        assert int(await redis.hget(funnel, f"{OTHER}|fired") or 0) == others + 1
+        assert await redis.hget(funnel, f"{late}|fired") is None
+        other_cohort = keys.uplift_dim_counts("campaign", OTHER, day, "t")
+        assert await redis.pfcount(other_cohort) >= 5
+    finally:
+        await store.close()

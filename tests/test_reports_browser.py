@@ -101,6 +101,7 @@ async def test_the_reports_section_draws_and_tabulates_what_the_reports_say(
             assert await _cells(page, "#report-funnel", r["name"]) == [
                 r["name"],
                 str(r["fired"]),
+                str(r["due"]),
                 str(r["claimed"]),
                 str(r["claimed_in_sla"]),
                 _pct(r["sla_attainment"]),
@@ -146,7 +147,7 @@ async def test_the_reports_section_draws_and_tabulates_what_the_reports_say(
         r = await page.request.get(f"{engine.url}{href}")
         assert r.status == 200 and r.headers["content-type"].startswith("text/csv")
         lines = (await r.text()).split("\r\n")
-        assert lines[0].startswith("rule,fired,claimed")
+        assert lines[0].startswith("rule,fired,due,claimed")
         assert len([x for x in lines[1:] if x]) == len(funnel["rows"]) + 1
 
         await section.screenshot(path=str(tmp_path / "reports.png"))

@@ -11,15 +11,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from conftest import EngineClient, event, new_anon, write_pack
+import redis.asyncio as aioredis
+from conftest import CLUSTER, EngineClient, event, new_anon, open_store, write_pack
 
+from engine.core.settings import Settings
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import load_rules
-from engine.decisions.plan import decide, holdout
+from engine.decisions.plan import decide, dims, holdout
 from engine.delivery.records import read_audit
-from engine.delivery.uplift import Cohort, count_conversion, day_of, interval
+from engine.delivery.uplift import Cohort, count_conversion, count_decision, day_of, interval
 from engine.http.state import STORE
 from engine.ingest.schema import PageViewEvent
+from engine.valkey import keys
 
 PACK = """
 offers:
@@ -141,3 +144,68 @@ async def test_a_conversion_reported_by_the_bank_counts_for_the_decisions_cohort
     assert status == 200
     assert report["treated"] == {"decisions": 1, "conversions": 1, "rate": 1.0}
     assert report["holdout"]["decisions"] == 0 and report["uplift"] is None
+
+
+COUNTED = ("pfadd", "sadd", "scard", "srem", "del", "expire")
+
+
+async def _reset_commands(redis: Any) -> None:
+    if CLUSTER:
+        await redis.config_resetstat(target_nodes=redis.get_primaries())
+    else:
+        await redis.config_resetstat()
+
+
+async def _commands(redis: Any) -> dict[str, int]:
+    """The counting commands Valkey ran since `_reset_commands` (every primary's)."""
+    if CLUSTER:
+        per_node = await redis.info("commandstats", target_nodes=redis.get_primaries())
+        stats = list(per_node.values())
+    else:
+        stats = [await redis.info("commandstats")]
+    calls: dict[str, int] = {}
+    for node in stats:
+        for name, s in node.items():
+            if (command := name.removeprefix("cmdstat_")) in COUNTED:
+                calls[command] = calls.get(command, 0) + int(s["calls"])
+    return calls
+
+
+async def test_the_same_decision_again_that_day_costs_one_pfadd_per_cohort(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """An offer decision of a visitor in two segments joins 6 cohorts (the rule's, the
+    campaign's, each segment's, the branch's, the value band's): the first of the day
+    also lists the values and sets the TTLs; the next costs the 6 PFADDs alone."""
+    plan_dims = dims({"campaign": "Spring"}, frozenset({"a", "b"}), "b12", 80.0)
+    now = int(time.time() * 1000)
+    day = day_of(now)
+    store = open_store(settings)
+    try:
+        await count_decision(store, "cards_offer", now, False, "d1", plan_dims)
+        await _reset_commands(redis)
+        await count_decision(store, "cards_offer", now, False, "d2", plan_dims)
+        assert await _commands(redis) == {"pfadd": 6}
+
+        # Another worker (its own Store) finds the values listed by the first (its SADDs
+        # answer 0), then costs the same; nothing is listed twice, every key has a TTL.
+        other = open_store(settings)
+        try:
+            await count_decision(other, "cards_offer", now, True, "h1", plan_dims)
+            await _reset_commands(redis)
+            await count_decision(other, "cards_offer", now, True, "h2", plan_dims)
+            assert await _commands(redis) == {"pfadd": 6}
+        finally:
+            await other.close()
+        assert await redis.smembers(keys.uplift_dim_values(day, "segment")) == {"a", "b"}
+        for group in ("t", "h"):  # two decisions each: treated, then held out
+            for key in (
+                keys.uplift_counts("cards_offer", day, group),
+                keys.uplift_dim_counts("segment", "b", day, group),
+                keys.uplift_dim_counts("campaign", "spring", day, group),
+            ):
+                assert await redis.pfcount(key) == 2, key
+                assert await redis.ttl(key) > 0, key
+        assert await redis.ttl(keys.uplift_dim_values(day, "value")) > 0
+    finally:
+        await store.close()

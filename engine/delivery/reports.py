@@ -7,19 +7,25 @@ and kind (`keys.report_funnel`): by rule, and by each report dimension of the tr
 (campaign, segment, branch, value band; `dims_of`), field `<name>|<stage>`, HINCRBY.
 The writes are issued synchronously by the caller beside the trigger's own writes
 (engine/delivery/records.py, engine/contact_center/claims.py), so they ride in the
-same pipeline: no round trip of their own on the hot path.
+same pipeline. In steady state that is one HINCRBY per counter: each worker remembers
+(`Store.written`, engine/valkey/written.py) the hashes whose TTL it set that day and the names
+it knows are counted under their own name or pooled as "(other)".
 
-SLA: a claim's delay is measured from when the callback was due (its `scheduled_for`
-opening when it was decided outside hours, else its creation) and counted in ONE
-bucket per claim, `claim_le<T>`, the smallest of `SLA_THRESHOLDS_S` it fits in
-(none past the largest). "Claimed within N s" for any N of the thresholds is the sum
-of the buckets up to N, so a report answers any of them without a second counter.
+SLA: phone work (a callback, `is_phone_work`) also counts as `due` when it fires; an
+e-mail/SMS notification does not, as no agent may take it. A claim's delay is measured
+from when the callback was due (its `scheduled_for` opening when it was decided outside
+hours, else its creation) and counted in ONE bucket per claim, `claim_le<T>`, the
+smallest of `SLA_THRESHOLDS_S` it fits in (none past the largest). "Claimed within N s"
+for any N of the thresholds is the sum of the buckets up to N, so a report answers any
+of them without a second counter. SLA attainment is claimed within the SLA / due: a
+callback that expired unclaimed is a miss.
 
 Bounded: rule ids come from the rule set; dimension values are cleaned to
 `[A-Za-z0-9_.()-]`, at most 64 characters, and a day's hash of one kind takes at most
 `MAX_VALUES` names; past that a new name counts as "(other)". Campaign names come from
 page URLs, so anyone could otherwise mint fields. The check costs a round trip only
-when a field is new (the first trigger of a name and stage that day).
+when a name is new to the day (its first trigger, anywhere), and a name past the cap
+one more per worker that sees it; after that the worker counts it as "(other)" at once.
 
 Conversions of a trigger's decision count once (`keys.decision_converted`, SET NX),
 whoever reports them (the agent's "converted", then the bank's sale). Uplift by
@@ -36,7 +42,7 @@ from typing import Any
 
 import msgspec
 
-from engine.core.vocabulary import Action, Outcome, TriggerKind
+from engine.core.vocabulary import Action, Outcome, TriggerKind, is_phone_work
 from engine.decisions.plan import dims as plan_dims
 from engine.delivery.uplift import (
     MAX_DIM_VALUES,
@@ -46,10 +52,13 @@ from engine.delivery.uplift import (
     cohort,
     day_of,
     days,
+    expire_once,
     interval,
+    seen_of,
 )
 from engine.valkey import keys
 from engine.valkey.store import Store
+from engine.valkey.written import Seen
 
 __all__ = [
     "DEFAULT_SLA_S",
@@ -142,52 +151,84 @@ def _names(rule: str, dims: Dims) -> dict[str, list[str]]:
     return names
 
 
-def _count(store: Store, day: str, rule: str, dims: Dims, stages: Sequence[str]) -> Awaitable[None]:
+_Pending = tuple[str, str, list[tuple[str, asyncio.Future[Any]]]]  # key, name, HINCRBYs
+
+
+def _count(
+    store: Store, seen: Seen | None, day: str, rule: str, dims: Dims, stages: Sequence[str]
+) -> Awaitable[None]:
     """Issue the increments NOW (so they join the caller's pipeline) and return what
-    settles them: a name that is new to a capped hash is checked, and moved to "(other)"
-    when the hash is full or its trigger's fire was counted there."""
-    pending: list[tuple[str, str, str, asyncio.Future[Any]]] = []
-    expiries: list[asyncio.Future[Any]] = []
+    settles them: a name this worker does not know yet for the day is counted under
+    itself, then checked, and moved to "(other)" when the hash is full or its
+    trigger's fire was counted there; a name it knows goes where it went before."""
+    seen = seen if seen is not None else seen_of(store)
+    # What a name's check says holds for the stages checked alike: the fire (a cap
+    # decision) or a later stage (which follows where the fire was counted).
+    phase = "fired" if "fired" in stages else "later"
+    pending: list[_Pending] = []
+    writes: list[asyncio.Future[Any]] = []
     for kind, names in _names(rule, dims).items():
         key = keys.report_funnel(day, kind)
         for name in names:
-            for stage in stages:
-                f = store.call("HINCRBY", key, f"{name}|{stage}", 1, writes=True)
-                pending.append((kind, key, f"{name}|{stage}", f))
-        expiries.append(store.call("EXPIRE", key, keys.REPORT_TTL_S, writes=True))
-    return _settle(store, pending, expiries)
+            known = name if kind == "rule" or name == OTHER else seen.get((key, name, phase))
+            under = name if known is None else known
+            incrs = [
+                (stage, store.call("HINCRBY", key, f"{under}|{stage}", 1, writes=True))
+                for stage in stages
+            ]
+            if known is None:
+                pending.append((key, name, incrs))
+            else:
+                writes += [f for _, f in incrs]
+        writes += expire_once(store, seen, key, keys.REPORT_TTL_S)
+    return _settle(store, seen, pending, writes)
 
 
 async def _settle(
-    store: Store,
-    pending: list[tuple[str, str, str, asyncio.Future[Any]]],
-    expiries: list[asyncio.Future[Any]],
+    store: Store, seen: Seen, pending: list[_Pending], writes: list[asyncio.Future[Any]]
 ) -> None:
-    results = await asyncio.gather(*(p[3] for p in pending), *expiries)
-    new = [
-        (key, field)
-        for (kind, key, field, _), n in zip(pending, results, strict=False)
-        if kind != "rule" and int(n) == 1 and not field.startswith(OTHER + "|")
-    ]
-    if new:  # rare: the first of a name and stage this day
-        await asyncio.gather(*(_check_new(store, key, field) for key, field in new))
+    await asyncio.gather(*writes, *(f for _, _, incrs in pending for _, f in incrs))
+    checks = []
+    for key, name, incrs in pending:
+        counts = {stage: int(f.result()) for stage, f in incrs}
+        # A name whose fire was counted under it before is kept (whatever its other
+        # stages say); a later stage counted under it before, likewise.
+        fired = counts.get("fired")
+        new = fired <= 1 if fired is not None else any(n <= 1 for n in counts.values())
+        if new:  # rare: the first of a name (or a stage of it) this day, anywhere
+            checks.append(_check_new(store, seen, key, name, list(counts)))
+        else:
+            _remember(seen, key, name, fired is not None, name)
+    if checks:
+        await asyncio.gather(*checks)
 
 
-async def _check_new(store: Store, key: str, field: str) -> None:
-    name, _, stage = field.rpartition("|")
-    if stage == "fired":  # a new name: counted in the hash's own `|names` field
+def _remember(seen: Seen, key: str, name: str, fired: bool, under: str) -> None:
+    """Where `name` counts in hash `key` from now on; a fire's check holds for the
+    later stages too (they follow the fire), not the other way round."""
+    seen.put((key, name, "later"), under)
+    if fired:
+        seen.put((key, name, "fired"), under)
+
+
+async def _check_new(store: Store, seen: Seen, key: str, name: str, stages: list[str]) -> None:
+    if "fired" in stages:  # a new name: counted in the hash's own `|names` field
         keep = int(await store.call("HINCRBY", key, _NAMES, 1, writes=True)) <= MAX_VALUES
         if not keep:
             await store.call("HINCRBY", key, _NAMES, -1, writes=True)
     else:  # a later stage of a trigger whose fire was counted under its own name
         keep = bool(await store.call("HEXISTS", key, f"{name}|fired"))
     if keep:
+        _remember(seen, key, name, "fired" in stages, name)
         return
-    left = int(await store.call("HINCRBY", key, field, -1, writes=True))
-    moved = [store.call("HINCRBY", key, f"{OTHER}|{stage}", 1, writes=True)]
-    if left <= 0:
-        moved.append(store.call("HDEL", key, field, writes=True))
-    await asyncio.gather(*moved)
+    lefts = await asyncio.gather(
+        *(store.call("HINCRBY", key, f"{name}|{stage}", -1, writes=True) for stage in stages),
+        *(store.call("HINCRBY", key, f"{OTHER}|{stage}", 1, writes=True) for stage in stages),
+    )
+    emptied = [f"{name}|{s}" for s, n in zip(stages, lefts, strict=False) if int(n) <= 0]
+    if emptied:
+        await store.call("HDEL", key, *emptied, writes=True)
+    _remember(seen, key, name, "fired" in stages, OTHER)
 
 
 def _claim_bucket(delay_ms: int) -> str | None:
@@ -221,14 +262,23 @@ def due_ms(trigger: Mapping[str, Any]) -> int:
     return max(created, scheduled) if isinstance(scheduled, int) else created
 
 
-def count_fired(store: Store, trigger: Mapping[str, Any], now_ms: int) -> Awaitable[None]:
-    """A trigger fired: counted for its day, rule and dimensions (issued now)."""
+def count_fired(
+    store: Store, trigger: Mapping[str, Any], now_ms: int, seen: Seen | None = None
+) -> Awaitable[None]:
+    """A trigger fired: counted for its day, rule and dimensions (issued now); phone
+    work also as `due`, what the SLA is measured against. `seen`: what this worker
+    already wrote (default: the Store's, engine/delivery/uplift.py `seen_of`)."""
     rule = str(trigger.get("rule") or "")
+    if not rule:
+        return _nothing()
     day = day_of(_int(trigger.get("created_ms")) or now_ms)
-    return _count(store, day, rule, dims_of(trigger), ("fired",)) if rule else _nothing()
+    stages = ("fired", "due") if is_phone_work(trigger) else ("fired",)
+    return _count(store, seen, day, rule, dims_of(trigger), stages)
 
 
-def count_claimed(store: Store, trigger: Mapping[str, Any], claimed_ms: int) -> Awaitable[None]:
+def count_claimed(
+    store: Store, trigger: Mapping[str, Any], claimed_ms: int, seen: Seen | None = None
+) -> Awaitable[None]:
     """A callback claimed: counted with its SLA bucket in the trigger's own cohort."""
     rule = str(trigger.get("rule") or "")
     if not rule:
@@ -236,11 +286,15 @@ def count_claimed(store: Store, trigger: Mapping[str, Any], claimed_ms: int) -> 
     day = day_of(_int(trigger.get("created_ms")) or claimed_ms)
     bucket = _claim_bucket(max(0, claimed_ms - due_ms(trigger)))
     stages = ("claimed", bucket) if bucket else ("claimed",)
-    return _count(store, day, rule, dims_of(trigger), stages)
+    return _count(store, seen, day, rule, dims_of(trigger), stages)
 
 
 def count_completed(
-    store: Store, trigger: Mapping[str, Any], outcome: str, now_ms: int
+    store: Store,
+    trigger: Mapping[str, Any],
+    outcome: str,
+    now_ms: int,
+    seen: Seen | None = None,
 ) -> Awaitable[None]:
     """A callback completed; `connected` when the agent reached the customer."""
     rule = str(trigger.get("rule") or "")
@@ -248,10 +302,12 @@ def count_completed(
         return _nothing()
     day = day_of(_int(trigger.get("created_ms")) or now_ms)
     stages = ("completed", "connected") if outcome in REACHED else ("completed",)
-    return _count(store, day, rule, dims_of(trigger), stages)
+    return _count(store, seen, day, rule, dims_of(trigger), stages)
 
 
-async def count_converted(store: Store, record: Mapping[str, Any], born_ms: int) -> None:
+async def count_converted(
+    store: Store, record: Mapping[str, Any], born_ms: int, seen: Seen | None = None
+) -> None:
     """A trigger's decision converted: counted once per decision, in its cohort."""
     rule, decision_id = str(record.get("rule") or ""), str(record.get("id") or "")
     if not (rule and decision_id and is_trigger_record(record)):
@@ -260,7 +316,7 @@ async def count_converted(store: Store, record: Mapping[str, Any], born_ms: int)
         "SET", keys.decision_converted(decision_id), "1", "NX", "EX", keys.REPORT_TTL_S, writes=True
     )
     if first is not None:
-        await _count(store, day_of(born_ms), rule, dims_of(record), ("converted",))
+        await _count(store, seen, day_of(born_ms), rule, dims_of(record), ("converted",))
 
 
 async def _nothing() -> None:
@@ -272,10 +328,14 @@ async def _nothing() -> None:
 
 class FunnelReportRow(msgspec.Struct, frozen=True):
     name: str  # the rule id, or the dimension's value
-    fired: int
+    fired: int  # every trigger: callbacks and e-mail/SMS notifications
+    # Callbacks fired (phone work; at least those claimed): what agents should take.
+    due: int
     claimed: int
     claimed_in_sla: int  # claimed within `sla_s` of being due
-    sla_attainment: float | None  # claimed_in_sla / claimed; None when none was claimed
+    # claimed_in_sla / due: a callback that expired unclaimed is a miss; None when no
+    # callback was due.
+    sla_attainment: float | None
     completed: int
     connected: int  # completed having reached the customer (connected, converted, not interested)
     converted: int  # the trigger's decision converted or applied (counted once)
@@ -292,14 +352,24 @@ class FunnelReport(msgspec.Struct, frozen=True):
 
 
 def _row(name: str, counts: Mapping[str, int], sla_s: int) -> FunnelReportRow:
+    """
+    >>> r = _row("r", {"fired": 5, "due": 4, "claimed": 2, "claim_le15": 1, "claim_le60": 1}, 30)
+    >>> r.due, r.claimed_in_sla, r.sla_attainment
+    (4, 1, 0.25)
+    >>> _row("old", {"fired": 2, "claimed": 2, "claim_le15": 1}, 60).sla_attainment
+    0.5
+    """
     claimed = counts.get("claimed", 0)
     in_sla = sum(counts.get(f"claim_le{t}", 0) for t in SLA_THRESHOLDS_S if t <= sla_s)
+    # Claimed callbacks were due, whenever `due` began to be counted.
+    due = max(counts.get("due", 0), claimed)
     return FunnelReportRow(
         name,
         counts.get("fired", 0),
+        due,
         claimed,
         in_sla,
-        in_sla / claimed if claimed else None,
+        in_sla / due if due else None,
         counts.get("completed", 0),
         counts.get("connected", 0),
         counts.get("converted", 0),

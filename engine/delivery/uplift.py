@@ -10,6 +10,13 @@ segment, branch, value band: `dims`), across rules, for the reports by dimension
 (engine/delivery/reports.py). The report's uplift is the difference of conversion
 rates with a 95% normal-approximation interval; HyperLogLog's ~0.8% count error is
 far inside it.
+
+Cost: a counter is one command in steady state. Each worker remembers (`Store.written`, a
+bounded LRU kept with its `Store`) the keys whose TTL it has set and the values it
+knows are listed in the day's set, or pooled as "(other)" past the cap; what it
+remembers it does not write again. A value new to this worker that day costs a SADD,
+a SCARD and the EXPIREs, in the same pipeline; a value over the cap, one more round
+trip, once per worker and day.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import msgspec
 
 from engine.valkey import keys
 from engine.valkey.store import Store
+from engine.valkey.written import Seen
 
 __all__ = [
     "MAX_DAYS",
@@ -36,8 +44,10 @@ __all__ = [
     "count_decision",
     "day_of",
     "days",
+    "expire_once",
     "interval",
     "report",
+    "seen_of",
 ]
 
 DAY_MS = 86_400_000
@@ -45,6 +55,28 @@ MAX_DAYS = 366  # one report covers at most a year of daily cohorts
 MAX_DIM_VALUES = 200  # values of one dimension kind a day keeps; more count as OTHER
 OTHER = "(other)"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.()-]")
+
+
+def seen_of(store: Store) -> Seen:
+    """This worker's memory of what it already wrote to the day's report keys: the
+    store's own (`Store.written`), since the counters are called from delivery, claims
+    and outcomes, which all hold the Store and nothing else in common."""
+    return store.written
+
+
+def expire_once(store: Store, seen: Seen, key: str, ttl_s: int) -> list[asyncio.Future[Any]]:
+    """EXPIRE `key`, issued now, unless this worker already did since it was created;
+    remembered once Valkey says the TTL is set (a key not there yet is tried again)."""
+    if seen.get(("ttl", key)) is not None:
+        return []
+    fut = store.call("EXPIRE", key, ttl_s, writes=True)
+
+    def done(f: asyncio.Future[Any]) -> None:
+        if not f.cancelled() and f.exception() is None and f.result() == 1:
+            seen.put(("ttl", key), True)
+
+    fut.add_done_callback(done)
+    return [fut]
 
 
 def clean(value: str) -> str:
@@ -66,59 +98,72 @@ def day_of(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).date().isoformat()
 
 
-def _add(store: Store, key: str, decision_id: str) -> list[asyncio.Future[Any]]:
-    """PFADD + EXPIRE, issued now: they join the caller's pipeline together."""
+def _add(store: Store, seen: Seen, key: str, decision_id: str) -> list[asyncio.Future[Any]]:
+    """PFADD (+ EXPIRE the first time), issued now: they join the caller's pipeline."""
     return [
         store.call("PFADD", key, decision_id, writes=True),
-        store.call("EXPIRE", key, keys.UPLIFT_TTL_S, writes=True),
+        *expire_once(store, seen, key, keys.UPLIFT_TTL_S),
     ]
 
 
-def _add_dims(
-    store: Store, day: str, group: str, decision_id: str, dims: Sequence[tuple[str, str]]
-) -> list[tuple[str, str, asyncio.Future[Any], list[asyncio.Future[Any]]]]:
-    """The decision joins each dimension value's cohort of its day; the value joins the
-    day's set of values of its kind (what the report reads). Issued now."""
-    out = []
-    seen: set[tuple[str, str]] = set()
+async def _count(
+    store: Store,
+    seen: Seen,
+    key: str,
+    day: str,
+    group: str,
+    decision_id: str,
+    dims: Sequence[tuple[str, str]],
+) -> None:
+    """The decision joins its rule's cohort and each dimension value's cohort of its
+    day; a value this worker does not know yet also joins the day's set of values of
+    its kind (what the report reads), with SCARD beside it for the cap."""
+    writes = _add(store, seen, key, decision_id)
+    listing: list[tuple[str, str, str, asyncio.Future[Any], asyncio.Future[Any]]] = []
+    done: set[tuple[str, str]] = set()
     for kind, raw in dims:
         value = clean(raw)
-        if not value or (kind, value) in seen:
+        if not value or (kind, value) in done:
             continue
-        seen.add((kind, value))
+        done.add((kind, value))
         values = keys.uplift_dim_values(day, kind)
-        listed = store.call("SADD", values, value, writes=True)
-        writes = [
-            store.call("EXPIRE", values, keys.UPLIFT_TTL_S, writes=True),
-            *_add(store, keys.uplift_dim_counts(kind, value, day, group), decision_id),
-        ]
-        out.append((kind, value, listed, writes))
-    return out
+        counted = seen.get((values, value))
+        if counted is None:  # new to this worker today: listed, and checked after
+            listed = store.call("SADD", values, value, writes=True)
+            size = store.call("SCARD", values)
+            writes += expire_once(store, seen, values, keys.UPLIFT_TTL_S)
+            listing.append((kind, value, values, listed, size))
+            counted = value
+        writes += _add(store, seen, keys.uplift_dim_counts(kind, counted, day, group), decision_id)
+    await asyncio.gather(*writes, *(f for *_, listed, size in listing for f in (listed, size)))
+    over = []
+    for kind, value, values, listed, size in listing:
+        # New to the set (its first decision that day, anywhere) and past the cap:
+        # campaign names come from URLs, so they must not grow the key space unbounded.
+        if int(listed.result()) == 1 and value != OTHER and int(size.result()) > MAX_DIM_VALUES:
+            over.append((kind, value))
+        else:  # listed, by this decision or by another worker's before
+            seen.put((values, value), value)
+    if over:  # rare: once per worker, value and day
+        await asyncio.gather(*(_cap(store, seen, day, group, decision_id, k, v) for k, v in over))
 
 
-async def _count(
-    store: Store, key: str, day: str, group: str, decision_id: str, dims: Sequence[tuple[str, str]]
+async def _cap(
+    store: Store, seen: Seen, day: str, group: str, decision_id: str, kind: str, value: str
 ) -> None:
-    own = _add(store, key, decision_id)
-    by_dim = _add_dims(store, day, group, decision_id, dims)
-    await asyncio.gather(*own, *(f for _, _, listed, w in by_dim for f in (listed, *w)))
-    # A value new to the day's set (rare: its first decision that day) is checked
-    # against the cap, so campaign names from URLs cannot grow the key space unbounded.
-    new = [(kind, value) for kind, value, listed, _ in by_dim if int(listed.result()) == 1]
-    if new:
-        await asyncio.gather(*(_cap(store, day, group, decision_id, k, v) for k, v in new))
-
-
-async def _cap(store: Store, day: str, group: str, decision_id: str, kind: str, value: str) -> None:
+    """Move a value past the cap out of the day's set; its decision counts as OTHER,
+    and so does every later one this worker sees of it that day."""
     values = keys.uplift_dim_values(day, kind)
-    if int(await store.call("SCARD", values)) <= MAX_DIM_VALUES or value == OTHER:
-        return
+    dropped = keys.uplift_dim_counts(kind, value, day, group)
     await asyncio.gather(
         store.call("SREM", values, value, writes=True),
-        store.call("DEL", keys.uplift_dim_counts(kind, value, day, group), writes=True),
+        store.call("DEL", dropped, writes=True),
         store.call("SADD", values, OTHER, writes=True),
-        *_add(store, keys.uplift_dim_counts(kind, OTHER, day, group), decision_id),
+        *_add(store, seen, keys.uplift_dim_counts(kind, OTHER, day, group), decision_id),
     )
+    seen.forget(("ttl", dropped))
+    seen.put((values, value), OTHER)
+    seen.put((values, OTHER), OTHER)
 
 
 async def count_decision(
@@ -128,12 +173,17 @@ async def count_decision(
     holdout: bool,
     decision_id: str,
     dims: Sequence[tuple[str, str]] = (),
+    seen: Seen | None = None,
 ) -> None:
     """A decision joins its rule's treated or holdout cohort of that day, and the
-    cohort of each of its report dimensions (`plan.dims`: campaign, segment, ...)."""
+    cohort of each of its report dimensions (`plan.dims`: campaign, segment, ...).
+    `seen`: what this worker already wrote (default: the Store's, `seen_of`)."""
     group = "h" if holdout else "t"
     day = day_of(decided_ms)
-    await _count(store, keys.uplift_counts(rule_id, day, group), day, group, decision_id, dims)
+    key = keys.uplift_counts(rule_id, day, group)
+    await _count(
+        store, seen if seen is not None else seen_of(store), key, day, group, decision_id, dims
+    )
 
 
 async def count_conversion(
@@ -143,11 +193,15 @@ async def count_conversion(
     holdout: bool,
     decision_id: str,
     dims: Sequence[tuple[str, str]] = (),
+    seen: Seen | None = None,
 ) -> None:
     """A decision's customer converted: counted with the decision's own cohorts."""
     group = "hc" if holdout else "tc"
     day = day_of(decided_ms)
-    await _count(store, keys.uplift_counts(rule_id, day, group), day, group, decision_id, dims)
+    key = keys.uplift_counts(rule_id, day, group)
+    await _count(
+        store, seen if seen is not None else seen_of(store), key, day, group, decision_id, dims
+    )
 
 
 class Cohort(msgspec.Struct, frozen=True):

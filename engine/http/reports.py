@@ -194,6 +194,7 @@ def _csv_response(name: str, from_day: dt.date, to_day: dt.date, text: str) -> w
 FUNNEL_COLUMNS = (
     "name",
     "fired",
+    "due",
     "claimed",
     "claimed_in_sla",
     "sla_attainment",

@@ -549,9 +549,12 @@ ROUTES: tuple[Route, ...] = (
             "campaign, segment, branch or customer value band; `total` counts every "
             "trigger once. `connected`: completed having reached the customer (connected, "
             "converted or not interested); `converted`: the trigger's decision converted "
-            "(an agent's or the bank's report, counted once). `sla_s` is one of the "
-            "claim-delay buckets, measured from when the callback was due (its scheduled "
-            "opening, else its creation). `format=csv` gives the rows as CSV (an attachment)."
+            "(an agent's or the bank's report, counted once). `due`: the phone callbacks "
+            "among them (e-mail and SMS are never claimed); `sla_attainment` is "
+            "claimed_in_sla / due, so a callback that expired unclaimed is a miss. `sla_s` "
+            "is one of the claim-delay buckets, measured from when the callback was due "
+            "(its scheduled opening, else its creation). `format=csv` gives the rows as "
+            "CSV (an attachment)."
         ),
     ),
     Route(

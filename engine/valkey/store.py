@@ -51,6 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.core.errors import StoreUnavailable
 from engine.core.metrics import Metrics
+from engine.valkey.written import Seen
 
 __all__ = ["Store", "library_source"]
 
@@ -171,6 +172,9 @@ class Store:
         self._cluster: RedisCluster | None = None
         self._topology_stale = True  # the cluster's slot map must be (re)read first
         self._nodes_exported: set[tuple[str, str]] = set()  # ringback_valkey_nodes labels
+        # What this worker already wrote once a day (TTLs, listed report names): the
+        # report counters read it so steady state costs one command per counter.
+        self.written = Seen()
         if cluster:
             seeds = seed_nodes(url)
             self._cluster = RedisCluster(

@@ -48,7 +48,7 @@
     const tr = document.createElement("tr");
     tr.dataset.name = r.name;
     if (cls) tr.className = cls;
-    tr.append(cell(r.name), cell(String(r.fired)), cell(String(r.claimed)),
+    tr.append(cell(r.name), cell(String(r.fired)), cell(String(r.due)), cell(String(r.claimed)),
       cell(String(r.claimed_in_sla)), cell(pct(r.sla_attainment)),
       cell(String(r.connected)), cell(String(r.converted)));
     return tr;
