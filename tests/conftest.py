@@ -546,3 +546,30 @@ async def cluster_redis(valkey_cluster: EmbeddedCluster) -> AsyncIterator[RedisC
     client = await _flushed_cluster(valkey_cluster)
     yield client
     await client.aclose()
+
+
+# -- what Valkey ran -----------------------------------------------------------------------
+
+
+async def reset_commands(redis: Any) -> None:
+    """Zero Valkey's per-command counts (every primary's on a cluster)."""
+    if CLUSTER:
+        await redis.config_resetstat(target_nodes=redis.get_primaries())
+    else:
+        await redis.config_resetstat()
+
+
+async def commands_run(redis: Any, counted: tuple[str, ...]) -> dict[str, int]:
+    """How often Valkey ran each of the `counted` commands (lower case) since
+    `reset_commands`, summed over every primary: what a code path really costs."""
+    if CLUSTER:
+        per_node = await redis.info("commandstats", target_nodes=redis.get_primaries())
+        stats = list(per_node.values())
+    else:
+        stats = [await redis.info("commandstats")]
+    calls: dict[str, int] = {}
+    for node in stats:
+        for name, s in node.items():
+            if (command := name.removeprefix("cmdstat_")) in counted:
+                calls[command] = calls.get(command, 0) + int(s["calls"])
+    return calls

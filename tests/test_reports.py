@@ -20,7 +20,14 @@ import msgspec
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import CLUSTER, EngineClient, event, open_store, write_pack
+from conftest import (
+    EngineClient,
+    commands_run,
+    event,
+    open_store,
+    reset_commands,
+    write_pack,
+)
 
 from engine.contact_center.claims import claim
 from engine.core.errors import Gone
@@ -521,28 +528,6 @@ async def test_a_bad_query_is_refused_with_its_code_and_path(
 COUNTED = ("pfadd", "sadd", "scard", "srem", "del", "expire", "hincrby", "hexists", "hdel")
 
 
-async def _reset_commands(redis: Any) -> None:
-    if CLUSTER:
-        await redis.config_resetstat(target_nodes=redis.get_primaries())
-    else:
-        await redis.config_resetstat()
-
-
-async def _commands(redis: Any) -> dict[str, int]:
-    """The counting commands Valkey ran since `_reset_commands` (every primary's)."""
-    if CLUSTER:
-        per_node = await redis.info("commandstats", target_nodes=redis.get_primaries())
-        stats = list(per_node.values())
-    else:
-        stats = [await redis.info("commandstats")]
-    calls: dict[str, int] = {}
-    for node in stats:
-        for name, s in node.items():
-            if (command := name.removeprefix("cmdstat_")) in COUNTED:
-                calls[command] = calls.get(command, 0) + int(s["calls"])
-    return calls
-
-
 def _callback(i: int, now: int, campaign: str = "spring") -> dict[str, Any]:
     return {
         "id": f"t{i}",
@@ -564,11 +549,11 @@ async def test_the_same_trigger_again_that_day_costs_one_hincrby_per_counter(
     try:
         now = int(time.time() * 1000)
         await count_fired(store, _callback(0, now), now)  # lists its names, sets the TTLs
-        await _reset_commands(redis)
+        await reset_commands(redis)
         await count_fired(store, _callback(1, now), now)
         # fired and due, for the rule, the campaign, two segments, the branch, the band:
         # no EXPIRE (this worker set them today), no check of names it knows.
-        assert await _commands(redis) == {"hincrby": 12}
+        assert await commands_run(redis, COUNTED) == {"hincrby": 12}
         day = day_of(now)
         for kind, name in [
             ("rule", "adviser_call"),
@@ -584,9 +569,9 @@ async def test_the_same_trigger_again_that_day_costs_one_hincrby_per_counter(
         other = open_store(settings)
         try:
             await count_fired(other, _callback(2, now), now)
-            await _reset_commands(redis)
+            await reset_commands(redis)
             await count_fired(other, _callback(3, now), now)
-            assert await _commands(redis) == {"hincrby": 12}
+            assert await commands_run(redis, COUNTED) == {"hincrby": 12}
         finally:
             await other.close()
         assert await redis.hget(keys.report_funnel(day, "segment"), "returning|fired") == "4"
@@ -613,12 +598,12 @@ async def test_a_campaign_past_the_cap_pays_its_check_once_then_counts_as_other(
         others = int(await redis.hget(funnel, f"{OTHER}|fired") or 0)
         assert others >= 4
 
-        await _reset_commands(redis)
+        await reset_commands(redis)
         await count_fired(store, _callback(999, now, late), now)
         await count_decision(store, "adviser_call", now, False, "d999", [("campaign", late)])
         # As a name under the cap costs: one HINCRBY a counter (fired, due; 6 names),
         # one PFADD a cohort (the rule's, the campaign's): no SADD, SCARD, SREM, DEL.
-        assert await _commands(redis) == {"hincrby": 12, "pfadd": 2}
+        assert await commands_run(redis, COUNTED) == {"hincrby": 12, "pfadd": 2}
         assert int(await redis.hget(funnel, f"{OTHER}|fired") or 0) == others + 1
         assert await redis.hget(funnel, f"{late}|fired") is None
         other_cohort = keys.uplift_dim_counts("campaign", OTHER, day, "t")

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from conftest import CLUSTER, EngineClient, event, new_anon, open_store, write_pack
+from conftest import (
+    EngineClient,
+    commands_run,
+    event,
+    new_anon,
+    open_store,
+    reset_commands,
+    write_pack,
+)
 
 from engine.core.settings import Settings
 from engine.decisions.inputs import Capacity, DecisionInput
@@ -149,28 +157,6 @@ async def test_a_conversion_reported_by_the_bank_counts_for_the_decisions_cohort
 COUNTED = ("pfadd", "sadd", "scard", "srem", "del", "expire")
 
 
-async def _reset_commands(redis: Any) -> None:
-    if CLUSTER:
-        await redis.config_resetstat(target_nodes=redis.get_primaries())
-    else:
-        await redis.config_resetstat()
-
-
-async def _commands(redis: Any) -> dict[str, int]:
-    """The counting commands Valkey ran since `_reset_commands` (every primary's)."""
-    if CLUSTER:
-        per_node = await redis.info("commandstats", target_nodes=redis.get_primaries())
-        stats = list(per_node.values())
-    else:
-        stats = [await redis.info("commandstats")]
-    calls: dict[str, int] = {}
-    for node in stats:
-        for name, s in node.items():
-            if (command := name.removeprefix("cmdstat_")) in COUNTED:
-                calls[command] = calls.get(command, 0) + int(s["calls"])
-    return calls
-
-
 async def test_the_same_decision_again_that_day_costs_one_pfadd_per_cohort(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
@@ -183,18 +169,18 @@ async def test_the_same_decision_again_that_day_costs_one_pfadd_per_cohort(
     store = open_store(settings)
     try:
         await count_decision(store, "cards_offer", now, False, "d1", plan_dims)
-        await _reset_commands(redis)
+        await reset_commands(redis)
         await count_decision(store, "cards_offer", now, False, "d2", plan_dims)
-        assert await _commands(redis) == {"pfadd": 6}
+        assert await commands_run(redis, COUNTED) == {"pfadd": 6}
 
         # Another worker (its own Store) finds the values listed by the first (its SADDs
         # answer 0), then costs the same; nothing is listed twice, every key has a TTL.
         other = open_store(settings)
         try:
             await count_decision(other, "cards_offer", now, True, "h1", plan_dims)
-            await _reset_commands(redis)
+            await reset_commands(redis)
             await count_decision(other, "cards_offer", now, True, "h2", plan_dims)
-            assert await _commands(redis) == {"pfadd": 6}
+            assert await commands_run(redis, COUNTED) == {"pfadd": 6}
         finally:
             await other.close()
         assert await redis.smembers(keys.uplift_dim_values(day, "segment")) == {"a", "b"}
