@@ -31,7 +31,7 @@ def _errors(tmp_path: Path, text: str) -> list[str]:
     [
         (
             OFFER + "colour: red\n",
-            "r.yaml:3:1: unknown key 'colour' (allowed: arbitration, calendars, "
+            "r.yaml:3:1: unknown key 'colour' (allowed: arbitration, calendars, campaigns, "
             "customer_value, levers, offers, rules, segments)",
         ),
         (

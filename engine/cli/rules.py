@@ -65,10 +65,13 @@ def _check(args: argparse.Namespace) -> int:
     segments = [s.id for s in rs.segments.segments]
     print(
         f"ok: {len(rs.rules)} rules, {len(rs.offers)} offers, {len(rs.calendars)} "
-        f"calendars, {len(segments)} segments (version {rs.version})"
+        f"calendars, {len(segments)} segments, {len(rs.campaigns)} campaigns "
+        f"(version {rs.version})"
     )
     if segments:
         print(f"segments: {', '.join(segments)}")
+    if rs.campaigns:
+        print(f"campaigns: {', '.join(rs.campaigns)}")
     return 0
 
 

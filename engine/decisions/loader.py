@@ -22,6 +22,14 @@ Besides rules, offers, calendars and levers, a file may declare `segments`
 tests `"x" in segments` must name a declared segment), and at most one file of the set
 may hold the `customer_value` weights (engine/decisions/value.py) and the
 `arbitration` settings (`customer_value_weight`, 0 = off: rankings as before).
+
+A file may also declare the bank's `campaigns` (`CampaignSpec`; ids unique across the
+set, at most `MAX_CAMPAIGNS`). Reports then count a decision's campaign under its
+declared id, matched case-insensitively against the cleaned utm_campaign of its last
+touch, and every other name as "(other)" (engine/decisions/plan.py `attribution`):
+campaign names come from page URLs, which anyone can write, so without a declared list
+made-up names can fill a day's names and push the real ones into "(other)". With none
+declared, reports keep each name as the link said it (up to the day's cap).
 """
 
 from __future__ import annotations
@@ -60,9 +68,11 @@ from engine.decisions.segments import (
 from engine.decisions.value import CustomerValue
 
 __all__ = [
+    "MAX_CAMPAIGNS",
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
     "Arbitration",
+    "CampaignSpec",
     "Offer",
     "Policy",
     "Rule",
@@ -76,6 +86,10 @@ __all__ = [
 
 MAX_FILE_BYTES = 256 * 1024  # per rules file; checked before the file is read
 MAX_DEPTH = 32  # nested mappings/lists; real packs use 5
+# Declared campaigns a set may hold: with "(other)", "(referral)" and "(direct)" they
+# fit in the 200 names a day keeps per dimension (engine/delivery/uplift.py
+# MAX_DIM_VALUES), so no declared campaign is ever pooled as "(other)".
+MAX_CAMPAIGNS = 197
 ID_PATTERN = "^[a-z][a-z0-9_]{0,63}$"
 ID_RULE = "lowercase letters, digits, '_' (max 64, starting with a letter)"
 
@@ -188,6 +202,18 @@ class SegmentSpec(_Shape, frozen=True):
     description: str = ""
 
 
+class CampaignSpec(_Shape, frozen=True):
+    """A campaign the bank runs: reports count decisions whose last-touch utm_campaign
+    is `id` (any case) under it, and any other campaign as "(other)".
+
+    `product` names what the campaign sells; nothing reads it yet (it is meant for a
+    future model feature: "came from a campaign for this offer's product")."""
+
+    id: Id
+    product: str = ""
+    description: str = ""
+
+
 class Arbitration(_Shape, frozen=True):
     """How candidates are ranked beyond propensity x value x lever.
 
@@ -210,6 +236,7 @@ class RuleFile(_Shape, frozen=True):
     calendars: list[CalendarSpec] = []
     levers: dict[str, float] = {}  # product -> arbitration weight
     segments: list[SegmentSpec] = []
+    campaigns: list[CampaignSpec] = []
     customer_value: CustomerValue | None = None  # at most one file of a set
     arbitration: Arbitration | None = None  # at most one file of a set
 
@@ -250,6 +277,8 @@ class RuleSet:
     calendars: dict[str, Calendar]
     levers: dict[str, float] = field(default_factory=dict)
     segments: Segments = NO_SEGMENTS
+    # Declared campaigns by id (declaration order); empty: reports keep every name.
+    campaigns: dict[str, CampaignSpec] = field(default_factory=dict)
     value: CustomerValue = field(default_factory=CustomerValue)
     value_weight: float = 0.0  # arbitration's customer_value_weight (0: off)
     # False: `conditions` evaluates each rule's own closure (the reference the
@@ -471,6 +500,7 @@ def load_rules(
     calendars: dict[str, Calendar] = {}
     offers: dict[str, Offer] = {}
     levers: dict[str, float] = {}
+    campaigns: dict[str, CampaignSpec] = {}
     value: CustomerValue | None = None
     arbitration: Arbitration | None = None
     for doc, shape, index in decoded:
@@ -493,6 +523,15 @@ def load_rules(
                 doc.at(("offers", i), f"duplicate offer id {offer.id!r}")
             offers.setdefault(offer.id, offer)
         levers.update(shape.levers)
+        for i, campaign in zip(index.get("campaigns", []), shape.campaigns, strict=True):
+            if campaign.id in campaigns:
+                doc.at(("campaigns", i), f"duplicate campaign id {campaign.id!r}")
+            elif len(campaigns) >= MAX_CAMPAIGNS:
+                doc.at(
+                    ("campaigns", i), f"a rule set may declare at most {MAX_CAMPAIGNS} campaigns"
+                )
+            else:
+                campaigns[campaign.id] = campaign
 
     functions = functions_for(calendars) if functions_for else default_functions(calendars)
     segments: dict[str, Segment] = {}
@@ -527,6 +566,7 @@ def load_rules(
         calendars=calendars,
         levers=levers,
         segments=compile_segments(tuple(segments.values())),
+        campaigns=campaigns,
         value=value or CustomerValue(),
         value_weight=weight,
     )

@@ -58,6 +58,7 @@ from engine.valkey import keys
 __all__ = [
     "CALL_REQUEST_CONSENT_S",
     "OFFER_DECISION_WINDOW_MS",
+    "OTHER_CAMPAIGN",
     "Contact",
     "Decision",
     "Plan",
@@ -368,7 +369,7 @@ def decide(
         def about() -> _About:
             if not known:
                 v = value_score(rs.value, profile, inp.customer, now) if value is None else value
-                known.append(_About.of(profile, inp.customer, members, v))
+                known.append(_About.of(profile, inp.customer, members, v, rs.campaigns))
             return known[0]
 
         who.append(about)
@@ -552,15 +553,28 @@ _NO_SEGMENTS: frozenset[str] = frozenset()
 _EMPTY: Mapping[str, Any] = {}
 _DIM_UNSAFE = re.compile(r"[^a-z0-9_.\-]+")
 DIM_MAX = 64  # characters of a dimension's value
+# A campaign the rule set does not declare, when it declares any (the reports' own
+# "(other)": engine/delivery/uplift.py OTHER).
+OTHER_CAMPAIGN = "(other)"
 
 
-def attribution(profile: Mapping[str, Any]) -> dict[str, str]:
+def attribution(profile: Mapping[str, Any], campaigns: Container[str] = ()) -> dict[str, str]:
     """The campaign a decision is attributed to: the profile's last and first touch,
     only what is known.
+
+    When the rule set declares `campaigns` (their ids), a last-touch campaign also gets
+    `reported_campaign`: its declared id (the cleaned name, any case), else "(other)".
+    It is worked out here, once, and recorded with the decision, so `dims` and the
+    records' `dims_of` (conversions, later) count it under the same name even if the
+    declared list changed in between, and neither needs the rule set.
 
     >>> attribution({"campaign": {"utm_campaign": "spring", "referrer": "www.google.com",
     ...                           "first_utm_source": "news", "ts": 5}})
     {'campaign': 'spring', 'referrer': 'www.google.com', 'first_source': 'news'}
+    >>> attribution({"campaign": {"utm_campaign": "Spring"}}, {"spring", "card"})
+    {'campaign': 'Spring', 'reported_campaign': 'spring'}
+    >>> attribution({"campaign": {"utm_campaign": "x1"}}, {"spring"})["reported_campaign"]
+    '(other)'
     """
     campaign = profile.get("campaign") or _EMPTY
     if not campaign:
@@ -570,6 +584,9 @@ def attribution(profile: Mapping[str, Any]) -> dict[str, str]:
         v = campaign.get(stored)
         if isinstance(v, str) and v:
             out[name] = v
+    if campaigns and (c := out.get("campaign")):
+        cleaned = _dim(c)
+        out["reported_campaign"] = cleaned if cleaned in campaigns else OTHER_CAMPAIGN
     return out
 
 
@@ -583,7 +600,8 @@ def _dim(value: str) -> str:
 def dims(
     attributed: Mapping[str, str], segments: frozenset[str], branch: str, value: float
 ) -> tuple[tuple[str, str], ...]:
-    """A decision's report dimensions: campaign (last touch; else "(referral)" with a
+    """A decision's report dimensions: campaign (last touch, as `reported_campaign`
+    when `attribution` set one from the declared campaigns; else "(referral)" with a
     referrer, else "(direct)"), each segment (or "(none)"), branch (or "(none)") and the
     customer value's band. Every decision has each dimension, so campaign, branch and value
     each add up to the total (a visitor in two segments counts in both).
@@ -597,8 +615,12 @@ def dims(
     value high
     >>> dims({"referrer": "www.google.com"}, frozenset(), "", 10.0)
     (('campaign', '(referral)'), ('segment', '(none)'), ('branch', '(none)'), ('value', 'low'))
+    >>> dims({"campaign": "x1", "reported_campaign": "(other)"}, frozenset(), "", 10.0)[0]
+    ('campaign', '(other)')
     """
-    if c := attributed.get("campaign"):
+    if r := attributed.get("reported_campaign"):
+        campaign = r if r == OTHER_CAMPAIGN else _dim(r)
+    elif c := attributed.get("campaign"):
         campaign = _dim(c)
     else:
         campaign = "(referral)" if attributed.get("referrer") else "(direct)"
@@ -625,8 +647,9 @@ class _About(msgspec.Struct, frozen=True, gc=False):
         customer: Mapping[str, Any],
         segments: frozenset[str],
         value: float,
+        campaigns: Container[str] = (),
     ) -> _About:
-        attributed = attribution(profile)
+        attributed = attribution(profile, campaigns)
         b = customer.get("branch")
         branch = b if isinstance(b, str) else ""
         return cls(

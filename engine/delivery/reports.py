@@ -106,11 +106,15 @@ def dims_of(record: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     `Plan.dims` (engine/decisions/plan.py `dims`), rebuilt from what both records carry
     (attribution, segments, branch, customer_value): storing the dimensions as well
     would cost every audit record ~50 bytes for what these four already say. A record
-    written before these fields existed has none.
+    written before these fields existed has none. With declared campaigns the decision's
+    attribution carries its `reported_campaign` (its declared id or "(other)"), so a
+    conversion counts under the name its decision did without seeing the rule set.
 
     >>> dims_of({"attribution": {"campaign": "Spring"}, "segments": ["a"],
     ...          "branch": "b12", "customer_value": 80.0})
     (('campaign', 'spring'), ('segment', 'a'), ('branch', 'b12'), ('value', 'high'))
+    >>> dims_of({"attribution": {"campaign": "x1", "reported_campaign": "(other)"}})[0]
+    ('campaign', '(other)')
     >>> dims_of({"rule": "r"})
     ()
     """
