@@ -3,12 +3,15 @@ real engine: batches posted to /v1/events, the profile read back from the API an
 from Valkey.
 
 A touch is a page view carrying any utm_* or an external referrer (an absolute URL
-whose host is not one of the site's own); the profile keeps the first touch, written
-once, and the last, replaced as a whole by a newer touch.
+whose host is not one of the site's own: its allowed origins and its `internal_hosts`);
+the profile keeps the first touch, written once, and the last, replaced as a whole by a
+newer touch. Identifying merges the two profiles' touches whole: the newer last touch
+and the earlier first touch.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -16,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import EngineClient, calc, event, new_anon, now_ms
 
+from engine.core.settings import Settings
 from engine.profile import layout
 from engine.profile.delta import CAMPAIGN_MAX_BYTES, referrer_host
 from engine.profile.profiles import own_hosts
@@ -56,6 +60,43 @@ def test_only_an_external_http_referrer_counts_and_only_its_host(
     referrer: str, host: str | None
 ) -> None:
     assert referrer_host(referrer, OWN) == host
+
+
+# The bank's hosts that run no snippet: online banking, and every subdomain of
+# bank.example (the mortgage application portal, the payment page).
+INTERNAL = own_hosts(["https://www.bank.example"], "", ["NetBank.example.", "*.bank.example"])
+
+
+@pytest.mark.parametrize(
+    ("referrer", "host"),
+    [
+        ("https://netbank.example/logout", None),
+        ("https://www.netbank.example/", None),  # with and without www., as origins
+        ("https://apply.mortgage.bank.example/done?ref=42", None),  # any depth
+        ("https://pay.bank.example:8443/ok", None),
+        ("https://bank.example/", None),  # the apex: its allowed origin, not the wildcard
+        ("https://evilbank.example/", "evilbank.example"),  # a look-alike is no subdomain
+        ("https://bank.example.evil.example/", "bank.example.evil.example"),
+        ("https://my-netbank.example/", "my-netbank.example"),
+        ("https://sub.netbank.example/", "sub.netbank.example"),  # exact names are exact
+    ],
+)
+def test_internal_hosts_and_their_wildcards_are_not_referrals(
+    referrer: str, host: str | None
+) -> None:
+    assert referrer_host(referrer, INTERNAL) == host
+
+
+def test_a_wildcard_stands_for_subdomains_only() -> None:
+    own = own_hosts([], "", ["*.bank.example"])
+    assert own == frozenset({"*.bank.example"})
+    assert referrer_host("https://bank.example/", own) == "bank.example"
+    assert referrer_host("https://x.bank.example/", own) is None
+
+
+def _with_internal_hosts(settings: Settings, *hosts: str) -> Settings:
+    sites = {k: replace(s, internal_hosts=hosts) for k, s in settings.sites.items()}
+    return replace(settings, sites=sites)
 
 
 async def _post(engine: EngineClient, anon: str, events: list[dict[str, Any]], **kw: Any) -> None:
@@ -167,6 +208,58 @@ async def test_an_external_referrer_is_a_touch_kept_as_its_host_only(
         assert secret not in raw, secret
 
 
+async def test_a_return_from_the_banks_own_hosts_keeps_the_last_touch_campaign(
+    make_engine: Any, settings: Settings, redis: aioredis.Redis
+) -> None:
+    # A newsletter visitor goes to online banking and to the payment page (no snippet
+    # there) and comes back: the conversion still counts for the newsletter.
+    engine: EngineClient = await make_engine(
+        _with_internal_hosts(settings, "netbank.example", "*.bank.example")
+    )
+    customer, anon, t = "cust-attr8", new_anon(), now_ms() - 60_000
+    token = engine.token(customer)
+    await _post(engine, anon, [_view(t, **NEWSLETTER)], identity=token)
+    await _post(
+        engine,
+        anon,
+        [
+            _view(t + 1_000, page="/accounts", referrer="https://netbank.example/logout"),
+            _view(t + 2_000, page="/thanks", referrer="https://pay.checkout.bank.example/ok"),
+        ],
+        identity=token,
+    )
+    campaign = await _campaign(engine, customer)
+    assert {k: v for k, v in campaign.items() if not k.startswith("first_")} == {
+        "utm_source": "newsletter",
+        "utm_campaign": "autumn_loans",
+        "ts": t,
+    }
+    stored = await _stored(redis, keys.customer_prefix(customer))
+    assert layout.REFERRER not in stored
+
+    # A look-alike of the wildcard's domain is a referral like any other.
+    await _post(
+        engine, anon, [_view(t + 3_000, referrer="https://evilbank.example/")], identity=token
+    )
+    campaign = await _campaign(engine, customer)
+    assert campaign["referrer"] == "evilbank.example" and campaign["ts"] == t + 3_000
+    assert "utm_campaign" not in campaign and campaign["first_utm_campaign"] == "autumn_loans"
+
+
+async def test_without_internal_hosts_a_return_from_online_banking_is_a_referral(
+    engine: EngineClient,
+) -> None:
+    # The distortion `internal_hosts` removes: the same return, not configured.
+    customer, anon, t = "cust-attr9", new_anon(), now_ms() - 60_000
+    token = engine.token(customer)
+    await _post(engine, anon, [_view(t, **NEWSLETTER)], identity=token)
+    await _post(
+        engine, anon, [_view(t + 1_000, referrer="https://netbank.example/")], identity=token
+    )
+    campaign = await _campaign(engine, customer)
+    assert campaign["referrer"] == "netbank.example" and "utm_campaign" not in campaign
+
+
 async def test_long_campaign_values_are_clipped(
     engine: EngineClient, redis: aioredis.Redis
 ) -> None:
@@ -185,7 +278,7 @@ async def test_long_campaign_values_are_clipped(
     assert stored[layout.REFERRER] == host[:CAMPAIGN_MAX_BYTES]
 
 
-async def test_identifying_keeps_the_customers_first_touch_and_the_newest_last_touch(
+async def test_identifying_keeps_the_customers_earlier_first_touch_and_the_newest_last_touch(
     engine: EngineClient,
 ) -> None:
     customer, t = "cust-attr6", now_ms() - 600_000
@@ -205,6 +298,58 @@ async def test_identifying_keeps_the_customers_first_touch_and_the_newest_last_t
     }
     assert campaign["utm_medium"] == "cpc" and campaign["referrer"] == "www.google.com"
     assert campaign["ts"] == t + 60_000
+
+
+async def test_identifying_takes_the_anonymous_first_touch_whole_when_it_is_earlier(
+    engine: EngineClient,
+) -> None:
+    customer, t = "cust-attr10", now_ms() - 600_000
+    token = engine.token(customer)
+    # The phone saw the ad first, anonymously; the laptop later came from the newsletter,
+    # logged in. Then the visitor logs in on the phone too.
+    phone = new_anon()
+    await _post(engine, phone, [_view(t, **GOOGLE_AD)])
+    await _post(engine, new_anon(), [_view(t + 60_000, **NEWSLETTER)], identity=token)
+    await _post(engine, phone, [_view(t + 120_000, page="/login")], identity=token)
+
+    campaign = await _campaign(engine, customer)
+    assert campaign == {
+        # the customer's last touch is the newer one
+        "utm_source": "newsletter",
+        "utm_campaign": "autumn_loans",
+        "ts": t + 60_000,
+        # the ad came first: its first touch, whole, none of the newsletter's beside it
+        "first_utm_source": "google",
+        "first_utm_medium": "cpc",
+        "first_utm_campaign": "spring_mortgage",
+        "first_utm_term": "fixed rate mortgage",
+        "first_utm_content": "hero_a",
+        "first_referrer": "www.google.com",
+        "first_ts": t,
+    }
+
+
+async def test_a_first_touch_stored_without_its_ms_stays_on_the_customer(
+    engine: EngineClient, redis: aioredis.Redis
+) -> None:
+    # Profiles written before first_utm_ts existed cannot be compared: the customer's
+    # first touch stays, as it did, even against an anonymous one that has its ms.
+    customer, t = "cust-attr11", now_ms() - 600_000
+    token = engine.token(customer)
+    phone = new_anon()
+    await _post(engine, phone, [_view(t, **GOOGLE_AD)])
+    await _post(engine, new_anon(), [_view(t + 60_000, **NEWSLETTER)], identity=token)
+    key = keys.profile_keys(keys.customer_prefix(customer))[0]
+    stored = await _stored(redis, keys.customer_prefix(customer))
+    del stored[layout.FIRST_UTM_TS]
+    await redis.set(key, orjson.dumps(stored), keepttl=True)
+    await _post(engine, phone, [_view(t + 120_000, page="/login")], identity=token)
+
+    campaign = await _campaign(engine, customer)
+    assert {k: campaign[k] for k in campaign if k.startswith("first_")} == {
+        "first_utm_source": "newsletter",
+        "first_utm_campaign": "autumn_loans",
+    }
 
 
 async def test_a_customer_without_a_campaign_takes_the_anonymous_first_touch_whole(

@@ -161,6 +161,26 @@ def test_a_missing_key_or_a_value_outside_its_choices_names_its_path(
     assert (error.key, _message(error)) == (key, message)
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://netbank.acme.example",  # a URL, not a host name
+        "netbank.acme.example:8443",
+        "netbank.acme.example/login",
+        "*.example",  # a whole top-level domain
+        "*acme.example",  # a wildcard is a whole label: "*." and a domain
+        "net*.acme.example",
+        "",
+    ],
+)
+def test_an_internal_host_that_is_not_a_host_name_is_refused_naming_its_entry(
+    tmp_path: Path, host: str
+) -> None:
+    error = _error(tmp_path, SITE + f'internal_hosts = ["netbank.acme.example", "{host}"]\n')
+    assert error.key == "sites[0].internal_hosts[1]"
+    assert "host name" in _message(error)
+
+
 def test_a_bad_entry_of_a_map_is_named_by_its_own_key(tmp_path: Path) -> None:
     # msgspec itself reports `$.categories[...]`: the entry is found and named.
     error = _error(tmp_path, "[categories]\nloans = ['/loans*']\nHome_Loans = ['/home*']\n")
@@ -337,6 +357,7 @@ honor_gpc = false
 demo = false
 locale = "de-CH"
 currency = "CHF"
+internal_hosts = ["NetBank.a.example.", "*.pay.a.example"]
 
 [sites.identity]
 algorithms = ["HS256", "ES256"]
@@ -456,6 +477,8 @@ def test_a_full_config_round_trips_into_settings(
     assert (b.identity.public_key, b.identity_secret) == ("PEM-B", None)
     assert (b.consent, b.honor_gpc, b.identity.max_lifetime_s) == ("implied", True, 86400)
     assert (a.locale, a.currency, b.locale, b.currency) == ("de-CH", "CHF", "en-GB", "EUR")
+    assert a.internal_hosts == ("netbank.a.example", "*.pay.a.example")
+    assert b.internal_hosts == ()
     mortgage, loan = s.quotes["mortgage"], s.quotes["personal_loan"]
     assert (mortgage.rate_pct, mortgage.label) == (4.1, "Fixed 10 years")
     assert (mortgage.min_term_months, mortgage.max_term_months) == (60, 420)

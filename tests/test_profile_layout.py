@@ -540,12 +540,15 @@ def _merged_value(field: Field, name: str, code: str, a: dict[str, Any], c: dict
         return a[code] if code in a and (newer or code not in c) else c.get(code)
     if rule is Merge.KEPT:
         return c.get(code)
-    # Touches merge whole: A's last touch when newer; C's first touch when it has one.
+    # Touches merge whole: A's last touch when newer; the earlier first touch (C's on a
+    # tie, or when either side's has no first_utm_ts to compare; A's when C has none).
     if rule is Merge.NEWEST_TOUCH:
         return a.get(code) if _num(a, L.UTM_TS) > _num(c, L.UTM_TS) else c.get(code)
-    if rule is Merge.FIRST_TOUCH:
+    if rule is Merge.EARLIEST_TOUCH:
         c_has = any(k in c for k in (*L.FIRST_TOUCH, L.FIRST_UTM_TS))
-        return c.get(code) if c_has else a.get(code)
+        a_ts, c_ts = a.get(L.FIRST_UTM_TS), c.get(L.FIRST_UTM_TS)
+        a_earlier = a_ts is not None and c_ts is not None and a_ts < c_ts
+        return a.get(code) if not c_has or a_earlier else c.get(code)
     if rule in (Merge.UNION_MIN, Merge.UNION_MAX):
         pick = min if rule is Merge.UNION_MIN else max
         union: dict[str, int] = {}

@@ -174,6 +174,9 @@ class SiteConfig:
     demo: bool
     locale: str = "en-GB"  # how the call guide formats the site's money (BCP 47)
     currency: str = "EUR"  # ISO 4217
+    # The bank's other hosts that run no snippet (online banking, a payment page): a
+    # referrer from one is no campaign touch. Lower-cased; "*.x.example": its subdomains.
+    internal_hosts: tuple[str, ...] = ()
 
     @property
     def identity_secret(self) -> str | None:
@@ -533,6 +536,9 @@ class SiteTable(_Table):
     identity: IdentityTable = msgspec.field(default_factory=IdentityTable)
     locale: Locale = "en-GB"  # the call guide's number and currency format
     currency: Currency = "EUR"
+    # Host names (no scheme or port), "*.bank.example" for every subdomain: checked in
+    # _site, to say what a host name is rather than quote a regex.
+    internal_hosts: tuple[Annotated[str, Meta(max_length=253)], ...] = ()
 
 
 class QuoteTable(_Table):
@@ -849,7 +855,31 @@ def _site(table: SiteTable, path: str, demo_creds: dict[str, str] | None) -> Sit
         table.demo,
         locale=table.locale,
         currency=table.currency,
+        internal_hosts=_internal_hosts(table.internal_hosts, f"{path}.internal_hosts"),
     )
+
+
+_HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# A host name; a wildcard covers the subdomains of a name of two labels or more, so
+# "*.example" (a whole top-level domain) is refused.
+_INTERNAL_HOST = re.compile(
+    rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\*\.{_HOST_LABEL}(?:\.{_HOST_LABEL})+"
+)
+
+
+def _internal_hosts(hosts: tuple[str, ...], path: str) -> tuple[str, ...]:
+    """`internal_hosts`, lower-cased and without a trailing dot, as referrers are compared."""
+    out: list[str] = []
+    for i, raw in enumerate(hosts):
+        host = raw.strip().lower().rstrip(".")
+        if not _INTERNAL_HOST.fullmatch(host):
+            raise _Invalid(
+                f"{path}[{i}]",
+                "must be a host name without scheme, port or path, e.g. netbank.bank.example,"
+                " or *.bank.example for its subdomains",
+            )
+        out.append(host)
+    return tuple(out)
 
 
 def _quotes(tables: dict[str, QuoteTable]) -> dict[str, QuoteConfig]:

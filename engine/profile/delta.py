@@ -144,14 +144,18 @@ def clip_json(text: str, max_bytes: int) -> str:
 def referrer_host(referrer: str | None, own_hosts: frozenset[str]) -> str | None:
     """The host of an external referrer, lower-cased; None for a path (the snippet sends
     the previous path on an in-site navigation), a non-http(s) URL, or one of the site's
-    own hosts (`own_hosts`, lower-cased, without port). Never the path or query: a
+    own hosts (`own_hosts`, lower-cased, without port; `*.bank.example` stands for every
+    subdomain of bank.example, not for bank.example itself). Never the path or query: a
     search engine's query string is the visitor's search terms.
 
-    >>> own = frozenset({"bank.example"})
+    >>> own = frozenset({"bank.example", "*.pay.example"})
     >>> referrer_host("https://www.Google.com:443/search?q=x", own)
     'www.google.com'
     >>> referrer_host("/loans", own), referrer_host("https://bank.example/a", own)
     (None, None)
+    >>> referrer_host("https://eu.card.pay.example/", own)
+    >>> referrer_host("https://evilpay.example/", own)
+    'evilpay.example'
     """
     if not referrer or referrer[:4].lower() != "http":
         return None
@@ -163,6 +167,13 @@ def referrer_host(referrer: str | None, own_hosts: frozenset[str]) -> str | None
     host = host.rstrip(".") if host else None
     if split.scheme.lower() not in ("http", "https") or not host or host in own_hosts:
         return None
+    # Wildcards: "*" + each parent domain (".pay.example" of "eu.card.pay.example"), so
+    # a look-alike ("evilpay.example") shares none; one set lookup per level.
+    dot = host.find(".")
+    while dot != -1:
+        if "*" + host[dot:] in own_hosts:
+            return None
+        dot = host.find(".", dot + 1)
     return clip_json(host, CAMPAIGN_MAX_BYTES)
 
 

@@ -139,7 +139,9 @@ class Merge(StrEnum):
     MAX = "max"  # the larger
     MIN = "min"  # the smaller
     FIRST = "first"  # C's when it has one, else A's
-    FIRST_TOUCH = "first_touch"  # C's first touch when it has one, else A's: all its fields
+    # The earlier first touch by first_utm_ts (C's on a tie), all its fields; one stored
+    # without first_utm_ts cannot be compared: C's when it has one, else A's.
+    EARLIEST_TOUCH = "earliest_touch"
     NEWEST_TOUCH = "newest_touch"  # A's last touch when its utm_ts is newer: all its fields
     NEWEST_PRODUCT = "newest_product"  # A's when A's c:<product>:ts is newer, else C's
     NEWEST_SESSION = "newest_session"  # A's when A's s_last is newer, else C's
@@ -483,12 +485,12 @@ FIELDS: Final[tuple[Field, ...]] = (
             FIRST_PREFIX + code,
             f"first touch {what}",
             _W.FIRST,
-            _M.FIRST_TOUCH,
+            _M.EARLIEST_TOUCH,
             f"campaign.first_{name}",
         )
         for code, what, name in _TOUCH
     ),
-    Field(FIRST_UTM_TS, "first touch (ms)", _W.FIRST, _M.FIRST_TOUCH, "campaign.first_ts"),
+    Field(FIRST_UTM_TS, "first touch (ms)", _W.FIRST, _M.EARLIEST_TOUCH, "campaign.first_ts"),
     Field(
         SEGMENTS,
         "{segment: ms entered}, current members",

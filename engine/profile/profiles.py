@@ -132,15 +132,23 @@ class PageClassifier:
         return found
 
 
-def own_hosts(allowed_origins: Sequence[str], public_url: str = "") -> frozenset[str]:
+def own_hosts(
+    allowed_origins: Sequence[str], public_url: str = "", internal_hosts: Sequence[str] = ()
+) -> frozenset[str]:
     """A site's own host names, from its allowed origins (`self`: the engine's public
-    URL): a referrer from one is an in-site navigation, not a campaign touch. Each with
-    and without `www.`, since a bank serves both.
+    URL) and its `internal_hosts` (the bank's hosts without the snippet: online banking,
+    a payment page): a referrer from one is an in-site navigation or a return from the
+    bank itself, not a campaign touch. Each with and without `www.`, since a bank serves
+    both; a `*.bank.example` entry is kept as it is (`referrer_host` matches it against
+    every subdomain).
 
     >>> sorted(own_hosts(["https://www.Bank.example", "self"], "http://127.0.0.1:8080"))
     ['127.0.0.1', 'bank.example', 'www.bank.example']
+    >>> sorted(own_hosts([], "", ["netbank.example", "*.Pay.example"]))
+    ['*.pay.example', 'netbank.example', 'www.netbank.example']
     """
     hosts: set[str] = set()
+    names: list[str] = []
     for origin in allowed_origins:
         url = public_url if origin == "self" else origin
         try:
@@ -148,8 +156,15 @@ def own_hosts(allowed_origins: Sequence[str], public_url: str = "") -> frozenset
         except ValueError:
             host = None
         if host:
-            bare = host.rstrip(".").removeprefix("www.")
-            hosts.update((bare, "www." + bare) if not _IP.fullmatch(bare) else (bare,))
+            names.append(host)
+    for name in internal_hosts:
+        if name.startswith("*."):
+            hosts.add(name.lower().rstrip("."))
+        else:
+            names.append(name.lower())
+    for host in names:
+        bare = host.rstrip(".").removeprefix("www.")
+        hosts.update((bare, "www." + bare) if not _IP.fullmatch(bare) else (bare,))
     return frozenset(hosts)
 
 
@@ -184,7 +199,7 @@ class ProfileStore:
         self._session_gap_ms = p.session_gap_s * 1000
         self._presence_ttl_ms = p.presence_ttl_s * 1000
         self._own_hosts = {
-            site_id: own_hosts(site.allowed_origins, settings.public_url)
+            site_id: own_hosts(site.allowed_origins, settings.public_url, site.internal_hosts)
             for site_id, site in settings.sites.items()
         }
 

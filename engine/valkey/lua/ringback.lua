@@ -69,13 +69,13 @@ chosen by the client (products, forms) or config (types, categories).
   utm_content          latest       newest_touch    last touch utm_content
   ref                  latest       newest_touch    last touch referrer host
   utm_ts               latest       newest_touch    last touch (ms)
-  first_utm_source     first        first_touch     first touch utm_source
-  first_utm_medium     first        first_touch     first touch utm_medium
-  first_utm_campaign   first        first_touch     first touch utm_campaign
-  first_utm_term       first        first_touch     first touch utm_term
-  first_utm_content    first        first_touch     first touch utm_content
-  first_ref            first        first_touch     first touch referrer host
-  first_utm_ts         first        first_touch     first touch (ms)
+  first_utm_source     first        earliest_touch  first touch utm_source
+  first_utm_medium     first        earliest_touch  first touch utm_medium
+  first_utm_campaign   first        earliest_touch  first touch utm_campaign
+  first_utm_term       first        earliest_touch  first touch utm_term
+  first_utm_content    first        earliest_touch  first touch utm_content
+  first_ref            first        earliest_touch  first touch referrer host
+  first_utm_ts         first        earliest_touch  first touch (ms)
   sg                   external     union_min       {segment: ms entered}, current members
   sgx                  external     union_max       {segment: ms of its last exit}
   site                 first        kept            site of the first batch
@@ -683,12 +683,16 @@ local function merge_apply(keys, args)
   local a_newer = num(a, 'last_ts') > num(h0, 'last_ts')
 
   -- Campaign touches, each as a whole (no medium of one touch beside another's source):
-  -- A's last touch when it is newer, C's first touch when C has one.
+  -- A's last touch when it is newer; the earlier first touch by first_utm_ts (C's on a
+  -- tie). A first touch stored before first_utm_ts existed cannot be compared: C's
+  -- stays, and A's is taken only when C has none.
   if num(a, 'utm_ts') > num(h0, 'utm_ts') then
     for _, k in ipairs(TOUCH) do set(h, dirty, k, a[k]) end
     set(h, dirty, 'utm_ts', a['utm_ts'])
   end
-  if has_first_touch(a) and not has_first_touch(h0) then
+  local a_first, c_first = tonumber(a['first_utm_ts']), tonumber(h0['first_utm_ts'])
+  if has_first_touch(a) and (not has_first_touch(h0)
+      or (a_first and c_first and a_first < c_first)) then
     for _, k in ipairs(TOUCH) do set(h, dirty, 'first_' .. k, a['first_' .. k]) end
     set(h, dirty, 'first_utm_ts', a['first_utm_ts'])
   end
