@@ -38,10 +38,12 @@ import redis.asyncio as aioredis
 from loop_guard import LoopBlockedWarning, LoopBlockGuard, SlowCallback
 from redis.asyncio.cluster import RedisCluster
 
+from engine.core.ids import new_decision_id
 from engine.core.metrics import Metrics
 from engine.core.settings import Settings, load_settings
 from engine.http.app import build_app
 from engine.ingest.identity import mint_token
+from engine.valkey import keys
 from engine.valkey.embedded import EmbeddedValkey, free_port
 from engine.valkey.embedded_cluster import EmbeddedCluster
 from engine.valkey.store import Store
@@ -573,3 +575,29 @@ async def commands_run(redis: Any, counted: tuple[str, ...]) -> dict[str, int]:
             if (command := name.removeprefix("cmdstat_")) in counted:
                 calls[command] = calls.get(command, 0) + int(s["calls"])
     return calls
+
+
+def mortgage_callback_trigger(
+    site: str, now: int, calc: dict[str, Any], offer_title: str, **extra: Any
+) -> dict[str, Any]:
+    """A callback trigger as delivery writes it (for `write_trigger`): a customer who
+    reworked the mortgage calculator (`calc`: its decoded mortgage fields), with the
+    adviser offer; what the agents' call guide is made from."""
+    return {
+        "id": new_decision_id(now),
+        "kind": "callback",
+        "channel": "callback",
+        "customer_id": "cust-card",
+        "site": site,
+        "prefix": keys.customer_prefix("cust-card"),
+        "rule": "mortgage_calculator_callback",
+        "reason": "Reworked the mortgage calculator",
+        "created_ms": now,
+        "expires_ms": now + 600_000,
+        "factors": {"propensity": 0.41, "value": 30, "lever": 1.0, "score": 12.3},
+        "context": {
+            "calc": {"mortgage": calc},
+            "offer": {"id": "mortgage_adviser", "title": offer_title},
+        },
+        **extra,
+    }

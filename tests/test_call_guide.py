@@ -17,7 +17,15 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import REPO, EngineClient, StoreTarget, calc, event, open_store
+from conftest import (
+    REPO,
+    EngineClient,
+    StoreTarget,
+    calc,
+    event,
+    mortgage_callback_trigger,
+    open_store,
+)
 
 from engine.contact_center.quote import annuity_monthly, quote
 from engine.core.errors import ConfigError
@@ -194,30 +202,17 @@ async def test_callbacks_reach_the_agents_with_their_call_guide(engine: EngineCl
     store = open_store(engine.settings)
     now = int(time.time() * 1000)
     prefix = keys.customer_prefix("cust-card")
-    trigger = {
-        "id": new_decision_id(now),
-        "kind": "callback",
-        "channel": "callback",
-        "customer_id": "cust-card",
-        "site": engine.site,
-        "prefix": prefix,
-        "rule": "mortgage_calculator_callback",
-        "reason": "Reworked the mortgage calculator",
-        "created_ms": now,
-        "expires_ms": now + 600_000,
-        "factors": {"propensity": 0.41, "value": 30, "lever": 1.0, "score": 12.3},
-        "context": {
-            "calc": {
-                "mortgage": {
-                    "amount": 400_000.0,
-                    "term_months": 300,
-                    "ts": now,
-                    "previous": {"amount": 300_000.0, "term_months": 300, "ts": now - 60_000},
-                }
-            },
-            "offer": {"id": "mortgage_adviser", "title": "Talk to a mortgage adviser today"},
+    trigger = mortgage_callback_trigger(
+        engine.site,
+        now,
+        {
+            "amount": 400_000.0,
+            "term_months": 300,
+            "ts": now,
+            "previous": {"amount": 300_000.0, "term_months": 300, "ts": now - 60_000},
         },
-    }
+        "Talk to a mortgage adviser today",
+    )
     await write_trigger(store, prefix, trigger)
     await store.close()
     agent, _ = await engine.agent()

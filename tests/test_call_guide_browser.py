@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 from browser import chromium, screenshot_rgb
-from conftest import EngineClient, calc, open_store
+from conftest import EngineClient, calc, mortgage_callback_trigger, open_store
 from playwright.async_api import Page, expect
 
-from engine.core.ids import new_decision_id
 from engine.core.settings import Settings
 from engine.delivery.records import write_trigger
 from engine.valkey import keys
@@ -55,33 +54,20 @@ async def test_a_callback_card_shows_the_quote_in_the_sites_locale(
     engine: EngineClient = await make_engine(settings, sites=sites)
     now = int(time.time() * 1000)
     prefix = keys.customer_prefix("cust-card")
-    trigger = {
-        "id": new_decision_id(now),
-        "kind": "callback",
-        "channel": "callback",
-        "customer_id": "cust-card",
-        "site": engine.site,
-        "prefix": prefix,
-        "rule": "mortgage_calculator_callback",
-        "reason": "Reworked the mortgage calculator",
-        "priority": 20,
-        "created_ms": now,
-        "expires_ms": now + 600_000,
-        "factors": {"propensity": 0.41, "value": 30, "lever": 1.0, "score": 12.3},
-        "context": {
-            "calc": {
-                "mortgage": {
-                    "amount": 400_000.0,
-                    "term_months": 300,
-                    "rate": 3.5,
-                    "monthly": 2002.49,  # what the visitor's calculator showed
-                    "ts": now - 5_000,
-                    "previous": {"amount": 300_000.0, "term_months": 300, "ts": now - 65_000},
-                }
-            },
-            "offer": {"id": "mortgage_adviser", "title": "<b>Talk</b> to a mortgage adviser"},
+    trigger = mortgage_callback_trigger(
+        engine.site,
+        now,
+        {
+            "amount": 400_000.0,
+            "term_months": 300,
+            "rate": 3.5,
+            "monthly": 2002.49,  # what the visitor's calculator showed
+            "ts": now - 5_000,
+            "previous": {"amount": 300_000.0, "term_months": 300, "ts": now - 65_000},
         },
-    }
+        "<b>Talk</b> to a mortgage adviser",
+        priority=20,
+    )
     store = open_store(engine.settings)
     await write_trigger(store, prefix, trigger)
     await store.close()
