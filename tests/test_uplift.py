@@ -104,11 +104,13 @@ async def test_the_report_counts_both_cohorts_and_their_conversions(
         f"/v1/reports/uplift?rule=cards_offer&from={today}&to={today}", headers=engine.api_headers
     )
     assert status == 200, body
-    assert body["treated"]["decisions"] == len(treated)
-    assert body["holdout"]["decisions"] == len(held)
+    # Cohorts are HyperLogLogs: two of ~30 random ids share a register about 3% of the
+    # time (n^2 / 2 / 16384), and then count as one. Off by one is that, not a loss.
+    assert abs(body["treated"]["decisions"] - len(treated)) <= 1
+    assert abs(body["holdout"]["decisions"] - len(held)) <= 1
     assert body["treated"]["conversions"] == 6
     assert body["holdout"]["conversions"] == 0
-    assert abs(body["uplift"] - 6 / len(treated)) < 1e-9
+    assert abs(body["uplift"] - 6 / body["treated"]["decisions"]) < 1e-9
     lo, hi = body["ci95"]
     assert lo < body["uplift"] < hi
 
