@@ -7,8 +7,9 @@ the batch's other deliveries (the executor gathers them in one loop tick):
 
 - membership, through `engine.profile.segments_store.apply_segment_changes`, only when
   it changed: a visitor who stays in a segment costs no write;
-- per segment and UTC day, the distinct members (a HyperLogLog, ~0.8 % error, 12 KB at
-  most) and the entries and exits (a hash), kept a year like the uplift cohorts
+- per segment and UTC day, the active members (distinct visitors with a batch in it;
+  a HyperLogLog, ~0.8 % error, 12 KB at most) and the entries and exits (a hash), kept
+  a year like the uplift cohorts
   (`keys.SEGMENT_COUNTS_TTL_S`). A HyperLogLog cannot be read back, but with a copy of
   it anyone could test "was customer X in it that day" (add the id, see whether it
   changed) long after X was erased; so it counts a keyed hash of the profile, keyed by

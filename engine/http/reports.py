@@ -92,7 +92,7 @@ class SegmentsQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 class SegmentDay(msgspec.Struct, frozen=True):
     day: str
-    members: int  # distinct members that day
+    members: int  # active members: distinct visitors with a batch in it that day
     entered: int
     exited: int
 

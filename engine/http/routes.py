@@ -574,8 +574,8 @@ ROUTES: tuple[Route, ...] = (
         "/v1/reports/segments",
         reports.handle_segments,
         Auth.AGENT,
-        "Each segment's size over time: distinct members, entries and exits per day "
-        "(supervisors, API token)",
+        "Each segment's size over time: active members (distinct visitors who had a "
+        "batch in it that day), entries and exits per day (supervisors, API token)",
         ("reports",),
         {200: Reply(OK, SegmentSizes, media=_CSV)},
         {400: "Invalid parameters", 403: "Supervisors only"},
