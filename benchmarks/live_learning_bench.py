@@ -359,6 +359,28 @@ class Run:
     effect_check: float = 0.0
 
 
+def _dump(
+    path: Path,
+    seed: int,
+    stream: Sequence[Sample],
+    evaluate: Sequence[tuple[int, str, dict[str, float | str]]],
+    lines: Sequence[Mapping[str, Any]],
+) -> None:
+    """The labelled stream and the evaluated decisions as JSON lines (`<path>.<seed>`),
+    for replaying model variants offline against the same data."""
+    with Path(f"{path}.{seed}").open("wb") as f:
+        for s in stream:
+            f.write(
+                orjson.dumps({"kind": "learn", "ms": s.ts[0], "model": s.model, "x": s.x, "y": s.y})
+            )
+            f.write(b"\n")
+        for (at_ms, model, x), t in zip(evaluate, lines, strict=True):
+            row = {"kind": "eval", "ms": at_ms, "model": model, "x": x, "y": bool(t["label"])}
+            row |= {"p_true": t["p_true"], "p_model": t["p_model"]}
+            f.write(orjson.dumps(row))
+            f.write(b"\n")
+
+
 def _read_truth(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
 
@@ -460,6 +482,8 @@ async def bench(args: argparse.Namespace) -> Run:
                 a = records[t["decision_id"]]
                 evaluate.append((int(a["at_ms"]), str(t["model"]), _features(a) or {}))
             vw = vw_progressive(stream, evaluate)
+            if args.dump:
+                _dump(Path(args.dump), args.seed, stream, evaluate, lines)
             groups: dict[str, list[int]] = defaultdict(list)
             for i, t in enumerate(lines):
                 groups[str(t["model"])].append(i)
@@ -688,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--organic", type=float, default=0.04)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (engine log)")
+    ap.add_argument("--dump", help="write the labelled stream and evaluated decisions here")
     ap.add_argument(
         "--runs", type=int, default=1, help="repeat with seeds seed, seed+1, ...: the spread"
     )

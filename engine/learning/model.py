@@ -18,11 +18,13 @@ scorer in engine/models computes the same sum).
 
 Uncertainty (the offer bandit's Thompson sampling, a Laplace approximation of the
 logistic posterior, diagonal as in Chapelle & Li 2011): each weight keeps a precision,
-1 / `PRIOR_VARIANCE` to start, plus p (1 - p) x_i**2 per sample learned (x_i the
-transformed value the weight multiplied, p the prediction made before learning; the
-intercept's x is 1). The snapshot carries 1 / precision as `variances` and
-`intercept_variance`: what a feature has been seen with often is known well, what it
-has never been seen with keeps the prior's width, and exploration goes there.
+the inverse of its kind's prior variance to start (`PRIOR_VARIANCE` for a one-hot,
+`PRIOR_VARIANCE_NUMERIC` for a numeric z, `PRIOR_VARIANCE_CROSS` for a cross), plus
+p (1 - p) x_i**2 per sample learned (x_i the transformed value the weight multiplied,
+p the prediction made before learning; the intercept's x is 1). The snapshot carries
+1 / precision as `variances` and `intercept_variance`: what a feature has been seen
+with often is known well, what it has never been seen with keeps the prior's width,
+and exploration goes there.
 
 The same precisions set the step sizes (`LaplaceStep`: each weight moves by its
 gradient over its precision, a diagonal Newton step, half of it by default): a weight
@@ -56,7 +58,14 @@ from typing import Any, Literal
 import msgspec
 from river import linear_model, metrics, optim, preprocessing, utils
 
-from engine.models.snapshot import PRIOR_VARIANCE, Snapshot, clip_z, is_mature
+from engine.models.snapshot import (
+    PRIOR_VARIANCE,
+    PRIOR_VARIANCE_CROSS,
+    PRIOR_VARIANCE_NUMERIC,
+    Snapshot,
+    clip_z,
+    is_mature,
+)
 
 __all__ = [
     "Features",
@@ -142,6 +151,29 @@ class _InterceptRate(optim.base.Scheduler):
         return self.lr / self.model.intercept_precision
 
 
+_ONE_HOT_PRECISION = 1.0 / PRIOR_VARIANCE
+_NUMERIC_PRECISION = 1.0 / PRIOR_VARIANCE_NUMERIC
+_CROSS_PRECISION = 1.0 / PRIOR_VARIANCE_CROSS
+
+
+def _prior_precision(key: str, x: Features) -> float:
+    """The prior precision of a transformed key of `x`, by its kind (the snapshot
+    contract's priors): a numeric feature's own name, a categorical's `name=value`, else
+    a cross. Exact even where a categorical value holds "&" or "=".
+
+    >>> x = {"amount": 3.0, "tier": "a&b"}
+    >>> [_prior_precision(k, x) for k in ("amount", "tier=a&b", "tier=a&b&amount")]
+    [16.0, 4.0, 64.0]
+    """
+    v = x.get(key)
+    if v is not None and not isinstance(v, str):
+        return _NUMERIC_PRECISION
+    name, eq, value = key.partition("=")
+    if eq and x.get(name) == value:
+        return _ONE_HOT_PRECISION
+    return _CROSS_PRECISION
+
+
 def _numeric(x: Features) -> dict[str, float]:
     return {k: float(v) for k, v in x.items() if not isinstance(v, str)}
 
@@ -212,10 +244,12 @@ class PropensityModel:
         # (first, so that a `LaplaceStep` divides by the precision including this sample).
         curvature = p * (1.0 - p)
         precision = self.precision
-        prior = 1.0 / PRIOR_VARIANCE
         for key, value in xt.items():
             if value:
-                precision[key] = precision.get(key, prior) + curvature * value * value
+                known = precision.get(key)
+                if known is None:
+                    known = _prior_precision(key, x)
+                precision[key] = known + curvature * value * value
         self.intercept_precision += curvature
         self.regression.learn_one(xt, y)
         self.samples += 1
