@@ -116,6 +116,7 @@ async def measure(visitors: int, seed: int = 1) -> dict[str, Any]:
             before_audit = await used_memory(store)
             audits = 0
             offers = 0
+            first_ids: list[str] = []  # the decisions of aids[0], whose keys are split
             for aid, fields, evs in sample:
                 inp = decision_input(
                     fields,
@@ -128,8 +129,21 @@ async def measure(visitors: int, seed: int = 1) -> dict[str, Any]:
                 )
                 answer = await decider.decide(inp)
                 audits += len(answer)
+                if aid == aids[0]:
+                    first_ids = [str(d["id"]) for d in answer if d.get("id")]
                 offers += sum(1 for d in answer if d.get("action") == "offer")
             after_audit = await used_memory(store)
+            # The audit phase's split, for the same visitor: its record, the profile's
+            # index of data in other slots (new with its first record), and its
+            # profile, which the decision grew (segment membership).
+            audit_key = keys.decision_key(first_ids[0]) if first_ids else ""
+            usage["audit_record"] = (
+                await store.client.memory_usage(audit_key, samples=0) or 0 if audit_key else 0
+            )
+            usage["audit_value"] = await store.client.strlen(audit_key) if audit_key else 0
+            refs_key = keys.profile_refs(prefix)
+            usage["refs"] = await store.client.memory_usage(refs_key, samples=0) or 0
+            usage["profile_decided"] = await store.client.memory_usage(p_key, samples=0) or 0
             await store.close()
         finally:
             valkey.stop()
@@ -174,6 +188,7 @@ def report(results: list[dict[str, Any]], command: str) -> str:
             f"{r['audit_bytes_per_record']:,.0f} | {total:,.0f} | {r['load_per_s']:,.0f} |"
         )
     last = results[-1]
+    u = last["usage"]
     total = last["bytes_per_visitor"] + last["audit_bytes_per_visitor"]
     verdict = "meets" if last["bytes_per_visitor"] <= 1024 else "misses"
     verdict2 = "meets" if total <= 1638 else "misses"
@@ -183,6 +198,11 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         f"- With the audit record: {total:,.0f} B, {verdict2} <= 1.6 KB "
         f"({last['offers']} offers in {last['audits']} decisions for "
         f"{last['sample']:,} visitors).",
+        f"- The audit phase, per visitor (MEMORY USAGE): its record {u['audit_record']} B "
+        f"({u['audit_value']} B stored), the profile's index of other-slot data "
+        f"{u['refs']} B (new with its first record), its profile {u['profile']} -> "
+        f"{u['profile_decided']} B (segment membership); the rest is the keyspace's "
+        "entries and TTLs.",
     ]
     return "\n".join(lines)
 

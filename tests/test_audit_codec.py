@@ -1,11 +1,12 @@
 """Audit records are stored deflated against a frozen dictionary: every record reads
-back exactly as written, records stored before the format still read, the dictionary
-cannot change under stored records, and a real decision's record is several times
-smaller than its JSON."""
+back exactly as written (keys in their order, every feature), records stored before
+the format or under the previous dictionary still read, no dictionary can change under
+stored records, and a real decision's record is several times smaller than its JSON."""
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,6 +71,90 @@ RECORD: dict[str, Any] = {
 }
 
 
+# A page offer as the memory bench's decide phase writes it (the demo pack, one
+# anonymous visitor on the mortgage journey), with every field records carry now.
+FULL_RECORD: dict[str, Any] = {
+    "id": "01a237607cc0cc3c7eec39a1",
+    "at_ms": 1796225652342,
+    "site": "demo-bank",
+    "customer_id": None,
+    "anonymous_id": "j2kbkjfl6y5fe1fp4hz4410im",
+    "prefix": "rb:{a:demo-bank:j2kbkjfl6y5fe1fp4hz4410im}",
+    "rule": "mortgage_adviser_offer",
+    "action": "offer",
+    "channel": "web",
+    "offer": {
+        "id": "mortgage_adviser_call",
+        "title": "Talk to a mortgage adviser today",
+        "text": "One of our advisers can check your numbers with you and show what you "
+        "could borrow.",
+        "cta_url": "/mortgages/advice",
+        "cta_label": "Request a call",
+        "product": "mortgage",
+    },
+    "rule_set": "4834d4aeda2d",
+    "model": {"name": "offer:mortgage_adviser_call", "version": None, "source": "none"},
+    "factors": {"propensity": 1.0, "value": 900.0, "lever": 1.2, "score": 1080.0},
+    "features": {
+        "known": 0.0,
+        "hour": 15.0,
+        "weekday": "wed",
+        "daypart": "afternoon",
+        "event_type": "calc",
+        "session_number": 1.0,
+        "session_pages": 7.0,
+        "session_events": 10.0,
+        "session_dwell_s": 0.0,
+        "dwell_s": 0.0,
+        "count_page_view": 7.0,
+        "count_click": 0.0,
+        "count_scroll": 0.0,
+        "count_heartbeat": 0.0,
+        "count_calc": 3.0,
+        "count_form": 0.0,
+        "count_interest": 0.0,
+        "count_custom": 0.0,
+        "forms_submitted": 0.0,
+        "forms_abandoned": 0.0,
+        "calc_count": 3.0,
+        "calc_mortgage_count": 3.0,
+        "calc_mortgage_amount": 219000.0,
+        "calc_mortgage_term_months": 300.0,
+        "calc_mortgage_max_amount": 236000.0,
+        "intent_mortgage": 14.997589,
+        "category_mortgage": 6.0,
+        "since_last_calc_s": 8.0,
+        "since_first_seen_days": 0.000462962962962963,
+        "seg_mortgage_researchers": 1.0,
+    },
+    "holdout": False,
+    "inputs": ["customer", "profile"],
+    "trace": [
+        {
+            "rule": "card_comparison_offer",
+            "result": "unknown",
+            "why": "a value it needs is missing",
+        },
+        {
+            "rule": "fund_comparison_appointment",
+            "result": "unknown",
+            "why": "a value it needs is missing",
+        },
+        {"rule": "mortgage_calculator_callback", "result": "suppressed", "why": "anonymous"},
+        {"rule": "mortgage_adviser_offer", "result": "matched", "channel": "web"},
+        {
+            "rule": "churn_risk_help_offer",
+            "result": "unknown",
+            "why": "a value it needs is missing",
+        },
+    ],
+    "attribution": {"campaign": "spring", "source": "google", "referrer": "www.google.com"},
+    "segments": ["mortgage_researchers"],
+    "branch": "",
+    "customer_value": 21.0,
+}
+
+
 @given(st.dictionaries(st.text(max_size=30), json_values, max_size=12))
 def test_any_record_reads_back_exactly(record: dict[str, Any]) -> None:
     assert audit_codec.decode(audit_codec.encode(record)) == record
@@ -79,17 +164,48 @@ def test_a_record_stored_as_plain_json_still_reads() -> None:
     assert audit_codec.decode(orjson.dumps(RECORD)) == RECORD
 
 
-def test_the_released_dictionary_never_changes() -> None:
+def test_the_released_dictionaries_never_change() -> None:
     """Records live for their TTL: a changed dictionary would make them unreadable.
-    Add a new format byte and dictionary instead of editing this one."""
+    Add a new format byte and dictionary instead of editing one."""
     digest = hashlib.sha256(audit_codec.DICTIONARY_V1).hexdigest()
     assert digest == "90105746d785c9d08fdf116ea48f7d473a3bc904365fb155689be9dea4630420"
+    digest = hashlib.sha256(audit_codec.DICTIONARY_V2).hexdigest()
+    assert digest == "9c442c96587594200f3c128a8bd3fd282363457f7afad9618b6d72d929601d4f"
+
+
+def _stored_v1(record: dict[str, Any]) -> bytes:
+    """A record as the previous release wrote it: format byte 1, deflated against v1."""
+    deflate = zlib.compressobj(
+        6, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, audit_codec.DICTIONARY_V1
+    )
+    return b"\x01" + deflate.compress(orjson.dumps(record)) + deflate.flush()
+
+
+def test_a_record_stored_under_the_first_dictionary_still_reads() -> None:
+    for record in (RECORD, FULL_RECORD):
+        assert audit_codec.decode(_stored_v1(record)) == record
+
+
+def test_a_full_record_reads_back_byte_for_byte() -> None:
+    """What `GET /v1/decisions/{id}` and the learner read: every key in its order,
+    every feature (zero counts too) with its value and type."""
+    back = audit_codec.decode(audit_codec.encode(FULL_RECORD))
+    assert orjson.dumps(back) == orjson.dumps(FULL_RECORD)
+    assert list(back["features"]) == list(FULL_RECORD["features"])
 
 
 def test_a_decision_record_is_stored_in_a_third_of_its_json() -> None:
     stored = audit_codec.encode(RECORD)
-    assert stored[:1] == b"\x01"
+    assert stored[:1] == b"\x02"
     assert len(stored) < len(orjson.dumps(RECORD)) / 3
+
+
+def test_a_full_page_offer_is_stored_smaller_than_under_the_first_dictionary() -> None:
+    """The memory bench's record: the demo pack's page offer with attribution, segments
+    and the whole feature snapshot; v2 knows their words, v1 did not."""
+    stored = audit_codec.encode(FULL_RECORD)
+    assert len(stored) < len(_stored_v1(FULL_RECORD)) * 2 / 3
+    assert len(stored) < len(orjson.dumps(FULL_RECORD)) / 6
 
 
 @pytest.fixture
@@ -104,3 +220,11 @@ async def test_write_then_read_through_valkey(store: Store) -> None:
     assert await read_audit(store, RECORD["id"]) == RECORD
     stored = await store.call("GET", keys.decision_key(RECORD["id"]), raw=True)
     assert isinstance(stored, bytes) and len(stored) < len(orjson.dumps(RECORD)) / 3
+
+
+async def test_a_record_the_previous_release_stored_reads_through_valkey(store: Store) -> None:
+    """A rolling upgrade: records written under v1 stay readable for their TTL."""
+    key = keys.decision_key(FULL_RECORD["id"])
+    await store.call("SET", key, _stored_v1(FULL_RECORD), writes=True)
+    back = await read_audit(store, FULL_RECORD["id"])
+    assert back is not None and orjson.dumps(back) == orjson.dumps(FULL_RECORD)

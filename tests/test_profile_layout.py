@@ -277,7 +277,6 @@ def _expected_written(
         L.FIRST_TS: min(e["ts"] for e in events),
         L.LAST_TS: max(e["ts"] for e in events),
         L.ONLINE_UNTIL: max(e["ts"] for e in events) + settings.profile.presence_ttl_s * 1000,
-        L.SITE: SITE,
         L.RL_COUNT: len(history),
         L.RL_WINDOW: NOW_MS,
         L.TRIM_TS: (NOW_MS - _DEDUPE_EPOCH_MS) // 3_600_000,  # the hour
@@ -306,8 +305,8 @@ def _expected_written(
         calcs = [e for e in by_type.get("calc", []) if e["props"]["product"] == product]
         if not (last := _newest(calcs)):
             continue
-        if was := _calc_was(history, product):
-            want[L.calc(product, L.CALC_WAS)] = was
+        if was := _calc_was(history, product):  # its ts: ms before the newest calculation
+            want[L.calc(product, L.CALC_WAS)] = [was[0], was[1], was[2] - last["ts"]]
         p = last["props"]
         want[L.calc(product, L.CALC_N)] = len(calcs)
         want[L.calc(product, L.CALC_MAX)] = max(e["props"]["amount"] for e in calcs)
@@ -394,14 +393,30 @@ def _newest_path(h: dict[str, Any]) -> str | None:
     return pages[0].partition(" ")[2] if pages else None
 
 
+def _newest_page_ts(h: dict[str, Any]) -> int | None:
+    pages = page_entries(h.get(L.PAGES))
+    return int(pages[0].partition(" ")[0]) if pages else None
+
+
+def _implied(h: dict[str, Any]) -> dict[str, Any]:
+    """The fields rb_ingest leaves out while the profile implies them, with their values:
+    last_page and lp_ts (pages' newest path and ts), s_last (last_ts), s_start (first_ts)."""
+    out: dict[str, Any] = {L.LAST_PAGE: _newest_path(h), L.LAST_PAGE_TS: _newest_page_ts(h)}
+    if L.S_N in h:
+        out[L.S_START] = h.get(L.FIRST_TS)
+    if L.LAST_TS in h and L.S_N in h:
+        out[L.S_LAST] = h[L.LAST_TS]
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _spelled_out(h: dict[str, Any]) -> dict[str, Any]:
-    """The profile with last_page, which is left out while it is pages' newest path."""
-    path = _newest_path(h)
-    return h if L.LAST_PAGE in h or path is None else {**h, L.LAST_PAGE: path}
+    """The profile with the fields left out while it implies them spelled out."""
+    return {**_implied(h), **h}
 
 
 def _last_page_left_out_when_implied(h: dict[str, Any]) -> bool:
-    return L.LAST_PAGE not in h or h[L.LAST_PAGE] != _newest_path(h)
+    """No field the profile implies is stored (with the value it implies)."""
+    return all(h.get(k) != v for k, v in _implied(h).items())
 
 
 def _check_decoded(raw: dict[str, Any], decoded: dict[str, Any]) -> None:
@@ -415,7 +430,10 @@ def _check_decoded(raw: dict[str, Any], decoded: dict[str, Any]) -> None:
         got = _at(decoded, field.decoded.replace("<" + _placeholder(field) + ">", name))
         want = None if value == "" else page_entries(value) if code == L.PAGES else value
         if field.code == L.calc_code(L.CALC_WAS):
-            want = dict(zip(("amount", "term_months", "ts"), value, strict=True))
+            amount, term, ts = value
+            if ts <= 0:  # ms before the newest calculation
+                ts += raw[L.calc(name, L.CALC_TS)]
+            want = {"amount": amount, "term_months": term, "ts": ts}
         assert _same(got, want), (code, got, want)
 
 
@@ -469,6 +487,7 @@ def test_a_history_through_rb_ingest_stores_what_each_declared_write_rule_says_a
         absent = {L.calc(p, code) for p in CALC_PRODUCTS} - set(want)
         assert not absent & set(raw), f"{prop} stored for a calculation without one"
     assert raw.get(L.S_DWELL) != 0, "a count of 0 is left out"
+    assert L.SITE not in raw, "an anonymous profile's key holds its site"
 
     # Codes the model above does not pin down, by their declared rules.
     intent_keys = {code[len(L.INTENT) :] for code in raw if code.startswith(L.INTENT)}
@@ -479,7 +498,7 @@ def test_a_history_through_rb_ingest_stores_what_each_declared_write_rule_says_a
         # absent: 0 (kn:c is always there: it marks a profile stored with the caps)
         assert raw.get(space.count_code, 0) == len(_names(raw, space)), space
         assert raw.get(space.count_code) != 0 or space is L.CALC_SPACE, space
-    assert 1 <= raw[L.S_N] and raw[L.S_START] <= raw[L.S_LAST] <= raw[L.LAST_TS]
+    assert 1 <= raw[L.S_N] and full[L.S_START] <= full[L.S_LAST] <= raw[L.LAST_TS]
     assert 1 <= raw[L.S_EVENTS] <= sum(len(b) for b in history)
     checked_above = {s.count_code for s in SPACES} | {f.code for f in FIELDS if f.write is _SESSION}
     unexplained = {
@@ -490,7 +509,7 @@ def test_a_history_through_rb_ingest_stores_what_each_declared_write_rule_says_a
     assert unexplained == set()
 
     decoded = decode_profile(raw, NOW_MS, HALF_LIFE_S)
-    _check_decoded(raw, decoded)
+    _check_decoded(full, decoded)  # what is left out as implied reads as spelled out
     intent = _expected_intent(history, settings, classify)
     assert decoded["intent"].keys() == intent.keys()
     for key, value in intent.items():

@@ -10,9 +10,22 @@ record is written once per visitor and 10-minute window, not per batch).
 
 The stored value starts with a format byte. `{` is plain JSON (records written before
 this format, and what `encode` falls back to should deflating not pay); `\\x01` is
-raw deflate against `DICTIONARY_V1`. A stored record must stay readable for its whole
-TTL, so a dictionary is frozen once released: tests/test_audit_codec.py pins its
-hash. To change it, add `DICTIONARY_V2` under a new format byte and keep reading v1.
+raw deflate against `DICTIONARY_V1`; `\\x02`, what `encode` writes, against
+`DICTIONARY_V2`. A stored record must stay readable for its whole TTL, so a dictionary
+is frozen once released: tests/test_audit_codec.py pins both hashes. To change one,
+add `DICTIONARY_V3` under a new format byte and keep reading the others.
+
+Why v2: records grew attribution, segments, branch, customer value and feature names
+(`seg_<id>`, `since_*`, the session's) that v1 predates, and v1 has none of a rule
+pack's own words, so a page offer's title and text (~100 B deflated) and the trace's
+rule ids (~70 B) went in as literals: 442 B a record in the memory bench. v2 holds the
+engine's vocabulary in the order records are written (the common page offer of an
+anonymous visitor nearest), and before it the shipped demo pack's (`rules/`: offers,
+rule ids, segment ids), which is what the demo and the benches run: 239 B on the
+bench's records, ~403 B for a bank whose rules share none of the demo's words (still
+less than v1). Leaving the zero `count_<type>` features out and restoring them on
+read saved 1.5 B more on top of v2 (the dictionary already holds that run of zeros):
+not worth a second shape of the feature snapshot.
 """
 
 from __future__ import annotations
@@ -22,11 +35,12 @@ from typing import Any
 
 import orjson
 
-__all__ = ["DICTIONARY_V1", "decode", "encode"]
+__all__ = ["DICTIONARY_V1", "DICTIONARY_V2", "decode", "encode"]
 
 _V1 = b"\x01"
+_V2 = b"\x02"
 _WBITS = -15  # raw deflate, 32 KB window: the dictionary fits whole
-_LEVEL = 6  # 386 B at ~40 µs; level 1 gives 453 B at ~28 µs, 9 no better than 6
+_LEVEL = 6  # v1: 386 B at ~40 µs; level 1 gave 453 B at ~28 µs; 9 saves ~3 B on v2
 
 # Frozen: see the module docstring. Most frequent strings last (deflate prefers the
 # nearest match; the end of the dictionary is nearest to the record).
@@ -66,14 +80,94 @@ DICTIONARY_V1: bytes = (
 )
 
 
+# Frozen: see the module docstring. Generated once from the demo pack (`rules/`) and
+# the record's shape; the demo's words first, the engine's nearest the record.
+DICTIONARY_V2: bytes = (
+    b'"offer":{"id":"mortgage_adviser_call","title":"Talk to a mortgage adviser today"'
+    b',"text":"One of our advisers can check your numbers with you and show what you c'
+    b'ould borrow.","cta_url":"/mortgages/advice","cta_label":"Request a call","produc'
+    b't":"mortgage"},"offer":{"id":"personal_loan_finish","title":"Finish your loan ap'
+    b'plication in minutes","text":"Your details are saved. Pick up where you left off'
+    b', or let us call you.","cta_url":"/personal-loan/apply","cta_label":"Continue ap'
+    b'plication","product":"loans"},"offer":{"id":"card_cashback","title":"1% cashback'
+    b' on everyday spending","text":"Compare our cards side by side; the Cashback card'
+    b' has no annual fee in year one.","cta_url":"/cards/compare","cta_label":"Compare'
+    b' cards","product":"cards"},"offer":{"id":"advisor_appointment","title":"Book a f'
+    b'ree investment review","text":"Meet an adviser at your branch or by video to rev'
+    b'iew which funds fit your goals.","cta_url":"/invest/appointment","cta_label":"Bo'
+    b'ok an appointment","product":"investments"},"offer":{"id":"retention_call","titl'
+    b'e":"Can we help?","text":"We noticed you were looking at fees. A specialist can '
+    b'review your account with you.","cta_url":"/help/contact","cta_label":"Talk to us'
+    b'","product":"retention"},"offer":{"id":"savings_rate_for_customers","title":"A b'
+    b'etter rate for existing customers","text":"As a customer you can open a fixed-te'
+    b'rm saver at our loyalty rate in two minutes.","cta_url":"/savings/fixed-term","c'
+    b'ta_label":"See the rate","product":"savings"},{"rule":"call_me_requested","resul'
+    b't":"unknown"},{"rule":"card_comparison_offer","result":"unknown"},{"rule":"fund_'
+    b'comparison_appointment","result":"unknown"},{"rule":"mortgage_calculator_callbac'
+    b'k","result":"unknown"},{"rule":"mortgage_adviser_offer","result":"unknown"},{"ru'
+    b'le":"personal_loan_abandoned","result":"unknown"},{"rule":"personal_loan_resume_'
+    b'offer","result":"unknown"},{"rule":"churn_risk_retention_call","result":"unknown'
+    b'"},{"rule":"churn_risk_help_offer","result":"unknown"},{"rule":"returning_custom'
+    b'er_savings","result":"unknown"},"seg_mortgage_researchers":1.0,"seg_high_value_d'
+    b'igital":1.0,"seg_returning_after_price_check":1.0,"segments":["mortgage_research'
+    b'ers","high_value_digital","returning_after_price_check"],"suppressed":"cooldown_'
+    b'rule","suppressed":"cooldown_channel","suppressed":"daily_cap","why":"do_not_cal'
+    b'l"},"why":"no_consent"},"why":"outside_hours"},"why":"no_capacity"},"why":"holdo'
+    b'ut"},"holdout":true,"action":"notify","channel":"email","channel":"sms","action"'
+    b':"callback","channel":"callback","model":{"name":"callback:","version":1,"source'
+    b'":"prior"},"source":"model"},{"id":"","at_ms":1796197122546,"site":"","customer_'
+    b'id":"","anonymous_id":"","prefix":"rb:{c:","attribution":{"campaign":"","reporte'
+    b'd_campaign":"(other)","source":"google","medium":"cpc","term":"","content":"","r'
+    b'eferrer":"www.google.com","first_campaign":"","first_source":"","first_medium":"'
+    b'","first_referrer":""},"features":{"known":1.0,"utm_source":"","utm_medium":"","'
+    b'utm_campaign":"","referrer_host":"","value_tier":"standard","value_tier":"vip","'
+    b'value_tier":"private","segment":"","branch":"","holds_current_account":1.0,"hold'
+    b's_"calc_personal_loan_count":1.0,"calc_personal_loan_amount":0.0,"calc_personal_'
+    b'loan_term_months":0.0,"calc_personal_loan_max_amount":0.0,"intent_personal_loan"'
+    b':0.0,"category_personal_loan":0.0,"calc_loans_count":1.0,"calc_loans_amount":0.0'
+    b',"calc_loans_term_months":0.0,"calc_loans_max_amount":0.0,"intent_loans":0.0,"ca'
+    b'tegory_loans":0.0,"calc_cards_count":1.0,"calc_cards_amount":0.0,"calc_cards_ter'
+    b'm_months":0.0,"calc_cards_max_amount":0.0,"intent_cards":0.0,"category_cards":0.'
+    b'0,"calc_savings_count":1.0,"calc_savings_amount":0.0,"calc_savings_term_months":'
+    b'0.0,"calc_savings_max_amount":0.0,"intent_savings":0.0,"category_savings":0.0,"c'
+    b'alc_investments_count":1.0,"calc_investments_amount":0.0,"calc_investments_term_'
+    b'months":0.0,"calc_investments_max_amount":0.0,"intent_investments":0.0,"category'
+    b'_investments":0.0,"calc_mortgage_count":1.0,"calc_mortgage_amount":0.0,"calc_mor'
+    b'tgage_term_months":0.0,"calc_mortgage_max_amount":0.0,"intent_mortgage":0.0,"cat'
+    b'egory_mortgage":0.0,"since_call_request_s":0.0,{"id":"","at_ms":1796197122546,"s'
+    b'ite":"","customer_id":null,"anonymous_id":"","prefix":"rb:{a:","rule":"","action'
+    b'":"offer","channel":"web","offer":{"id":"","title":"","text":"","cta_url":"/","c'
+    b'ta_label":"","product":""},"rule_set":"","model":{"name":"offer:","version":null'
+    b',"source":"none"},"factors":{"propensity":1.0,"value":100.0,"lever":1.0,"score":'
+    b'100.0},"features":{"known":0.0,"hour":12.0,"weekday":"mon","weekday":"tue","week'
+    b'day":"thu","weekday":"fri","weekday":"sat","weekday":"sun","weekday":"wed","dayp'
+    b'art":"night","daypart":"evening","daypart":"late","daypart":"morning","daypart":'
+    b'"afternoon","event_type":"page_view","event_type":"calc","session_number":1.0,"s'
+    b'ession_pages":0.0,"session_events":0.0,"session_dwell_s":0.0,"dwell_s":0.0,"coun'
+    b't_page_view":0.0,"count_click":0.0,"count_scroll":0.0,"count_heartbeat":0.0,"cou'
+    b'nt_calc":0.0,"count_form":0.0,"count_interest":0.0,"count_custom":0.0,"forms_sub'
+    b'mitted":0.0,"forms_abandoned":0.0,"calc_count":0.0,"calc_mortgage_count":0.0,"ca'
+    b'lc_mortgage_amount":0.0,"calc_mortgage_term_months":300.0,"calc_mortgage_max_amo'
+    b'unt":0.0,"intent_mortgage":0.0,"category_mortgage":0.0,"since_last_calc_s":0.0,"'
+    b'since_first_seen_days":0.0,"seg_},"holdout":false,"inputs":["customer","profile"'
+    b'],"trace":[{"rule":"","result":"suppressed","why":"slot_taken"},{"rule":"","resu'
+    b'lt":"suppressed","why":"lower_ranked_contact"},{"rule":"","result":"no_match"},{'
+    b'"rule":"","result":"unknown","why":"a value it needs is missing"},{"rule":"","re'
+    b'sult":"suppressed","why":"anonymous"},{"rule":"","result":"matched","channel":"w'
+    b'eb"}],"attribution":{},"segments":[],"branch":"","customer_value":0.0}'
+)
+
+_DICTIONARIES: dict[bytes, bytes] = {_V1: DICTIONARY_V1, _V2: DICTIONARY_V2}
+
+
 def encode(record: dict[str, Any]) -> bytes:
-    """The stored form of `record`: deflated JSON under format byte 1."""
+    """The stored form of `record`: deflated JSON under format byte 2."""
     raw = orjson.dumps(record)
     deflate = zlib.compressobj(
-        _LEVEL, zlib.DEFLATED, _WBITS, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARY_V1
+        _LEVEL, zlib.DEFLATED, _WBITS, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARY_V2
     )
     packed = deflate.compress(raw) + deflate.flush()
-    return _V1 + packed if len(packed) + 1 < len(raw) else raw
+    return _V2 + packed if len(packed) + 1 < len(raw) else raw
 
 
 def decode(stored: bytes) -> dict[str, Any]:
@@ -84,8 +178,9 @@ def decode(stored: bytes) -> dict[str, Any]:
     >>> decode(b'{"id": "old"}')
     {'id': 'old'}
     """
-    if stored[:1] == _V1:
-        inflate = zlib.decompressobj(_WBITS, DICTIONARY_V1)
+    dictionary = _DICTIONARIES.get(stored[:1])
+    if dictionary is not None:
+        inflate = zlib.decompressobj(_WBITS, dictionary)
         stored = inflate.decompress(stored[1:]) + inflate.flush()
     record: dict[str, Any] = orjson.loads(stored)
     return record

@@ -243,7 +243,9 @@ CALC_MONTHLY: Final = "monthly"
 CALC_TS: Final = "ts"
 CALC_N: Final = "n"
 CALC_MAX: Final = "max"
-CALC_WAS: Final = "was"  # [amount, term, ts]: the scenario before the newest change
+# [amount, term, ts]: the scenario before the newest change; ts stored as ms before
+# c:<product>:ts (<= 0; a profile stored before holds the ts itself, > 0)
+CALC_WAS: Final = "was"
 
 # Form actions (f:<action>), as FormProps.action spells them.
 FORM_FOCUS: Final = FORM + "focus"
@@ -351,10 +353,16 @@ FIELDS: Final[tuple[Field, ...]] = (
         INTENT_SPACE,
     ),
     Field(S_N, "sessions started", _W.SESSION, _M.NEWEST_SESSION, "session.number"),
-    Field(S_START, "current session start (ms)", _W.SESSION, _M.NEWEST_SESSION, "session.start"),
+    Field(
+        S_START,
+        "current session start (ms; absent: first_ts)",
+        _W.SESSION,
+        _M.NEWEST_SESSION,
+        "session.start",
+    ),
     Field(
         S_LAST,
-        "current session last event (ms)",
+        "current session last event (ms; absent: last_ts)",
         _W.SESSION,
         _M.NEWEST_SESSION,
         "session.last_seen",
@@ -411,7 +419,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     ),
     Field(
         calc_code(CALC_WAS),
-        "[amount, term, ts] before the newest amount/term change",
+        "[amount, term, ts - c:<product>:ts] before the newest amount/term change",
         _W.PREVIOUS,
         _M.NEWEST_PRODUCT,
         "calc.<product>.previous",
@@ -474,7 +482,13 @@ FIELDS: Final[tuple[Field, ...]] = (
         _M.NEWER_PROFILE,
         "last_page",
     ),
-    Field(LAST_PAGE_TS, "its ms", _W.LATEST, _M.NEWER_PROFILE, None),
+    Field(
+        LAST_PAGE_TS,
+        "its ms (absent: pages' newest ts)",
+        _W.LATEST,
+        _M.NEWER_PROFILE,
+        None,
+    ),
     *(
         Field(code, f"last touch {what}", _W.LATEST, _M.NEWEST_TOUCH, f"campaign.{name}")
         for code, what, name in _TOUCH
@@ -507,7 +521,13 @@ FIELDS: Final[tuple[Field, ...]] = (
         "segments_exited",
         SEGMENT_SPACE,
     ),
-    Field(SITE, "site of the first batch", _W.FIRST, _M.KEPT, None),
+    Field(
+        SITE,
+        "site of the first batch (customers; an anonymous profile's key holds it)",
+        _W.FIRST,
+        _M.KEPT,
+        None,
+    ),
     Field(RL_WINDOW, "rate-limit window start (ms)", _W.BOOKKEEPING, _M.KEPT, None),
     Field(RL_COUNT, "batches in the window", _W.BOOKKEEPING, _M.KEPT, None),
     Field(

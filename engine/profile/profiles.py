@@ -38,6 +38,7 @@ from engine.profile.layout import (
     CALC_INT_FIELDS,
     CALC_MONTHLY,
     CALC_RATE,
+    CALC_TS,
     CALC_WAS,
     CALL_SUFFIX,
     CATEGORY,
@@ -250,7 +251,7 @@ class ProfileStore:
             "rlmax": limits.batches_per_minute_per_visitor,
             "rlwin": 60_000,
             "link": link,
-            "site": site,
+            "site": "" if anonymous else site,  # an anonymous profile's key holds it
             "ids": ids,
         }
         if reserve:
@@ -439,7 +440,7 @@ def decode_profile(
             if not c:  # stored only when the newest calculation had them (else none)
                 c.update(_CALC_OPTIONAL)
             if field == CALC_WAS:
-                if previous := _previous(v):
+                if previous := _previous(v, h.get(CALC + prod + _TS_SUFFIX)):
                     c[_PREVIOUS] = previous
             elif name:
                 c[name] = float(v) if v not in ("",) else None
@@ -470,8 +471,9 @@ def decode_profile(
         "last_call_request": max(call_requested.values(), default=None),
         "session": {
             "number": _i(h, S_N),
-            "start": _i(h, S_START) or None,
-            "last_seen": _i(h, S_LAST) or None,
+            # Left out while they are first_ts / last_ts (ringback.lua `leave_out`).
+            "start": _i(h, S_START) or (_i(h, FIRST_TS) if S_N in h else 0) or None,
+            "last_seen": _i(h, S_LAST) or (_i(h, LAST_TS) if S_N in h else 0) or None,
             "pages": _i(h, S_PAGES),
             "dwell_ms": _i(h, S_DWELL),
             "events": _i(h, S_EVENTS),
@@ -491,12 +493,28 @@ def decode_profile(
     }
 
 
-def _previous(stored: Any) -> dict[str, Any] | None:
-    """c:<product>:was, stored [amount, term, ts], as {amount, term_months, ts}."""
+def _previous(stored: Any, newest_ts: Any) -> dict[str, Any] | None:
+    """c:<product>:was, stored [amount, term, ts], as {amount, term_months, ts}.
+
+    `rb_ingest` stores its ts as ms before the newest calculation's (`newest_ts`,
+    c:<product>:ts): <= 0, 6 digits where a ts takes 13. One stored before holds the
+    ts itself (> 0) and reads as it is.
+
+    >>> _previous([250000, 300, -4000], 1796225644342)
+    {'amount': 250000.0, 'term_months': 300, 'ts': 1796225640342}
+    >>> _previous([250000, 300, 1796225640342], 1796225644342)["ts"]
+    1796225640342
+    """
     if not isinstance(stored, list) or len(stored) != 3:
         return None
     amount, term, ts = stored
-    return {"amount": float(amount), "term_months": int(term), "ts": int(ts)}
+    ts = int(ts)
+    if ts <= 0:
+        try:
+            ts += int(float(newest_ts))
+        except (TypeError, ValueError):  # no newest calculation to count back from
+            return None
+    return {"amount": float(amount), "term_months": int(term), "ts": ts}
 
 
 def _ms_by_name(stored: Any) -> dict[str, int]:
@@ -506,6 +524,7 @@ def _ms_by_name(stored: Any) -> dict[str, int]:
 
 _N_LEN, _CAT_LEN, _I_LEN = len(COUNT), len(CATEGORY), len(INTENT)
 _PREVIOUS = CALC_DECODED[CALC_WAS]
+_TS_SUFFIX = ":" + CALC_TS
 _CALC_OPTIONAL: dict[str, Any] = {CALC_DECODED[CALC_RATE]: None, CALC_DECODED[CALC_MONTHLY]: None}
 # (code, key in decode_profile's `campaign`): the touch codes, as layout.py places them.
 _CAMPAIGN = tuple(

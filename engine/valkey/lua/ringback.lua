@@ -38,8 +38,8 @@ chosen by the client (products, forms) or config (types, categories).
   i:<key>              decayed      decayed_sum     decayed intent per category or product
   it:<key>             decay_ts     decayed_sum     the ms i:<key> was decayed to
   s_n                  session      newest_session  sessions started
-  s_start              session      newest_session  current session start (ms)
-  s_last               session      newest_session  current session last event (ms)
+  s_start              session      newest_session  current session start (ms; absent: first_ts)
+  s_last               session      newest_session  current session last event (ms; absent: last_ts)
   s_pages              session      newest_session  current session page views
   s_dwell              session      newest_session  current session dwell (ms; absent: 0)
   s_events             session      newest_session  current session events
@@ -49,7 +49,7 @@ chosen by the client (products, forms) or config (types, categories).
   c:<product>:rate     latest       newest_product  newest calculator rate (absent: none)
   c:<product>:monthly  latest       newest_product  newest monthly payment (absent: none)
   c:<product>:ts       latest       newest_product  newest calculator event (ms)
-  c:<product>:was      previous     newest_product  [amount, term, ts] before the newest amount/term change
+  c:<product>:was      previous     newest_product  [amount, term, ts - c:<product>:ts] before the newest amount/term change
   c:<product>:n        counter      sum             calculator events
   c:<product>:max      max          max             largest amount
   f:focus              counter      sum             form fields focused
@@ -61,7 +61,7 @@ chosen by the client (products, forms) or config (types, categories).
   x:<product>:call     max          max             newest call request (ms)
   pages                recent       recent          newest first: 'ts path', then '-<gap ms>[ path]'
   last_page            latest       newer_profile   newest page (absent: pages' newest path)
-  lp_ts                latest       newer_profile   its ms
+  lp_ts                latest       newer_profile   its ms (absent: pages' newest ts)
   utm_source           latest       newest_touch    last touch utm_source
   utm_medium           latest       newest_touch    last touch utm_medium
   utm_campaign         latest       newest_touch    last touch utm_campaign
@@ -78,7 +78,7 @@ chosen by the client (products, forms) or config (types, categories).
   first_utm_ts         first        earliest_touch  first touch (ms)
   sg                   external     union_min       {segment: ms entered}, current members
   sgx                  external     union_max       {segment: ms of its last exit}
-  site                 first        kept            site of the first batch
+  site                 first        kept            site of the first batch (customers; an anonymous profile's key holds it)
   rl_w                 bookkeeping  kept            rate-limit window start (ms)
   rl_n                 bookkeeping  kept            batches in the window
   trim_ts              bookkeeping  kept            last dedupe-set trim (h, DEDUPE_EPOCH_MS)
@@ -133,9 +133,18 @@ local function incr(h, dirty, k, by)
   set(h, dirty, k, num(h, k) + by)
 end
 
+-- The profile as stored: cjson's JSON without its `\/` escapes. JSON does not need
+-- `/` escaped, every reader (cjson, orjson) takes it plain, and paths, referrers and
+-- URLs are full of them: a byte each (4 of a typical 640 B profile). The pattern
+-- is backslash-slash (`\` is no escape in a Lua pattern); an escaped backslash before
+-- a slash comes out as `\\\/`, whose last two bytes match, so it still reads back.
+local function encode_profile(h)
+  return (cjson.encode(h):gsub('\\/', '/'))
+end
+
 -- Write the profile back (keeping any TTL); returns the JSON it wrote.
 local function flush(key, h, dirty)
-  local raw = cjson.encode(h)
+  local raw = encode_profile(h)
   if next(dirty) ~= nil then redis.call('SET', key, raw, 'KEEPTTL') end
   return raw
 end
@@ -212,6 +221,37 @@ end
 -- while it is this path (engine/profile/profiles.py decode_profile falls back to it).
 local function newest_path(pages)
   return type(pages) == 'table' and pages[1] and pages[1]:match('^%-?%d+ (.*)$') or nil
+end
+
+-- Timestamps a profile can imply are left out while it does (~70 B of a typical
+-- 650 B profile, where they all are): lp_ts while it is the newest page's ts (the
+-- newest entry of `pages` always holds its ts in full: `recent_pages`), s_last while it
+-- is last_ts, s_start while it is first_ts (one session). `spell_out` writes them back
+-- for the code that compares them (rb_ingest, rb_merge_apply, both sides of it),
+-- `leave_out` takes them out again before the profile is stored; decode_profile reads
+-- an absent one the same way. A profile stored before holds them all and reads as it
+-- is. it:<key> (often last_ts too) is not left out: a worker of the release before
+-- would read an absent one as 0 and decay the intent to nothing.
+local function newest_page_ts(pages)
+  return type(pages) == 'table' and pages[1] and tonumber(pages[1]:match('^(%d+)')) or nil
+end
+local function spell_out(h)
+  if h['lp_ts'] == nil then h['lp_ts'] = newest_page_ts(h['pages']) end
+  if h['s_start'] == nil and h['s_n'] ~= nil then h['s_start'] = tonumber(h['first_ts']) end
+  local last = tonumber(h['last_ts'])
+  if last == nil then return end
+  if h['s_last'] == nil and h['s_n'] ~= nil then h['s_last'] = last end
+end
+local function leave_out(h)
+  if h['lp_ts'] ~= nil and tonumber(h['lp_ts']) == newest_page_ts(h['pages']) then
+    h['lp_ts'] = nil
+  end
+  if h['s_start'] ~= nil and tonumber(h['s_start']) == tonumber(h['first_ts']) then
+    h['s_start'] = nil
+  end
+  local last = tonumber(h['last_ts'])
+  if last == nil then return end
+  if tonumber(h['s_last']) == last then h['s_last'] = nil end
 end
 
 -- Caps on the key spaces a client chooses (header: "Bounded size"). Change with the
@@ -492,6 +532,7 @@ local function ingest(keys, args)
 
   local raw0 = redis.call('GET', P)
   local h = raw0 and cjson.decode(raw0) or {}
+  spell_out(h)
   local dirty = {}
   if a.rlmax > 0 then
     if now - num(h, 'rl_w') >= a.rlwin then
@@ -554,15 +595,21 @@ local function ingest(keys, args)
   end
   -- Calculator history: a newer scenario that changes amount or term makes the stored
   -- one (or the batch's own earlier one) c:<product>:was. Read before `latest` below
-  -- replaces the stored scenario.
+  -- replaces the stored scenario. Its ts is stored as ms before c:<product>:ts (<= 0,
+  -- ~6 digits where a ts takes 13); `latest` below moves c:<product>:ts to this `ts`,
+  -- so a was kept while the scenario is unchanged is moved back by as much. One stored
+  -- before holds its ts (> 0) as it was and keeps it (decode_profile reads both).
   for c, w in pairs(d.was or {}) do
     local ts, amount, term, inner = w[1], w[2], w[3], w[4]
     local sts = tonumber(h[c .. 'ts'])
     if sts == nil or ts >= sts then
+      local kept = h[c .. 'was']
       if inner ~= cjson.null then
-        set(h, dirty, c .. 'was', inner)
+        set(h, dirty, c .. 'was', {inner[1], inner[2], inner[3] - ts})
       elseif sts ~= nil and (num(h, c .. 'amount') ~= amount or num(h, c .. 'term') ~= term) then
-        set(h, dirty, c .. 'was', {tonumber(h[c .. 'amount']), tonumber(h[c .. 'term']), sts})
+        set(h, dirty, c .. 'was', {tonumber(h[c .. 'amount']), tonumber(h[c .. 'term']), sts - ts})
+      elseif sts ~= nil and ts > sts and type(kept) == 'table' and (tonumber(kept[3]) or 1) <= 0 then
+        set(h, dirty, c .. 'was', {kept[1], kept[2], kept[3] - (ts - sts)})
       end
     end
   end
@@ -598,11 +645,13 @@ local function ingest(keys, args)
     h['pages'] = recent_pages(h['pages'], d.pages)
     if h['last_page'] == newest_path(h['pages']) then h['last_page'] = nil end
   end
-  if h['site'] == nil then h['site'] = a.site end
+  -- An anonymous profile's key holds its site (a.site ''): stored for customers only.
+  if h['site'] == nil and a.site ~= '' then h['site'] = a.site end
   -- Also when the stored profile is over the worst case: one written before the caps.
   if over or (raw0 and #raw0 > LEGACY_TRIM_BYTES) then cap_profile(h) end
+  leave_out(h)
 
-  local raw = cjson.encode(h)
+  local raw = encode_profile(h)
   if a.ttl > 0 then
     redis.call('SET', P, raw, 'EX', a.ttl)
   else
@@ -677,6 +726,8 @@ local function merge_apply(keys, args)
   -- last_page, left out while it is the newest page's path: spelled out to merge.
   a['last_page'] = a['last_page'] or newest_path(a['pages'])
   h['last_page'] = h['last_page'] or newest_path(h['pages'])
+  spell_out(a)  -- and the timestamps each implies
+  spell_out(h)
   local h0 = {}  -- the customer as it was: comparisons must not see our own updates
   for k, v in pairs(h) do h0[k] = v end
   local dirty = {}
@@ -748,6 +799,7 @@ local function merge_apply(keys, args)
   if h['last_page'] == newest_path(h['pages']) then h['last_page'] = nil end
   -- Each side was within the caps; their union may not be.
   cap_profile(h)  -- also sets the kn:* counts of the union
+  leave_out(h)
   dirty.caps = true
   flush(P, h, dirty)
 
@@ -831,7 +883,7 @@ local function set_attrs(keys, args)
   local h = load_hash(P)
   local existed = next(h) ~= nil and 1 or 0
   h['attrs'] = cjson.decode(args[1])
-  redis.call('SET', P, cjson.encode(h), 'KEEPTTL')
+  redis.call('SET', P, encode_profile(h), 'KEEPTTL')
   return existed
 end
 
@@ -865,7 +917,7 @@ local function segments(keys, args)
   if changed then
     h['sg'] = capped_ms(sg, true)
     h['sgx'] = capped_ms(sgx, false)
-    redis.call('SET', P, cjson.encode(h), 'KEEPTTL')
+    redis.call('SET', P, encode_profile(h), 'KEEPTTL')
   end
   return 1
 end
