@@ -45,12 +45,11 @@ async def test_a_pipeline_cut_off_mid_reply_does_not_poison_the_next_call(
     await store.call("DEL", "st:list")
     slow = store.call("BLPOP", "st:list", 2)  # blocks on the server
     await asyncio.sleep(0.05)
-    for task in list(store._inflight):  # what shutdown or a timeout does
-        task.cancel()
+    slow.cancel()  # the caller gave up (a timeout, shutdown)
     with pytest.raises(asyncio.CancelledError):
         await slow
-    # The connection still owed BLPOP's reply; reused as it was, the next caller would
-    # read it as its own. Every later call reads its own reply.
+    # The connection still owes BLPOP's reply (the RPUSH below ends the block); read
+    # as the next caller's, it would poison it. Every later call reads its own reply.
     await store.call("RPUSH", "st:list", "x", writes=True)
     for n in range(5):
         assert await store.call("ECHO", f"n{n}") == f"n{n}"
@@ -67,3 +66,17 @@ async def test_more_concurrent_pipelines_than_connections_wait_instead_of_failin
         await asyncio.sleep(0)
     results = await asyncio.gather(*pending, return_exceptions=True)
     assert results == [None] * 100  # every one timed out server-side; none was refused
+
+
+async def test_a_burst_leaves_in_pipelines_of_flush_at_calls_each_with_its_own_reply(
+    store: Store,
+) -> None:
+    await store.call("SET", "st:bin", b"\xff\x00", writes=True)
+    count = "ringback_valkey_pipeline_calls_count"
+    before = store.metrics.registry.get_sample_value(count)
+    # 21 calls in one tick: 8 leave at once, 8 more, then the tick's last 5.
+    calls = [store.call("ECHO", f"m{i}") for i in range(20)]
+    calls.append(store.call("GET", "st:bin", raw=True))
+    results = await asyncio.gather(*calls)
+    assert results == [f"m{i}" for i in range(20)] + [b"\xff\x00"]  # raw: bytes, undecoded
+    assert store.metrics.registry.get_sample_value(count) == before + 3

@@ -290,6 +290,9 @@ class Metrics:
         )
         # Bind the children of closed label sets once: .labels() costs ~1 µs per call.
         self.events_by_type = {t: self.events.labels(t) for t in EVENT_TYPES}
+        self.batches_by_result = {r: self.batches.labels(r) for r in ("accepted", "duplicate")}
+        # Decisions by action: bound on first use (actions are a closed set).
+        self.decisions_by_action: dict[str, Counter] = {}
         for code in ("invalid_json", "invalid_event", "rate_limited", "store_unavailable"):
             self.rejected.labels(code)
 

@@ -44,8 +44,8 @@ def add_cors(headers: MutableMapping[str, str], origin: str | None) -> None:
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path not in BROWSER_PATHS:
-        return await handler(request)
+    if request.path not in BROWSER_PATHS or "Origin" not in request.headers:
+        return await handler(request)  # no Origin: no CORS headers, whatever the answer
     try:
         response = await handler(request)
     except web.HTTPException as exc:  # one the error middleware lets through

@@ -133,12 +133,15 @@ async def ingest_batch(
         metrics.merges.labels(merged).inc()
 
     custom: list[Event] = []  # accepted custom events: offer clicks and impressions?
+    by_type: dict[str, int] = {}  # one `inc` per type, not per event (each takes a lock)
     for ev, flag in zip(events, result.accepted_flags, strict=False):
         if flag == "1":
             etype = event_type(ev)
-            metrics.events_by_type[etype].inc()
+            by_type[etype] = by_type.get(etype, 0) + 1
             if etype == EventType.CUSTOM:
                 custom.append(ev)
+    for etype, n in by_type.items():
+        metrics.events_by_type[etype].inc(n)
     if result.duplicates:
         metrics.duplicates.inc(result.duplicates)
     metrics.batch_events.observe(len(events))
@@ -160,8 +163,13 @@ async def ingest_batch(
             )
         )
         metrics.decision_seconds.observe(time.perf_counter() - d_started)
+        by_action = metrics.decisions_by_action
         for d in decisions:
-            metrics.decisions.labels(str(d.get("action", "unknown"))).inc()
+            action = str(d.get("action", "unknown"))
+            counter = by_action.get(action)
+            if counter is None:
+                counter = by_action[action] = metrics.decisions.labels(action)
+            counter.inc()
     if custom:  # labels for the learner (engine/learning/labels.py); most batches skip
         visitor = [keys.anonymous_prefix(site.key, anonymous_id)]
         if customer_id is not None:
@@ -170,7 +178,7 @@ async def ingest_batch(
         if ignored:  # another visitor's decision, or an unknown one
             metrics.rejected.labels("offer_event_ignored").inc(ignored)
 
-    metrics.batches.labels("accepted" if result.accepted else "duplicate").inc()
+    metrics.batches_by_result["accepted" if result.accepted else "duplicate"].inc()
     return Ingested(result.accepted, result.duplicates, decisions)
 
 

@@ -6,6 +6,11 @@ in our own lean pipeline, `_pipeline`). So
 every call made within one event-loop tick is queued and sent as ONE pipeline,
 flushed by `call_soon`; each caller awaits its own future. Under load this turns
 N concurrent requests into one round trip, without any request waiting on a timer.
+Once `flush_at` (8) calls are queued they go out at once, so Valkey works on them
+while the engine parses the tick's other requests (one 20-call pipeline a tick made
+the two take turns). Single node, no TLS: pipelines are written on the coalescer's
+own connections (engine/valkey/wire.py) the moment they are cut, and their replies
+settle the futures as they arrive; otherwise on redis-py's.
 
 Durability: with `appendonly yes` Valkey appends to its AOF before it replies, so
 an acknowledged batch survives a Valkey crash. In `fsync` mode each flushed
@@ -28,6 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from importlib import resources
 from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
@@ -35,6 +41,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -51,6 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.core.errors import StoreUnavailable
 from engine.core.metrics import Metrics
+from engine.valkey.wire import Pipelines
 from engine.valkey.written import Seen
 
 __all__ = ["Store", "library_source"]
@@ -154,6 +162,7 @@ class Store:
         fsync: bool = False,
         waitaof_timeout_ms: int = 2000,
         max_pipeline: int = 256,
+        flush_at: int = 8,
         socket_timeout_s: float = 5.0,
         cluster: bool = False,
         replica_acks: int = 0,
@@ -205,6 +214,20 @@ class Store:
                 decode_responses=True,
             )
             self.client = aioredis.Redis(connection_pool=pool)
+        # The coalesced calls' own connections (engine/valkey/wire.py); TLS keeps
+        # redis-py's, as does a cluster.
+        self._wire: Pipelines | None = None
+        if not cluster:
+            parsed = parse_url(url)
+            if parsed.get("connection_class") is not SSLConnection:
+                self._wire = Pipelines.from_kwargs(
+                    parsed, timeout_s=socket_timeout_s, max_connections=64
+                )
+        # Early flushes pay only where the write is immediate (`_wire`); redis-py's
+        # goes out a tick later anyway, so there a tick stays one pipeline (per node).
+        self._flush_at = flush_at if self._wire is not None else max_pipeline
+        self._wire_busy = 0  # pipelines written on `_wire`, not yet answered
+        self._wire_drained: asyncio.Future[None] | None = None
         # Reply parsers by command name (HGETALL -> dict, ...), as redis-py applies them.
         self._callbacks: dict[Any, Any] = dict(self.client.response_callbacks)
         self._queue: list[_Call] = []
@@ -216,6 +239,11 @@ class Store:
     async def close(self) -> None:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._wire is not None:
+            if self._wire_busy:  # bounded: each pipeline times out after socket_timeout_s
+                self._wire_drained = asyncio.get_running_loop().create_future()
+                await self._wire_drained
+            await self._wire.close()
         await self.client.aclose()
 
     # -- library -------------------------------------------------------------------
@@ -247,6 +275,8 @@ class Store:
             except (*_UNAVAILABLE, *_FAILOVER) as exc:
                 raise StoreUnavailable(str(exc)) from exc
             self._library_loaded = True
+        if self._wire is not None:
+            await self.call("PING")  # open the coalescer's first connection before serving
 
     async def fcall(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
@@ -264,24 +294,86 @@ class Store:
     # -- coalescing ------------------------------------------------------------------
 
     def call(self, *args: Any, writes: bool = False, raw: bool = False) -> asyncio.Future[Any]:
-        """Queue one command; it goes out with everything else queued in this loop tick.
-        `raw`: the reply as the server sent it, bytes not text (binary values)."""
+        """Queue one command; it goes out with everything else queued in this loop tick,
+        or at once when `flush_at` calls are queued: Valkey then starts on them while
+        the engine is still parsing the rest of the tick's requests, instead of the two
+        taking turns. `raw`: the reply as the server sent it, bytes not text."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Call(args, fut, writes, raw))
-        if not self._flush_scheduled:
+        queue = self._queue
+        queue.append(_Call(args, fut, writes, raw))
+        if len(queue) >= self._flush_at:
+            self._flush()  # the tick's scheduled flush sends whatever comes after
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush_tick)
         return fut
 
-    def _flush(self) -> None:
+    def _flush_tick(self) -> None:
         self._flush_scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
         queue, self._queue = self._queue, []
         for start in range(0, len(queue), self._max_pipeline):
             chunk = queue[start : start + self._max_pipeline]
+            if self._wire is not None:
+                self._send_wire(chunk)
+                continue
             task = asyncio.ensure_future(self._send(chunk))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
+
+    def _send_wire(self, calls: list[_Call]) -> None:
+        """Write `calls` as one pipeline now (on an idle connection of `_wire`); the
+        replies settle the callers' futures from the connection's `data_received`."""
+        assert self._wire is not None
+        ack = self._ack_command() if any(c.writes for c in calls) else None
+        commands = [c.args for c in calls]
+        if ack is not None:
+            commands.append(ack)
+        raw = frozenset([i for i, c in enumerate(calls) if c.raw])
+        self._wire_busy += 1
+        self._wire.send(
+            commands,
+            raw,
+            partial(self._wire_replied, calls, raw, ack is not None, time.perf_counter()),
+        )
+
+    def _wire_replied(
+        self,
+        calls: list[_Call],
+        raw: frozenset[int],
+        wait_aof: bool,
+        started: float,
+        outcome: list[Any] | BaseException,
+    ) -> None:
+        self._wire_busy -= 1
+        if self._wire_busy == 0 and self._wire_drained is not None:
+            if not self._wire_drained.done():
+                self._wire_drained.set_result(None)
+        if isinstance(outcome, BaseException):
+            if isinstance(outcome, _UNAVAILABLE):
+                self.metrics.valkey_errors.inc()
+                # After a Valkey restart every idle connection is stale: close them so
+                # only this burst fails and the next calls connect afresh.
+                assert self._wire is not None
+                self._wire.disconnect_idle()
+                outcome = StoreUnavailable(f"Valkey unreachable: {outcome}")
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(outcome)
+            return
+        callbacks = self._callbacks
+        results = outcome
+        for i, c in enumerate(calls):
+            reply = results[i]
+            if isinstance(reply, Exception) or (raw and i in raw):
+                continue
+            parse = callbacks.get(c.args[0])
+            if parse is not None:
+                results[i] = parse(reply)
+        self._settle(calls, results, wait_aof, started)
 
     def _ack_command(self) -> tuple[Any, ...] | None:
         """What ends a pipeline that wrote, so its replies mean durable: WAITAOF (fsync:
@@ -330,6 +422,13 @@ class Store:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        self._settle(calls, results, wait_aof, started)
+
+    def _settle(
+        self, calls: list[_Call], results: list[Any], wait_aof: bool, started: float
+    ) -> None:
+        """Each caller gets its own reply; with a durability wait at the end, a write
+        it did not confirm fails as unavailable (the client retries)."""
         self.metrics.valkey_seconds.observe(time.perf_counter() - started)
         self.metrics.valkey_pipeline_calls.observe(len(calls))
         if wait_aof:
