@@ -57,8 +57,8 @@ STAGES: list[tuple[str, str]] = [
     ),
     (
         "Valkey client: coalescing, pack, send, read replies",
-        r"Store\.(call|fcall|_flush|_send|"
-        r"_pipeline)|redis/|hiredis",
+        r"Store\.(call|fcall|_flush|_flush_tick|_send|_send_wire|_wire_replied|_settle|"
+        r"_pipeline)|redis/|hiredis|engine/valkey/wire\.py",
     ),
     (
         "decide (decision_input, profile decode, rules, reserve)",
