@@ -3,8 +3,11 @@ alternated A B A B in one run (the machine is shared and noisy), as ratios.
 
     python -m benchmarks.decision_ab --base 89bdb5e
 
-Each side runs its own `benchmarks/decision_bench.py` in a fresh interpreter that
-imports `engine` from that side's tree, so layouts that differ (module moves) compare.
+Each side runs in a fresh interpreter that imports `engine` from that side's tree, so
+layouts that differ (module moves) compare; the harness (`measure`, its rules and
+input, the stubbed store) is this tree's `benchmarks/decision_bench.py` for both, so
+only `engine` differs (a base whose own harness no longer runs, e.g. one from before
+`Store.written`, still compares).
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ _RUN = (
     "import sys, json; sys.meta_path[:] = [f for f in sys.meta_path "
     "if 'editable' not in getattr(f, '__module__', '')]; sys.path.insert(0, {tree!r}); "
     "import engine; assert engine.__file__.startswith({tree!r}), engine.__file__; "
-    "from benchmarks.decision_bench import measure; "
+    "import importlib.util as u; spec = u.spec_from_file_location('bench', {bench!r}); "
+    "b = u.module_from_spec(spec); spec.loader.exec_module(b); measure = b.measure; "
     "print(json.dumps({{n: measure(n, {rounds}) for n in {sizes!r}}}))"
 )
 
 
 def _measure(tree: Path, sizes: list[int], rounds: int) -> dict[int, tuple[float, float]]:
-    code = _RUN.format(tree=str(tree), rounds=rounds, sizes=sizes)
+    bench = str(REPO / "benchmarks" / "decision_bench.py")
+    code = _RUN.format(tree=str(tree), bench=bench, rounds=rounds, sizes=sizes)
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=True
     )

@@ -35,6 +35,7 @@ from engine.decisions.inputs import DecisionInput
 from engine.decisions.loader import RuleSet, load_rules
 from engine.delivery.executor import RulesDecider
 from engine.ingest.schema import CalcEvent, CalcProps, PageViewEvent
+from engine.valkey.written import Seen
 
 CONDITIONS = [
     (
@@ -57,6 +58,9 @@ CONDITIONS = [
 
 class _NoIO:
     """Audit writes go nowhere: we measure deciding, not Valkey."""
+
+    def __init__(self) -> None:
+        self.written = Seen()  # what report counters remember writing (`Store.written`)
 
     def call(self, *args: Any, **kw: Any) -> asyncio.Future[Any]:
         """A done future, as `Store.call` returns one (callers may read `.result()`)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import replace
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from engine.decisions.features import features
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import RuleSet, load_rules
 from engine.decisions.plan import Decision, Plan, audit_record, decide, settle
@@ -268,6 +270,33 @@ def test_the_higher_value_offer_takes_the_slot_and_holdout_and_unknowns_are_trac
     assert ("cheap_offer", "slot_taken") not in plan.suppressions  # arbitration, not policy
     assert _why(plan, "needs_score") == ("unknown", "a value it needs is missing")
     assert "needs_score" not in plan.hits
+
+
+def test_an_offer_record_has_the_whole_trace_and_the_features_as_deciding_saw_them(
+    tmp_path: Path,
+) -> None:
+    """Only offers ranked and no one held out: the record still names every rule (a
+    losing offer with the channel it would have used) and the feature snapshot of the
+    decision's inputs, though deciding builds neither until a record is written."""
+    full = _rules(tmp_path)
+    rs = replace(full, rules=tuple(r for r in full.rules if r.id != "held_out"))
+    inp = _input(MON_NOON, None)
+    page_load = DecisionInput(inp.site, inp.anonymous_id, None, inp.profile, {}, [], MON_NOON)
+    plan = _plan(rs, page_load, MON_NOON)
+    assert plan.contacts == [] and plan.holdouts == []
+    settled = settle(plan, [], None)
+    (dear,) = settled.decisions
+    record = audit_record(plan, dear, list(settled.trace.values()))
+    assert record["trace"] == [
+        {"rule": "call_me", "result": "suppressed", "why": "anonymous"},
+        {"rule": "mail_me", "result": "matched", "channel": "email"},
+        {"rule": "cheap_offer", "result": "suppressed", "channel": "web", "why": "slot_taken"},
+        {"rule": "dear_offer", "result": "matched", "channel": "web"},
+        {"rule": "needs_score", "result": "unknown", "why": "a value it needs is missing"},
+    ]
+    assert list(record["trace"][2]) == ["rule", "result", "channel", "why"]
+    snapshot = features(inp.profile, {}, [], MON_NOON, LONDON, frozenset())
+    assert record["features"] == snapshot and snapshot["calc_mortgage_count"] == 3
 
 
 def test_one_contact_per_batch_the_lower_ranked_one_only_when_policy_refuses_the_first(

@@ -77,11 +77,13 @@ __all__ = [
     "Policy",
     "Rule",
     "RuleError",
+    "RuleFacts",
     "RuleFile",
     "RuleSet",
     "RuleSetError",
     "SegmentSpec",
     "load_rules",
+    "model_name",
 ]
 
 MAX_FILE_BYTES = 256 * 1024  # per rules file; checked before the file is read
@@ -268,6 +270,69 @@ class Rule:
         )
 
 
+def model_name(rule: Rule) -> str:
+    """The model that estimates a rule's propensity: who clicks an offer
+    (`offer:<offer id>`, shared by every rule showing it) or who answers a contact
+    (`callback:<rule id>`).
+    """
+    if rule.action == Action.OFFER:
+        return f"offer:{rule.offer or rule.id}"
+    return f"callback:{rule.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleFacts:
+    """What deciding derives from a rule and its set, the same for every batch, so
+    derived once per set (`RuleSet.facts`): at 50 rules a batch matches ~18, and each
+    match paid for these lookups, a model name built and a call to eligibility again.
+
+    `fast`: nothing about the batch but its condition decides whether the rule is a
+    candidate: no enabled dates, no control group, and eligibility can neither
+    suppress nor reroute it (not a callback, not on the phone channel), so its channel
+    is the rule's own. `floor`: the value ranking multiplies by (at least 0.01, so a
+    rule without a value still ranks by propensity); `base` = floor x lever, its score
+    when no model is published for it, and `key` its rank then (the priority breaks
+    ties), unless the customer value boosts it (`boosted`)."""
+
+    model: str  # `model_name`
+    offer: Offer | None
+    value: float  # the rule's value, else its offer's
+    floor: float  # max(value, 0.01)
+    lever: float  # the set's lever for the offer's product (1.0 without one)
+    fast: bool
+    boosted: bool  # a customer value weight applies
+    base: float
+    key: tuple[float, int]  # (-base, -priority): sorts best first
+    entry: tuple[str, Channel | None, str | None]  # its trace entry when it matched
+
+    @classmethod
+    def of(cls, rule: Rule, offers: dict[str, Offer], levers: dict[str, float]) -> RuleFacts:
+        offer = offers.get(rule.offer) if rule.offer else None
+        value = rule.value or (offer.value if offer else 0.0)
+        floor = max(value, 0.01)
+        lever = levers.get(offer.product if offer else "", 1.0)
+        base = 1.0 * floor * lever  # the score with propensity 1.0, in the same order
+        fast = (
+            rule.action != Action.CALLBACK
+            and rule.channel != Channel.CALLBACK
+            and rule.enabled_from is None
+            and rule.enabled_until is None
+            and not rule.holdout_pct > 0
+        )
+        return cls(
+            model_name(rule),
+            offer,
+            value,
+            floor,
+            lever,
+            fast,
+            rule.value_weight > 0,
+            base,
+            (-base, -rule.priority),
+            ("matched", rule.channel, None),
+        )
+
+
 @dataclass(frozen=True)
 class RuleSet:
     version: str
@@ -288,6 +353,7 @@ class RuleSet:
     # Whether a rule or segment reads `customer.value`: only then does deciding score
     # the customer before the conditions run (else lazily, when a record needs it).
     reads_value: bool = field(init=False, repr=False, compare=False)
+    facts: tuple[RuleFacts, ...] = field(init=False, repr=False, compare=False)  # per rule
 
     def __post_init__(self) -> None:
         """Every condition of the set in one generated function, built once here (and
@@ -303,6 +369,8 @@ class RuleSet:
         object.__setattr__(
             self, "reads_value", any(_reads(e, ("customer", "value")) for e in every)
         )
+        facts = tuple(RuleFacts.of(r, self.offers, self.levers) for r in self.rules)
+        object.__setattr__(self, "facts", facts)
 
 
 def _reads(e: Expression, path: tuple[str, ...]) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import operator
 import re
 from collections.abc import Callable, Container, Mapping, Sequence
 from statistics import NormalDist
@@ -45,13 +46,13 @@ from engine.core.vocabulary import Action, Channel, EventType, TriggerKind, trig
 from engine.decisions.compiled import Found, per_rule
 from engine.decisions.features import features
 from engine.decisions.inputs import Capacity, DecisionInput
-from engine.decisions.loader import Offer, Rule, RuleSet
+from engine.decisions.loader import Offer, Rule, RuleFacts, RuleSet
 from engine.decisions.model import Decision, Trigger
 from engine.decisions.segments import changes
 from engine.decisions.value import band
 from engine.decisions.value import score as value_score
 from engine.ingest.schema import event_type
-from engine.models.registry import NO_MODELS, Models, estimate
+from engine.models.registry import NO_MODELS, Estimate, Models, estimate
 from engine.profile.contact_history import Reservation
 from engine.valkey import keys
 
@@ -134,6 +135,12 @@ class Plan(msgspec.Struct, frozen=True):
     order. `trace` is per rule that matched or could not be evaluated, before the
     reservations; `hits` the rules whose condition held, `suppressions` the (rule,
     reason) pairs that eligibility and holdout suppressed (for the metrics).
+
+    `trace` and `features` are what audit records say, and most batches write none (a
+    page offer is audited once per window): both are kept compact and built on first
+    read, once (`_trace`: rule id -> (result, channel, why); `_snapshot` computes the
+    features from the plan's own inputs): at 50 rules ~18 trace dicts and a snapshot
+    per batch, most of them never read.
     """
 
     now_ms: int
@@ -144,10 +151,10 @@ class Plan(msgspec.Struct, frozen=True):
     rule_set: RuleSet
     ranked: list[Decision | Contact]
     contacts: list[Contact]
-    trace: dict[str, dict[str, Any]]
+    _trace: dict[str, _Entry]  # `trace`, compact: built on first read
     hits: list[str]
     suppressions: list[tuple[str, str]]
-    features: dict[str, float | str]  # the snapshot propensities were estimated from
+    _features: dict[str, float | str]  # the snapshot, when computed while deciding
     holdouts: list[Decision] = []  # control-group decisions: recorded, never delivered
     # The offer bandit's exploration share (metrics): slots filled with an offer, and
     # those whose offer under sampling is not the one the posterior means would pick.
@@ -162,6 +169,23 @@ class Plan(msgspec.Struct, frozen=True):
     # worked out on first use, once (most batches record nothing new and need none of
     # it); empty when no candidate was eligible, held out or suppressed.
     _who: list[Callable[[], _About]] = []
+    # The feature snapshot, when deciding did not need it: computed on first read.
+    _snapshot: list[Callable[[], dict[str, float | str]]] = []
+    _built: list[dict[str, dict[str, Any]]] = []  # `trace`, once built
+
+    @property
+    def trace(self) -> dict[str, dict[str, Any]]:
+        """Per rule that matched or could not be evaluated: {rule, result, channel (if
+        it matched), why (if it did not fire)}, in rule order."""
+        if not self._built:
+            self._built.append({r: _entry(r, *e) for r, e in self._trace.items()})
+        return self._built[0]
+
+    @property
+    def features(self) -> dict[str, float | str]:
+        """The snapshot propensities were (or would have been) estimated from; empty
+        when no rule was eligible or held out."""
+        return self._snapshot[0]() if self._snapshot else self._features
 
     def who(self) -> _About:
         """Value, attribution, segments, branch and report dimensions of the plan."""
@@ -185,13 +209,42 @@ class Plan(msgspec.Struct, frozen=True):
         return self.who().dims
 
 
+# A trace entry, compact: (result, channel or None, why or None).
+_Entry = tuple[str, Channel | None, str | None]
+_UNKNOWN_ENTRY: _Entry = ("unknown", None, "a value it needs is missing")
+
+
+def _entry(rule_id: str, result: str, channel: Channel | None, why: str | None) -> dict[str, Any]:
+    """A trace entry as records say it: the keys in this order, those without a value
+    left out (a suppressed match keeps its channel).
+
+    >>> _entry("r", "suppressed", Channel.WEB, "slot_taken")
+    {'rule': 'r', 'result': 'suppressed', 'channel': <Channel.WEB: 'web'>, 'why': 'slot_taken'}
+    >>> _entry("r", *_UNKNOWN_ENTRY)
+    {'rule': 'r', 'result': 'unknown', 'why': 'a value it needs is missing'}
+    """
+    out: dict[str, Any] = {"rule": rule_id, "result": result}
+    if channel is not None:
+        out["channel"] = channel
+    if why is not None:
+        out["why"] = why
+    return out
+
+
 class Settled(msgspec.Struct, frozen=True):
     """The plan once contact policy answered: the batch's decisions, the contact that
     fired (None when none did), the final trace (what suppressed each rule)."""
 
     decisions: list[Decision]
     fired: Contact | None
-    trace: dict[str, dict[str, Any]]
+    # The final trace; or the plan, whose trace it is when only offers were ranked (so
+    # that it is built only if a record is written).
+    _trace: dict[str, dict[str, Any]] | Plan
+
+    @property
+    def trace(self) -> dict[str, dict[str, Any]]:
+        t = self._trace
+        return t.trace if isinstance(t, Plan) else t
 
 
 def asked_for_call(profile: dict[str, Any], now_ms: int, product: str | None = None) -> bool:
@@ -244,8 +297,16 @@ def offer_decision_id(
     False
     """
     start = now_ms - now_ms % OFFER_DECISION_WINDOW_MS
-    msg = f"{subject}\0{rule_id}\0{offer_id}\0{version}\0{start}".encode()
-    return f"{start:012x}{hashlib.blake2b(msg, key=key, digest_size=6).hexdigest()}"
+    h = _keyed(key).copy()
+    h.update(f"{subject}\0{rule_id}\0{offer_id}\0{version}\0{start}".encode())
+    return f"{start:012x}{h.hexdigest()}"
+
+
+@functools.lru_cache(maxsize=4)  # one key per deployment
+def _keyed(key: bytes) -> hashlib.blake2b:
+    """The keyed hash page-offer ids start from: copying it is cheaper than keying a
+    new one (~0.25 µs of each id; a batch at 50 rules fills 4 slots)."""
+    return hashlib.blake2b(key=key, digest_size=6)
 
 
 def rule_inputs(rs: RuleSet, rule_id: str) -> set[str]:
@@ -322,37 +383,89 @@ def decide(
         entered, exited = changes(
             members, stored if isinstance(stored, dict) else {}, rs.segments.ids
         )
-    trace: dict[str, dict[str, Any]] = {}
+    trace: dict[str, _Entry] = {}
     hits: list[str] = []
     suppressions: list[tuple[str, str]] = []
-    eligible: list[tuple[Rule, Channel, int | None]] = []
     held: list[tuple[Rule, Channel]] = []  # eligible, but this subject is in the control group
+    known: list[_About] = []
+
+    def about() -> _About:
+        if not known:
+            v = value_score(rs.value, profile, inp.customer, now) if value is None else value
+            known.append(_About.of(profile, inp.customer, members, v, rs.campaigns))
+        return known[0]
+
+    # The feature snapshot: computed now if a model or a control-group record needs it,
+    # else on the first read of `Plan.features` (an audit record), or never.
+    snapshot: list[dict[str, float | str]] = []
+
+    def feats() -> dict[str, float | str]:
+        if not snapshot:
+            snapshot.append(features(profile, inp.customer, inp.events, now, _zone(rs), members))
+        return snapshot[0]
+
+    # The eligible candidates with their rank: score = propensity x value x lever (x the
+    # customer value boost); an offer with a published model gets a posterior draw and
+    # ranks by it. Factors, as dicts, only for the candidates that become decisions (at
+    # 50 rules ~18 candidates for 4 slots): `_factors_of`, from the same estimate.
+    scored: list[_Scored] = []
+    sampling = False
     today = None
     all_rules = rs.rules
+    all_facts = rs.facts
     for i, matched in _conditions(rs, variables, now):
         rule = all_rules[i]
-        if rule.enabled_from is not None or rule.enabled_until is not None:
-            today = today or dt.datetime.fromtimestamp(now / 1000, tz=dt.UTC).date()
-            if not rule.enabled_on(today):
+        facts = all_facts[i]
+        rule_id = rule.id
+        if facts.fast:  # what the general case below does for it, in fewer steps
+            if not matched:
+                trace[rule_id] = _UNKNOWN_ENTRY
                 continue
-        if not matched:
-            trace[rule.id] = {
-                "rule": rule.id,
-                "result": "unknown",
-                "why": "a value it needs is missing",
-            }
-            continue
-        hits.append(rule.id)
-        channel, scheduled, why_not = _eligibility(rule, inp, rs, now, capacity)
-        if why_not is None and holdout(subject, rule.id, rule.holdout_pct):
-            why_not = "holdout"
-            held.append((rule, channel))
-        if why_not is not None:
-            suppressions.append((rule.id, why_not))
-            trace[rule.id] = {"rule": rule.id, "result": "suppressed", "why": why_not}
-            continue
-        trace[rule.id] = {"rule": rule.id, "result": "matched", "channel": channel}
-        eligible.append((rule, channel, scheduled))
+            hits.append(rule_id)
+            trace[rule_id] = facts.entry
+            if not models and not facts.boosted:
+                scored.append((facts.key, facts.base, None, rule, facts, rule.channel, None))
+                continue
+            channel, scheduled = rule.channel, None
+        else:
+            if rule.enabled_from is not None or rule.enabled_until is not None:
+                today = today or dt.datetime.fromtimestamp(now / 1000, tz=dt.UTC).date()
+                if not rule.enabled_on(today):
+                    continue
+            if not matched:
+                trace[rule_id] = _UNKNOWN_ENTRY
+                continue
+            hits.append(rule_id)
+            channel, scheduled, why_not = _eligibility(rule, inp, rs, now, capacity)
+            if why_not is None and holdout(subject, rule_id, rule.holdout_pct):
+                why_not = "holdout"
+                held.append((rule, channel))
+            if why_not is not None:
+                suppressions.append((rule_id, why_not))
+                trace[rule_id] = ("suppressed", None, why_not)
+                continue
+            trace[rule_id] = ("matched", channel, None)
+        est = None
+        propensity = 1.0  # `estimate` with no model published
+        sampled = None
+        if models and facts.model in models:
+            z = None
+            if rule.action == _OFFER:
+                z = exploration_draw(offer_key, subject, now, rule_id)
+                sampling = True
+            est = estimate(models, facts.model, feats(), z)
+            propensity, sampled = est.propensity, est.sampled
+        mean = propensity * facts.floor * facts.lever
+        rank = mean
+        if facts.boosted:
+            boost = 1.0 + rule.value_weight * about().value / 100
+            mean *= boost
+            rank = mean
+            if sampled is not None:
+                rank = sampled * facts.floor * facts.lever * boost
+        elif sampled is not None:
+            rank = sampled * facts.floor * facts.lever
+        scored.append(((-rank, -rule.priority), mean, est, rule, facts, channel, scheduled))
 
     prefix = (
         keys.customer_prefix(inp.customer_id)
@@ -361,58 +474,29 @@ def decide(
     )
     ranked: list[Decision | Contact] = []
     contacts: list[Contact] = []
-    feats: dict[str, float | str] = {}
     who: list[Callable[[], _About]] = []
-    if eligible or held or suppressions:
-        known: list[_About] = []
-
-        def about() -> _About:
-            if not known:
-                v = value_score(rs.value, profile, inp.customer, now) if value is None else value
-                known.append(_About.of(profile, inp.customer, members, v, rs.campaigns))
-            return known[0]
-
+    if scored or held or suppressions:
         who.append(about)
-    if eligible or held:
-        feats = features(profile, inp.customer, inp.events, now, _zone(rs), members)
     holdouts = [
-        _holdout_decision(rule, channel, rs, feats, models, offer_key, subject, now, who)
+        _holdout_decision(rule, channel, rs, feats(), models, offer_key, subject, now, who)
         for rule, channel in held
         if rule.action == _OFFER or inp.events  # as treated: page loads don't contact
     ]
     slots: set[str] = set()
     explored = 0
-    if eligible:
-        # Factors once per candidate: ranking and the decision record both use them.
-        # An offer with a published model gets a posterior draw and ranks by it.
-        scored: list[tuple[float, dict[str, float], dict[str, Any], Rule, Channel, int | None]]
-        scored = []
-        sampling = False
-        for rule, ch, sch in eligible:
-            z = None
-            if rule.action == _OFFER and models and model_name(rule) in models:
-                z = exploration_draw(offer_key, subject, now, rule.id)
-                sampling = True
-            factors, model = _factors(rule, rs, feats, models, z, who)
-            rank = factors["score"]
-            if "sampled" in factors:
-                rank = factors["sampled"] * max(factors["value"], 0.01) * factors["lever"]
-                rank *= factors.get("customer_value_boost", 1.0)
-            scored.append((rank, factors, model, rule, ch, sch))
+    if scored:
         # The slot each offer would fill ranked by the mean: exploring is taking another.
         by_mean: dict[str | None, str] = {}
         if sampling:
-            for _, _, _, rule, _, _ in sorted(
-                scored, key=lambda c: (-c[1]["score"], -c[3].priority)
-            ):
+            for _, _, _, rule, _, _, _ in sorted(scored, key=lambda c: (-c[1], -c[3].priority)):
                 if rule.action == _OFFER:
                     by_mean.setdefault(rule.slot, rule.id)
-        scored.sort(key=lambda c: (-c[0], -c[3].priority))
-        for _, factors, model, rule, channel, scheduled in scored:
-            offer = rs.offers.get(rule.offer) if rule.offer else None
+        scored.sort(key=_RANK)
+        for _, _, est, rule, facts, channel, scheduled in scored:
+            offer = facts.offer
             if rule.action == _OFFER:
                 if rule.slot in slots:
-                    trace[rule.id].update(result="suppressed", why="slot_taken")
+                    trace[rule.id] = ("suppressed", trace[rule.id][1], "slot_taken")
                     continue
                 slots.add(rule.slot)
                 if sampling and by_mean.get(rule.slot) != rule.id:
@@ -420,6 +504,7 @@ def decide(
                 decision_id = offer_decision_id(
                     offer_key, subject, rule.id, offer.id if offer else "", rs.version, now
                 )
+                factors, model = _factors_of(est, rule, facts, models, who)
                 ranked.append(
                     Decision(
                         decision_id,
@@ -435,6 +520,7 @@ def decide(
                 continue
             if not inp.events:
                 continue  # screen-pops and page loads show offers, they don't call
+            factors, model = _factors_of(est, rule, facts, models, who)
             decision = Decision(
                 new_id(now),
                 rule.action,
@@ -447,6 +533,9 @@ def decide(
             contact = _contact(decision, rule, offer, inp, rs, prefix, now, scheduled, who[0]())
             ranked.append(contact)
             contacts.append(contact)
+    lazy: list[Callable[[], dict[str, float | str]]] = []
+    if (scored or held) and not snapshot:
+        lazy.append(feats)
     return Plan(
         now_ms=now,
         site=inp.site,
@@ -456,10 +545,10 @@ def decide(
         rule_set=rs,
         ranked=ranked,
         contacts=contacts,
-        trace=trace,
+        _trace=trace,
         hits=hits,
         suppressions=suppressions,
-        features=feats,
+        _features=snapshot[0] if snapshot else {},
         holdouts=holdouts,
         slots=len(slots),
         explored=explored,
@@ -467,7 +556,14 @@ def decide(
         entered=entered,
         exited=exited,
         _who=who,
+        _snapshot=lazy,
     )
+
+
+# A candidate as ranked: ((-rank, -priority), mean score, estimate (None: no model
+# published), rule, its facts, channel, scheduled_for).
+_Scored = tuple[tuple[float, int], float, Estimate | None, Rule, RuleFacts, Channel, int | None]
+_RANK = operator.itemgetter(0)
 
 
 def settle(plan: Plan, refused: list[tuple[Contact, str]], taken: Contact | None) -> Settled:
@@ -482,7 +578,7 @@ def settle(plan: Plan, refused: list[tuple[Contact, str]], taken: Contact | None
     """
     if not plan.contacts:
         # Only offers were ranked: the decisions as they are, no copy.
-        return Settled(plan.ranked, None, plan.trace)  # type: ignore[arg-type]
+        return Settled(plan.ranked, None, plan)  # type: ignore[arg-type]
     trace = dict(plan.trace)
     for contact, why in refused:
         trace[contact.rule] = {**trace[contact.rule], "result": "suppressed", "why": why}
@@ -668,12 +764,20 @@ _NOBODY = _About()
 
 
 def _event_dict(inp: DecisionInput, classify: Callable[[str | None], str]) -> dict[str, Any] | None:
-    if not inp.events:
+    # The first of the highest (rank, ts), as `max` picks: by hand, every batch pays it.
+    ev = None
+    best = (0, 0)
+    kind = ""
+    for e in inp.events:
+        t = event_type(e)
+        rank = (_EVENT_RANK.get(t, 0), e.ts)
+        if ev is None or rank > best:
+            ev, best, kind = e, rank, t
+    if ev is None:
         return None
-    ev = max(inp.events, key=lambda e: (_EVENT_RANK.get(event_type(e), 0), e.ts))
     props = getattr(ev, "props", None)
     return {
-        "type": event_type(ev),
+        "type": kind,
         "page": ev.page,
         "category": classify(ev.page),
         "ts": ev.ts,
@@ -811,16 +915,6 @@ def suppressed_decision(
     return decision, feats
 
 
-def model_name(rule: Rule) -> str:
-    """The model that estimates a rule's propensity: who clicks an offer
-    (`offer:<offer id>`, shared by every rule showing it) or who answers a contact
-    (`callback:<rule id>`).
-    """
-    if rule.action == _OFFER:
-        return f"offer:{rule.offer or rule.id}"
-    return f"callback:{rule.id}"
-
-
 def _factors(
     rule: Rule,
     rs: RuleSet,
@@ -844,11 +938,24 @@ def _factors(
     `customer_value_boost` = 1 + w x customer value / 100 (the value from `who`, the
     plan's), which the factors name; with none (the default) the factors are exactly
     what they were before it existed."""
-    offer = rs.offers.get(rule.offer) if rule.offer else None
-    est = estimate(models, model_name(rule), feats, z)
-    value = rule.value or (offer.value if offer else 0.0)
-    lever = rs.levers.get(offer.product if offer else "", 1.0)
-    score = est.propensity * max(value, 0.01) * lever
+    facts = RuleFacts.of(rule, rs.offers, rs.levers)
+    return _factors_of(estimate(models, facts.model, feats, z), rule, facts, models, who)
+
+
+def _factors_of(
+    est: Estimate | None,
+    rule: Rule,
+    facts: RuleFacts,
+    models: Models,
+    who: Sequence[Callable[[], _About]] = (),
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """`_factors` from the rule's estimate (None: no model published for it, which
+    estimates 1.0 from no features)."""
+    if est is None:
+        est = estimate(models, facts.model, _NO_FEATURES)
+    value = facts.value
+    lever = facts.lever
+    score = est.propensity * facts.floor * lever
     factors = {"propensity": est.propensity, "value": value, "lever": lever, "score": score}
     if rule.value_weight > 0:
         boost = 1.0 + rule.value_weight * (who[0]().value if who else 0.0) / 100
@@ -857,6 +964,9 @@ def _factors(
     if est.sampled is not None:
         factors["sampled"] = est.sampled
     return factors, {"name": est.model, "version": est.version, "source": est.source}
+
+
+_NO_FEATURES: dict[str, float | str] = {}
 
 
 _STANDARD_NORMAL = NormalDist()
