@@ -54,8 +54,25 @@ async def test_every_hit_is_in_the_next_scrape(store: Store, tmp_path: Path) -> 
     rules = load_rules(tmp_path)
     metrics = Metrics()
     decider = RulesDecider(lambda: rules, store, metrics, lambda page: "mortgage")
-    for i in range(3):  # well within a second: only the first flushes by itself
+    for i in range(3):  # well within a second: none is counted yet
         await decider.decide(_input(i))
     assert metrics.rule_hits.labels("browsing")._value.get() < 3  # still held locally
     text = render_metrics(metrics).decode()
     assert 'ringback_rule_hits_total{rule="browsing"} 3.0' in text
+
+
+async def test_a_worker_that_goes_quiet_still_counts_its_hits(store: Store, tmp_path: Path) -> None:
+    """Another worker's /metrics reads this worker's counters (multiprocess): hits must
+    not wait for this worker's next decision or scrape."""
+    import asyncio
+
+    (tmp_path / "p.yaml").write_text(PACK)
+    rules = load_rules(tmp_path)
+    metrics = Metrics()
+    decider = RulesDecider(lambda: rules, store, metrics, lambda page: "mortgage")
+    for i in range(3):
+        await decider.decide(_input(100 + i))
+    deadline = time.monotonic() + 5.0
+    while metrics.rule_hits.labels("browsing")._value.get() < 3:
+        assert time.monotonic() < deadline, "hits still held after the worker went quiet"
+        await asyncio.sleep(0.05)

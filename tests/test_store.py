@@ -80,3 +80,52 @@ async def test_a_burst_leaves_in_pipelines_of_flush_at_calls_each_with_its_own_r
     results = await asyncio.gather(*calls)
     assert results == [f"m{i}" for i in range(20)] + [b"\xff\x00"]  # raw: bytes, undecoded
     assert store.metrics.registry.get_sample_value(count) == before + 3
+
+
+async def test_a_ticks_pipelines_run_in_order_on_one_connection(valkey: EmbeddedValkey) -> None:
+    """Calls made in one tick run in the order they were made, even when the burst is
+    cut into several pipelines: a record's HSET, then its PEXPIREAT, then the XADD
+    that announces it must not overtake each other on separate connections. Both when
+    the tick must wait for a connection (a new store) and when one is idle."""
+    store = Store(valkey.url, Metrics())
+    try:
+        for attempt in ("waiting for a connection", "on an idle connection"):
+            key = f"st:order:{attempt[:7]}"
+            pushes, client_ids = [], []
+            for i in range(30):  # four pipelines of at most flush_at calls
+                pushes.append(store.call("RPUSH", key, str(i), writes=True))
+                if i % 7 == 3:
+                    client_ids.append(store.call("CLIENT", "ID"))
+            await asyncio.gather(*pushes)
+            ids = set(await asyncio.gather(*client_ids))
+            assert len(ids) == 1, (attempt, ids)  # the tick's pipelines on one connection
+            assert await store.call("LRANGE", key, 0, -1) == [str(i) for i in range(30)]
+    finally:
+        await store.close()
+
+
+async def test_an_argument_no_command_takes_fails_its_pipeline_and_nothing_hangs(
+    valkey: EmbeddedValkey,
+) -> None:
+    store = Store(valkey.url, Metrics())
+    calls = [store.call("ECHO", f"m{i}") for i in range(7)]
+    calls.append(store.call("SET", "st:none", None, writes=True))  # None: no argument
+    calls.append(store.call("ECHO", "next"))
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert all(isinstance(r, TypeError) for r in results[:8]), results
+    assert results[8] == "next"  # the tick's next pipeline is not affected
+    assert await store.call("ECHO", "after") == "after"
+    await asyncio.wait_for(store.close(), 5)  # nothing left owed: closes at once
+
+
+async def test_when_valkey_is_unreachable_every_waiting_call_fails_promptly() -> None:
+    from engine.core.errors import StoreUnavailable
+    from engine.valkey.embedded import free_port
+
+    store = Store(f"redis://127.0.0.1:{free_port()}", Metrics())  # nobody listens there
+    try:
+        calls = [store.call("ECHO", str(i)) for i in range(200)]  # > 64 connections' worth
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results[:3]
+    finally:
+        await asyncio.wait_for(store.close(), 5)

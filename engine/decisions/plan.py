@@ -184,7 +184,10 @@ class Plan(msgspec.Struct, frozen=True):
     @property
     def features(self) -> dict[str, float | str]:
         """The snapshot propensities were (or would have been) estimated from; empty
-        when no rule was eligible or held out."""
+        when no rule was eligible or held out. Built on first read from the decision's
+        inputs: a caller that awaits anything before it records the plan must read it
+        first (the executor does, before the contact reservation), or a profile changed
+        meanwhile would be recorded instead of the one decided on."""
         return self._snapshot[0]() if self._snapshot else self._features
 
     def who(self) -> _About:

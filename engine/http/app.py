@@ -264,6 +264,11 @@ def build_app(
                 log.warning("webhook dispatcher not started: Valkey unavailable")
                 dispatcher = None
         yield
+        # Rule hits still pending (counted once a second) are counted before the worker
+        # exits: a stopped worker's counters stay in the multiprocess aggregate.
+        flush_hits = getattr(app[DECIDER], "flush_hits", None)
+        if flush_hits is not None:
+            flush_hits()
         # Each step is bounded: a stuck stop must never keep a worker from exiting.
         steps = [janitor.stop(), models.stop(), monitor.stop(), gateway.stop(), app[ERASER].close()]
         if learner is not None:

@@ -227,6 +227,7 @@ class Store:
         # goes out a tick later anyway, so there a tick stays one pipeline (per node).
         self._flush_at = flush_at if self._wire is not None else max_pipeline
         self._wire_busy = 0  # pipelines written on `_wire`, not yet answered
+        self._tick_conn: Any = None  # the connection this tick's pipelines went out on
         self._wire_drained: asyncio.Future[None] | None = None
         # Reply parsers by command name (HGETALL -> dict, ...), as redis-py applies them.
         self._callbacks: dict[Any, Any] = dict(self.client.response_callbacks)
@@ -312,6 +313,7 @@ class Store:
     def _flush_tick(self) -> None:
         self._flush_scheduled = False
         self._flush()
+        self._tick_conn = None  # the next tick's pipelines may take any connection
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
@@ -333,12 +335,18 @@ class Store:
         if ack is not None:
             commands.append(ack)
         raw = frozenset([i for i, c in enumerate(calls) if c.raw])
+        reply = partial(self._wire_replied, calls, raw, ack is not None, time.perf_counter())
+        try:
+            # Behind the tick's earlier pipelines, on their connection: calls made in one
+            # tick run in the order they were made, as in one pipeline (a record's HSET
+            # before its PEXPIREAT, before the XADD that announces it).
+            self._tick_conn = self._wire.send(commands, raw, reply, self._tick_conn)
+        except Exception as exc:  # an argument no command takes: nothing was sent
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(exc)
+            return
         self._wire_busy += 1
-        self._wire.send(
-            commands,
-            raw,
-            partial(self._wire_replied, calls, raw, ack is not None, time.perf_counter()),
-        )
 
     def _wire_replied(
         self,
@@ -364,16 +372,22 @@ class Store:
                 if not c.future.done():
                     c.future.set_exception(outcome)
             return
-        callbacks = self._callbacks
-        results = outcome
-        for i, c in enumerate(calls):
-            reply = results[i]
-            if isinstance(reply, Exception) or (raw and i in raw):
-                continue
-            parse = callbacks.get(c.args[0])
-            if parse is not None:
-                results[i] = parse(reply)
-        self._settle(calls, results, wait_aof, started)
+        try:
+            callbacks = self._callbacks
+            results = outcome
+            for i, c in enumerate(calls):
+                reply = results[i]
+                if isinstance(reply, Exception) or (raw and i in raw):
+                    continue
+                parse = callbacks.get(c.args[0])
+                if parse is not None:
+                    results[i] = parse(reply)
+            self._settle(calls, results, wait_aof, started)
+        except Exception as exc:  # a reply no parser expected: its callers must not hang
+            log.exception("settling a pipeline's replies failed")
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(exc)
 
     def _ack_command(self) -> tuple[Any, ...] | None:
         """What ends a pipeline that wrote, so its replies mean durable: WAITAOF (fsync:

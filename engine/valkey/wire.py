@@ -9,12 +9,16 @@ reply by reply through coroutines and a timeout each. Here a pipeline is one
 `transport.write` made inside `Store.call`, and its replies are parsed by hiredis
 in `data_received`, which settles the callers' futures directly.
 
-Semantics stay those of redis-py's pool: one pipeline at a time per connection (a
-blocking command holds only its own connection; WAIT and WAITAOF count the writes
-of their own connection), at most `max_connections` open, further pipelines wait
-for one to come back. Replies read exactly as redis-py's hiredis parser gives them
-(same error classes); a pipeline not answered within `timeout_s`, or whose
-connection drops, fails with the connection error and the connection is discarded.
+Semantics stay close to redis-py's pool: a connection is lent to one tick's
+pipelines at a time (they go out one behind the other on it, so the calls of a tick
+run in the order they were made, as when a tick was one pipeline; a blocking command
+holds only its own connection and its tick's; WAIT and WAITAOF count the writes of
+their own connection), at most `max_connections` open, further pipelines wait for one
+to come back, and fail after `timeout_s` if none does ("No connection available").
+Replies read exactly as redis-py's hiredis parser gives them (same error classes); a
+pipeline not answered within `timeout_s`, or whose connection drops, fails with the
+connection error, with everything else owed on that connection, and the connection is
+discarded. A command argument that cannot be packed fails its own pipeline at once.
 Plain TCP and unix sockets only: `Store` keeps redis-py for TLS and cluster.
 """
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import hiredis
 from redis._parsers.base import BaseParser
@@ -34,26 +38,65 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 __all__ = ["Pipelines", "Reply"]
 
 _PUSH = getattr(hiredis, "PushNotification", None)  # RESP3 push messages (hiredis >= 3.2)
+# What the reader returns for "no whole reply yet" (its default, False, is also a RESP3
+# boolean reply).
+_MORE = object()
 
 Reply = Callable[[list[Any] | BaseException], None]
 """What gets a pipeline's replies (one per command, errors as values) or the
 exception that cut it off."""
 
 
+class _Job(NamedTuple):
+    n_replies: int
+    raw: frozenset[int]
+    on_reply: Reply
+    timer: asyncio.TimerHandle
+
+
+class _Waiting:
+    """A pipeline waiting for a connection, and the pipelines of the same tick cut
+    after it (`followers`: they go out right behind it, on its connection, so a tick
+    keeps its order even when it had to wait). Fails after the pool's timeout, as a
+    redis-py pool's caller waiting for a connection does."""
+
+    __slots__ = ("conn", "followers", "n_replies", "on_reply", "packed", "raw", "timer")
+
+    def __init__(self, packed: bytes, n_replies: int, raw: frozenset[int], on_reply: Reply) -> None:
+        self.packed = packed
+        self.n_replies = n_replies
+        self.raw = raw
+        self.on_reply = on_reply
+        self.followers: list[_Waiting] = []
+        self.timer: asyncio.TimerHandle | None = None  # set while it waits
+        self.conn: _Conn | None = None  # where it went out, once it did
+
+    def fail(self, exc: BaseException) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.on_reply(exc)
+        for f in self.followers:
+            f.on_reply(exc)
+
+
 class _Conn(asyncio.Protocol):
-    """One connection; while `busy`, the replies of one pipeline are owed on it."""
+    """One connection; `jobs` are the pipelines written on it whose replies are owed,
+    oldest first (Valkey answers a connection's commands in order, so several
+    pipelines may be in flight on one: a tick's pipelines share one and run in the
+    order they were cut)."""
 
     def __init__(self, pool: Pipelines) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(
-            protocolError=InvalidResponse, replyError=BaseParser.parse_error, encoding="utf-8"
+            protocolError=InvalidResponse,
+            replyError=BaseParser.parse_error,
+            encoding="utf-8",
+            notEnoughData=_MORE,
         )
         self.results: list[Any] = []
-        self.expected = 0
-        self.raw: frozenset[int] = frozenset()
-        self.on_reply: Reply | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.jobs: collections.deque[_Job] = collections.deque()
         self.lost = False
         self.ready = False  # handshake done: from now on the pool lends it out
 
@@ -64,59 +107,53 @@ class _Conn(asyncio.Protocol):
         self, packed: bytes, n_replies: int, raw: frozenset[int], on_reply: Reply, timeout_s: float
     ) -> None:
         assert self.transport is not None
-        self.results = []
-        self.expected = n_replies
-        self.raw = raw
-        self.on_reply = on_reply
-        self.timer = asyncio.get_running_loop().call_later(timeout_s, self._timed_out)
+        timer = asyncio.get_running_loop().call_later(timeout_s, self._timed_out)
+        self.jobs.append(_Job(n_replies, raw, on_reply, timer))
         self.transport.write(packed)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         reader.feed(data)
-        results = self.results
         while True:
-            if self.on_reply is None:  # nothing owed: a stray reply means a broken stream
-                self._fail(InvalidResponse("reply without a command"))
+            if not self.jobs:  # nothing owed: a stray reply means a broken stream
+                if reader.has_data():
+                    self._fail(InvalidResponse("reply without a command"))
                 return
+            job = self.jobs[0]
+            results = self.results
             try:  # a raw reply undecoded (bytes), as redis-py's `disable_decoding`
-                reply = (
-                    reader.gets(False) if self.raw and len(results) in self.raw else reader.gets()
-                )
+                reply = reader.gets(False) if job.raw and len(results) in job.raw else reader.gets()
             except Exception as exc:  # a protocol error: the stream can't be trusted
                 self._fail(exc)
                 return
-            if reply is False:
+            if reply is _MORE:
                 return
             if _PUSH is not None and isinstance(reply, _PUSH):
                 continue  # out-of-band (we subscribe to nothing): not a command's reply
             results.append(reply)
-            if len(results) == self.expected:
-                self._done(results)  # may start the next waiting pipeline on self
-                if not reader.has_data():
-                    return
-                results = self.results
-
-    def _done(self, outcome: list[Any] | BaseException) -> None:
-        on_reply, self.on_reply = self.on_reply, None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.results = []
-        if self.ready and not isinstance(outcome, BaseException):
-            self.pool.release(self)
-        if on_reply is not None:
-            on_reply(outcome)
+            if len(results) == job.n_replies:
+                self.jobs.popleft()
+                job.timer.cancel()
+                self.results = []
+                job.on_reply(results)
+                if not self.jobs and self.ready and not self.lost:
+                    self.pool.release(self)  # may start a waiting pipeline on self
 
     def _timed_out(self) -> None:
-        self.timer = None
         self._fail(RedisTimeoutError("Timeout reading from socket"))
 
     def _fail(self, exc: BaseException) -> None:
-        """Close, and fail what is owed: the replies left unread would be the next
+        """Close, and fail everything owed: the replies left unread would be the next
         pipeline's otherwise."""
         self.close()
-        self._done(exc)
+        self._fail_jobs(exc)
+
+    def _fail_jobs(self, exc: BaseException) -> None:
+        self.results = []
+        while self.jobs:
+            job = self.jobs.popleft()
+            job.timer.cancel()
+            job.on_reply(exc)
 
     def close(self) -> None:
         if not self.lost:
@@ -127,9 +164,9 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
-        if self.on_reply is not None:
+        if self.jobs:
             why = f": {exc}" if exc else ""
-            self._done(RedisConnectionError(f"Connection closed by server{why}"))
+            self._fail_jobs(RedisConnectionError(f"Connection closed by server{why}"))
 
 
 class Pipelines:
@@ -165,9 +202,7 @@ class Pipelines:
         self._idle: list[_Conn] = []
         self._open: set[_Conn] = set()
         self._opening = 0
-        self._waiting: collections.deque[tuple[bytes, int, frozenset[int], Reply]] = (
-            collections.deque()
-        )
+        self._waiting: collections.deque[_Waiting] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -178,24 +213,61 @@ class Pipelines:
         return cls(**{k: kwargs[k] for k in keep if k in kwargs}, **options)
 
     def send(
-        self, commands: Sequence[tuple[Any, ...]], raw: frozenset[int], on_reply: Reply
-    ) -> None:
-        """Pack `commands` and write them now if a connection is idle; `on_reply` gets
-        the replies (or the error that cut the pipeline off), from the event loop."""
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        raw: frozenset[int],
+        on_reply: Reply,
+        after: _Conn | _Waiting | None = None,
+    ) -> _Conn | _Waiting:
+        """Pack `commands` and write them now: behind `after`'s pipelines if it is still
+        open (so they run after them: the pipelines of one tick keep their order), else
+        on an idle connection; else they wait for one (behind `after` if it still
+        waits). `on_reply` gets the replies (or the error that cut the pipeline off),
+        from the event loop. Returns where they went, to pass as the next pipeline's
+        `after`. Raises what packing raises (an argument
+        of a type that is no command argument) before anything is sent."""
         packed = b"".join([hiredis.pack_command(c) for c in commands])
-        job = (packed, len(commands), raw, on_reply)
+        job = _Waiting(packed, len(commands), raw, on_reply)
+        if isinstance(after, _Waiting):
+            if after.timer is not None:  # still waiting: go right behind it
+                after.followers.append(job)
+                return after
+            after = after.conn  # gone out (None: failed)
+        if isinstance(after, _Conn) and not after.lost and after.ready:
+            if after in self._idle:
+                self._idle.remove(after)
+            self._start(after, job)
+            return after
         if self._idle:
-            self._start(self._idle.pop(), job)
-            return
+            conn = self._idle.pop()
+            self._start(conn, job)
+            return conn
+        job.timer = asyncio.get_running_loop().call_later(self._timeout_s, self._expire, job)
         self._waiting.append(job)
         if self._closed:
             self._fail_waiting(RedisConnectionError("the store is closed"))
         elif len(self._open) + self._opening < self._max:
             self._connect()
+        return job
 
-    def _start(self, conn: _Conn, job: tuple[bytes, int, frozenset[int], Reply]) -> None:
-        packed, n, raw, on_reply = job
-        conn.send(packed, n, raw, on_reply, self._timeout_s)
+    def _start(self, conn: _Conn, job: _Waiting) -> None:
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        job.conn = conn
+        conn.send(job.packed, job.n_replies, job.raw, job.on_reply, self._timeout_s)
+        for f in job.followers:
+            conn.send(f.packed, f.n_replies, f.raw, f.on_reply, self._timeout_s)
+
+    def _expire(self, job: _Waiting) -> None:
+        """No connection came free within the timeout: fail it (a 503 upstream) rather
+        than queue requests without bound while Valkey is slow or away."""
+        job.timer = None
+        try:
+            self._waiting.remove(job)
+        except ValueError:
+            return
+        job.fail(RedisConnectionError("No connection available"))
 
     def release(self, conn: _Conn) -> None:
         """`conn` owes nothing: the next waiting pipeline goes out on it, or it idles."""
@@ -253,9 +325,18 @@ class Pipelines:
 
     async def _handshake(self, conn: _Conn) -> None:
         done: asyncio.Future[list[Any] | BaseException] = asyncio.get_running_loop().create_future()
+
+        def answered(replies: list[Any] | BaseException) -> None:
+            if not done.done():  # the connect timeout may have given up on it
+                done.set_result(replies)
+
         packed = b"".join([hiredis.pack_command(c) for c in self._hello])
-        conn.send(packed, len(self._hello), frozenset(), done.set_result, self._timeout_s)
-        replies = await done
+        conn.send(packed, len(self._hello), frozenset(), answered, self._timeout_s)
+        try:
+            replies = await done
+        except BaseException:
+            conn.close()
+            raise
         if isinstance(replies, BaseException):
             raise replies
         for reply in replies:
@@ -267,11 +348,15 @@ class Pipelines:
         """A connection that did not open fails the pipeline waiting longest, as a
         redis-py pool's failed connect fails the one pipeline that asked for it."""
         if self._waiting:
-            self._waiting.popleft()[3](exc)
+            self._waiting.popleft().fail(exc)
+        # The next one gets a connection attempt of its own (else, with every attempt
+        # failed, the rest would wait for a send that may never come).
+        if self._waiting and not self._closed and len(self._open) + self._opening < self._max:
+            self._connect()
 
     def _fail_waiting(self, exc: BaseException) -> None:
         while self._waiting:
-            self._waiting.popleft()[3](exc)
+            self._waiting.popleft().fail(exc)
 
     def disconnect_idle(self) -> None:
         """Close every idle connection (after an outage: they may all be stale)."""
