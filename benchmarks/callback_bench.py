@@ -47,6 +47,7 @@ import aiohttp
 import orjson
 import uvloop
 
+from benchmarks import targets
 from benchmarks.procs import cpu_seconds, stop, wait_ready
 from benchmarks.results import write_section
 from engine.ingest.identity import mint_token
@@ -677,6 +678,34 @@ def _report(r: dict[str, Any], args: Any, machine: str) -> str:
     return "\n".join(lines)
 
 
+def _record_targets(r: dict[str, Any], args: Any) -> None:
+    """Issue 12's rows in RESULTS.md's targets table (benchmarks/targets.py)."""
+    cmd = "python -m benchmarks.callback_bench" + (
+        f" --duration {args.duration}" if args.duration != 20 else ""
+    )
+    offer_ms = [s.http_s * 1000 for s in r["offers"].samples]
+    base_ms = [s.http_s * 1000 for s in r["base"].samples]
+    if offer_ms:
+        targets.record(
+            "offer_p99_ms",
+            _pct(offer_ms, 99),
+            f"no-rule batch, POST -> response, same rate: p99 {_pct(base_ms, 99):.2f} ms",
+            cmd,
+        )
+    mixed: Phase | None = r.get("mixed")
+    if mixed is None or not mixed.samples:
+        return
+    m_ms = [(s.callback_s or 0.0) * 1000 for s in mixed.samples]
+    plain = [s.http_s * 1000 for s in r["plain"].samples]
+    for key, q in (("callback_p99_mixed_ms", 99.0), ("callback_p999_mixed_ms", 99.9)):
+        targets.record(
+            key,
+            _pct(m_ms, q),
+            f"identified batch no rule fires on, same load: p{q:g} {_pct(plain, q):.2f} ms",
+            cmd,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=20, help="seconds at half the max")
@@ -707,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     text = _report(result, args, machine)
     if not args.no_write:
         write_section("callback", text)
+        _record_targets(result, args)
     print(text)
     return 0
 

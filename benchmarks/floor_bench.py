@@ -47,6 +47,7 @@ from pathlib import Path
 
 import redis
 
+from benchmarks import targets
 from benchmarks.procs import cpu_seconds, stop
 from benchmarks.results import write_section
 from engine.valkey import keys
@@ -398,6 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_write:
         write_section("ingest_floor", text)
+        targets.record(
+            "ingest_floor_ratio",
+            ratio,
+            f"floor {mean([f.rps for f in floors]):,.0f} req/s, Ringback "
+            f"{mean([r.rps for r in rbs]):,.0f} req/s (means of {len(floors)} legs each, "
+            "alternated)",
+            f"python -m benchmarks.floor_bench --duration {args.duration} --rounds {args.rounds}",
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import targets
 from engine.core.progress import duration
 
 # name -> module with main(argv) -> int; optional ones are skipped if not present yet.
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         took[name] = time.monotonic() - t0
         results.append((name, "ok" if ok else "FAILED", took[name]))
     DURATIONS.write_text(json.dumps({**last, **took}, indent=1, sort_keys=True))
+    targets.write()  # the summary table, from each benchmark's newest figure
     failed = sum(1 for _, status, _ in results if status == "FAILED")
     print(f"\nmake bench: {len(results)} benchmark(s) in {duration(time.monotonic() - started)}")
     for name, status, seconds in results:
