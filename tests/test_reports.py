@@ -552,8 +552,10 @@ async def test_the_same_trigger_again_that_day_costs_one_hincrby_per_counter(
         await reset_commands(redis)
         await count_fired(store, _callback(1, now), now)
         # fired and due, for the rule, the campaign, two segments, the branch, the band:
-        # no EXPIRE (this worker set them today), no check of names it knows.
+        # no EXPIRE (this worker set them today), no check of names it knows; and all
+        # twelve in one command from the engine (a day's hashes share a slot).
         assert await commands_run(redis, COUNTED) == {"hincrby": 12}
+        assert await commands_run(redis, ("fcall", "hincrby")) == {"fcall": 1, "hincrby": 12}
         day = day_of(now)
         for kind, name in [
             ("rule", "adviser_call"),

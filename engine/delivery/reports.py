@@ -7,9 +7,10 @@ and kind (`keys.report_funnel`): by rule, and by each report dimension of the tr
 (campaign, segment, branch, value band; `dims_of`), field `<name>|<stage>`, HINCRBY.
 The writes are issued synchronously by the caller beside the trigger's own writes
 (engine/delivery/records.py, engine/contact_center/claims.py), so they ride in the
-same pipeline. In steady state that is one HINCRBY per counter: each worker remembers
-(`Store.written`, engine/valkey/written.py) the hashes whose TTL it set that day and the names
-it knows are counted under their own name or pooled as "(other)".
+same pipeline. In steady state that is one `rb_funnel` call, every counter's HINCRBY
+in it: each worker remembers (`Store.written`, engine/valkey/written.py) the hashes
+whose TTL it set that day and the names it knows are counted under their own name or
+pooled as "(other)".
 
 SLA: phone work (a callback, `is_phone_work`) also counts as `due` when it fires; an
 e-mail/SMS notification does not, as no agent may take it. A claim's delay is measured
@@ -155,7 +156,7 @@ def _names(rule: str, dims: Dims) -> dict[str, list[str]]:
     return names
 
 
-_Pending = tuple[str, str, list[tuple[str, asyncio.Future[Any]]]]  # key, name, HINCRBYs
+_Pending = tuple[str, str, list[tuple[str, int]]]  # key, name, (stage, index in the reply)
 
 
 def _count(
@@ -164,43 +165,53 @@ def _count(
     """Issue the increments NOW (so they join the caller's pipeline) and return what
     settles them: a name this worker does not know yet for the day is counted under
     itself, then checked, and moved to "(other)" when the hash is full or its
-    trigger's fire was counted there; a name it knows goes where it went before."""
+    trigger's fire was counted there; a name it knows goes where it went before.
+    A day's hashes share a slot, so every increment goes in one `rb_funnel` call
+    (ten HINCRBYs for a callback with its four dimensions, in one command)."""
     seen = seen if seen is not None else seen_of(store)
     # What a name's check says holds for the stages checked alike: the fire (a cap
     # decision) or a later stage (which follows where the fire was counted).
     phase = "fired" if "fired" in stages else "later"
     pending: list[_Pending] = []
-    writes: list[asyncio.Future[Any]] = []
+    writes: list[Awaitable[Any]] = []
+    hashes: list[str] = []
+    args: list[Any] = []
+    at = 0  # each increment's index in rb_funnel's flat reply
     for kind, names in _names(rule, dims).items():
         key = keys.report_funnel(day, kind)
+        fields: list[str] = []
         for name in names:
             known = name if kind == "rule" or name == OTHER else seen.get((key, name, phase))
             under = name if known is None else known
-            incrs = [
-                (stage, store.call("HINCRBY", key, f"{under}|{stage}", 1, writes=True))
-                for stage in stages
-            ]
+            fields += [f"{under}|{stage}" for stage in stages]
             if known is None:
-                pending.append((key, name, incrs))
-            else:
-                writes += [f for _, f in incrs]
+                pending.append((key, name, [(s, at + i) for i, s in enumerate(stages)]))
+            at += len(stages)
+        hashes.append(key)
+        args += [len(fields), *fields]
+    counts = store.fcall_now("rb_funnel", hashes, args)
+    for key in hashes:  # after the increments: EXPIRE on a hash not there yet is a no-op
         writes += expire_once(store, seen, key, keys.REPORT_TTL_S)
-    return _settle(store, seen, pending, writes)
+    return _settle(store, seen, pending, counts, writes)
 
 
 async def _settle(
-    store: Store, seen: Seen, pending: list[_Pending], writes: list[asyncio.Future[Any]]
+    store: Store,
+    seen: Seen,
+    pending: list[_Pending],
+    counts: Awaitable[Any],
+    writes: list[Awaitable[Any]],
 ) -> None:
-    await asyncio.gather(*writes, *(f for _, _, incrs in pending for _, f in incrs))
+    reply, *_ = await asyncio.gather(counts, *writes)
     checks = []
-    for key, name, incrs in pending:
-        counts = {stage: int(f.result()) for stage, f in incrs}
+    for key, name, at in pending:
+        by_stage = {stage: int(reply[i]) for stage, i in at}
         # A name whose fire was counted under it before is kept (whatever its other
         # stages say); a later stage counted under it before, likewise.
-        fired = counts.get("fired")
-        new = fired <= 1 if fired is not None else any(n <= 1 for n in counts.values())
+        fired = by_stage.get("fired")
+        new = fired <= 1 if fired is not None else any(n <= 1 for n in by_stage.values())
         if new:  # rare: the first of a name (or a stage of it) this day, anywhere
-            checks.append(_check_new(store, seen, key, name, list(counts)))
+            checks.append(_check_new(store, seen, key, name, list(by_stage)))
         else:
             _remember(seen, key, name, fired is not None, name)
     if checks:

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from functools import partial
 from importlib import resources
 from typing import Any, NamedTuple, cast
@@ -283,8 +283,26 @@ class Store:
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
     ) -> Any:
         """Run a library function, reloading the library once if the server lost it."""
+        return await self.fcall_now(name, keys, args, writes=writes)
+
+    def fcall_now(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
+    ) -> Awaitable[Any]:
+        """As `fcall`, but the call is queued before this returns, so it joins the
+        caller's pipeline (a coroutine would only be queued when first awaited)."""
+        first = self.call("FCALL", name, len(keys), *keys, *args, writes=writes)
+        return self._reloading(first, name, keys, args, writes)
+
+    async def _reloading(
+        self,
+        first: asyncio.Future[Any],
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        writes: bool,
+    ) -> Any:
         try:
-            return await self.call("FCALL", name, len(keys), *keys, *args, writes=writes)
+            return await first
         except ResponseError as exc:
             if "function not found" not in str(exc).lower() and "no such" not in str(exc).lower():
                 raise

@@ -1012,7 +1012,27 @@ local function presence(keys, args)
   return {math.floor(num(h, 'online_until')), math.floor(num(h, 'last_ts'))}
 end
 
+--[[
+rb_funnel: a trigger's report counters in one call (engine/delivery/reports.py).
+KEYS: one day's funnel hashes (they share a slot); ARGV, per hash: how many of its
+fields follow, then the fields, each incremented by 1. Returns the new counts, flat,
+in the order given (the engine reads them to find a name new to the day).
+]]
+local function funnel(keys, args)
+  local out, a = {}, 1
+  for i = 1, #keys do
+    local n = tonumber(args[a])
+    a = a + 1
+    for _ = 1, n do
+      out[#out + 1] = redis.call('HINCRBY', keys[i], args[a], 1)
+      a = a + 1
+    end
+  end
+  return out
+end
+
 redis.register_function('rb_ingest', ingest)
+redis.register_function('rb_funnel', funnel)
 redis.register_function('rb_claim', claim)
 redis.register_function('rb_complete', complete)
 redis.register_function('rb_reserve', reserve)
