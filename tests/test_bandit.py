@@ -15,7 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from conftest import EngineClient, event, write_pack
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.decisions.inputs import Capacity, DecisionInput
 from engine.decisions.loader import RuleSet, load_rules
@@ -339,9 +341,15 @@ async def test_the_live_engine_counts_offer_slots_and_the_explored_ones(
         heroes.append(next(d for d in body["decisions"] if d.get("slot") == "hero"))
     means = {"travel_offer": 0.5, "saver_offer": 1.0 / (1.0 + math.exp(0.2))}
     assert all(abs(h["factors"]["propensity"] - means[h["rule"]]) < 1e-12 for h in heroes)
-    assert engine.metrics is not None
-    counted = engine.metrics.registry.get_sample_value
-    assert counted("ringback_offer_slots_total") == 20
+    # As Prometheus reads them: the counts are kept locally until the scrape.
+    async with aiohttp.ClientSession() as s, s.get(f"{engine.url}/metrics") as r:
+        assert r.status == 200
+        scraped = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(await r.text())
+            for sample in family.samples
+        }
+    assert scraped["ringback_offer_slots_total"] == 20
     explored = sum(h["rule"] == "saver_offer" for h in heroes)
-    assert counted("ringback_offer_explored_total") == explored
+    assert scraped["ringback_offer_explored_total"] == explored
     assert 0 < explored < 20

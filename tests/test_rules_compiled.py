@@ -205,6 +205,29 @@ def test_a_short_cut_never_skips_what_would_raise() -> None:
         compile_rules([e]).find({"profile": {"a": 1, "b": 10**400}})
 
 
+def test_a_comparison_shared_by_rules_is_made_once_a_call_and_only_if_reached() -> None:
+    """50 rules that all test `event.type == "calc"` compare once per batch; rules whose
+    earlier operand is False never reach it, and then it is not compared at all."""
+    compared: list[object] = []
+
+    class Kind:
+        def __eq__(self, other: object) -> bool:
+            compared.append(other)
+            return other == "calc"
+
+        __hash__ = object.__hash__
+
+    exprs = [compile_expression(f'profile.a > {i} and event.type == "calc"') for i in range(50)]
+    find = compile_rules(exprs).find
+    assert find({"profile": {"a": 100}, "event": {"type": Kind()}}) == [
+        (i, True) for i in range(50)
+    ]
+    assert compared == ["calc"]
+    compared.clear()
+    assert find({"profile": {"a": -1}, "event": {"type": Kind()}}) == []
+    assert compared == []
+
+
 def test_rules_nested_past_the_block_limit_keep_their_closure() -> None:
     deep = "profile.a > 1"
     for i in range(20):

@@ -304,9 +304,20 @@ class RuleFacts:
     base: float
     key: tuple[float, int]  # (-base, -priority): sorts best first
     entry: tuple[str, Channel | None, str | None]  # its trace entry when it matched
+    slot_taken: tuple[str, Channel | None, str | None]  # ... when it lost its slot
+    # What a decision of it shares rather than builds per batch (nothing changes them):
+    # the offer's public fields, and the factors and model of its estimate with no
+    # model published and no boost (propensity 1.0, score `base`).
+    public: dict[str, Any] | None
+    plain_factors: dict[str, float]
+    plain_model: dict[str, Any]
+    # The rule's part of its page-offer decision id (`plan.offer_decision_id`).
+    id_part: bytes
 
     @classmethod
-    def of(cls, rule: Rule, offers: dict[str, Offer], levers: dict[str, float]) -> RuleFacts:
+    def of(
+        cls, rule: Rule, offers: dict[str, Offer], levers: dict[str, float], version: str = ""
+    ) -> RuleFacts:
         offer = offers.get(rule.offer) if rule.offer else None
         value = rule.value or (offer.value if offer else 0.0)
         floor = max(value, 0.01)
@@ -330,6 +341,11 @@ class RuleFacts:
             base,
             (-base, -rule.priority),
             ("matched", rule.channel, None),
+            ("suppressed", rule.channel, "slot_taken"),
+            offer.public() if offer is not None else None,
+            {"propensity": 1.0, "value": value, "lever": lever, "score": base},
+            {"name": model_name(rule), "version": None, "source": "none"},
+            f"{rule.id}\0{offer.id if offer else ''}\0{version}\0".encode(),
         )
 
 
@@ -369,7 +385,7 @@ class RuleSet:
         object.__setattr__(
             self, "reads_value", any(_reads(e, ("customer", "value")) for e in every)
         )
-        facts = tuple(RuleFacts.of(r, self.offers, self.levers) for r in self.rules)
+        facts = tuple(RuleFacts.of(r, self.offers, self.levers, self.version) for r in self.rules)
         object.__setattr__(self, "facts", facts)
 
 

@@ -305,6 +305,23 @@ def offer_decision_id(
     return f"{start:012x}{h.hexdigest()}"
 
 
+def _offer_id_base(key: bytes, subject: str, now_ms: int) -> tuple[hashlib.blake2b, bytes, str]:
+    """What every page-offer id of one batch starts from: the keyed hash fed the
+    subject, the window's start as the text it ends with, and the id's time head.
+    `offer_decision_id` with these done once (a batch at 50 rules fills 4 slots:
+    ~1.5 µs of each id was formatting and hashing the same prefix again).
+
+    >>> h, start, head = _offer_id_base(b"k", "cust-1", 1_000)
+    >>> h.update(b"r\\0o\\0v1\\0"); h.update(start)
+    >>> head + h.hexdigest() == offer_decision_id(b"k", "cust-1", "r", "o", "v1", 1_000)
+    True
+    """
+    start = now_ms - now_ms % OFFER_DECISION_WINDOW_MS
+    h = _keyed(key).copy()
+    h.update(f"{subject}\0".encode())
+    return h, str(start).encode(), f"{start:012x}"
+
+
 @functools.lru_cache(maxsize=4)  # one key per deployment
 def _keyed(key: bytes) -> hashlib.blake2b:
     """The keyed hash page-offer ids start from: copying it is cheaper than keying a
@@ -487,6 +504,8 @@ def decide(
     ]
     slots: set[str] = set()
     explored = 0
+    id_base: hashlib.blake2b | None = None
+    id_start, id_head = b"", ""
     if scored:
         # The slot each offer would fill ranked by the mean: exploring is taking another.
         by_mean: dict[str | None, str] = {}
@@ -499,25 +518,36 @@ def decide(
             offer = facts.offer
             if rule.action == _OFFER:
                 if rule.slot in slots:
-                    trace[rule.id] = ("suppressed", trace[rule.id][1], "slot_taken")
+                    entry = trace[rule.id]
+                    trace[rule.id] = (
+                        facts.slot_taken
+                        if entry is facts.entry
+                        else ("suppressed", entry[1], "slot_taken")
+                    )
                     continue
                 slots.add(rule.slot)
                 if sampling and by_mean.get(rule.slot) != rule.id:
                     explored += 1
-                decision_id = offer_decision_id(
-                    offer_key, subject, rule.id, offer.id if offer else "", rs.version, now
-                )
-                factors, model = _factors_of(est, rule, facts, models, who)
+                # `offer_decision_id`, its subject and window hashed once per batch.
+                if id_base is None:
+                    id_base, id_start, id_head = _offer_id_base(offer_key, subject, now)
+                h = id_base.copy()
+                h.update(facts.id_part)
+                h.update(id_start)
+                if est is None and not facts.boosted:
+                    factors, model = facts.plain_factors, facts.plain_model
+                else:
+                    factors, model = _factors_of(est, rule, facts, models, who)
                 ranked.append(
                     Decision(
-                        decision_id,
+                        id_head + h.hexdigest(),
                         _OFFER,
                         rule.id,
                         channel,
                         factors,
                         model,
                         rule.slot,
-                        offer.public() if offer is not None else None,
+                        facts.public,
                     )
                 )
                 continue

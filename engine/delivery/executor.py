@@ -91,6 +91,8 @@ class RulesDecider:
         # instructions a decide). Until then each plan's list of hits is only kept, and
         # counted when flushed (one C loop per second, not a dict update per hit).
         self._hits: list[list[str]] = []
+        # The offer bandit's slots filled and explored since the last flush, likewise.
+        self._slots = self._explored = 0
         self._hits_timer: asyncio.TimerHandle | None = None  # the pending flush
         metrics.before_render.append(self.flush_hits)
         # Keys the page-offer decision ids: every worker of a deployment needs the same
@@ -107,6 +109,12 @@ class RulesDecider:
             self._hits_timer.cancel()
             self._hits_timer = None
         pending, self._hits = self._hits, []
+        if self._slots:
+            self.metrics.offer_slots.inc(self._slots)
+            self._slots = 0
+        if self._explored:
+            self.metrics.offer_explored.inc(self._explored)
+            self._explored = 0
         counted: Counter[str] = Counter()
         for batch in pending:
             counted.update(batch)
@@ -139,17 +147,15 @@ class RulesDecider:
             self.classify,
             models=models,
         )
-        if plan.hits:
+        if plan.hits or plan.slots:
             self._hits.append(plan.hits)
+            self._slots += plan.slots  # the offer bandit's exploration share
+            self._explored += plan.explored
             if self._hits_timer is None:  # counted within a second, even if all goes quiet
                 self._hits_timer = asyncio.get_running_loop().call_later(1.0, self.flush_hits)
         suppressed = self.metrics.rule_suppressed
         for rule_id, reason in plan.suppressions:
             suppressed.labels(rule_id, reason).inc()
-        if plan.slots:  # the offer bandit's exploration share
-            self.metrics.offer_slots.inc(plan.slots)
-            if plan.explored:
-                self.metrics.offer_explored.inc(plan.explored)
 
         # Contact policy first, atomically, best-ranked first: the first contact it
         # allows is the batch's one contact.
