@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks import targets
 from benchmarks.results import write_section
 from engine.core.metrics import Metrics
 from engine.decisions.inputs import DecisionInput
@@ -119,7 +120,15 @@ def _input() -> DecisionInput:
     )
 
 
+# Each figure is the best of SAMPLES runs of `rounds` decides, the deciding and its
+# baseline alike: on this shared 2-vCPU box other tenants only ever add time (the
+# median moved +-30 % between runs minutes apart, the minimum ~10 %), so the
+# best run is the code's own cost, as `timeit` recommends.
+SAMPLES = 9
+
+
 def measure(n_rules: int, rounds: int = 2000) -> tuple[float, float]:
+    """(decide µs per batch, the same conditions as plain lambdas µs): best of SAMPLES."""
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "p.yaml").write_text(_pack(n_rules))
         rs = load_rules(d)
@@ -133,7 +142,7 @@ def measure(n_rules: int, rounds: int = 2000) -> tuple[float, float]:
         return (time.perf_counter() - t) / rounds * 1e6
 
     loop = asyncio.new_event_loop()
-    samples = [loop.run_until_complete(timed()) for _ in range(5)]
+    samples = [loop.run_until_complete(timed()) for _ in range(SAMPLES)]
     # Baseline: the same conditions as plain lambdas, evaluated for every rule.
     fns = [
         [CONDITIONS[(i + k) % len(CONDITIONS)][1] for k in range(1 + i % 3)] for i in range(n_rules)
@@ -145,14 +154,14 @@ def measure(n_rules: int, rounds: int = 2000) -> tuple[float, float]:
         "event": {"type": "calc"},
     }
     base = []
-    for _ in range(5):
+    for _ in range(SAMPLES):
         t = time.perf_counter()
         for _ in range(rounds):
             for i, conds in enumerate(fns):
                 all(f(v, (i % 10) + 1) for f in conds)
         base.append((time.perf_counter() - t) / rounds * 1e6)
     loop.close()
-    return statistics.median(samples), statistics.median(base)
+    return min(samples), min(base)
 
 
 def _variables(inp: DecisionInput) -> dict[str, Any]:
@@ -226,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Command: `python -m benchmarks.decision_bench` (also in `make bench`). Rules in "
         "the shape of the shipped packs (1-3 conditions each), loaded by the real loader; "
-        "`RulesDecider.decide` on a realistic profile with Valkey I/O stubbed out. "
+        "`RulesDecider.decide` on a realistic profile with Valkey I/O stubbed out; each "
+        "figure the best of 9 runs of 2,000 decides, its baseline likewise (other tenants "
+        "of this shared box only add time). "
         f"Measured {time.strftime('%Y-%m-%d')}.",
         "",
         "| rules | decide µs/batch | same conditions as plain lambdas µs | target |",
@@ -253,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.no_write:
         write_section("decisions", "\n".join(lines))
+        _, cost, base, _ = next(r for r in rows if r[0] == 50)
+        targets.record(
+            "decide_50_us",
+            cost,
+            f"the same conditions as plain lambdas: {base:.1f} µs",
+            "python -m benchmarks.decision_bench",
+        )
     return 0
 
 
