@@ -219,6 +219,12 @@ async def audits(r: aioredis.Redis, ids: Sequence[str]) -> dict[str, dict[str, A
             for d in chunk:
                 pipe.get(keys.decision_key(d))
             raws = await pipe.execute()
+        # Records of a rule set's own dictionary (format 3) need it: from Valkey once.
+        for did in {audit_codec.dictionary_id(raw) for raw in raws if raw} - {None}:
+            if did is not None and audit_codec.known_dictionary(did) is None:
+                data = await r.get(keys.audit_dictionary(did.hex()))
+                if data is not None:
+                    audit_codec.remember_dictionary(data)
         out.update({d: audit_codec.decode(raw) for d, raw in zip(chunk, raws, strict=True) if raw})
     return out
 

@@ -14,7 +14,13 @@ Bytes per visitor = (used_memory after - before) / visitors, on a fresh Valkey w
 nothing else in it; `MEMORY USAGE` of one visitor's keys splits it (profile JSON,
 dedupe set, the key overhead `INFO` sees and `MEMORY USAGE` does not).
 
+`--pack bank` decides with a bank's own pack instead of the shipped demo (`rules/`):
+the same rules, offers and segments renamed and reworded in invented words that none of
+the audit dictionaries' frozen parts hold (`bank_pack`), as a bank's pack would be; its
+records are deflated against the rule set's own dictionary (audit_codec format 3).
+
     python -m benchmarks.memory_bench [--visitors 100000] [--visitors 1000000] [--no-write]
+        [--pack demo|bank]
 """
 
 from __future__ import annotations
@@ -22,16 +28,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import targets
 from benchmarks.results import write_section
 from engine.core.metrics import Metrics
 from engine.core.settings import load_settings
 from engine.decisions.inputs import decision_input
 from engine.decisions.loader import load_rules
+from engine.delivery import audit_codec
 from engine.delivery.executor import RulesDecider
 from engine.ingest.schema import CalcEvent, CalcProps, Event, PageViewEvent
 from engine.profile.profiles import ProfileStore
@@ -44,6 +53,97 @@ PAGES = ("/", "/mortgages", "/mortgages/fixed-rate", "/mortgages/calculator")
 GROUP = 500  # visitors in flight at once
 AUDIT_SAMPLE = 2_000  # visitors the rules decide for (audit records measured on these)
 B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+# The bank pack: the demo's ids in a made-up bank's words (same lengths, roughly).
+BANK_IDS = {
+    "mortgage_adviser_call": "harbour_home_loan_chat",
+    "personal_loan_finish": "quickcash_resume_form",
+    "card_cashback": "platinum_rewards_card",
+    "advisor_appointment": "wealth_planner_meeting",
+    "retention_call": "loyalty_outreach_team",
+    "savings_rate_for_customers": "bonus_saver_for_members",
+    "call_me_requested": "ring_back_on_request",
+    "card_comparison_offer": "rewards_card_browsing_banner",
+    "fund_comparison_appointment": "portfolio_browsing_meeting",
+    "mortgage_calculator_callback": "home_loan_estimator_phone",
+    "mortgage_adviser_offer": "home_loan_specialist_banner",
+    "personal_loan_abandoned": "quickcash_form_dropout",
+    "personal_loan_resume_offer": "quickcash_form_comeback_banner",
+    "churn_risk_retention_call": "attrition_signal_phone",
+    "churn_risk_help_offer": "attrition_signal_banner",
+    "returning_customer_savings": "member_comeback_bonus_saver",
+    "mortgage_researchers": "home_buyer_planners",
+    "high_value_digital": "premier_online_members",
+    "returning_after_price_check": "back_after_rate_lookup",
+}
+BANK_OFFERS = """
+offers:
+  - id: harbour_home_loan_chat
+    title: Speak with a Harbour home-loan specialist
+    text: Our lending team will walk through your deposit, repayments and timeline together.
+    cta_url: /home-loans/specialist
+    cta_label: Arrange a chat
+    product: mortgage
+    value: 900
+    channels: [web, callback]
+  - id: quickcash_resume_form
+    title: Pick up your QuickCash request
+    text: We kept everything you entered. Complete the last steps now or ask us to phone.
+    cta_url: /quickcash/resume
+    cta_label: Resume request
+    product: loans
+    value: 300
+    channels: [web, callback, email]
+  - id: platinum_rewards_card
+    title: Earn Harbour points on every purchase
+    text: The Platinum Rewards card waives its yearly charge for twelve months after joining.
+    cta_url: /rewards-cards/platinum
+    cta_label: View card details
+    product: cards
+    value: 120
+    channels: [web]
+  - id: wealth_planner_meeting
+    title: Sit down with a wealth planner
+    text: A planner reviews your portfolio mix in person or online, without charge or obligation.
+    cta_url: /wealth/planner-meeting
+    cta_label: Reserve a slot
+    product: investments
+    value: 500
+    channels: [web, email]
+  - id: loyalty_outreach_team
+    title: Something bothering you?
+    text: Tell us what prompted your visit. Our member care desk may resolve it on the spot.
+    cta_url: /member-care/reach-us
+    cta_label: Reach member care
+    product: retention
+    value: 700
+    channels: [web, callback]
+  - id: bonus_saver_for_members
+    title: A members-only Bonus Saver rate
+    text: Members may lock in a boosted twelve-month Bonus Saver rate within a few clicks.
+    cta_url: /saving/bonus-saver
+    cta_label: Check my rate
+    product: savings
+    value: 150
+    channels: [web]
+
+levers:
+  mortgage: 1.2
+  retention: 1.5
+"""
+
+
+def bank_pack(dest: Path) -> Path:
+    """The demo pack as a bank would write its own: the same rules, segments and
+    offers (so the bench's visitors match the same ones) under other ids and in other
+    words, which none of the audit dictionaries' frozen parts hold."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ids = re.compile(r"\b(" + "|".join(map(re.escape, BANK_IDS)) + r")\b")
+    for src in (ROOT / "rules").glob("*.yaml"):
+        text = BANK_OFFERS if src.name == "offers.yaml" else src.read_text()
+        (dest / src.name).write_text(ids.sub(lambda m: BANK_IDS[m[1]], text))
+    return dest
 
 
 def _rid(rng: random.Random, n: int) -> str:
@@ -71,7 +171,7 @@ async def used_memory(store: Store) -> int:
     return int(info["used_memory"])
 
 
-async def measure(visitors: int, seed: int = 1) -> dict[str, Any]:
+async def measure(visitors: int, seed: int = 1, pack: str = "demo") -> dict[str, Any]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         valkey = EmbeddedValkey(Path(tmp) / "valkey")
@@ -109,8 +209,9 @@ async def measure(visitors: int, seed: int = 1) -> dict[str, Any]:
             }
             profile_json = await store.client.get(p_key) or b""
 
-            # Audit records: the demo rules decide for a sample, as after a batch.
-            rules = load_rules(ROOT / "rules")
+            # Audit records: the pack's rules decide for a sample, as after a batch.
+            rules_dir = bank_pack(Path(tmp) / "bank") if pack == "bank" else ROOT / "rules"
+            rules = load_rules(rules_dir)
             decider = RulesDecider(lambda: rules, store, Metrics(), profiles.classifier.category)
             sample = kept
             before_audit = await used_memory(store)
@@ -141,6 +242,13 @@ async def measure(visitors: int, seed: int = 1) -> dict[str, Any]:
                 await store.client.memory_usage(audit_key, samples=0) or 0 if audit_key else 0
             )
             usage["audit_value"] = await store.client.strlen(audit_key) if audit_key else 0
+            # The same record under v2 (the frozen dictionary; what a bank's pack wrote
+            # before format 3) and as it is stored (format byte).
+            stored = await store.call("GET", audit_key, raw=True) if audit_key else None
+            usage["audit_format"] = stored[0] if stored else 0
+            usage["audit_value_v2"] = (
+                len(audit_codec.encode(audit_codec.decode(stored))) if stored else 0
+            )
             refs_key = keys.profile_refs(prefix)
             usage["refs"] = await store.client.memory_usage(refs_key, samples=0) or 0
             usage["profile_decided"] = await store.client.memory_usage(p_key, samples=0) or 0
@@ -149,6 +257,7 @@ async def measure(visitors: int, seed: int = 1) -> dict[str, Any]:
             valkey.stop()
     return {
         "visitors": visitors,
+        "pack": pack,
         "bytes_per_visitor": (after - before) / visitors,
         "usage": usage,
         "profile_json_bytes": len(profile_json),
@@ -162,13 +271,14 @@ async def measure(visitors: int, seed: int = 1) -> dict[str, Any]:
 
 
 def report(results: list[dict[str, Any]], command: str) -> str:
+    pack = "demo" if results[-1].get("pack", "demo") == "demo" else "bank's own (`--pack bank`)"
     lines = [
         "## Memory: Valkey bytes per visitor",
         "",
         f"Command: `{command}`. Each visitor: one anonymous session of 10 events (7 page "
         "views on the mortgage journey, 3 calculator uses; snippet-sized ids) through "
         "`ProfileStore.ingest` (the handler's path: delta, `rb_ingest`, dedupe), 500 in "
-        "flight; then the demo rules decide for 2,000 of them through the real "
+        f"flight; then the {pack} rules decide for 2,000 of them through the real "
         "`RulesDecider` (audit records with their feature snapshots). Bytes = `INFO "
         "memory` used_memory after - before, on a fresh Valkey. Issue 12's targets: "
         "<= 1,024 B per visitor with dedupe; <= 1,638 B with the audit record. "
@@ -199,7 +309,8 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         f"({last['offers']} offers in {last['audits']} decisions for "
         f"{last['sample']:,} visitors).",
         f"- The audit phase, per visitor (MEMORY USAGE): its record {u['audit_record']} B "
-        f"({u['audit_value']} B stored), the profile's index of other-slot data "
+        f"({u['audit_value']} B stored as format {u['audit_format']}; "
+        f"{u['audit_value_v2']} B under v2), the profile's index of other-slot data "
         f"{u['refs']} B (new with its first record), its profile {u['profile']} -> "
         f"{u['profile_decided']} B (segment membership); the rest is the keyspace's "
         "entries and TTLs.",
@@ -211,18 +322,51 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--visitors", type=int, action="append", help="repeatable")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--pack",
+        choices=("demo", "bank"),
+        default="demo",
+        help="the rules that decide: the shipped demo, or a bank's own (other words)",
+    )
     args = ap.parse_args(argv)
     sizes = args.visitors or [100_000]
     results = []
     for n in sizes:
-        r = asyncio.run(measure(n))
+        r = asyncio.run(measure(n, pack=args.pack))
         print(r, flush=True)
         results.append(r)
     command = "python -m benchmarks.memory_bench" + "".join(f" --visitors {n}" for n in sizes)
+    if args.pack != "demo":
+        command += f" --pack {args.pack}"
     text = report(results, command)
     print(text)
     if not args.no_write:
-        write_section("memory", text)
+        last = results[-1]
+        total = last["bytes_per_visitor"] + last["audit_bytes_per_visitor"]
+        if args.pack == "demo":
+            write_section("memory", text)
+            targets.record(
+                "memory_visitor_b",
+                last["bytes_per_visitor"],
+                "before issue 12: 1,203 B",
+                command,
+            )
+            targets.record(
+                "memory_visitor_audit_b",
+                total,
+                "before issue 12: 1,203 B + a 1,119 B record",
+                command,
+            )
+        else:  # a section of its own: the demo's stays
+            write_section("memory-bank", text.replace("## Memory:", "## Memory, a bank's pack:"))
+            u = last["usage"]
+            targets.record(
+                "memory_visitor_audit_bank_b",
+                total,
+                f"its record {u['audit_value']} B as format {u['audit_format']}, "
+                f"{u['audit_value_v2']} B under v2 (same run)",
+                command,
+            )
     return 0
 
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import StoreTarget
+from conftest import REPO, StoreTarget
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.decisions.loader import RuleSet, load_rules
 from engine.delivery import audit_codec
 from engine.delivery.records import read_audit, write_audit
 from engine.valkey import keys
@@ -228,3 +230,146 @@ async def test_a_record_the_previous_release_stored_reads_through_valkey(store: 
     await store.call("SET", key, _stored_v1(FULL_RECORD), writes=True)
     back = await read_audit(store, FULL_RECORD["id"])
     assert back is not None and orjson.dumps(back) == orjson.dumps(FULL_RECORD)
+
+
+# A bank's own rule pack: none of its offers', rules' or segments' words are in v2.
+BANK_PACK = """
+offers:
+  - id: harbour_home_loan_chat
+    title: Speak with a Harbour home-loan specialist
+    text: Our lending team will walk through your deposit, repayments and timeline.
+    cta_url: /home-loans/specialist
+    cta_label: Arrange a chat
+    product: mortgage
+    value: 900
+    channels: [web]
+rules:
+  - id: harbour_home_loan_banner
+    when: profile.calc.mortgage.count >= 1
+    action: {type: offer, offer: harbour_home_loan_chat, slot: hero}
+    priority: 5
+  - id: harbour_dormant_saver_nudge
+    when: profile.counts.page_view >= 40
+    action: {type: offer, offer: harbour_home_loan_chat, slot: hero}
+    priority: 1
+segments:
+  - id: harbour_first_home_buyers
+    when: profile.calc.mortgage.count >= 1
+"""
+
+
+@pytest.fixture
+def bank_rules(tmp_path: Path) -> RuleSet:
+    (tmp_path / "bank.yaml").write_text(BANK_PACK)
+    return load_rules(tmp_path)
+
+
+def _bank_record(rs: RuleSet, decision_id: str) -> dict[str, Any]:
+    """FULL_RECORD as the bank's pack would write it: its offer, rule ids, segment."""
+    record: dict[str, Any] = orjson.loads(orjson.dumps(FULL_RECORD))
+    record["id"] = decision_id
+    record["rule"] = "harbour_home_loan_banner"
+    record["offer"] = rs.offers["harbour_home_loan_chat"].public()
+    record["features"]["seg_harbour_first_home_buyers"] = 1.0
+    del record["features"]["seg_mortgage_researchers"]
+    record["trace"] = [
+        {"rule": "harbour_dormant_saver_nudge", "result": "no_match"},
+        {"rule": "harbour_home_loan_banner", "result": "matched", "channel": "web"},
+    ]
+    record["segments"] = ["harbour_first_home_buyers"]
+    return record
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dictionaries() -> Iterator[None]:
+    """Each test starts as a fresh process: no rule-set dictionary known or stored."""
+    audit_codec.forget_dictionaries()
+    yield
+    audit_codec.forget_dictionaries()
+
+
+def test_the_demo_pack_keeps_writing_v2() -> None:
+    """v2 already holds the demo pack's words: its rule-set dictionary is v2 itself,
+    so its records stay v2 (9 B shorter, no dictionary to store)."""
+    rsd = audit_codec.rule_set_dictionary(load_rules(REPO / "rules"))
+    assert rsd.covered and rsd.data == audit_codec.DICTIONARY_V2
+    assert audit_codec.encode(FULL_RECORD, rsd) == audit_codec.encode(FULL_RECORD)
+
+
+def test_a_rule_set_dictionary_is_built_once_and_ends_with_the_engine_words(
+    bank_rules: RuleSet,
+) -> None:
+    rsd = audit_codec.rule_set_dictionary(bank_rules)
+    assert audit_codec.rule_set_dictionary(bank_rules) is rsd
+    assert not rsd.covered
+    assert rsd.data.endswith(audit_codec.ENGINE_VOCABULARY)
+    assert b"Speak with a Harbour home-loan specialist" in rsd.data
+    assert rsd.id == hashlib.sha256(rsd.data).digest()[:8]
+
+
+def test_a_huge_pack_keeps_its_last_words_within_32_kb() -> None:
+    words = [b'{"rule":"rule_%05d","result":"unknown"},' % i for i in range(5000)]
+    rsd = audit_codec.build_dictionary(words)
+    assert len(rsd.data) <= 32 * 1024
+    assert rsd.data.endswith(words[-1] + audit_codec.ENGINE_VOCABULARY)
+    assert words[0] not in rsd.data
+
+
+def test_a_bank_record_reads_back_with_its_dictionary_only(bank_rules: RuleSet) -> None:
+    rsd = audit_codec.rule_set_dictionary(bank_rules)
+    record = _bank_record(bank_rules, "01a237607cc0cc3c7eec39a2")
+    stored = audit_codec.encode(record, rsd)
+    assert stored[:1] == b"\x03" and audit_codec.dictionary_id(stored) == rsd.id
+    assert audit_codec.dictionary_id(audit_codec.encode(record)) is None
+    assert orjson.dumps(audit_codec.decode(stored, rsd.data)) == orjson.dumps(record)
+    audit_codec.forget_dictionaries()
+    with pytest.raises(KeyError):
+        audit_codec.decode(stored)
+
+
+def test_a_dictionary_is_stored_on_first_use_then_hourly() -> None:
+    rsd = audit_codec.build_dictionary([b'"offer":{"id":"x"},'])
+    assert rsd.due(1000.0)
+    assert not rsd.due(1000.0 + audit_codec.STORE_EVERY_S - 1)
+    assert rsd.due(1000.0 + audit_codec.STORE_EVERY_S)
+
+
+async def test_a_bank_record_is_smaller_than_under_v2_and_reads_back(
+    store: Store, bank_rules: RuleSet
+) -> None:
+    record = _bank_record(bank_rules, "01a237607cc0cc3c7eec39a3")
+    await write_audit(store, record["id"], record, bank_rules)
+    stored = await store.call("GET", keys.decision_key(record["id"]), raw=True)
+    assert stored[:1] == b"\x03"
+    assert len(stored) < len(audit_codec.encode(record)) - 100  # v2: ~160 B more
+    back = await read_audit(store, record["id"])
+    assert back is not None and orjson.dumps(back) == orjson.dumps(record)
+
+
+async def test_a_bank_record_reads_after_a_restart_from_valkey(
+    store: Store, bank_rules: RuleSet
+) -> None:
+    """A restarted process (or another worker, or the learner) knows no dictionary:
+    it reads the one stored with the record, for longer than the record lives."""
+    record = _bank_record(bank_rules, "01a237607cc0cc3c7eec39a4")
+    await write_audit(store, record["id"], record, bank_rules)
+    did = audit_codec.rule_set_dictionary(bank_rules).id
+    dict_key = keys.audit_dictionary(did.hex())
+    record_ttl = await store.call("TTL", keys.decision_key(record["id"]))
+    dict_ttl = await store.call("TTL", dict_key)
+    assert record_ttl > 0 and dict_ttl > record_ttl + 86400
+    audit_codec.forget_dictionaries()
+    back = await read_audit(store, record["id"])
+    assert back is not None and orjson.dumps(back) == orjson.dumps(record)
+    assert audit_codec.known_dictionary(did) is not None  # cached: read once
+
+
+async def test_a_record_whose_dictionary_is_gone_reads_as_none(
+    store: Store, bank_rules: RuleSet
+) -> None:
+    record = _bank_record(bank_rules, "01a237607cc0cc3c7eec39a5")
+    await write_audit(store, record["id"], record, bank_rules)
+    did = audit_codec.rule_set_dictionary(bank_rules).id
+    await store.call("DEL", keys.audit_dictionary(did.hex()), writes=True)
+    audit_codec.forget_dictionaries()
+    assert await read_audit(store, record["id"]) is None

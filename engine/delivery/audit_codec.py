@@ -10,10 +10,11 @@ record is written once per visitor and 10-minute window, not per batch).
 
 The stored value starts with a format byte. `{` is plain JSON (records written before
 this format, and what `encode` falls back to should deflating not pay); `\\x01` is
-raw deflate against `DICTIONARY_V1`; `\\x02`, what `encode` writes, against
-`DICTIONARY_V2`. A stored record must stay readable for its whole TTL, so a dictionary
-is frozen once released: tests/test_audit_codec.py pins both hashes. To change one,
-add `DICTIONARY_V3` under a new format byte and keep reading the others.
+raw deflate against `DICTIONARY_V1`; `\\x02` against `DICTIONARY_V2`; `\\x03` against
+the deciding rule set's own dictionary (below). A stored record must stay readable for
+its whole TTL, so a dictionary is frozen once released: tests/test_audit_codec.py pins
+both hashes. To change one, add another under a new format byte and keep reading the
+others.
 
 Why v2: records grew attribution, segments, branch, customer value and feature names
 (`seg_<id>`, `since_*`, the session's) that v1 predates, and v1 has none of a rule
@@ -26,19 +27,51 @@ bench's records, ~403 B for a bank whose rules share none of the demo's words (s
 less than v1). Leaving the zero `count_<type>` features out and restoring them on
 read saved 1.5 B more on top of v2 (the dictionary already holds that run of zeros):
 not worth a second shape of the feature snapshot.
+
+Why v3: a bank runs its own rule pack, whose offer texts, rule ids and segment ids v2
+does not hold: 421 B a record in the memory bench's `--pack bank`, 249 B under v3.
+`\\x03` deflates against a dictionary built from the record's own rule set
+(`rule_set_dictionary`: its offers, rule ids and segment ids as records write them,
+then v2's engine part, nearest the record), named in the record by the first 8 bytes of
+its sha256. It is not frozen in the code, so it is stored in Valkey
+(engine/delivery/records.py) for longer than any record that uses it; a reader finds it
+in this process's cache (`known_dictionary`) or there. The shipped demo pack, whose
+words v2 already holds, keeps writing v2 (9 B shorter: no id).
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 import zlib
-from typing import Any
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-__all__ = ["DICTIONARY_V1", "DICTIONARY_V2", "decode", "encode"]
+if TYPE_CHECKING:
+    from engine.decisions.loader import RuleSet
+
+__all__ = [
+    "DICTIONARY_V1",
+    "DICTIONARY_V2",
+    "ENGINE_VOCABULARY",
+    "RuleSetDictionary",
+    "build_dictionary",
+    "decode",
+    "dictionary_id",
+    "encode",
+    "forget_dictionaries",
+    "known_dictionary",
+    "remember_dictionary",
+    "rule_set_dictionary",
+]
 
 _V1 = b"\x01"
 _V2 = b"\x02"
+_V3 = b"\x03"
+_ID_LEN = 8  # bytes of the dictionary's sha256 a v3 record starts with
 _WBITS = -15  # raw deflate, 32 KB window: the dictionary fits whole
 _LEVEL = 6  # v1: 386 B at ~40 µs; level 1 gave 453 B at ~28 µs; 9 saves ~3 B on v2
 
@@ -159,28 +192,163 @@ DICTIONARY_V2: bytes = (
 
 _DICTIONARIES: dict[bytes, bytes] = {_V1: DICTIONARY_V1, _V2: DICTIONARY_V2}
 
+# v2 after the demo pack's words: the engine's vocabulary, which every v3 dictionary
+# ends with (nearest the record).
+ENGINE_VOCABULARY: bytes = DICTIONARY_V2[DICTIONARY_V2.index(b'"suppressed":"cooldown_rule"') :]
+_MAX_DICTIONARY = 32 * 1024  # deflate's window: older bytes could not be referenced
+_KNOWN_MAX = 64  # dictionaries a process keeps by id (one per rule set version seen)
+_RULE_SETS_MAX = 8  # rule sets a process keeps a dictionary for (reloads replace them)
+STORE_EVERY_S = 3600.0  # a writer re-stores its dictionary at most this often
 
-def encode(record: dict[str, Any]) -> bytes:
-    """The stored form of `record`: deflated JSON under format byte 2."""
-    raw = orjson.dumps(record)
+
+@dataclass(eq=False)
+class RuleSetDictionary:
+    """A rule set's v3 dictionary: its bytes, its id (what a record names), and when
+    this process last stored it in Valkey (`due`)."""
+
+    data: bytes
+    id: bytes
+    covered: bool  # every word of the pack is already in v2: write v2, no id needed
+    stored_at: float = field(default=float("-inf"))
+
+    def due(self, now: float | None = None) -> bool:
+        """Whether to store the dictionary with this write (first use, then hourly),
+        marking it stored; `undue` takes the mark back if that write failed."""
+        now = time.monotonic() if now is None else now
+        if now - self.stored_at < STORE_EVERY_S:
+            return False
+        self.stored_at = now
+        return True
+
+    def undue(self) -> None:
+        self.stored_at = float("-inf")
+
+
+def _id_of(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[:_ID_LEN]
+
+
+def _pack_words(rs: RuleSet) -> list[bytes]:
+    """The rule set's own words as a record writes them, one entry each, in v2's
+    order: offers, the trace's rule ids, segment features and the segments list."""
+    words = [b'"offer":' + orjson.dumps(o.public()) + b"," for o in rs.offers.values()]
+    words += [b'{"rule":' + orjson.dumps(r.id) + b',"result":"unknown"},' for r in rs.rules]
+    seg_ids = [s.id for s in rs.segments.segments]
+    words += [orjson.dumps(f"seg_{i}") + b":1.0," for i in seg_ids]
+    if seg_ids:
+        words.append(b'"segments":' + orjson.dumps(seg_ids) + b",")
+    return words
+
+
+def build_dictionary(words: list[bytes]) -> RuleSetDictionary:
+    """The dictionary of these pack words followed by the engine's vocabulary, at most
+    32 KB: a large pack loses its first words (the farthest from the record)."""
+    room = _MAX_DICTIONARY - len(ENGINE_VOCABULARY)
+    kept: list[bytes] = []
+    for word in reversed(words):
+        if len(word) > room:
+            break
+        kept.append(word)
+        room -= len(word)
+    data = b"".join(reversed(kept)) + ENGINE_VOCABULARY
+    covered = all(w in DICTIONARY_V2 for w in words)
+    return RuleSetDictionary(data, _id_of(data), covered)
+
+
+_RULE_SETS: OrderedDict[tuple[str, int], tuple[RuleSet, RuleSetDictionary]] = OrderedDict()
+_KNOWN: OrderedDict[bytes, bytes] = OrderedDict()
+
+
+def rule_set_dictionary(rs: RuleSet) -> RuleSetDictionary:
+    """The rule set's dictionary, built once per rule set (a reload builds its own).
+    Keyed by version and identity; the entry keeps the rule set, so its id is not
+    reused by another while cached."""
+    key = (rs.version, id(rs))
+    hit = _RULE_SETS.get(key)
+    if hit is not None and hit[0] is rs:
+        return hit[1]
+    made = build_dictionary(_pack_words(rs))
+    _RULE_SETS[key] = (rs, made)
+    while len(_RULE_SETS) > _RULE_SETS_MAX:
+        _RULE_SETS.popitem(last=False)
+    remember_dictionary(made.data)
+    return made
+
+
+def remember_dictionary(data: bytes) -> bytes:
+    """Keep a dictionary in this process's bounded cache; its id."""
+    did = _id_of(data)
+    _KNOWN[did] = data
+    _KNOWN.move_to_end(did)
+    while len(_KNOWN) > _KNOWN_MAX:
+        _KNOWN.popitem(last=False)
+    return did
+
+
+def known_dictionary(did: bytes) -> bytes | None:
+    """A dictionary this process built or read, by id (most recently used kept)."""
+    data = _KNOWN.get(did)
+    if data is not None:
+        _KNOWN.move_to_end(did)
+    return data
+
+
+def forget_dictionaries() -> None:
+    """Empty this process's caches (what a restarted process starts with): tests."""
+    _KNOWN.clear()
+    _RULE_SETS.clear()
+
+
+def _deflate(raw: bytes, dictionary: bytes) -> bytes:
     deflate = zlib.compressobj(
-        _LEVEL, zlib.DEFLATED, _WBITS, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARY_V2
+        _LEVEL, zlib.DEFLATED, _WBITS, 8, zlib.Z_DEFAULT_STRATEGY, dictionary
     )
-    packed = deflate.compress(raw) + deflate.flush()
+    return deflate.compress(raw) + deflate.flush()
+
+
+def encode(record: dict[str, Any], dictionary: RuleSetDictionary | None = None) -> bytes:
+    """The stored form of `record`: deflated JSON under format byte 3 against the rule
+    set's `dictionary`, or under 2 without one (or when the pack's words are all in
+    v2); plain JSON should deflating not pay."""
+    raw = orjson.dumps(record)
+    if dictionary is not None and not dictionary.covered:
+        packed = _deflate(raw, dictionary.data)
+        if len(packed) + 1 + _ID_LEN < len(raw):
+            return _V3 + dictionary.id + packed
+        return raw
+    packed = _deflate(raw, DICTIONARY_V2)
     return _V2 + packed if len(packed) + 1 < len(raw) else raw
 
 
-def decode(stored: bytes) -> dict[str, Any]:
-    """The record from its stored form, whichever format it was written in.
+def dictionary_id(stored: bytes) -> bytes | None:
+    """The id of the rule-set dictionary a stored record needs, None if it needs none
+    (formats 1, 2, plain JSON)."""
+    return stored[1 : 1 + _ID_LEN] if stored[:1] == _V3 else None
+
+
+def decode(stored: bytes, dictionary: bytes | None = None) -> dict[str, Any]:
+    """The record from its stored form, whichever format it was written in. A v3
+    record needs its `dictionary` (by `dictionary_id`): given, or known to this process;
+    else KeyError.
 
     >>> decode(encode({"id": "d1", "features": {"hour": 7.0}}))
     {'id': 'd1', 'features': {'hour': 7.0}}
     >>> decode(b'{"id": "old"}')
     {'id': 'old'}
     """
-    dictionary = _DICTIONARIES.get(stored[:1])
-    if dictionary is not None:
+    fmt = stored[:1]
+    if fmt == _V3:
+        did = stored[1 : 1 + _ID_LEN]
+        if dictionary is None:
+            dictionary = known_dictionary(did)
+            if dictionary is None:
+                raise KeyError(f"audit dictionary {did.hex()} is not known")
         inflate = zlib.decompressobj(_WBITS, dictionary)
-        stored = inflate.decompress(stored[1:]) + inflate.flush()
+        stored = inflate.decompress(stored[1 + _ID_LEN :]) + inflate.flush()
+    else:
+        known = _DICTIONARIES.get(fmt)
+        if known is not None:
+            inflate = zlib.decompressobj(_WBITS, known)
+            stored = inflate.decompress(stored[1:]) + inflate.flush()
     record: dict[str, Any] = orjson.loads(stored)
     return record

@@ -230,7 +230,9 @@ class RulesDecider:
                 )
             if trace is None:
                 trace = list(settled.trace.values())
-            deliveries.append(write_audit(self.store, d.id, audit_record(plan, d, trace)))
+            deliveries.append(
+                write_audit(self.store, d.id, audit_record(plan, d, trace), plan.rule_set)
+            )
         # Control-group members: the decision they would have had, recorded and counted
         # (uplift), never shown or sent. Stable ids per window: written once per worker.
         for d in plan.holdouts:
@@ -240,7 +242,9 @@ class RulesDecider:
             new_offers.append(d.id)
             if trace is None:
                 trace = list(settled.trace.values())
-            deliveries.append(write_audit(self.store, d.id, audit_record(plan, d, trace)))
+            deliveries.append(
+                write_audit(self.store, d.id, audit_record(plan, d, trace), plan.rule_set)
+            )
             deliveries.append(count_decision(self.store, d.rule, now, True, d.id, dims=plan.dims))
         # Contacts that matched but were suppressed (eligibility) or refused (policy):
         # recorded with what suppressed them, so the audit says why this customer was
@@ -266,7 +270,7 @@ class RulesDecider:
                 record = audit_record(plan, d, trace)
                 record["features"] = feats
                 record["suppressed"] = why
-                deliveries.append(write_audit(self.store, d.id, record))
+                deliveries.append(write_audit(self.store, d.id, record, plan.rule_set))
         # Trigger, callback queue and audit records go out together: started in one
         # loop tick, the store sends them as one pipeline (one round trip after the
         # reservation, not one per write).

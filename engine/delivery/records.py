@@ -26,6 +26,7 @@ it does in `ringback_rule_triggers_total` (a count holds no personal data).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from typing import Any
 import orjson
 
 from engine.core.vocabulary import EntryKind
+from engine.decisions.loader import RuleSet
 from engine.decisions.model import Trigger
 from engine.delivery import audit_codec
 from engine.delivery.queue import dequeue
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 AUDIT_TTL_S = 30 * 86400
+log = logging.getLogger("ringback.records")
 TRIGGERS_MAXLEN = 100_000
 TRIGGER_RECORD_KEEP_MS = 2 * 86_400_000  # a trigger's record lives this long past expiry
 
@@ -157,23 +160,68 @@ async def index_entry(store: Store, prefix: str, stream: str, entry_id: str, bor
     return await refs.add(store, prefix, ref, born_ms)
 
 
-async def write_audit(store: Store, decision_id: str, record: dict[str, Any]) -> None:
+async def write_audit(
+    store: Store, decision_id: str, record: dict[str, Any], rule_set: RuleSet | None = None
+) -> None:
     """The decision's audit record; indexed under `record["prefix"]` when it names one
     (every engine decision does), in the same pipeline, with plain commands (most
-    batches of new visitors write one: no function call here)."""
+    batches of new visitors write one: no function call here).
+
+    With the `rule_set` that decided, the record is deflated against that set's own
+    dictionary (engine/delivery/audit_codec.py, format 3), which a reader needs for the
+    record's whole TTL, after reloads and restarts: so it is stored too, in the same
+    pipeline, on this process's first use and then at most hourly, each time for 2 days
+    more than a record's TTL. It stays while any process writes records that use it and
+    outlives the last of them. Rule-pack words only, no personal data."""
     key = keys.decision_key(decision_id)
-    put = store.call("SET", key, audit_codec.encode(record), "EX", AUDIT_TTL_S, writes=True)
+    rsd = audit_codec.rule_set_dictionary(rule_set) if rule_set is not None else None
+    stored = audit_codec.encode(record, rsd)
+    put = store.call("SET", key, stored, "EX", AUDIT_TTL_S, writes=True)
+    writes = [put]
+    # The dictionary, when this record needs it and this process has not stored it in
+    # the last hour (`due`); kept 2 days past the TTL of the records it stores it for.
+    fresh = None
+    if rsd is not None and audit_codec.dictionary_id(stored) is not None and rsd.due():
+        fresh = rsd
+        dict_key = keys.audit_dictionary(fresh.id.hex())
+        ttl = AUDIT_TTL_S + 2 * 86400
+        writes.append(store.call("SET", dict_key, fresh.data, "EX", ttl, writes=True))
     prefix = record.get("prefix")
-    if not isinstance(prefix, str) or not prefix:
-        await put
-        return
-    until_ms = int(time.time() * 1000) + AUDIT_TTL_S * 1000 + refs.SLACK_MS
-    await asyncio.gather(put, *refs.add_plain(store, prefix, refs.key_ref(key), until_ms))
+    try:
+        if not isinstance(prefix, str) or not prefix:
+            await asyncio.gather(*writes)
+            return
+        until_ms = int(time.time() * 1000) + AUDIT_TTL_S * 1000 + refs.SLACK_MS
+        await asyncio.gather(*writes, *refs.add_plain(store, prefix, refs.key_ref(key), until_ms))
+    except BaseException:
+        if fresh is not None:
+            fresh.undue()  # maybe not stored: the next write stores it
+        raise
 
 
 async def read_audit(store: Store, decision_id: str) -> dict[str, Any] | None:
+    """The decision's audit record, None when there is none. A format-3 record's
+    dictionary comes from this process's cache, else from Valkey (then cached); if it
+    is gone the record cannot be read: None, with a warning, not an error."""
     stored = await store.call("GET", keys.decision_key(decision_id), raw=True)
-    return None if stored is None else audit_codec.decode(stored)
+    if stored is None:
+        return None
+    did = audit_codec.dictionary_id(stored)
+    if did is None:
+        return audit_codec.decode(stored)
+    dictionary = audit_codec.known_dictionary(did)
+    if dictionary is None:
+        found = await store.call("GET", keys.audit_dictionary(did.hex()), raw=True)
+        if found is None or audit_codec.remember_dictionary(found) != did:
+            log.warning(
+                "audit record %s: its dictionary %s is %s",
+                decision_id,
+                did.hex(),
+                "gone" if found is None else "not the one it names",
+            )
+            return None
+        dictionary = found
+    return audit_codec.decode(stored, dictionary)
 
 
 _AUDIT_KEY = re.compile(r"^rb:\{d:([0-9a-f]{24})\}$")  # keys.decision_key

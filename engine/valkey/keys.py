@@ -37,6 +37,7 @@ __all__ = [
     "PROFILE_SUFFIXES",
     "TRIGGER_SHARDS",
     "anonymous_prefix",
+    "audit_dictionary",
     "conversion_seen",
     "customer_prefix",
     "decision_key",
@@ -280,6 +281,17 @@ def decision_converted(decision_id: str) -> str:
 
 def decision_key(decision_id: str) -> str:
     return f"rb:{{d:{decision_id}}}"
+
+
+def audit_dictionary(dictionary_id: str) -> str:
+    """A rule set's audit dictionary (engine/delivery/audit_codec.py, format 3) by its
+    id in hex: the bytes format-3 audit records were deflated against, kept longer than
+    any of them. Rule-pack words only: no personal data, not in any profile's refs.
+
+    >>> audit_dictionary("9c442c9658759420")
+    'rb:{auditdict:9c442c9658759420}'
+    """
+    return f"rb:{{auditdict:{dictionary_id}}}"
 
 
 def decision_label(decision_id: str) -> str:
