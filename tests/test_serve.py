@@ -460,6 +460,7 @@ async def test_two_workers_both_serve_and_metrics_add_up_across_them(
         assert _metric(text, "ringback_batches_total", '{result="accepted"}') == n
         assert _metric(text, "ringback_ingest_seconds_count") == n
         assert _metric(text, "ringback_gc_pause_seconds_count", '{generation="0"}') > 0
+        assert _metric(text, "ringback_event_loop_lag_seconds_count") > 0
     _promtool(texts[-1])  # two workers
 
     assert await pool.stop() == 0, pool.output()

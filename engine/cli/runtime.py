@@ -1,4 +1,5 @@
-"""Process tuning for a latency-sensitive worker: the garbage collector.
+"""Process tuning for a latency-sensitive worker: the garbage collector, and how
+late the event loop runs (`LoopLagRecorder`).
 
 Measured with `benchmarks/callback_bench.py` (RESULTS.md): full (generation 2)
 collections paused the event loop for 22-63 ms, ten times in 40 s at ~1,200
@@ -19,7 +20,7 @@ from typing import Any
 
 from engine.core.metrics import Metrics
 
-__all__ = ["GcPauseRecorder", "freeze_startup_objects"]
+__all__ = ["GcPauseRecorder", "LoopLagRecorder", "freeze_startup_objects"]
 
 
 def freeze_startup_objects() -> None:
@@ -72,3 +73,46 @@ class GcPauseRecorder:
         if self._task is not None:
             self._task.cancel()
         self.flush()
+
+
+class LoopLagRecorder:
+    """Observes, every `interval_s`, how late the loop ran a timer it was due to run:
+    `ringback_event_loop_lag_seconds`.
+
+    Every request of a worker waits for its one event loop, several times (the body,
+    each Valkey reply, the answer): a late timer is the wait any of them had then,
+    whatever held the loop (a long callback, a collection, the process not scheduled on
+    a busy machine). The latency benchmarks found p99s that moved 4 -> 26 ms between
+    10-second legs of the same load on a shared 2-vCPU box; this histogram tells an
+    operator whether the engine's loop was late (this worker is the bottleneck: more
+    workers or cores) or on time (look at Valkey or the network). A timer every 250 ms
+    costs ~10 µs a second; the observation runs on the loop, so it never contends with
+    a collection for prometheus_client's lock (see `GcPauseRecorder`).
+    """
+
+    def __init__(self, metrics: Metrics, interval_s: float = 0.25) -> None:
+        self._lag = metrics.loop_lag
+        self.interval_s = interval_s
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self._lag.observe(max(0.0, now - self._due))
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        assert self._loop is not None
+        self._due = now + self.interval_s
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._schedule(self._loop.time())
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

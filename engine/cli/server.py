@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.cli.runtime import GcPauseRecorder, freeze_startup_objects
+from engine.cli.runtime import GcPauseRecorder, LoopLagRecorder, freeze_startup_objects
 from engine.core.errors import ConfigError
 from engine.core.settings import DEMO_CREDENTIALS_FILE, Settings
 from engine.valkey.embedded import (
@@ -215,6 +215,8 @@ async def _serve_async(
     # or the event loop's shutdown waits on them forever (seen: a busy port hung `serve`).
     gc_pauses = GcPauseRecorder(app[METRICS])
     gc_pauses.start()
+    loop_lag = LoopLagRecorder(app[METRICS])
+    loop_lag.start()
     metrics_runner: web.AppRunner | None = None
     try:
         await runner.setup()
@@ -276,6 +278,7 @@ async def _serve_async(
             await metrics_runner.cleanup()
         await runner.cleanup()
         gc_pauses.stop()
+        loop_lag.stop()
     return 0
 
 

@@ -199,6 +199,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "ringback_event_loop_lag_seconds",
+            "How late the worker's event loop ran a timer due every 250 ms: the wait any "
+            "request had for the loop then",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.gc_pause = Histogram(
             "ringback_gc_pause_seconds",
             "Garbage-collector pauses of the event loop, by generation",
