@@ -77,9 +77,14 @@ TARGETS: tuple[Target, ...] = (
         "ms",
         5.0,
         False,
-        "Queueing on the engine's one busy core at half load: a callback's batch waits "
-        "behind ordinary batches (each ~0.5 ms of CPU) and its own three steps; the "
-        "engine, Valkey and the load generators share 2 cores.",
+        "Any request's wait for the one worker's loop, not the callback's own work: in "
+        "the same run an identified batch no rule fires on has the same p99 (column 4). "
+        "The loop runs ~0.5 ms of CPU per background batch and ~1.9 ms per callback "
+        "(benchmarks/request_cost.py); each request passes "
+        "through several loop turns (body, profile reply, reservation, writes, answer), "
+        "each waiting up to the loop lag (p99 ~5 ms mixed). "
+        "Engine, Valkey, wrk and the harness share 2 vCPUs whose speed moves +-30 % "
+        "between runs.",
     ),
     Target(
         "callback_p999_mixed_ms",
@@ -95,8 +100,10 @@ TARGETS: tuple[Target, ...] = (
         "ms",
         2.0,
         False,
-        "The same queueing as the callbacks', plus the answer's send; the POST's own "
-        "client cost counts too (the harness shares the cores).",
+        "The same waits for the loop as any request: 'half load' is half of a closed-loop "
+        "maximum (730-933 callbacks/s between runs) that coalescing at 32-64 senders "
+        "inflates; paced, half of it keeps the engine at ~90 % of a core. A quarter of "
+        "it: offers' and callbacks' p99 ~4-6 ms.",
     ),
     Target(
         "memory_visitor_b",
