@@ -12,7 +12,7 @@ WebSocket (matched by decision id: the socket may hear of it before the HTTP ans
 1. Maximum: closed loop at rising concurrency, each worker waiting for its callback
    before sending again; the best callbacks/s is the maximum (bounded to ~20 s).
 2. Half of it, open loop (paced, not waiting): p50/p99/p99.9 of event -> callback
-   and of POST -> HTTP response. Target: p99 <= 10 ms.
+   and of POST -> HTTP response. Target (issue 12): p99 <= 5 ms, p99.9 <= 10 ms.
 3. Baseline at the same rate: a batch no rule fires on (page_view), POST only;
    then callbacks again at a quarter of the maximum, for context.
 4. Mixed, the design's case: ordinary traffic (wrk, 10-event anonymous batches, the
@@ -56,7 +56,7 @@ from engine.valkey.embedded import free_port
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SITE = "demo-bank"
-TARGET_P99_MS = 10.0
+TARGET_P99_MS = 5.0  # issue 12: p99 <= 5 ms (p99.9 <= 10 ms), mixed traffic at half load
 CALLBACK_TIMEOUT_S = 5.0
 RAMP = (1, 2, 4, 8, 16, 32, 64)
 RAMP_STEP_S = 2.5
