@@ -226,6 +226,16 @@ def test_a_comparison_shared_by_rules_is_made_once_a_call_and_only_if_reached() 
     compared.clear()
     assert find({"profile": {"a": -1}, "event": {"type": Kind()}}) == []
     assert compared == []
+    # Through a `default(...)` too, after other shared comparisons (its local must be
+    # named alike in both generation passes).
+    exprs = [compile_expression("profile.a > 1")] * 2 + [
+        compile_expression('default(event.type, "none") == "calc"')
+    ] * 3
+    compared.clear()
+    assert compile_rules(exprs).find({"profile": {"a": 2}, "event": {"type": Kind()}}) == [
+        (i, True) for i in range(5)
+    ]
+    assert compared == ["calc"]
 
 
 def test_rules_nested_past_the_block_limit_keep_their_closure() -> None:

@@ -162,7 +162,10 @@ class _Generator:
         self.stable: set[str] = set()
         self.counts: dict[tuple[str, ...], int] = {}  # such comparisons, by text
         self.shared = shared  # ... that occur more than once: computed once a call
-        self.memo: dict[tuple[str, ...], str] = {}  # shared key -> its local
+        self.memo: dict[tuple[str, ...], str] = {}  # shared comparison -> its local
+        # Hoisted defaults -> their locals: numbered on their own, so a default has the
+        # same name in both passes (the first has no shared comparisons to count).
+        self.defaults: dict[tuple[str, ...], str] = {}
 
     def tmp(self) -> str:
         self.n += 1
@@ -261,9 +264,9 @@ class _Generator:
             if x in self.stable and yc:
                 # Pure, cheap and as stable as its operands: computed in the prologue
                 # (in both passes, so comparisons of it count as shared).
-                d = self.memo.get(key)
+                d = self.defaults.get(key)
                 if d is None:
-                    d = self.memo[key] = f"d{len(self.memo)}"
+                    d = self.defaults[key] = f"d{len(self.defaults)}"
                     self.prologue.append(f"    {d} = {y} if {x} is U else {x}")
                     self.stable.add(d)
                 return d, False
