@@ -224,6 +224,14 @@ def build_app(
             # Serve anyway: ingest answers 503 until Valkey is back, then the library
             # is loaded on the first call that misses it.
             log.warning("Valkey unavailable at startup (%s); serving 503 until it returns", exc)
+        policy = await store.eviction_policy()
+        if policy is not None and policy != "noeviction":
+            log.warning(
+                "Valkey's maxmemory-policy is %s: when it fills up it will evict profiles, "
+                "dedupe state, open callbacks and audit dictionaries; set noeviction "
+                "(ops/README.md#valkey-memory)",
+                policy,
+            )
         app[STORE] = store
         app[PROFILES] = ProfileStore(store, settings)
         app[ERASER] = Eraser(store, settings)

@@ -48,6 +48,7 @@ from redis.exceptions import (
     MasterDownError,
     MaxConnectionsError,
     MovedError,
+    OutOfMemoryError,
     RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
@@ -279,6 +280,22 @@ class Store:
         if self._wire is not None:
             await self.call("PING")  # open the coalescer's first connection before serving
 
+    async def eviction_policy(self) -> str | None:
+        """Valkey's `maxmemory-policy`; None when the server refuses CONFIG (managed
+        services often do) or cannot be reached. The engine needs `noeviction`: an
+        evicting policy drops profiles, dedupe state, open callbacks and the audit
+        dictionaries whole rule packs' records need (engine/delivery/audit_codec.py)."""
+        try:
+            if self._cluster is not None:
+                await self._initialize_cluster()
+                reply = await self._cluster.config_get("maxmemory-policy")
+            else:
+                reply = await self.client.config_get("maxmemory-policy")
+        except Exception:  # CONFIG refused or unreachable: nothing to say
+            return None
+        policy = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
+        return str(policy) if policy else None
+
     async def fcall(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
     ) -> Any:
@@ -479,6 +496,11 @@ class Store:
                 c.future.set_exception(StoreUnavailable(f"Valkey unreachable: {result}"))
             elif isinstance(result, _FAILOVER):
                 c.future.set_exception(StoreUnavailable(f"Valkey cluster: {result}"))
+            elif isinstance(result, OutOfMemoryError):
+                # Full under `noeviction` (ops/README.md#valkey-memory): the write is
+                # refused whole, so the client's retry loses nothing; a 503, not a 500.
+                self.metrics.valkey_errors.inc()
+                c.future.set_exception(StoreUnavailable(f"Valkey is full (maxmemory): {result}"))
             elif isinstance(result, Exception):
                 c.future.set_exception(result)
             else:
