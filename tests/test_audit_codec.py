@@ -372,4 +372,6 @@ async def test_a_record_whose_dictionary_is_gone_reads_as_none(
     did = audit_codec.rule_set_dictionary(bank_rules).id
     await store.call("DEL", keys.audit_dictionary(did.hex()), writes=True)
     audit_codec.forget_dictionaries()
+    unreadable = store.metrics.audit_unreadable._value.get()
     assert await read_audit(store, record["id"]) is None
+    assert store.metrics.audit_unreadable._value.get() == unreadable + 1  # ops can see it

@@ -199,6 +199,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.audit_unreadable = Counter(
+            "ringback_audit_records_unreadable_total",
+            "Audit records that exist but could not be read: the rule pack's dictionary "
+            "they were deflated against is gone from Valkey (see ops/README.md, Valkey "
+            "memory)",
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "ringback_event_loop_lag_seconds",
             "How late the worker's event loop ran a timer due every 250 ms: the wait any "

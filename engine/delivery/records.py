@@ -213,6 +213,7 @@ async def read_audit(store: Store, decision_id: str) -> dict[str, Any] | None:
     if dictionary is None:
         found = await store.call("GET", keys.audit_dictionary(did.hex()), raw=True)
         if found is None or audit_codec.remember_dictionary(found) != did:
+            store.metrics.audit_unreadable.inc()
             log.warning(
                 "audit record %s: its dictionary %s is %s",
                 decision_id,
