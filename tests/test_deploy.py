@@ -250,9 +250,15 @@ def test_valkey_cluster_has_three_primaries_with_a_replica_each() -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port whose cluster bus port (+10000, the manifest's `cluster-enabled yes`
+    leaves it at the default) is a port too: valkey-server refuses ports above 55535
+    (seen in CI: the kernel handed out 56829)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port <= 55535:
+            return port
 
 
 @pytest.fixture
